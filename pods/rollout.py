@@ -1,0 +1,136 @@
+"""Differentiable rollouts through any Brax-style env.
+
+An env here is anything with the Brax `Env` contract: `reset(key) -> State` and
+`step(State, action) -> State`, pure and jittable. Rollouts are one `lax.scan` over time;
+batch them with `jax.vmap` over initial states (and action sequences or noise keys).
+
+Gradients through long rollouts of unstable systems explode (the state Jacobian grows like
+exp(lambda t)). `gradient_window=K` stops the gradient of the env state every K steps, so an
+action's gradient only sees the rewards of the window it acts in; the forward pass is
+unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from brax.envs.base import Env, State
+from jaxtyping import Array, Float
+
+Policy = Callable[[Float[Array, " obs_dim"]], Float[Array, " act_dim"]]
+"""A deterministic policy with its parameters closed over: observation -> action."""
+
+
+class Trajectory(NamedTuple):
+    """One rollout. The leading axis is time; `vmap` adds a batch axis in front."""
+
+    observations: Float[Array, "horizon+1 obs_dim"]
+    """s_0 .. s_N: the observation before each action, then the final one."""
+    actions: Float[Array, "horizon act_dim"]
+    """a_0 .. a_{N-1}, as passed to `env.step`."""
+    rewards: Float[Array, " horizon"]
+    """r_t, the reward `env.step` returned for taking a_t in s_t."""
+
+    @property
+    def value(self) -> Float[Array, ""]:
+        """The return V = sum_t r_t (undiscounted, as PODS optimizes it)."""
+        return jnp.sum(self.rewards, axis=-1)
+
+    @property
+    def horizon(self) -> int:
+        return self.actions.shape[-2]
+
+
+def _check_window(gradient_window: int | None) -> int:
+    if gradient_window is None or gradient_window == 0:
+        return 0
+    if not (isinstance(gradient_window, int) and gradient_window > 0):
+        raise ValueError(f"gradient_window must be a positive integer or None, got {gradient_window!r}")
+    return gradient_window
+
+
+def _window_cut(state: State, t: jax.Array, gradient_window: int) -> State:
+    """Stops the gradient through `state` when step `t` starts a new window."""
+    if not gradient_window:
+        return state
+    cut = (t % gradient_window == 0) & (t > 0)
+
+    def maybe_stop(x):
+        if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+            return x
+        return jnp.where(cut, jax.lax.stop_gradient(x), x)
+
+    return jax.tree.map(maybe_stop, state)
+
+
+def _rollout(
+    env: Env,
+    state: State,
+    choose_action: Callable[[State, Any], jax.Array],
+    xs: Any,
+    horizon: int,
+    gradient_window: int | None,
+) -> tuple[State, Trajectory]:
+    window = _check_window(gradient_window)
+    if not (isinstance(horizon, int) and horizon > 0):
+        raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+
+    def env_step(state, x):
+        t, x = x
+        state = _window_cut(state, t, window)
+        action = choose_action(state, x)
+        next_state = env.step(state, action)
+        return next_state, (state.obs, action, next_state.reward)
+
+    final, (obs, actions, rewards) = jax.lax.scan(
+        env_step, state, (jnp.arange(horizon), xs), length=horizon
+    )
+    observations = jnp.concatenate([obs, final.obs[None]], axis=0)
+    return final, Trajectory(observations, actions, rewards)
+
+
+def rollout_actions(
+    env: Env,
+    state: State,
+    actions: Float[Array, "horizon act_dim"],
+    *,
+    gradient_window: int | None = None,
+) -> Trajectory:
+    """Plays a fixed action sequence open loop from `state`; differentiable in `actions`."""
+    return _rollout(
+        env, state, lambda _, action: action, actions, actions.shape[0], gradient_window
+    )[1]
+
+
+def rollout_policy(
+    env: Env,
+    state: State,
+    policy: Policy,
+    horizon: int,
+    *,
+    key: jax.Array | None = None,
+    action_noise: float | jax.Array = 0.0,
+    gradient_window: int | None = None,
+) -> Trajectory:
+    """Runs `policy` closed loop for `horizon` steps from `state`.
+
+    With `key`, Gaussian noise of standard deviation `action_noise` is added to every action
+    (exploration); the noisy action is the one recorded and played.
+    """
+
+    def choose_action(state, step_key):
+        action = policy(state.obs)
+        if key is None:
+            return action
+        return action + action_noise * jax.random.normal(step_key, action.shape, action.dtype)
+
+    keys = None if key is None else jax.random.split(key, horizon)
+    return _rollout(env, state, choose_action, keys, horizon, gradient_window)[1]
+
+
+def reset_batch(env: Env, key: jax.Array, batch_size: int) -> State:
+    """`batch_size` initial states from independent keys, stacked on a leading axis."""
+    return jax.vmap(env.reset)(jax.random.split(key, batch_size))

@@ -1,0 +1,32 @@
+"""Sim and real testbeds, the real-system boundary, and sim-vs-real evaluation.
+
+Importing this package registers every testbed with `brax.envs`.
+"""
+
+from sim2real.testbeds import (
+    BACKENDS,
+    SYSTEMS,
+    TASKS,
+    VARIANTS,
+    CartPole,
+    InitialStateNoise,
+    Physics,
+    RewardWeights,
+    make_testbed,
+    parse_testbed_name,
+    list_testbeds,
+)
+
+__all__ = [
+    "BACKENDS",
+    "SYSTEMS",
+    "TASKS",
+    "VARIANTS",
+    "CartPole",
+    "InitialStateNoise",
+    "Physics",
+    "RewardWeights",
+    "make_testbed",
+    "parse_testbed_name",
+    "list_testbeds",
+]

@@ -1,0 +1,299 @@
+"""Cart-pole testbeds in a `sim` and a `real` variant, as Brax `PipelineEnv`s.
+
+The body (masses, lengths, motor) lives in the MJCF assets beside this file. What makes the
+"real" system real is `Physics`: viscous damping on the slider and the hinges, a smooth
+Coulomb-like friction on the slider, and an actuator that delivers only a fraction of the
+commanded force. `sim` is the same body with all of that switched off.
+
+Every task x variant is registered with Brax under a stable name, `{system}_{task}_{variant}`
+(`cartpole_balance_sim`, `double_cartpole_swingup_real`, ...), so
+`brax.envs.get_environment(name)` and Brax's own trainers work on them.
+
+Reward, for a state after the step and the action that led to it (no alive bonus, so every
+term has a gradient):
+
+    r = mean_i (1 + cos phi_i) / 2  -  w_x x^2  -  w_v sum_i dphi_i^2  -  w_u u^2
+
+with phi_i the absolute angle of pole i (0 = up), x the cart position and u the command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from brax import envs
+from brax.envs.base import PipelineEnv, State
+from brax.io import mjcf
+from jaxtyping import Array, Float
+
+SYSTEMS = {"cartpole": 1, "double_cartpole": 2}
+"""Testbed systems and their number of poles."""
+TASKS = ("balance", "swingup")
+VARIANTS = ("sim", "real")
+BACKENDS = ("generalized", "mjx")
+"""Brax pipelines that simulate these testbeds faithfully. `positional` and `spring` were
+tried and left out: their joint springs let the light pole spin up or blow up."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Physics:
+    """The physics a `real` testbed adds to the nominal, frictionless `sim` body.
+
+    The defaults describe the `real` system; `Physics.nominal()` is the `sim` one. With every
+    extra term zeroed and `actuator_gain=1`, `real` reproduces `sim` exactly.
+    """
+
+    slider_damping: float = 1.0
+    """Viscous damping on the cart's slider, N s/m (force -c * cart velocity)."""
+    hinge_damping: float = 0.01
+    """Viscous damping at each pole hinge, N m s/rad (torque -c * relative angular velocity)."""
+    slider_friction: float = 1.0
+    """Coulomb-like friction on the slider, N: force -F * tanh(cart velocity / friction_velocity)."""
+    friction_velocity: float = 0.05
+    """Velocity scale of the friction's tanh, m/s; smaller is closer to true Coulomb friction."""
+    actuator_gain: float = 0.8
+    """Fraction of the commanded motor force the actuator delivers."""
+
+    def __post_init__(self):
+        for name in ("slider_damping", "hinge_damping", "slider_friction"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"Physics.{name} must be a finite number >= 0, got {value!r}")
+        for name in ("friction_velocity", "actuator_gain"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"Physics.{name} must be a finite number > 0, got {value!r}")
+
+    @classmethod
+    def nominal(cls) -> Physics:
+        """The `sim` variant: no damping, no friction, the actuator delivers what it is told."""
+        return cls(slider_damping=0.0, hinge_damping=0.0, slider_friction=0.0, actuator_gain=1.0)
+
+    @classmethod
+    def of_variant(cls, variant: str) -> Physics:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown testbed variant {variant!r}; expected one of {VARIANTS}")
+        return cls.nominal() if variant == "sim" else cls()
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardWeights:
+    """Weights of the smooth penalties in the task reward (see the module docstring)."""
+
+    cart_position: float = 0.05
+    """w_x: cost per m^2 of cart displacement from the origin."""
+    angular_velocity: float = 0.001
+    """w_v: cost per (rad/s)^2 of each pole's angular velocity."""
+    action: float = 0.01
+    """w_u: cost per unit^2 of motor command (commands lie in [-1, 1])."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InitialStateNoise:
+    """Half-widths of the uniform noise around a task's nominal initial state."""
+
+    angle: float = 0.1
+    """rad, on every hinge."""
+    velocity: float = 0.05
+    """m/s or rad/s, on every joint."""
+    cart_position: float = 0.1
+    """m."""
+
+
+def _cast_floats(tree: Any, dtype: Any) -> Any:
+    def cast(leaf):
+        if isinstance(leaf, jax.Array | np.ndarray) and jnp.issubdtype(leaf.dtype, jnp.floating):
+            return jnp.asarray(leaf, dtype)
+        return leaf
+
+    return jax.tree.map(cast, tree)
+
+
+class CartPole(PipelineEnv):
+    """A cart-pole with `n_poles` poles in series: one env class for every testbed.
+
+    Observation: cart position, (cos, sin) of each hinge angle, then the joint velocities.
+    Action: one motor command in [-1, 1] (saturating), scaled by the motor's gear (10 N).
+    """
+
+    def __init__(
+        self,
+        system: str = "cartpole",
+        task: str = "balance",
+        variant: str = "sim",
+        *,
+        physics: Physics | None = None,
+        reward_weights: RewardWeights = RewardWeights(),
+        initial_noise: InitialStateNoise = InitialStateNoise(),
+        episode_length: int = 100,
+        backend: str = "generalized",
+        timestep: float = 0.025,
+        n_frames: int = 2,
+        dtype: Any = None,
+        **kwargs,
+    ):
+        """Builds a testbed.
+
+        Args:
+          system: `cartpole` or `double_cartpole`.
+          task: `balance` (start near upright) or `swingup` (start hanging down).
+          variant: `sim` or `real`; chooses the default `physics`.
+          physics: overrides the variant's physics.
+          reward_weights: penalties of the task reward.
+          initial_noise: spread of the initial states.
+          episode_length: the horizon a rollout or a trainer should use, in env steps.
+          backend: Brax pipeline, `generalized` (default) or `mjx` (see BACKENDS).
+          timestep: physics timestep in seconds.
+          n_frames: physics steps per env step; the control period is timestep * n_frames.
+          dtype: float dtype of the system (jnp.float64 needs `jax.enable_x64`).
+        """
+        if system not in SYSTEMS:
+            raise ValueError(f"unknown testbed system {system!r}; expected one of {tuple(SYSTEMS)}")
+        if task not in TASKS:
+            raise ValueError(f"unknown testbed task {task!r}; expected one of {TASKS}")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown testbed variant {variant!r}; expected one of {VARIANTS}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unsupported Brax backend {backend!r} for the testbeds; expected one of {BACKENDS}")
+        if not (isinstance(episode_length, int) and episode_length > 0):
+            raise ValueError(f"episode_length must be a positive integer, got {episode_length!r}")
+        if not (timestep > 0 and isinstance(n_frames, int) and n_frames > 0):
+            raise ValueError(f"timestep and n_frames must be positive, got {timestep!r}, {n_frames!r}")
+
+        self.system_name, self.task, self.variant = system, task, variant
+        self.physics = Physics.of_variant(variant) if physics is None else physics
+        self.reward_weights = reward_weights
+        self.initial_noise = initial_noise
+        self.episode_length = episode_length
+        self.n_poles = SYSTEMS[system]
+
+        asset = resources.files("sim2real") / "assets" / f"{system}.xml"
+        sys = mjcf.loads(asset.read_text())
+        # An exact mass-matrix solve instead of Brax's 10-iteration approximate inverse: the
+        # matrix is at most 3x3, and exact dynamics keep gradients and finite differences
+        # consistent.
+        sys = sys.tree_replace({"opt.timestep": timestep, "matrix_inv_iterations": 0})
+        if dtype is not None:
+            sys = _cast_floats(sys, dtype)
+        super().__init__(sys=sys, backend=backend, n_frames=n_frames, **kwargs)
+
+    @property
+    def name(self) -> str:
+        return f"{self.system_name}_{self.task}_{self.variant}"
+
+    @property
+    def action_size(self) -> int:
+        return 1
+
+    @property
+    def observation_size(self) -> int:
+        return 1 + 2 * self.n_poles + 1 + self.n_poles
+
+    @property
+    def dtype(self):
+        return self.sys.init_q.dtype
+
+    def reset(self, rng: jax.Array) -> State:
+        noise = self.initial_noise
+        key_x, key_angle, key_qd = jax.random.split(rng, 3)
+        nq = 1 + self.n_poles
+        x = jax.random.uniform(key_x, (1,), self.dtype, -noise.cart_position, noise.cart_position)
+        angles = jax.random.uniform(key_angle, (self.n_poles,), self.dtype, -noise.angle, noise.angle)
+        if self.task == "swingup":
+            # Hanging down: the first hinge at pi, the others straight in line with it.
+            angles = angles.at[0].add(jnp.pi)
+        qd = jax.random.uniform(key_qd, (nq,), self.dtype, -noise.velocity, noise.velocity)
+        pipeline_state = self.pipeline_init(jnp.concatenate([x, angles]), qd)
+        zero = jnp.zeros((), self.dtype)
+        return State(pipeline_state, self.observe(pipeline_state.q, pipeline_state.qd), zero, zero)
+
+    def step(self, state: State, action: Float[Array, "1"]) -> State:
+        pipeline_state = self.pipeline_step(state.pipeline_state, action)
+        obs = self.observe(pipeline_state.q, pipeline_state.qd)
+        reward = self.task_reward(obs, action)
+        return state.replace(pipeline_state=pipeline_state, obs=obs, reward=reward)
+
+    def pipeline_step(self, pipeline_state: Any, action: jax.Array) -> Any:
+        motor = self.physics.actuator_gain * action
+
+        def physics_step(state, _):
+            # The real system's extra forces depend on the velocity, so they are recomputed
+            # every physics step, not held over the control period.
+            act = jnp.concatenate([motor, self.passive_forces(state.qd)])
+            return self._pipeline.step(self.sys, state, act, self._debug), None
+
+        return jax.lax.scan(physics_step, pipeline_state, (), self._n_frames)[0]
+
+    def passive_forces(self, qd: Float[Array, " nv"]) -> Float[Array, " nv"]:
+        """Generalized forces of damping and friction on each joint (zero for `sim`)."""
+        p = self.physics
+        cart_velocity = qd[:1]
+        slider = -p.slider_damping * cart_velocity - p.slider_friction * jnp.tanh(
+            cart_velocity / p.friction_velocity
+        )
+        return jnp.concatenate([slider, -p.hinge_damping * qd[1:]])
+
+    def observe(self, q: Float[Array, " nq"], qd: Float[Array, " nv"]) -> Float[Array, " obs"]:
+        angles = q[1:]
+        return jnp.concatenate([q[:1], jnp.stack([jnp.cos(angles), jnp.sin(angles)], -1).ravel(), qd])
+
+    def state_from_obs(self, obs: Float[Array, " obs"]) -> tuple[jax.Array, jax.Array]:
+        """Inverse of `observe`: joint positions (angles wrapped to (-pi, pi]) and velocities."""
+        n = self.n_poles
+        cos_sin = obs[1 : 1 + 2 * n].reshape(n, 2)
+        angles = jnp.arctan2(cos_sin[:, 1], cos_sin[:, 0])
+        return jnp.concatenate([obs[:1], angles]), obs[1 + 2 * n :]
+
+    def task_reward(self, obs: Float[Array, " obs"], action: Float[Array, "1"]) -> Float[Array, ""]:
+        """The reward for arriving at observation `obs` by command `action`."""
+        n, w = self.n_poles, self.reward_weights
+        cos_sin = obs[1 : 1 + 2 * n].reshape(n, 2)
+        # Absolute pole angles are cumulative sums of the relative hinge angles. arctan2 also
+        # accepts (cos, sin) pairs off the unit circle, as a learned model may predict them.
+        absolute = jnp.cumsum(jnp.arctan2(cos_sin[:, 1], cos_sin[:, 0]))
+        upright = jnp.mean(0.5 * (1.0 + jnp.cos(absolute)))
+        cart_x, pole_velocities = obs[0], obs[2 + 2 * n :]
+        return (
+            upright
+            - w.cart_position * cart_x**2
+            - w.angular_velocity * jnp.sum(pole_velocities**2)
+            - w.action * jnp.sum(action**2)
+        )
+
+
+def list_testbeds() -> list[str]:
+    """Every registered testbed name, e.g. `cartpole_balance_sim`."""
+    return [f"{s}_{t}_{v}" for s in SYSTEMS for t in TASKS for v in VARIANTS]
+
+
+def parse_testbed_name(name: str) -> tuple[str, str, str]:
+    """`double_cartpole_swingup_real` -> (`double_cartpole`, `swingup`, `real`)."""
+    for system in sorted(SYSTEMS, key=len, reverse=True):
+        rest = name.removeprefix(system + "_")
+        if rest != name and rest.count("_") == 1:
+            task, variant = rest.split("_")
+            if task in TASKS and variant in VARIANTS:
+                return system, task, variant
+    raise ValueError(f"unknown testbed {name!r}; expected one of {list_testbeds()}")
+
+
+def make_testbed(name: str, **kwargs) -> CartPole:
+    """The testbed registered as `name`, with constructor overrides (physics, backend, ...)."""
+    system, task, variant = parse_testbed_name(name)
+    return CartPole(system, task, variant, **kwargs)
+
+
+def register_testbeds(register: Callable[[str, Any], None] = envs.register_environment) -> None:
+    for name in list_testbeds():
+        register(name, functools.partial(make_testbed, name))
+
+
+register_testbeds()

@@ -1,0 +1,156 @@
+import brax.envs
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sim2real
+from pods.rollout import reset_batch, rollout_actions
+from sim2real import CartPole, Physics, make_testbed, list_testbeds
+
+
+def test_every_registered_name_resolves_through_brax():
+    names = list_testbeds()
+    assert len(names) == 8
+    assert {"cartpole_balance_sim", "cartpole_swingup_real", "double_cartpole_balance_real"} <= set(
+        names
+    )
+    for name in names:
+        env = brax.envs.get_environment(name)
+        assert isinstance(env, CartPole) and env.name == name
+        obs_dim = 2 + 3 * env.n_poles
+        assert env.observation_size == obs_dim and env.action_size == 1
+
+
+def test_reset_is_deterministic_per_key():
+    env = brax.envs.get_environment("double_cartpole_swingup_real")
+    reset = jax.jit(env.reset)
+    a, b = reset(jax.random.PRNGKey(3)), reset(jax.random.PRNGKey(3))
+    c = reset(jax.random.PRNGKey(4))
+    np.testing.assert_array_equal(a.obs, b.obs)
+    assert not np.allclose(a.obs, c.obs)
+    # Hanging down: both poles point below the cart.
+    q, _ = env.state_from_obs(a.obs)
+    assert abs(abs(float(q[1])) - np.pi) < 0.11 and abs(float(q[2])) < 0.11
+
+
+def test_balance_starts_near_upright_and_reward_is_near_one():
+    env = make_testbed("cartpole_balance_sim")
+    state = env.reset(jax.random.PRNGKey(0))
+    assert float(state.obs[1]) > np.cos(0.11)
+    state = env.step(state, jnp.zeros(1))
+    assert 0.95 < float(state.reward) <= 1.0
+
+
+def test_observe_and_state_from_obs_are_inverse():
+    env = make_testbed("double_cartpole_balance_sim")
+    q = jnp.array([0.3, 2.5, -1.0])
+    qd = jnp.array([0.1, -2.0, 3.0])
+    q2, qd2 = env.state_from_obs(env.observe(q, qd))
+    np.testing.assert_allclose(q2, q, atol=1e-6)
+    np.testing.assert_allclose(qd2, qd, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def play_actions():
+    """Jitted batched open-loop rollout per env; compiled once per env for the module."""
+    cache = {}
+
+    def play(env, states, actions):
+        if env not in cache:
+            cache[env] = jax.jit(jax.vmap(lambda s, a: rollout_actions(env, s, a)))
+        return cache[env](states, actions)
+
+    return play
+
+
+@pytest.mark.parametrize("system", ["cartpole", "double_cartpole"])
+def test_sim_and_real_diverge_but_agree_with_extra_physics_zeroed(system, play_actions):
+    sim = make_testbed(f"{system}_swingup_sim")
+    real = make_testbed(f"{system}_swingup_real")
+    zeroed = make_testbed(f"{system}_swingup_real", physics=Physics.nominal())
+    key_s, key_a = jax.random.split(jax.random.PRNGKey(1))
+    states = reset_batch(sim, key_s, 8)
+    actions = jax.random.uniform(key_a, (8, 40, 1), minval=-1, maxval=1)
+
+    obs_sim = play_actions(sim, states, actions).observations
+    obs_real = play_actions(real, states, actions).observations
+    obs_zeroed = play_actions(zeroed, states, actions).observations
+
+    np.testing.assert_allclose(obs_zeroed, obs_sim, rtol=0, atol=1e-6)
+    cart_velocity_gap = jnp.abs(obs_real[:, -1, 1 + 2 * sim.n_poles] - obs_sim[:, -1, 1 + 2 * sim.n_poles])
+    assert float(jnp.mean(cart_velocity_gap)) > 0.2
+
+
+def test_real_physics_matches_newtons_second_law():
+    """Horizontal momentum of cart + pole changes by the impulse of the external forces only.
+
+    P = (m_cart + m_pole) xdot + m_pole (l/2) cos(theta) thetadot, and dP/dt is the motor
+    force times the actuator gain minus slider damping and friction; hinge damping is internal.
+    """
+    physics = Physics(slider_damping=0.7, hinge_damping=0.05, slider_friction=0.6, actuator_gain=0.6)
+    env = make_testbed("cartpole_swingup_real", physics=physics, timestep=0.002, n_frames=1)
+    m_cart, m_pole, half_length, gear = 1.0, 0.1, 0.5, 10.0
+    state = env.reset(jax.random.PRNGKey(0))
+    actions = jnp.full((400, 1), 0.7)
+    traj = jax.jit(lambda s, a: rollout_actions(env, s, a))(state, actions)
+    q, qd = jax.vmap(env.state_from_obs)(traj.observations)
+    momentum = (m_cart + m_pole) * qd[:, 0] + m_pole * half_length * jnp.cos(q[:, 1]) * qd[:, 1]
+    # Semi-implicit Euler: the force acts with the velocity at the start of each step.
+    force = (
+        physics.actuator_gain * gear * actions[:, 0]
+        - physics.slider_damping * qd[:-1, 0]
+        - physics.slider_friction * jnp.tanh(qd[:-1, 0] / physics.friction_velocity)
+    )
+    impulse = jnp.cumsum(force) * 0.002
+    np.testing.assert_allclose(momentum[1:] - momentum[0], impulse, rtol=0.02, atol=2e-3)
+    # And the gap is real: without the real extras the momentum change would be much larger.
+    assert float(momentum[-1] - momentum[0]) < 0.75 * 10.0 * 0.7 * 400 * 0.002
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(name="cartpole_hover_sim"), "cartpole_hover_sim"),
+        (dict(name="cartpole_balance_virtual"), "cartpole_balance_virtual"),
+        (dict(name="triple_cartpole_balance_sim"), "triple_cartpole_balance_sim"),
+        (dict(name="cartpole_balance_sim", episode_length=0), "episode_length"),
+        (dict(name="cartpole_balance_sim", episode_length=-5), "-5"),
+        (dict(name="cartpole_balance_sim", backend="spring"), "spring"),
+    ],
+)
+def test_bad_testbed_arguments_raise_one_clear_error(kwargs, message):
+    name = kwargs.pop("name")
+    with pytest.raises(ValueError, match=message) as err:
+        make_testbed(name, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("slider_damping", -1.0), ("hinge_damping", -0.1), ("slider_friction", float("nan")),
+     ("actuator_gain", 0.0), ("friction_velocity", -0.05)],
+)
+def test_bad_physics_raises_naming_the_field_and_value(field, value):
+    with pytest.raises(ValueError, match=f"{field}.*{value}"):
+        Physics(**{field: value})
+
+
+def test_unknown_task_and_variant_in_the_constructor():
+    with pytest.raises(ValueError, match="'hover'"):
+        sim2real.CartPole("cartpole", task="hover")
+    with pytest.raises(ValueError, match="'virtual'"):
+        sim2real.CartPole("cartpole", variant="virtual")
+
+
+def test_mjx_backend_matches_generalized(play_actions):
+    generalized = make_testbed("cartpole_balance_real")
+    mjx = make_testbed("cartpole_balance_real", backend="mjx")
+    states = reset_batch(generalized, jax.random.PRNGKey(2), 2)
+    states_mjx = reset_batch(mjx, jax.random.PRNGKey(2), 2)
+    actions = 0.5 * jnp.sin(jnp.arange(30.0) / 4)[None, :, None] * jnp.ones((2, 1, 1))
+    np.testing.assert_allclose(
+        play_actions(mjx, states_mjx, actions).observations,
+        play_actions(generalized, states, actions).observations,
+        atol=1e-3,
+    )
