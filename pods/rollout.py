@@ -48,7 +48,9 @@ def _check_window(gradient_window: int | None) -> int:
     if gradient_window is None or gradient_window == 0:
         return 0
     if not (isinstance(gradient_window, int) and gradient_window > 0):
-        raise ValueError(f"gradient_window must be a positive integer or None, got {gradient_window!r}")
+        raise ValueError(
+            f"gradient_window must be a positive integer or None, got {gradient_window!r}"
+        )
     return gradient_window
 
 

@@ -16,6 +16,8 @@ def configure_jax(*, cache_dir: str | os.PathLike | None = None, float64: bool =
     Compiling a gradient through a Brax rollout takes tens of seconds on a small CPU; the
     cache makes every later process that compiles the same function load it instead. The
     folder comes from `cache_dir`, else $PODS_JAX_CACHE, else `.jax_cache` at the repo root.
+    (XLA logs a warning on every cache hit; TF_CPP_MIN_LOG_LEVEL=2, set before jax is
+    imported, silences it. The Makefile and the tests do so.)
     """
     path = Path(cache_dir or os.environ.get("PODS_JAX_CACHE") or DEFAULT_CACHE_DIR)
     path.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,9 @@ from sim2real.testbeds import (
     InitialStateNoise,
     Physics,
     RewardWeights,
+    list_testbeds,
     make_testbed,
     parse_testbed_name,
-    list_testbeds,
 )
 
 __all__ = [

@@ -36,6 +36,9 @@ from jaxtyping import Array, Float
 
 SYSTEMS = {"cartpole": 1, "double_cartpole": 2}
 """Testbed systems and their number of poles."""
+PHYSICS_STEP = {"cartpole": (0.025, 2), "double_cartpole": (0.01, 5)}
+"""Default (timestep, physics steps per env step): a 0.05 s control period for both. The
+double pole's fast chaotic motion blows semi-implicit Euler up at 0.025 s."""
 TASKS = ("balance", "swingup")
 VARIANTS = ("sim", "real")
 BACKENDS = ("generalized", "mjx")
@@ -135,8 +138,8 @@ class CartPole(PipelineEnv):
         initial_noise: InitialStateNoise = InitialStateNoise(),
         episode_length: int = 100,
         backend: str = "generalized",
-        timestep: float = 0.025,
-        n_frames: int = 2,
+        timestep: float | None = None,
+        n_frames: int | None = None,
         dtype: Any = None,
         **kwargs,
     ):
@@ -151,7 +154,7 @@ class CartPole(PipelineEnv):
           initial_noise: spread of the initial states.
           episode_length: the horizon a rollout or a trainer should use, in env steps.
           backend: Brax pipeline, `generalized` (default) or `mjx` (see BACKENDS).
-          timestep: physics timestep in seconds.
+          timestep: physics timestep in seconds (default: PHYSICS_STEP of the system).
           n_frames: physics steps per env step; the control period is timestep * n_frames.
           dtype: float dtype of the system (jnp.float64 needs `jax.enable_x64`).
         """
@@ -162,11 +165,17 @@ class CartPole(PipelineEnv):
         if variant not in VARIANTS:
             raise ValueError(f"unknown testbed variant {variant!r}; expected one of {VARIANTS}")
         if backend not in BACKENDS:
-            raise ValueError(f"unsupported Brax backend {backend!r} for the testbeds; expected one of {BACKENDS}")
+            raise ValueError(
+                f"unsupported Brax backend {backend!r} for the testbeds; expected one of {BACKENDS}"
+            )
         if not (isinstance(episode_length, int) and episode_length > 0):
             raise ValueError(f"episode_length must be a positive integer, got {episode_length!r}")
+        timestep = PHYSICS_STEP[system][0] if timestep is None else timestep
+        n_frames = PHYSICS_STEP[system][1] if n_frames is None else n_frames
         if not (timestep > 0 and isinstance(n_frames, int) and n_frames > 0):
-            raise ValueError(f"timestep and n_frames must be positive, got {timestep!r}, {n_frames!r}")
+            raise ValueError(
+                f"timestep and n_frames must be positive, got {timestep!r}, {n_frames!r}"
+            )
 
         self.system_name, self.task, self.variant = system, task, variant
         self.physics = Physics.of_variant(variant) if physics is None else physics
@@ -206,7 +215,9 @@ class CartPole(PipelineEnv):
         key_x, key_angle, key_qd = jax.random.split(rng, 3)
         nq = 1 + self.n_poles
         x = jax.random.uniform(key_x, (1,), self.dtype, -noise.cart_position, noise.cart_position)
-        angles = jax.random.uniform(key_angle, (self.n_poles,), self.dtype, -noise.angle, noise.angle)
+        angles = jax.random.uniform(
+            key_angle, (self.n_poles,), self.dtype, -noise.angle, noise.angle
+        )
         if self.task == "swingup":
             # Hanging down: the first hinge at pi, the others straight in line with it.
             angles = angles.at[0].add(jnp.pi)
@@ -215,7 +226,7 @@ class CartPole(PipelineEnv):
         zero = jnp.zeros((), self.dtype)
         return State(pipeline_state, self.observe(pipeline_state.q, pipeline_state.qd), zero, zero)
 
-    def step(self, state: State, action: Float[Array, "1"]) -> State:
+    def step(self, state: State, action: Float[Array, 1]) -> State:
         pipeline_state = self.pipeline_step(state.pipeline_state, action)
         obs = self.observe(pipeline_state.q, pipeline_state.qd)
         reward = self.task_reward(obs, action)
@@ -243,7 +254,9 @@ class CartPole(PipelineEnv):
 
     def observe(self, q: Float[Array, " nq"], qd: Float[Array, " nv"]) -> Float[Array, " obs"]:
         angles = q[1:]
-        return jnp.concatenate([q[:1], jnp.stack([jnp.cos(angles), jnp.sin(angles)], -1).ravel(), qd])
+        return jnp.concatenate(
+            [q[:1], jnp.stack([jnp.cos(angles), jnp.sin(angles)], -1).ravel(), qd]
+        )
 
     def state_from_obs(self, obs: Float[Array, " obs"]) -> tuple[jax.Array, jax.Array]:
         """Inverse of `observe`: joint positions (angles wrapped to (-pi, pi]) and velocities."""
@@ -252,7 +265,7 @@ class CartPole(PipelineEnv):
         angles = jnp.arctan2(cos_sin[:, 1], cos_sin[:, 0])
         return jnp.concatenate([obs[:1], angles]), obs[1 + 2 * n :]
 
-    def task_reward(self, obs: Float[Array, " obs"], action: Float[Array, "1"]) -> Float[Array, ""]:
+    def task_reward(self, obs: Float[Array, " obs"], action: Float[Array, 1]) -> Float[Array, ""]:
         """The reward for arriving at observation `obs` by command `action`."""
         n, w = self.n_poles, self.reward_weights
         cos_sin = obs[1 : 1 + 2 * n].reshape(n, 2)

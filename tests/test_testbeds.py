@@ -6,7 +6,7 @@ import pytest
 
 import sim2real
 from pods.rollout import reset_batch, rollout_actions
-from sim2real import CartPole, Physics, make_testbed, list_testbeds
+from sim2real import CartPole, Physics, list_testbeds, make_testbed
 
 
 def test_every_registered_name_resolves_through_brax():
@@ -78,7 +78,9 @@ def test_sim_and_real_diverge_but_agree_with_extra_physics_zeroed(system, play_a
     obs_zeroed = play_actions(zeroed, states, actions).observations
 
     np.testing.assert_allclose(obs_zeroed, obs_sim, rtol=0, atol=1e-6)
-    cart_velocity_gap = jnp.abs(obs_real[:, -1, 1 + 2 * sim.n_poles] - obs_sim[:, -1, 1 + 2 * sim.n_poles])
+    cart_velocity_gap = jnp.abs(
+        obs_real[:, -1, 1 + 2 * sim.n_poles] - obs_sim[:, -1, 1 + 2 * sim.n_poles]
+    )
     assert float(jnp.mean(cart_velocity_gap)) > 0.2
 
 
@@ -88,7 +90,9 @@ def test_real_physics_matches_newtons_second_law():
     P = (m_cart + m_pole) xdot + m_pole (l/2) cos(theta) thetadot, and dP/dt is the motor
     force times the actuator gain minus slider damping and friction; hinge damping is internal.
     """
-    physics = Physics(slider_damping=0.7, hinge_damping=0.05, slider_friction=0.6, actuator_gain=0.6)
+    physics = Physics(
+        slider_damping=0.7, hinge_damping=0.05, slider_friction=0.6, actuator_gain=0.6
+    )
     env = make_testbed("cartpole_swingup_real", physics=physics, timestep=0.002, n_frames=1)
     m_cart, m_pole, half_length, gear = 1.0, 0.1, 0.5, 10.0
     state = env.reset(jax.random.PRNGKey(0))
@@ -128,8 +132,13 @@ def test_bad_testbed_arguments_raise_one_clear_error(kwargs, message):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("slider_damping", -1.0), ("hinge_damping", -0.1), ("slider_friction", float("nan")),
-     ("actuator_gain", 0.0), ("friction_velocity", -0.05)],
+    [
+        ("slider_damping", -1.0),
+        ("hinge_damping", -0.1),
+        ("slider_friction", float("nan")),
+        ("actuator_gain", 0.0),
+        ("friction_velocity", -0.05),
+    ],
 )
 def test_bad_physics_raises_naming_the_field_and_value(field, value):
     with pytest.raises(ValueError, match=f"{field}.*{value}"):

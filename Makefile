@@ -1,0 +1,37 @@
+# Quick start on a fresh machine with Python 3.11: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+# XLA logs a warning on every persistent-compilation-cache hit; keep its C++ logs to errors.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: run test test-slow benchmarks lint clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(INSTALLED)
+
+## The main job.
+run: $(INSTALLED)
+	$(BIN)/python -m sim2real.report
+
+## The test suite (tests marked `slow` excluded; `make test-slow` runs them).
+test: $(INSTALLED)
+	$(BIN)/python -m pytest -m "not slow" --durations=15
+
+test-slow: $(INSTALLED)
+	$(BIN)/python -m pytest -m slow --durations=15
+
+benchmarks: $(INSTALLED)
+	$(BIN)/python benchmarks/rollout_throughput.py
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .jax_cache .pytest_cache .ruff_cache *.egg-info

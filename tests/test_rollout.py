@@ -1,0 +1,107 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pods.rollout import reset_batch, rollout_actions, rollout_policy
+from sim2real import SYSTEMS, TASKS, make_testbed
+
+
+def _central_differences(f, x, eps):
+    """Every partial derivative of scalar f at x, all 2n evaluations in one batched call."""
+    flat = x.ravel()
+    bumps = eps * jnp.eye(flat.size, dtype=x.dtype)
+    points = jnp.concatenate([flat + bumps, flat - bumps]).reshape(2 * flat.size, *x.shape)
+    values = jax.vmap(f)(points)
+    return ((values[: flat.size] - values[flat.size :]) / (2 * eps)).reshape(x.shape)
+
+
+@pytest.mark.parametrize("system", list(SYSTEMS))
+def test_return_gradient_matches_finite_differences_in_float64(system):
+    with jax.enable_x64(True):
+        # The tasks differ only in their initial states: one env compiles for all of them.
+        env = make_testbed(f"{system}_balance_real", dtype=jnp.float64)
+
+        def value(a, state):
+            return rollout_actions(env, state, a).value
+
+        grad = jax.jit(jax.grad(value))
+        numeric = jax.jit(lambda a, s: _central_differences(lambda x: value(x, s), a, 1e-6))
+        for task in TASKS:
+            state = make_testbed(f"{system}_{task}_real", dtype=jnp.float64).reset(
+                jax.random.PRNGKey(7)
+            )
+            actions = 0.6 * jax.random.uniform(jax.random.PRNGKey(8), (12, 1), jnp.float64, -1, 1)
+            analytic, finite = grad(actions, state), numeric(actions, state)
+            assert analytic.dtype == jnp.float64
+            relative_error = jnp.linalg.norm(analytic - finite) / jnp.linalg.norm(finite)
+            assert float(relative_error) <= 1e-4, (task, float(relative_error))
+
+
+def test_scan_rollout_equals_a_python_loop_of_env_steps():
+    env = make_testbed("cartpole_swingup_real")
+    state = env.reset(jax.random.PRNGKey(0))
+    actions = jnp.linspace(-1, 1, 15)[:, None]
+    traj = jax.jit(lambda s, a: rollout_actions(env, s, a))(state, actions)
+    step = jax.jit(env.step)
+    observations, rewards = [state.obs], []
+    for action in actions:
+        state = step(state, action)
+        observations.append(state.obs)
+        rewards.append(state.reward)
+    np.testing.assert_allclose(traj.observations, jnp.stack(observations), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(traj.rewards, jnp.stack(rewards), rtol=1e-5, atol=1e-5)
+    assert traj.horizon == 15 and traj.observations.shape == (16, env.observation_size)
+
+
+def test_gradient_window_cuts_gradients_across_windows_only():
+    env = make_testbed("cartpole_balance_real")
+    state = env.reset(jax.random.PRNGKey(1))
+    actions = 0.3 * jnp.ones((12, 1))
+    window = 4
+
+    def late_reward(a, gradient_window):
+        return rollout_actions(env, state, a, gradient_window=gradient_window).rewards[9]
+
+    windowed = jax.jit(jax.grad(lambda a: late_reward(a, window)))(actions)
+    full = jax.jit(jax.grad(lambda a: late_reward(a, None)))(actions)
+    # Reward 9 lies in the window of steps 8..11: earlier actions reach it only through the
+    # state at step 8, whose gradient the window stops.
+    assert jnp.all(windowed[:8] == 0) and jnp.all(full[:8] != 0)
+    np.testing.assert_allclose(windowed[8:], full[8:], rtol=1e-5)
+    # The forward pass is unchanged.
+    np.testing.assert_array_equal(
+        rollout_actions(env, state, actions, gradient_window=window).rewards,
+        rollout_actions(env, state, actions).rewards,
+    )
+
+
+def test_policy_rollout_records_the_noisy_actions_it_plays():
+    env = make_testbed("cartpole_balance_sim")
+    states = reset_batch(env, jax.random.PRNGKey(2), 3)
+
+    def policy(obs):
+        return jnp.tanh(-obs[2:3] - 0.5 * obs[4:5])
+
+    run = jax.jit(
+        jax.vmap(lambda s, k: rollout_policy(env, s, policy, 20, key=k, action_noise=0.3))
+    )
+    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+    noisy, again = run(states, keys), run(states, keys)
+    clean = jax.vmap(lambda s: rollout_policy(env, s, policy, 20))(states)
+    np.testing.assert_array_equal(noisy.actions, again.actions)
+    noise = noisy.actions - jax.vmap(jax.vmap(policy))(noisy.observations[:, :-1])
+    assert 0.2 < float(jnp.std(noise)) < 0.4
+    replayed = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, noisy.actions)
+    np.testing.assert_allclose(replayed.rewards, noisy.rewards, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(clean.actions, noisy.actions)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5])
+def test_bad_horizon_or_window_raises_naming_the_value(bad):
+    env = make_testbed("cartpole_balance_sim")
+    state = env.reset(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=f"horizon.*{bad}"):
+        rollout_policy(env, state, lambda o: jnp.zeros(1), bad)
+    with pytest.raises(ValueError, match=f"gradient_window.*{bad}" if bad else "horizon"):
+        rollout_actions(env, state, jnp.zeros((5 if bad else 0, 1)), gradient_window=bad or None)
