@@ -1,0 +1,39 @@
+"""Dynamics models learned from real transitions: data, models, training, k-step evaluation,
+and the env that steps a learned model (see DESIGN.md, layer `dynamics_models/`)."""
+
+from dynamics_models.checkpoint import load_model, save_model
+from dynamics_models.data import (
+    ObsLayout,
+    TransitionDataset,
+    collect_transitions,
+    load_dataset,
+    random_actions,
+)
+from dynamics_models.evaluation import KStepError, k_step_error
+from dynamics_models.learned_env import LearnedEnv
+from dynamics_models.models import (
+    EnsembleDynamics,
+    MLPDynamics,
+    ResidualDynamics,
+    cast_model,
+)
+from dynamics_models.training import TrainingConfig, train
+
+__all__ = [
+    "EnsembleDynamics",
+    "KStepError",
+    "LearnedEnv",
+    "MLPDynamics",
+    "ObsLayout",
+    "ResidualDynamics",
+    "TrainingConfig",
+    "TransitionDataset",
+    "cast_model",
+    "collect_transitions",
+    "k_step_error",
+    "load_dataset",
+    "load_model",
+    "random_actions",
+    "save_model",
+    "train",
+]

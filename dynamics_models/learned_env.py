@@ -1,0 +1,70 @@
+"""A trained dynamics model as a Brax-style env, so PODS rolls out and differentiates through
+it exactly as through the simulator (`pods.rollout` takes either)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from brax.envs.base import Env, State
+from jaxtyping import Array, Float
+
+
+class LearnedEnv(Env):
+    """Steps `model` (obs, action) -> next obs; resets and rewards come from a testbed.
+
+    The reset draws the testbed's initial observation (no simulation happens; the pipeline
+    state is None) and the reward is the testbed's `task_reward(next_obs, action)`, the same
+    pure function the testbed's own `step` uses, evaluated on the predicted observation.
+    Without a testbed the env can still be placed at an observation (`state_at`) and rolled
+    out, with zero reward: that is how `k_step_error` replays real actions through a model.
+    """
+
+    def __init__(self, model: Any, testbed: Any = None, *, episode_length: int | None = None):
+        self.model = model
+        self.testbed = testbed
+        if testbed is not None and int(testbed.observation_size) != model.layout.obs_dim:
+            raise ValueError(
+                f"model predicts obs_dim {model.layout.obs_dim} but testbed {testbed.name!r} "
+                f"observes {testbed.observation_size}"
+            )
+        self.episode_length = episode_length or getattr(testbed, "episode_length", None)
+
+    @property
+    def name(self) -> str:
+        return f"learned_{getattr(self.testbed, 'name', 'model')}"
+
+    @property
+    def dtype(self):
+        return self.model.dtype
+
+    @property
+    def observation_size(self) -> int:
+        return self.model.layout.obs_dim
+
+    @property
+    def action_size(self) -> int:
+        return int(self.model.normalizer.action_mean.shape[-1])
+
+    @property
+    def backend(self) -> str:
+        return "learned"
+
+    def state_at(self, obs: Float[Array, " obs"]) -> State:
+        """An env state at observation `obs`."""
+        zero = jnp.zeros((), self.dtype)
+        return State(pipeline_state=None, obs=jnp.asarray(obs, self.dtype), reward=zero, done=zero)
+
+    def reset(self, rng: jax.Array) -> State:
+        if self.testbed is None:
+            raise ValueError("LearnedEnv.reset needs a testbed to draw initial states from")
+        return self.state_at(self.testbed.reset(rng).obs)
+
+    def step(self, state: State, action: Float[Array, " act"]) -> State:
+        obs = self.model(state.obs, action)
+        if self.testbed is None:
+            reward = jnp.zeros((), obs.dtype)
+        else:
+            reward = self.testbed.task_reward(obs, action)
+        return state.replace(obs=obs, reward=reward)
