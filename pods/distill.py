@@ -1,0 +1,100 @@
+"""Policy distillation, PODS step 3: regress the policy onto the improved actions.
+
+minimize_theta  sum_t 0.5 * ||pi_theta(s_t) - a'_t||^2 over every (s_t, a'_t) of the batch,
+by Adam on shuffled minibatches: `passes` sweeps over the data, all of it one `lax.scan`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jaxtyping import Array, Float
+
+
+@struct.dataclass
+class DistillationResult:
+    network_params: Any
+    optimizer_state: optax.OptState
+    loss: Float[Array, ""]
+    """Mean regression loss over the minibatch steps that were applied (NaN if none was)."""
+    skipped_updates: Float[Array, ""]
+    """Minibatch steps whose loss or gradient was not finite, and so were not applied."""
+
+
+def distill_policy(
+    apply_fn: Callable[[Any, Float[Array, "b obs_dim"]], Float[Array, "b act_dim"]],
+    network_params: Any,
+    optimizer: optax.GradientTransformation,
+    optimizer_state: optax.OptState,
+    observations: Float[Array, "n obs_dim"],
+    targets: Float[Array, "n act_dim"],
+    weights: Float[Array, " n"],
+    key: jax.Array,
+    *,
+    minibatch_size: int,
+    passes: int,
+) -> DistillationResult:
+    """Adam on 0.5 ||pi(s) - a'||^2 over `passes` shuffled sweeps of `minibatch_size` pairs.
+
+    `weights` (0 or 1) leave out pairs that must not be learned from, such as rollouts that
+    went non-finite; the loss is the weighted mean over a minibatch. A step whose loss or
+    gradient is not finite is skipped: the parameters and the optimizer state stay as they
+    were. The tail of the data that does not fill a minibatch waits for the next shuffle.
+    """
+    n = observations.shape[0]
+    if not (0 < minibatch_size <= n):
+        raise ValueError(
+            f"minibatch_size must be in [1, {n}] for {n} samples, got {minibatch_size}"
+        )
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}")
+    batches_per_pass = n // minibatch_size
+    # Zeroed inputs of left-out pairs keep a NaN observation from reaching the network at all.
+    keep = weights > 0
+    observations = jnp.where(keep[:, None], observations, 0.0)
+    targets = jnp.where(keep[:, None], targets, 0.0)
+
+    def loss_fn(params, obs, target, weight):
+        residual = apply_fn(params, obs) - target
+        per_pair = 0.5 * jnp.sum(residual**2, axis=-1)
+        return jnp.sum(weight * per_pair) / jnp.maximum(jnp.sum(weight), 1.0)
+
+    def minibatch_step(carry, indices):
+        params, opt_state = carry
+        loss, grads = jax.value_and_grad(loss_fn)(
+            params, observations[indices], targets[indices], weights[indices]
+        )
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        )
+        grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        # Selecting the old pytrees (rather than lax.cond) keeps the step branch-free; a
+        # skipped step also leaves Adam's moments and count untouched.
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old),
+            (new_params, new_opt_state),
+            (params, opt_state),
+        )
+        return (params, opt_state), (jnp.where(finite, loss, 0.0), finite)
+
+    def one_pass(carry, pass_key):
+        order = jax.random.permutation(pass_key, n)[: batches_per_pass * minibatch_size]
+        return jax.lax.scan(minibatch_step, carry, order.reshape(batches_per_pass, minibatch_size))
+
+    (network_params, optimizer_state), (losses, finite) = jax.lax.scan(
+        one_pass, (network_params, optimizer_state), jax.random.split(key, passes)
+    )
+    applied = jnp.sum(finite)
+    return DistillationResult(
+        network_params=network_params,
+        optimizer_state=optimizer_state,
+        loss=jnp.where(applied > 0, jnp.sum(losses) / jnp.maximum(applied, 1), jnp.nan),
+        skipped_updates=jnp.sum(~finite).astype(losses.dtype),
+    )

@@ -1,0 +1,323 @@
+"""Action improvement, PODS step 2: better action sequences from the simulator's derivatives.
+
+The actions a[0..N-1] of each rollout are treated as free variables of the return V(a),
+the sum of rewards of an open-loop replay from the same initial state:
+
+- first order:  a' = a + alpha * d,  d = dV/da (optionally normalized or clipped);
+- second order: a' = a + alpha * d,  d = H^-1 dV/da with H the Gauss-Newton matrix of -V
+  (Mora et al. 2021, eq. 8): H = sum_t (dz_t/da)^T (-d2r/dz2)_+ (dz_t/da), z_t = (s_{t+1}, a_t).
+  The simulator's second derivatives are dropped and the reward's Hessian is projected onto
+  the PSD cone, so H is positive semi-definite even where r is not concave; Levenberg damping
+  makes it definite and the solve is a Cholesky.
+
+The step size alpha comes from one batched rollout over a geometric grid of candidates
+(trajectories x candidates in a single `vmap`): per trajectory the best candidate replaces the
+actions only if its return is strictly higher. A trajectory whose direction is not finite is
+rejected and counted; it keeps its actions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from brax.envs.base import Env, State, Wrapper
+from flax import struct
+from jaxtyping import Array, Bool, Float
+
+from pods.rollout import rollout_actions
+
+RewardFn = Callable[[Float[Array, " obs_dim"], Float[Array, " act_dim"]], Float[Array, ""]]
+"""r(s_{t+1}, a_t): the reward for arriving at observation s_{t+1} by action a_t."""
+
+GRADIENT_NORMALIZATIONS = ("rms", "clip", "none")
+
+
+@struct.dataclass
+class ImprovedActions:
+    """The outcome of one improvement step on a batch of k trajectories."""
+
+    actions: Float[Array, "k horizon act_dim"]
+    """a' where the line search found a better return, else the original a (clipped to bounds)."""
+    value: Float[Array, " k"]
+    """V(a), the return before the step."""
+    value_improved: Float[Array, " k"]
+    """V(a'), never below `value` for a finite `value`."""
+    gradient_norm: Float[Array, " k"]
+    """||dV/da||, before any normalization."""
+    step_size: Float[Array, " k"]
+    """The accepted alpha, 0 where the step was rejected."""
+    accepted: Bool[Array, " k"]
+    nonfinite: Bool[Array, " k"]
+    """The direction (gradient or Newton step) was not finite: the trajectory was rejected."""
+    observations: Float[Array, "k horizon+1 obs_dim"]
+    """The states the returned actions visit: the candidate's rollout where accepted, else the
+    rollout of the original actions."""
+
+
+def step_size_grid(largest: float, smallest: float, count: int) -> Float[Array, " count"]:
+    """Geometric candidates for alpha, largest first."""
+    if not (0 < smallest <= largest and count >= 1):
+        raise ValueError(
+            f"need 0 < smallest <= largest and count >= 1, got {smallest}, {largest}, {count}"
+        )
+    if count == 1:
+        return jnp.array([largest])
+    return jnp.geomspace(largest, smallest, count)
+
+
+def _is_finite(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(x))
+
+
+class RematerializedStep(Wrapper):
+    """The env with `step` recomputed in the backward pass instead of its intermediates stored.
+
+    Measured on the 2-core CPU: the batched gradient through a 50-step cart-pole ran 3.4x
+    faster (0.043 s against 0.148 s for k=16), since the Brax step's many small intermediates
+    no longer make a round trip through memory.
+    """
+
+    def step(self, state: State, action: jax.Array) -> State:
+        return jax.checkpoint(self.env.step)(state, action)
+
+
+def action_gradient(
+    env: Env,
+    state: State,
+    actions: Float[Array, "horizon act_dim"],
+    *,
+    gradient_window: int | None = None,
+    rematerialize: bool = True,
+) -> tuple[Float[Array, ""], Float[Array, "horizon act_dim"]]:
+    """V(a) and dV/da by reverse mode through one open-loop rollout."""
+    env = RematerializedStep(env) if rematerialize else env
+    return jax.value_and_grad(
+        lambda a: rollout_actions(env, state, a, gradient_window=gradient_window).value
+    )(actions)
+
+
+def gauss_newton_factor(
+    env: Env,
+    state: State,
+    actions: Float[Array, "horizon act_dim"],
+    *,
+    reward_fn: RewardFn | None = None,
+    gradient_window: int | None = None,
+) -> tuple[Float[Array, ""], Float[Array, " n"], Float[Array, "m n"]]:
+    """V(a), dV/da (flattened, n = horizon * act_dim) and B with B^T B the Gauss-Newton matrix.
+
+    The Jacobian ds/da comes from forward mode, one tangent per action coordinate: n is small
+    (100 for a 100-step cart-pole) while the states are larger, and one vmapped JVP rollout is
+    cheaper than n reverse passes. dV/da is assembled from the same Jacobian, so the second-order
+    path needs no reverse pass at all.
+    """
+    reward_fn = reward_fn if reward_fn is not None else getattr(env, "task_reward", None)
+    if reward_fn is None:
+        raise ValueError("second-order improvement needs reward_fn(obs, action) or env.task_reward")
+    horizon, act_dim = actions.shape
+    n = horizon * act_dim
+
+    def next_observations(a):
+        return rollout_actions(
+            env, state, a.reshape(horizon, act_dim), gradient_window=gradient_window
+        ).observations[1:]
+
+    flat = actions.reshape(n)
+    basis = jnp.eye(n, dtype=actions.dtype)
+    obs, d_obs = jax.vmap(lambda t: jax.jvp(next_observations, (flat,), (t,)), out_axes=(None, 0))(
+        basis
+    )
+    obs_dim = obs.shape[-1]
+    # dz_t/da for z_t = (s_{t+1}, a_t): the rollout's Jacobian stacked on the selector of a_t.
+    d_obs = jnp.moveaxis(d_obs, 0, -1)  # (horizon, obs_dim, n)
+    d_act = basis.reshape(horizon, act_dim, n)
+    dz = jnp.concatenate([d_obs, d_act], axis=1)
+    z = jnp.concatenate([obs, actions], axis=1)
+
+    def reward_of_z(z_t):
+        return reward_fn(z_t[:obs_dim], z_t[obs_dim:])
+
+    rewards = jax.vmap(reward_of_z)(z)
+    reward_grads = jax.vmap(jax.grad(reward_of_z))(z)
+    curvature = jax.vmap(jax.hessian(lambda z_t: -reward_of_z(z_t)))(z)
+    eigenvalues, eigenvectors = jnp.linalg.eigh(curvature)
+    # (-d2r/dz2)_+ = L L^T with the negative eigenvalues dropped; B stacks L_t^T dz_t/da.
+    roots = eigenvectors * jnp.sqrt(jnp.maximum(eigenvalues, 0.0))[:, None, :]
+    factor = jnp.einsum("tij,tik->tjk", roots, dz).reshape(-1, n)
+    gradient = jnp.einsum("ti,tik->k", reward_grads, dz)
+    return jnp.sum(rewards), gradient, factor
+
+
+def gauss_newton_matrix(
+    env: Env,
+    state: State,
+    actions: Float[Array, "horizon act_dim"],
+    *,
+    reward_fn: RewardFn | None = None,
+    gradient_window: int | None = None,
+) -> Float[Array, "n n"]:
+    """The Gauss-Newton approximation of -d2V/da2 (n = horizon * act_dim), PSD by construction."""
+    _, _, factor = gauss_newton_factor(
+        env, state, actions, reward_fn=reward_fn, gradient_window=gradient_window
+    )
+    return factor.T @ factor
+
+
+def newton_direction(
+    gradient: Float[Array, " n"], factor: Float[Array, "m n"], damping: float
+) -> Float[Array, " n"]:
+    """(B^T B + damping * mean(diag) * I)^-1 dV/da, solved by Cholesky.
+
+    B is divided by its largest entry first: through an unstable rollout ds/da reaches 1e10
+    and (ds/da)^2 would overflow float32, while the solution is invariant to that scale. The
+    damping is relative to the mean curvature, so one `damping` suits any task's scale.
+    """
+    scale = jnp.max(jnp.abs(factor))
+    scale = jnp.where(scale > 0, scale, 1.0)
+    b = factor / scale
+    matrix = b.T @ b
+    matrix = matrix + damping * jnp.mean(jnp.diag(matrix)) * jnp.eye(
+        matrix.shape[0], dtype=matrix.dtype
+    )
+    cholesky = jax.scipy.linalg.cho_factor(matrix, lower=True)
+    return jax.scipy.linalg.cho_solve(cholesky, gradient / scale**2)
+
+
+def first_order_direction(
+    gradient: Float[Array, "horizon act_dim"], normalization: str, max_norm: float
+) -> Float[Array, "horizon act_dim"]:
+    """dV/da, rescaled so that the step-size grid means the same thing on every trajectory.
+
+    `rms`: unit root-mean-square per action, so alpha is the typical change of an action;
+    `clip`: norm clipped at `max_norm`; `none`: the raw gradient, whose norm spans many orders
+    of magnitude through an unstable rollout.
+    """
+    if normalization == "rms":
+        rms = jnp.sqrt(jnp.mean(gradient**2))
+        return gradient / jnp.where(rms > 0, rms, 1.0)
+    if normalization == "clip":
+        norm = jnp.linalg.norm(gradient)
+        return gradient * jnp.minimum(1.0, max_norm / jnp.where(norm > 0, norm, 1.0))
+    if normalization == "none":
+        return gradient
+    raise ValueError(
+        f"gradient normalization must be one of {GRADIENT_NORMALIZATIONS}, got {normalization!r}"
+    )
+
+
+@struct.dataclass
+class LineSearchResult:
+    actions: Float[Array, "k horizon act_dim"]
+    """The best candidate where it strictly improves the return, else the input actions."""
+    value: Float[Array, " k"]
+    step_size: Float[Array, " k"]
+    """The accepted alpha, 0 where the actions were kept."""
+    accepted: Bool[Array, " k"]
+    observations: Float[Array, "k horizon+1 obs_dim"]
+    """The states the accepted candidate visits (NaN rows where none was accepted)."""
+
+
+def line_search(
+    env: Env,
+    states: State,
+    actions: Float[Array, "k horizon act_dim"],
+    direction: Float[Array, "k horizon act_dim"],
+    value: Float[Array, " k"],
+    step_sizes: Float[Array, " m"],
+    *,
+    action_bounds: tuple[float, float] = (-1.0, 1.0),
+) -> LineSearchResult:
+    """Per trajectory, the best of the candidates clip(a + alpha_j d), if it is better than a.
+
+    All k x m candidates clip(a + alpha_j d) are rolled out in one vmapped rollout. A
+    trajectory takes its best candidate only if that return is finite and strictly above
+    `value`; otherwise it keeps `actions`, so no trajectory ever gets worse.
+    """
+    low, high = action_bounds
+    candidates = jnp.clip(
+        actions[:, None] + step_sizes[None, :, None, None] * direction[:, None], low, high
+    )
+
+    def candidate_rollouts(state, candidates_of_state):
+        trajectories = jax.vmap(lambda a: rollout_actions(env, state, a))(candidates_of_state)
+        return trajectories.value, trajectories.observations
+
+    returns, observations = jax.vmap(candidate_rollouts)(states, candidates)
+    returns = jnp.where(jnp.isfinite(returns), returns, -jnp.inf)
+    best = jnp.argmax(returns, axis=1)
+    best_return = jnp.take_along_axis(returns, best[:, None], axis=1)[:, 0]
+    accepted = best_return > value
+    best_actions = jnp.take_along_axis(candidates, best[:, None, None, None], axis=1)[:, 0]
+    best_observations = jnp.take_along_axis(observations, best[:, None, None, None], axis=1)[:, 0]
+    return LineSearchResult(
+        actions=jnp.where(accepted[:, None, None], best_actions, jnp.clip(actions, low, high)),
+        value=jnp.where(accepted, best_return, value),
+        step_size=jnp.where(accepted, step_sizes[best], 0.0),
+        accepted=accepted,
+        observations=jnp.where(accepted[:, None, None], best_observations, jnp.nan),
+    )
+
+
+def improve_actions(
+    env: Env,
+    states: State,
+    actions: Float[Array, "k horizon act_dim"],
+    observations: Float[Array, "k horizon+1 obs_dim"],
+    step_sizes: Float[Array, " m"],
+    *,
+    order: int = 1,
+    gradient_normalization: str = "rms",
+    max_gradient_norm: float = 1.0,
+    damping: float = 1e-3,
+    gradient_window: int | None = None,
+    reward_fn: RewardFn | None = None,
+    action_bounds: tuple[float, float] = (-1.0, 1.0),
+) -> ImprovedActions:
+    """One first- or second-order improvement step with a batched line search, for k rollouts.
+
+    `observations` are those of the rollouts of `actions` from `states`; they are returned for
+    the trajectories the line search leaves alone, so that distillation can regress on the
+    states each returned action sequence actually visits.
+    """
+    if order == 1:
+
+        def direction_of(state, a):
+            value, gradient = action_gradient(env, state, a, gradient_window=gradient_window)
+            direction = first_order_direction(gradient, gradient_normalization, max_gradient_norm)
+            return value, gradient, direction
+
+    elif order == 2:
+
+        def direction_of(state, a):
+            value, gradient, factor = gauss_newton_factor(
+                env, state, a, reward_fn=reward_fn, gradient_window=gradient_window
+            )
+            direction = newton_direction(gradient, factor, damping)
+            return value, gradient.reshape(a.shape), direction.reshape(a.shape)
+
+    else:
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
+
+    value, gradient, direction = jax.vmap(direction_of)(states, actions)
+    finite = jax.vmap(_is_finite)(direction) & jax.vmap(_is_finite)(gradient) & jnp.isfinite(value)
+    # A non-finite direction becomes zero: every candidate then replays `actions`, which
+    # cannot beat `value` strictly, so the trajectory is rejected by the line search itself.
+    direction = jnp.where(finite[:, None, None], direction, 0.0)
+    search = line_search(
+        env, states, actions, direction, value, step_sizes, action_bounds=action_bounds
+    )
+    accepted = search.accepted & finite
+    return ImprovedActions(
+        actions=jnp.where(
+            accepted[:, None, None], search.actions, jnp.clip(actions, *action_bounds)
+        ),
+        value=value,
+        value_improved=jnp.where(accepted, search.value, value),
+        gradient_norm=jax.vmap(jnp.linalg.norm)(gradient),
+        step_size=jnp.where(accepted, search.step_size, 0.0),
+        accepted=accepted,
+        nonfinite=~finite,
+        observations=jnp.where(accepted[:, None, None], search.observations, observations),
+    )

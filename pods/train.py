@@ -1,0 +1,359 @@
+"""PODS: Policy Optimization via Differentiable Simulation (Mora et al., ICML 2021).
+
+Algorithm 1, one epoch (`epoch` below, one jitted pure function):
+  1. sample k initial states s_0; roll out the deterministic policy pi_theta for N steps
+     (with Gaussian exploration noise on the actions, if asked) -> s[0..N], a[0..N-1], V;
+  2. improve the action sequences with the simulator's derivatives (`improve_actions`):
+     first order a' = a + alpha dV/da, or second order a' = a + alpha H^-1 dV/da, alpha from
+     a batched line search that never accepts a worse return;
+  3. distill: Adam on 0.5 ||pi_theta(s_t) - a'_t||^2 over the improved trajectories
+     (`distill_policy`).
+
+Everything that is not one of those steps is bookkeeping: observation statistics, metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import jax
+import jax.numpy as jnp
+import optax
+from brax.envs.base import Env
+from flax import struct
+
+from pods.distill import distill_policy
+from pods.improve import GRADIENT_NORMALIZATIONS, ImprovedActions, improve_actions, step_size_grid
+from pods.networks import (
+    PolicyNetwork,
+    PolicyParams,
+    init_policy_params,
+    make_policy_factory,
+    policy_apply,
+)
+from pods.rollout import Policy, reset_batch, rollout_policy
+
+Metrics = dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class PODSConfig:
+    """Hyperparameters of PODS; all static (a change means a new compile)."""
+
+    num_epochs: int = 100
+    """Epochs of rollout -> improve -> distill."""
+    num_trajectories: int = 64
+    """k: rollouts (initial states) per epoch."""
+    horizon: int | None = None
+    """N: steps per rollout; None uses the env's `episode_length`."""
+    order: int = 1
+    """1: gradient ascent on the actions; 2: damped Gauss-Newton steps."""
+    improve_iterations: int = 1
+    """Improvement steps per epoch, each with its own line search (PODS takes 1)."""
+    step_size_max: float = 1.0
+    """Largest line-search candidate alpha. First order with `rms` normalization: the RMS
+    change of an action; second order: the fraction of the Newton step."""
+    step_size_min: float = 1e-3
+    """Smallest line-search candidate alpha."""
+    num_step_sizes: int = 8
+    """Candidates on the geometric grid between the two; all run as one batched rollout."""
+    gradient_normalization: str = "rms"
+    """First order: `rms` (unit RMS per action), `clip` (norm clipped at max_gradient_norm) or
+    `none`. Gradients through an unstable rollout span 1e-3..1e15, hence the default."""
+    max_gradient_norm: float = 1.0
+    """Clip threshold for `gradient_normalization="clip"`."""
+    gradient_window: int | None = None
+    """Stop the gradient through the state every this many steps (None: never)."""
+    damping: float = 1e-3
+    """Second order: Levenberg damping, relative to the mean diagonal of the Gauss-Newton matrix."""
+    exploration_noise: float = 0.0
+    """Std of the Gaussian noise added to the policy's actions in the data rollouts."""
+    exploration_decay: float = 1.0
+    """Factor on exploration_noise after every epoch."""
+    distill_states: str = "improved"
+    """Regress pi(s_t) on a'_t at the states a' visits (`improved`) or at those of the data
+    rollout (`original`, as in the paper's pseudo-code)."""
+    distill_passes: int = 4
+    """Shuffled sweeps over the k * N (state, improved action) pairs per epoch."""
+    minibatch_size: int = 256
+    """Pairs per Adam step."""
+    learning_rate: float = 1e-3
+    """Adam's learning rate for distillation."""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Widths of the policy MLP's hidden layers."""
+    normalize_observations: bool = True
+    """Standardize observations with running statistics of the data rollouts."""
+    float64: bool = False
+    """Train in double precision (the env must be built with dtype=jnp.float64)."""
+
+    def __post_init__(self):
+        def require(ok: bool, name: str, expected: str):
+            if not ok:
+                raise ValueError(
+                    f"PODSConfig.{name} must be {expected}, got {getattr(self, name)!r}"
+                )
+
+        def positive_int(name: str):
+            value = getattr(self, name)
+            require(
+                isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                name,
+                "a positive integer",
+            )
+
+        def positive_float(name: str):
+            value = getattr(self, name)
+            require(
+                isinstance(value, int | float) and math.isfinite(value) and value > 0,
+                name,
+                "a finite number > 0",
+            )
+
+        for name in (
+            "num_epochs",
+            "num_trajectories",
+            "improve_iterations",
+            "num_step_sizes",
+            "distill_passes",
+            "minibatch_size",
+        ):
+            positive_int(name)
+        if self.horizon is not None:
+            positive_int("horizon")
+        if self.gradient_window is not None:
+            positive_int("gradient_window")
+        require(self.order in (1, 2), "order", "1 or 2")
+        for name in ("step_size_max", "step_size_min", "max_gradient_norm", "learning_rate"):
+            positive_float(name)
+        require(
+            self.step_size_min <= self.step_size_max,
+            "step_size_min",
+            f"<= step_size_max ({self.step_size_max})",
+        )
+        require(
+            self.gradient_normalization in GRADIENT_NORMALIZATIONS,
+            "gradient_normalization",
+            f"one of {GRADIENT_NORMALIZATIONS}",
+        )
+        require(
+            math.isfinite(self.damping) and self.damping >= 0, "damping", "a finite number >= 0"
+        )
+        require(
+            math.isfinite(self.exploration_noise) and self.exploration_noise >= 0,
+            "exploration_noise",
+            "a finite number >= 0",
+        )
+        require(0 < self.exploration_decay <= 1, "exploration_decay", "in (0, 1]")
+        require(
+            self.distill_states in ("improved", "original"),
+            "distill_states",
+            "'improved' or 'original'",
+        )
+        require(
+            isinstance(self.hidden_sizes, tuple)
+            and all(isinstance(w, int) and w > 0 for w in self.hidden_sizes),
+            "hidden_sizes",
+            "a tuple of positive integers",
+        )
+
+    def sim_steps_per_epoch(self, horizon: int) -> int:
+        """Env steps evaluated per epoch (forward passes; derivative passes not counted)."""
+        rollouts = (
+            1 + (self.exploration_noise > 0) + self.improve_iterations * (1 + self.num_step_sizes)
+        )
+        return rollouts * self.num_trajectories * horizon
+
+
+@struct.dataclass
+class TrainingState:
+    params: PolicyParams
+    optimizer_state: optax.OptState
+    epoch: jax.Array
+
+
+def make_pods(config: PODSConfig, env: Env):
+    """Builds PODS's pure pieces for one config and env.
+
+    Returns (network, make_policy, improve, epoch): `improve(params, epoch, key)` is the
+    epoch's simulation work alone (rollouts, derivatives, line searches), `epoch(state, key)`
+    the whole PODS epoch. Neither is jitted here.
+    """
+    horizon = config.horizon or env.episode_length
+    k = config.num_trajectories
+    if config.minibatch_size > k * horizon:
+        raise ValueError(
+            f"PODSConfig.minibatch_size must be <= num_trajectories * horizon = {k * horizon}, "
+            f"got {config.minibatch_size}"
+        )
+    dtype = jnp.float64 if config.float64 else jnp.float32
+    env_dtype = getattr(env, "dtype", None)
+    if env_dtype is not None and jnp.dtype(env_dtype) != jnp.dtype(dtype):
+        raise ValueError(
+            f"PODSConfig.float64={config.float64} but the env simulates in {jnp.dtype(env_dtype)}"
+        )
+    network = PolicyNetwork(env.action_size, config.hidden_sizes, param_dtype=dtype)
+    make_policy = make_policy_factory(network, normalize=config.normalize_observations)
+    optimizer = optax.adam(config.learning_rate)
+    step_sizes = step_size_grid(
+        config.step_size_max, config.step_size_min, config.num_step_sizes
+    ).astype(dtype)
+
+    def improve(params: PolicyParams, epoch: jax.Array, key: jax.Array):
+        key_reset, key_noise = jax.random.split(key)
+        states = reset_batch(env, key_reset, k)
+        policy = make_policy(params)
+        # train/return is always the deterministic policy's, comparable across configs.
+        evaluation = jax.vmap(lambda s: rollout_policy(env, s, policy, horizon))(states)
+        noise = config.exploration_noise * config.exploration_decay ** epoch.astype(dtype)
+        if config.exploration_noise > 0:
+            data = jax.vmap(
+                lambda s, key: rollout_policy(env, s, policy, horizon, key=key, action_noise=noise)
+            )(states, jax.random.split(key_noise, k))
+        else:
+            data = evaluation
+
+        def improvement_step(trajectories, _):
+            actions, observations = trajectories
+            step = improve_actions(
+                env,
+                states,
+                actions,
+                observations,
+                step_sizes,
+                order=config.order,
+                gradient_normalization=config.gradient_normalization,
+                max_gradient_norm=config.max_gradient_norm,
+                damping=config.damping,
+                gradient_window=config.gradient_window,
+            )
+            return (step.actions, step.observations), step
+
+        _, steps = jax.lax.scan(
+            improvement_step, (data.actions, data.observations), length=config.improve_iterations
+        )
+        final: ImprovedActions = jax.tree.map(lambda x: x[-1], steps)
+        return data, evaluation, steps, final, noise
+
+    def epoch(state: TrainingState, key: jax.Array) -> tuple[TrainingState, dict[str, jax.Array]]:
+        key_improve, key_distill = jax.random.split(key)
+        # 1-2. Roll out and improve the actions.
+        data, evaluation, steps, improved, noise = improve(state.params, state.epoch, key_improve)
+
+        # 3. Distill the improved actions into the policy.
+        states_visited = (
+            improved.observations if config.distill_states == "improved" else data.observations
+        )
+        observations = states_visited[:, :-1].reshape(k * horizon, -1)
+        targets = improved.actions.reshape(k * horizon, -1)
+        usable = jnp.all(jnp.isfinite(observations), -1) & jnp.all(jnp.isfinite(targets), -1)
+        normalizer = state.params.normalizer
+        if config.normalize_observations:
+            normalizer = normalizer.update(observations, usable)
+        distilled = distill_policy(
+            lambda net, obs: policy_apply(
+                network, PolicyParams(normalizer, net), obs, normalize=config.normalize_observations
+            ),
+            state.params.network,
+            optimizer,
+            state.optimizer_state,
+            observations,
+            targets,
+            usable.astype(dtype),
+            key_distill,
+            minibatch_size=config.minibatch_size,
+            passes=config.distill_passes,
+        )
+        new_state = TrainingState(
+            params=PolicyParams(normalizer, distilled.network_params),
+            optimizer_state=distilled.optimizer_state,
+            epoch=state.epoch + 1,
+        )
+
+        finite_grad = ~steps.nonfinite[0]
+        accepted = steps.accepted
+        metrics = {
+            "train/return": jnp.mean(evaluation.value),
+            "train/return_data": jnp.mean(data.value),
+            "train/return_improved": jnp.mean(improved.value_improved),
+            "train/distill_loss": distilled.loss,
+            "train/grad_norm": jnp.sum(jnp.where(finite_grad, steps.gradient_norm[0], 0.0))
+            / jnp.maximum(jnp.sum(finite_grad), 1),
+            "train/step_size": jnp.sum(steps.step_size) / jnp.maximum(jnp.sum(accepted), 1),
+            "train/accept_rate": jnp.mean(accepted),
+            "train/rejected_nonfinite": jnp.sum(steps.nonfinite) + distilled.skipped_updates,
+            "train/exploration_noise": noise,
+        }
+        return new_state, metrics
+
+    return network, make_policy, improve, epoch
+
+
+def init_training_state(
+    config: PODSConfig, env: Env, network: PolicyNetwork, key: jax.Array
+) -> TrainingState:
+    dtype = jnp.float64 if config.float64 else jnp.float32
+    params = init_policy_params(network, env.observation_size, key, dtype)
+    return TrainingState(
+        params=params,
+        optimizer_state=optax.adam(config.learning_rate).init(params.network),
+        epoch=jnp.zeros((), jnp.int32),
+    )
+
+
+def train(
+    config: PODSConfig,
+    env: Env,
+    key: jax.Array,
+    *,
+    progress_fn: Callable[[int, Metrics], None] | None = None,
+    initial_params: PolicyParams | None = None,
+) -> tuple[Callable[[PolicyParams], Policy], PolicyParams, list[Metrics]]:
+    """Trains a policy with PODS; returns (make_policy, params, metrics per epoch).
+
+    `progress_fn(epoch, metrics)` is called after every epoch, with `train/sim_steps` and
+    `train/wall_clock_s` cumulative. `initial_params` warm-starts from earlier params.
+    """
+    with jax.enable_x64(True) if config.float64 else nullcontext():
+        network, make_policy, _, epoch = make_pods(config, env)
+        key_init, key = jax.random.split(key)
+        state = init_training_state(config, env, network, key_init)
+        if initial_params is not None:
+            state = state.replace(params=initial_params)
+        epoch = jax.jit(epoch)
+        horizon = config.horizon or env.episode_length
+        history: list[Metrics] = []
+        start = time.perf_counter()
+        # The one impure loop: it syncs, times and reports; every epoch is one compiled call.
+        for i in range(config.num_epochs):
+            key, key_epoch = jax.random.split(key)
+            state, metrics = epoch(state, key_epoch)
+            metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
+            metrics["train/sim_steps"] = float((i + 1) * config.sim_steps_per_epoch(horizon))
+            metrics["train/wall_clock_s"] = time.perf_counter() - start
+            history.append(metrics)
+            if progress_fn is not None:
+                progress_fn(i, metrics)
+        return make_policy, state.params, history
+
+
+def evaluate_policy(
+    env: Env, policy: Policy, key: jax.Array, num_trajectories: int, horizon: int | None = None
+) -> jax.Array:
+    """Returns of the deterministic `policy` from `num_trajectories` fresh initial states."""
+    horizon = horizon or env.episode_length
+    states = reset_batch(env, key, num_trajectories)
+    return jax.vmap(lambda s: rollout_policy(env, s, policy, horizon))(states).value
+
+
+__all__ = [
+    "PODSConfig",
+    "TrainingState",
+    "init_training_state",
+    "make_pods",
+    "train",
+    "evaluate_policy",
+]
