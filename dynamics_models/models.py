@@ -219,6 +219,15 @@ class ResidualDynamics(_StepModel):
     def base_state(self, obs, action):
         return sim_step_state(self.sim_env, obs, self.saturate(action))
 
+    def with_sim_env(self, sim_env: Any) -> ResidualDynamics:
+        """The same weights over another simulator, e.g. a float64 build of the same testbed
+        (the simulator is static, so `cast_model` cannot change its dtype)."""
+        fresh = ResidualDynamics(
+            jax.random.PRNGKey(0), self.normalizer.stats(), sim_env, width=self.width,
+            depth=self.depth, action_limit=self.action_limit, dtype=self.dtype,
+        )
+        return eqx.tree_at(lambda m: (m.network, m.normalizer), fresh, (self.network, self.normalizer))
+
     def hyperparameters(self) -> dict:
         return {"width": self.width, "depth": self.depth, "action_limit": self.action_limit}
 
