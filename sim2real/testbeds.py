@@ -207,6 +207,15 @@ class CartPole(PipelineEnv):
         return 1 + 2 * self.n_poles + 1 + self.n_poles
 
     @property
+    def pole_lengths(self) -> tuple[float, ...]:
+        """Length of each pole, m, from its capsule in the MJCF."""
+        model = self.sys.mj_model
+        return tuple(
+            2 * float(model.geom_size[model.geom(f"pole{i}" if self.n_poles > 1 else "pole").id, 1])
+            for i in range(1, self.n_poles + 1)
+        )
+
+    @property
     def dtype(self):
         return self.sys.init_q.dtype
 

@@ -1,0 +1,141 @@
+"""A run directory that describes itself: metrics, TensorBoard events, checkpoints, summary.
+
+    run_dir/
+      .hydra/            resolved config (written by hydra)
+      metrics.jsonl      one JSON object per epoch: {"epoch": e, "train/return": ..., ...}
+      tensorboard/       the same scalars as TensorBoard events
+      checkpoints/       latest.msgpack (+ latest.json: epoch, format), written atomically
+      summary.json       the headline figures, written when the run finishes
+      artifacts/         anything else a run produces (animations, datasets, models)
+
+Every file a reader may open while the run goes on is replaced atomically (write to a
+temporary file in the same folder, fsync, rename), so a run killed at any instant leaves
+either the old or the new version, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import serialization
+
+CHECKPOINT_FORMAT = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_scalar) + "\n").encode())
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if hasattr(value, "tolist"):  # jax arrays
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class RunDirectory:
+    """Writes (and on resume, reads back) one run's outputs."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.summary_path = self.path / "summary.json"
+        self.checkpoint_path = self.path / "checkpoints" / "latest.msgpack"
+        self.checkpoint_info_path = self.path / "checkpoints" / "latest.json"
+        self.artifacts = self.path / "artifacts"
+        self._tensorboard = None
+
+    # -- metrics ---------------------------------------------------------------------------
+    def log_metrics(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Appends one epoch's metrics to metrics.jsonl and TensorBoard."""
+        record = {"epoch": int(epoch)}
+        record.update({k: _finite_or_none(float(v)) for k, v in metrics.items()})
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        writer = self._writer()
+        for key, value in metrics.items():
+            writer.add_scalar(key, float(value), global_step=int(epoch))
+        writer.flush()
+
+    def read_metrics(self) -> list[dict]:
+        """Every complete line of metrics.jsonl (a line cut short by a kill is dropped)."""
+        if not self.metrics_path.exists():
+            return []
+        records = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return records
+
+    def truncate_metrics(self, last_epoch: int) -> None:
+        """Keeps the metrics of epochs <= last_epoch: those a resumed run will not redo."""
+        kept = [r for r in self.read_metrics() if r["epoch"] <= last_epoch]
+        atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    def _writer(self):
+        if self._tensorboard is None:
+            from tensorboardX import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(self.path / "tensorboard"))
+        return self._tensorboard
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self, state: Any, epoch: int, extra: Mapping[str, Any] | None = None) -> None:
+        """Saves a training-state pytree after `epoch` epochs; replaces the previous one."""
+        atomic_write_bytes(self.checkpoint_path, serialization.to_bytes(state))
+        info = {"format": CHECKPOINT_FORMAT, "epoch": int(epoch), **(extra or {})}
+        atomic_write_json(self.checkpoint_info_path, info)
+
+    def load_checkpoint(self, template: Any) -> tuple[Any, dict] | None:
+        """(state, info) of the latest checkpoint, restored into `template`'s structure, or
+        None if the run has none. A corrupt or mismatched file raises one clear error."""
+        if not self.checkpoint_info_path.exists():
+            return None
+        try:
+            info = json.loads(self.checkpoint_info_path.read_text())
+            if info.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"format {info.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+            state = serialization.from_bytes(template, self.checkpoint_path.read_bytes())
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"cannot resume from {self.checkpoint_path}: {err}") from None
+        return state, info
+
+    # -- summary ---------------------------------------------------------------------------
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        atomic_write_json(self.summary_path, dict(summary))
