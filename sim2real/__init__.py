@@ -3,6 +3,7 @@
 Importing this package registers every testbed with `brax.envs`.
 """
 
+import pods  # noqa: F401  (imports brax with its stdout chatter silenced)
 from sim2real.testbeds import (
     BACKENDS,
     SYSTEMS,
