@@ -311,32 +311,41 @@ def train(
     *,
     progress_fn: Callable[[int, Metrics], None] | None = None,
     initial_params: PolicyParams | None = None,
+    initial_state: TrainingState | None = None,
+    checkpoint_fn: Callable[[TrainingState, Metrics], None] | None = None,
 ) -> tuple[Callable[[PolicyParams], Policy], PolicyParams, list[Metrics]]:
     """Trains a policy with PODS; returns (make_policy, params, metrics per epoch).
 
     `progress_fn(epoch, metrics)` is called after every epoch, with `train/sim_steps` and
     `train/wall_clock_s` cumulative. `initial_params` warm-starts from earlier params.
+    `checkpoint_fn(state, metrics)` receives the training state after every epoch; passing
+    such a state back as `initial_state` (same config and key) resumes the run, and the
+    resumed epochs are identical to those of a run never interrupted: epoch e's randomness is
+    `fold_in(key, e)`, a function of the epoch alone. `wall_clock_s` counts from this call.
     """
     with jax.enable_x64(True) if config.float64 else nullcontext():
         network, make_policy, _, epoch = make_pods(config, env)
-        key_init, key = jax.random.split(key)
-        state = init_training_state(config, env, network, key_init)
-        if initial_params is not None:
-            state = state.replace(params=initial_params)
+        key_init, key_epochs = jax.random.split(key)
+        state = initial_state
+        if state is None:
+            state = init_training_state(config, env, network, key_init)
+            if initial_params is not None:
+                state = state.replace(params=initial_params)
         epoch = jax.jit(epoch)
         horizon = config.horizon or env.episode_length
         history: list[Metrics] = []
         start = time.perf_counter()
         # The one impure loop: it syncs, times and reports; every epoch is one compiled call.
-        for i in range(config.num_epochs):
-            key, key_epoch = jax.random.split(key)
-            state, metrics = epoch(state, key_epoch)
+        for i in range(int(state.epoch), config.num_epochs):
+            state, metrics = epoch(state, jax.random.fold_in(key_epochs, i))
             metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
             metrics["train/sim_steps"] = float((i + 1) * config.sim_steps_per_epoch(horizon))
             metrics["train/wall_clock_s"] = time.perf_counter() - start
             history.append(metrics)
             if progress_fn is not None:
                 progress_fn(i, metrics)
+            if checkpoint_fn is not None:
+                checkpoint_fn(state, metrics)
         return make_policy, state.params, history
 
 
