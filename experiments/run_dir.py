@@ -116,7 +116,9 @@ class RunDirectory:
             self._tensorboard = None
 
     # -- checkpoints -----------------------------------------------------------------------
-    def save_checkpoint(self, state: Any, epoch: int, extra: Mapping[str, Any] | None = None) -> None:
+    def save_checkpoint(
+        self, state: Any, epoch: int, extra: Mapping[str, Any] | None = None
+    ) -> None:
         """Saves a training-state pytree after `epoch` epochs; replaces the previous one."""
         atomic_write_bytes(self.checkpoint_path, serialization.to_bytes(state))
         info = {"format": CHECKPOINT_FORMAT, "epoch": int(epoch), **(extra or {})}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -185,7 +186,11 @@ class CartPole(PipelineEnv):
         self.n_poles = SYSTEMS[system]
 
         asset = resources.files("sim2real") / "assets" / f"{system}.xml"
-        sys = mjcf.loads(asset.read_text())
+        with warnings.catch_warnings():
+            # Brax's notice that its pipelines are unmaintained: known, and the reason the
+            # testbeds pin brax and test their physics themselves.
+            warnings.filterwarnings("ignore", message="Brax System, piplines")
+            sys = mjcf.loads(asset.read_text())
         # An exact mass-matrix solve instead of Brax's 10-iteration approximate inverse: the
         # matrix is at most 3x3, and exact dynamics keep gradients and finite differences
         # consistent.

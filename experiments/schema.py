@@ -1,0 +1,132 @@
+"""Structured-config schemas: what hydra validates every YAML config group against.
+
+The library's config dataclasses (`sim2real.Physics`, `pods.train.PODSConfig`, ...) are the one
+source of truth for field names, types and defaults; the schemas here are derived from them,
+so a field added there appears here. Those dataclasses are frozen and check their own ranges;
+`build` turns a composed config into them, and a bad value fails there, before any compute,
+with one line naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from pods.train import PODSConfig
+from sim2real.testbeds import SYSTEMS, Physics
+
+
+class ConfigError(ValueError):
+    """A composed config that cannot run; its message is one line naming key and value."""
+
+
+def _omegaconf_type(hint: Any) -> Any:
+    """The annotation OmegaConf understands for a library dataclass field's type."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1 and len(args) == 2:
+            return Optional[_omegaconf_type(rest[0])]  # noqa: UP045 (OmegaConf needs Optional)
+        return Any
+    if typing.get_origin(hint) is tuple:
+        return list[args[0]] if args and args[-1] is Ellipsis else Any
+    return hint
+
+
+def schema_of(library_config: type, name: str, extra: dict[str, Any] | None = None) -> type:
+    """A mutable dataclass with `library_config`'s fields and defaults, for a ConfigStore."""
+    hints = typing.get_type_hints(library_config)
+    fields = []
+    for f in dataclasses.fields(library_config):
+        default = f.default
+        if isinstance(default, tuple):
+            spec = dataclasses.field(default_factory=lambda d=default: list(d))
+        else:
+            spec = dataclasses.field(default=default)
+        fields.append((f.name, _omegaconf_type(hints[f.name]), spec))
+    for key, (hint, default) in (extra or {}).items():
+        fields.append((key, hint, dataclasses.field(default=default)))
+    return dataclasses.make_dataclass(name, fields)
+
+
+def to_library_config(library_config: type, node: DictConfig | dict, key: str, skip=()) -> Any:
+    """Builds a library config from a config node; a bad value raises one ConfigError line."""
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    hints = typing.get_type_hints(library_config)
+    kwargs = {}
+    for name, value in values.items():
+        if name in skip:
+            continue
+        if name not in hints:
+            raise ConfigError(f"{key}.{name}: unknown key (value {value!r})")
+        origin = typing.get_origin(hints[name])
+        kwargs[name] = tuple(value) if origin is tuple and isinstance(value, list) else value
+    try:
+        return library_config(**kwargs)
+    except (ValueError, TypeError) as err:
+        message = str(err).splitlines()[0]
+        raise ConfigError(f"{key}: {message}") from None
+
+
+PhysicsSchema = schema_of(Physics, "PhysicsSchema")
+
+
+@dataclasses.dataclass
+class EnvSchema:
+    """A testbed: which system and task, and the physics of its `sim` and `real` variants."""
+
+    system: str = "cartpole"
+    task: str = "swingup"
+    episode_length: int = 100
+    backend: str = "generalized"
+    sim: Any = dataclasses.field(
+        default_factory=lambda: PhysicsSchema(**dataclasses.asdict(Physics.nominal()))
+    )
+    real: Any = dataclasses.field(default_factory=PhysicsSchema)
+
+
+PODSSchema = schema_of(PODSConfig, "PODSSchema", extra={"name": (str, "pods")})
+
+
+@dataclasses.dataclass
+class RunSchema:
+    """What a run does around training: checkpoints, evaluation, artifacts."""
+
+    checkpoint_every: int = 1
+    """Epochs between checkpoints (the last epoch is always checkpointed)."""
+    eval_trajectories: int = 32
+    """Held-out initial states for the final evaluation in sim and real."""
+    animation: bool = True
+    """Write a GIF of the final policy in sim and real."""
+    progress_bar: bool = True
+
+
+@dataclasses.dataclass
+class Config:
+    env: Any = MISSING
+    algo: Any = MISSING
+    run: RunSchema = dataclasses.field(default_factory=RunSchema)
+    seed: int = 0
+
+
+def register_schemas(store: ConfigStore | None = None) -> None:
+    store = store or ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    store.store(group="env", name="env_schema", node=EnvSchema)
+    store.store(group="algo", name="pods_schema", node=PODSSchema)
+
+
+def build_physics(node: DictConfig, key: str) -> Physics:
+    return to_library_config(Physics, node, key)
+
+
+def check_env(node: DictConfig) -> None:
+    if node.system not in SYSTEMS:
+        raise ConfigError(
+            f"env.system: unknown system {node.system!r}; expected one of {tuple(SYSTEMS)}"
+        )
