@@ -43,8 +43,8 @@ def distill_policy(
 
     `weights` (0 or 1) leave out pairs that must not be learned from, such as rollouts that
     went non-finite; the loss is the weighted mean over a minibatch. A step whose loss or
-    gradient is not finite is skipped: the parameters and the optimizer state stay as they
-    were. The tail of the data that does not fill a minibatch waits for the next shuffle.
+    gradient is not finite is skipped and counted, as is (uncounted) a minibatch with no
+    weight: the parameters and the optimizer state stay as they were. The tail of the data that does not fill a minibatch waits for the next shuffle.
     """
     n = observations.shape[0]
     if not (0 < minibatch_size <= n):
@@ -72,26 +72,29 @@ def distill_policy(
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
         )
-        grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+        # A minibatch of only left-out pairs is no step at all: Adam's momentum would still move
+        # the parameters on a zero gradient.
+        apply = finite & (jnp.sum(weights[indices]) > 0)
+        grads = jax.tree.map(lambda g: jnp.where(apply, g, 0.0), grads)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         # Selecting the old pytrees (rather than lax.cond) keeps the step branch-free; a
         # skipped step also leaves Adam's moments and count untouched.
         params, opt_state = jax.tree.map(
-            lambda new, old: jnp.where(finite, new, old),
+            lambda new, old: jnp.where(apply, new, old),
             (new_params, new_opt_state),
             (params, opt_state),
         )
-        return (params, opt_state), (jnp.where(finite, loss, 0.0), finite)
+        return (params, opt_state), (jnp.where(apply, loss, 0.0), apply, finite)
 
     def one_pass(carry, pass_key):
         order = jax.random.permutation(pass_key, n)[: batches_per_pass * minibatch_size]
         return jax.lax.scan(minibatch_step, carry, order.reshape(batches_per_pass, minibatch_size))
 
-    (network_params, optimizer_state), (losses, finite) = jax.lax.scan(
+    (network_params, optimizer_state), (losses, applied, finite) = jax.lax.scan(
         one_pass, (network_params, optimizer_state), jax.random.split(key, passes)
     )
-    applied = jnp.sum(finite)
+    applied = jnp.sum(applied)
     return DistillationResult(
         network_params=network_params,
         optimizer_state=optimizer_state,

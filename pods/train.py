@@ -249,7 +249,14 @@ def make_pods(config: PODSConfig, env: Env):
         )
         observations = states_visited[:, :-1].reshape(k * horizon, -1)
         targets = improved.actions.reshape(k * horizon, -1)
-        usable = jnp.all(jnp.isfinite(observations), -1) & jnp.all(jnp.isfinite(targets), -1)
+        # A trajectory whose derivatives went non-finite is in a regime the numerics cannot
+        # be trusted in: it teaches nothing, not even its own (unimproved) actions.
+        trusted = jnp.repeat(~jnp.any(steps.nonfinite, axis=0), horizon)
+        usable = (
+            trusted
+            & jnp.all(jnp.isfinite(observations), -1)
+            & jnp.all(jnp.isfinite(targets), -1)
+        )
         normalizer = state.params.normalizer
         if config.normalize_observations:
             normalizer = normalizer.update(observations, usable)

@@ -1,0 +1,376 @@
+"""PODS: action improvement (first and second order), line search, distillation, training.
+
+Compiles are the cost here (a gradient through a cart-pole rollout takes 20-60 s to compile
+on 2 cores), so the cart-pole is compiled for two things only: a forward line search and the
+learning test's epoch. Everything about derivatives runs on a linear-quadratic test double.
+"""
+
+import dataclasses
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from brax.envs.base import Env, State
+
+from pods.distill import distill_policy
+from pods.improve import (
+    action_gradient,
+    gauss_newton_factor,
+    gauss_newton_matrix,
+    improve_actions,
+    line_search,
+    step_size_grid,
+)
+from pods.rollout import reset_batch, rollout_actions
+from pods.train import PODSConfig, evaluate_policy, train
+from sim2real import make_testbed
+
+
+class LinearQuadraticEnv(Env):
+    """s' = A s + B a with reward -0.5 s'^T Q s' - 0.5 a^T R a - q^T s': the Brax `Env`
+    contract on a system whose return is exactly quadratic in the actions, so its
+    Gauss-Newton matrix is its exact Hessian.
+
+    `poison="positive_start"` plants a NaN in the action gradient of every trajectory that
+    starts with s_0[0] > 0, `poison="all"` in every trajectory's; the forward pass is untouched.
+    """
+
+    def __init__(self, dtype=jnp.float32, episode_length=6, poison="none"):
+        self.A = jnp.array([[1.0, 0.1], [0.0, 1.0]], dtype)
+        self.B = jnp.array([[0.0], [0.1]], dtype)
+        self.Q = jnp.array([[1.0, 0.2], [0.2, 0.5]], dtype)
+        self.R = jnp.array([[0.1]], dtype)
+        self.q = jnp.array([0.3, -0.1], dtype)
+        self.dtype = dtype
+        self.episode_length = episode_length
+        self.poison = poison
+
+    def reset(self, rng):
+        s0 = jax.random.uniform(rng, (2,), self.dtype, -1.0, 1.0)
+        zero = jnp.zeros((), self.dtype)
+        poisoned = {"none": jnp.array(False), "positive_start": s0[0] > 0, "all": jnp.array(True)}
+        return State(None, s0, zero, zero, info={"poisoned": poisoned[self.poison]})
+
+    def step(self, state, action):
+        if self.poison != "none":
+            action = _nan_gradient_where(action, state.info["poisoned"])
+        obs = self.A @ state.obs + self.B @ action
+        return state.replace(obs=obs, reward=self.task_reward(obs, action))
+
+    def task_reward(self, obs, action):
+        return -0.5 * obs @ self.Q @ obs - 0.5 * action @ self.R @ action - self.q @ obs
+
+    @property
+    def observation_size(self):
+        return 2
+
+    @property
+    def action_size(self):
+        return 1
+
+    @property
+    def backend(self):
+        return "none"
+
+
+@jax.custom_jvp
+def _nan_gradient_where(x, poisoned):
+    return x
+
+
+@_nan_gradient_where.defjvp
+def _nan_gradient_where_jvp(primals, tangents):
+    # Linear in the tangent, so reverse mode (its transpose) gets the NaN as well.
+    x, poisoned = primals
+    return x, tangents[0] * jnp.where(poisoned, jnp.nan, 1.0).astype(x.dtype)
+
+
+def _value(env, state, actions):
+    return rollout_actions(env, state, actions).value
+
+
+# ---------------------------------------------------------------- second order
+
+
+def test_gauss_newton_equals_hessian_and_one_undamped_step_reaches_the_optimum():
+    with jax.enable_x64(True):
+        env = LinearQuadraticEnv(jnp.float64)
+        state = env.reset(jax.random.PRNGKey(1))
+        actions = jax.random.normal(jax.random.PRNGKey(2), (env.episode_length, 1), jnp.float64)
+        n = env.episode_length
+
+        matrix = gauss_newton_matrix(env, state, actions)
+        hessian = jax.hessian(lambda a: _value(env, state, a))(actions).reshape(n, n)
+        np.testing.assert_allclose(matrix, -hessian, rtol=1e-10, atol=1e-12)
+
+        _, gradient = action_gradient(env, state, actions)
+        optimum = actions + jnp.linalg.solve(-hessian, gradient.reshape(n)).reshape(n, 1)
+        states = jax.tree.map(lambda x: x[None], state)
+        obs = rollout_actions(env, state, actions).observations[None]
+        step = improve_actions(
+            env,
+            states,
+            actions[None],
+            obs,
+            jnp.array([1.0, 0.5, 0.25]),
+            order=2,
+            damping=0.0,
+            action_bounds=(-100.0, 100.0),
+        )
+        assert bool(step.accepted[0]) and float(step.step_size[0]) == 1.0
+        np.testing.assert_allclose(step.actions[0], optimum, rtol=1e-8, atol=1e-10)
+        _, gradient_at_step = action_gradient(env, state, step.actions[0])
+        assert float(jnp.max(jnp.abs(gradient_at_step))) < 1e-9
+        # The returned states are those the improved actions visit.
+        np.testing.assert_allclose(
+            step.observations[0], rollout_actions(env, state, step.actions[0]).observations
+        )
+
+
+def test_second_order_gradient_matches_reverse_mode_and_finite_differences():
+    with jax.enable_x64(True):
+        env = LinearQuadraticEnv(jnp.float64)
+        state = env.reset(jax.random.PRNGKey(3))
+        actions = 0.3 * jax.random.normal(
+            jax.random.PRNGKey(4), (env.episode_length, 1), jnp.float64
+        )
+        from pods.improve import gauss_newton_factor
+
+        value, gradient, _ = gauss_newton_factor(env, state, actions)
+        value_rev, gradient_rev = action_gradient(env, state, actions)
+        np.testing.assert_allclose(value, value_rev, rtol=1e-12)
+        np.testing.assert_allclose(gradient, gradient_rev.reshape(-1), rtol=1e-10, atol=1e-12)
+        eps = 1e-6
+        for i in range(env.episode_length):
+            bump = jnp.zeros_like(actions).at[i, 0].set(eps)
+            fd = (_value(env, state, actions + bump) - _value(env, state, actions - bump)) / (
+                2 * eps
+            )
+            np.testing.assert_allclose(gradient[i], fd, rtol=1e-6, atol=1e-8)
+
+
+# ---------------------------------------------------------------- line search
+
+
+@pytest.fixture(scope="module")
+def swingup():
+    return make_testbed("cartpole_swingup_sim")
+
+
+@pytest.fixture(scope="module")
+def cartpole_line_search(swingup):
+    """The batched line search, compiled once for the module (forward rollouts only)."""
+    return jax.jit(lambda *args: line_search(swingup, *args))
+
+
+def test_line_search_never_returns_a_lower_return(swingup, cartpole_line_search):
+    k, horizon = 12, 30
+    states = reset_batch(swingup, jax.random.PRNGKey(5), k)
+    actions = jax.random.uniform(jax.random.PRNGKey(6), (k, horizon, 1), minval=-1.0, maxval=1.0)
+    values = jax.jit(jax.vmap(lambda s, a: _value(swingup, s, a)))(states, actions)
+    # Random directions: some help, many hurt; big steps push actions past the bounds.
+    directions = jax.random.normal(jax.random.PRNGKey(7), (k, horizon, 1))
+    result = cartpole_line_search(states, actions, directions, values, step_size_grid(2.0, 1e-3, 6))
+
+    assert np.all(np.asarray(result.value) >= np.asarray(values))
+    assert np.all(np.asarray(result.actions) <= 1.0) and np.all(np.asarray(result.actions) >= -1.0)
+    accepted = np.asarray(result.accepted)
+    assert 0 < accepted.sum() < k, "random directions should help some trajectories, not all"
+    assert np.all(np.asarray(result.value)[accepted] > np.asarray(values)[accepted])
+    np.testing.assert_array_equal(
+        np.asarray(result.actions)[~accepted], np.asarray(actions)[~accepted]
+    )
+    np.testing.assert_array_equal(np.asarray(result.step_size)[~accepted], 0.0)
+    replayed = jax.jit(jax.vmap(lambda s, a: _value(swingup, s, a)))(states, result.actions)
+    np.testing.assert_allclose(replayed, result.value, rtol=1e-5)
+
+    # A descent direction can only be rejected, everywhere.
+    descent = cartpole_line_search(
+        states, result.actions, -directions * 0.0, result.value, step_size_grid(2.0, 1e-3, 6)
+    )
+    assert not np.any(np.asarray(descent.accepted))
+    np.testing.assert_array_equal(descent.value, result.value)
+
+
+def test_first_order_improvement_on_linear_quadratic_never_worsens():
+    env = LinearQuadraticEnv()
+    k = 16
+    states = reset_batch(env, jax.random.PRNGKey(8), k)
+    actions = jax.random.normal(jax.random.PRNGKey(9), (k, env.episode_length, 1))
+    obs = jax.vmap(lambda s, a: rollout_actions(env, s, a).observations)(states, actions)
+    step = jax.jit(lambda s, a, o: improve_actions(env, s, a, o, step_size_grid(1.0, 1e-3, 8)))(
+        states, actions, obs
+    )
+    assert np.all(np.asarray(step.value_improved) >= np.asarray(step.value))
+    assert np.mean(np.asarray(step.accepted)) > 0.9
+    assert not np.any(np.asarray(step.nonfinite))
+
+
+# ---------------------------------------------------------------- non-finite updates
+
+
+def test_nan_gradient_rejects_exactly_the_poisoned_trajectories():
+    env = LinearQuadraticEnv(poison="positive_start")
+    k = 16
+    states = reset_batch(env, jax.random.PRNGKey(10), k)
+    poisoned = np.asarray(states.info["poisoned"])
+    assert 0 < poisoned.sum() < k
+    actions = jax.random.normal(jax.random.PRNGKey(11), (k, env.episode_length, 1))
+    obs = jax.vmap(lambda s, a: rollout_actions(env, s, a).observations)(states, actions)
+    for order in (1, 2):
+        step = improve_actions(env, states, actions, obs, step_size_grid(1.0, 1e-3, 8), order=order)
+        np.testing.assert_array_equal(np.asarray(step.nonfinite), poisoned)
+        assert not np.any(np.asarray(step.accepted)[poisoned])
+        assert np.all(np.asarray(step.accepted)[~poisoned])
+        kept = np.clip(np.asarray(actions), -1.0, 1.0)[poisoned]
+        np.testing.assert_array_equal(np.asarray(step.actions)[poisoned], kept)
+        assert np.all(np.isfinite(np.asarray(step.actions)))
+
+
+def test_nan_gradient_in_training_leaves_params_unchanged_and_is_counted():
+    env = LinearQuadraticEnv(poison="all")
+    config = PODSConfig(
+        num_epochs=3,
+        num_trajectories=8,
+        minibatch_size=16,
+        hidden_sizes=(8,),
+        normalize_observations=False,
+    )
+    make_policy, params, history = train(config, env, jax.random.PRNGKey(12))
+    _, initial_params, _ = train(
+        dataclasses.replace(config, num_epochs=1, learning_rate=1e-30), env, jax.random.PRNGKey(12)
+    )
+    for metrics in history:
+        assert metrics["train/rejected_nonfinite"] == config.num_trajectories
+        assert metrics["train/accept_rate"] == 0.0
+    # With no step accepted, the targets are the policy's own actions: a zero loss gradient.
+    for leaf, initial in zip(
+        jax.tree.leaves(params.network), jax.tree.leaves(initial_params.network)
+    ):
+        np.testing.assert_array_equal(leaf, initial)
+
+
+def test_nan_in_distillation_skips_the_update_and_counts_it():
+    obs = jax.random.normal(jax.random.PRNGKey(13), (32, 3))
+    targets = jnp.tanh(obs[:, :1])
+    net = lambda p, x: x @ p["w"]
+    params = {"w": jnp.zeros((3, 1))}
+    optimizer = optax.adam(1e-2)
+    opt_state = optimizer.init(params)
+    weights = jnp.ones(32)
+
+    clean = distill_policy(
+        net,
+        params,
+        optimizer,
+        opt_state,
+        obs,
+        targets,
+        weights,
+        jax.random.PRNGKey(0),
+        minibatch_size=32,
+        passes=3,
+    )
+    assert float(clean.skipped_updates) == 0 and not np.allclose(clean.network_params["w"], 0.0)
+
+    poisoned = distill_policy(
+        net,
+        params,
+        optimizer,
+        opt_state,
+        obs,
+        targets.at[5, 0].set(jnp.nan),
+        weights,
+        jax.random.PRNGKey(0),
+        minibatch_size=32,
+        passes=3,
+    )
+    assert float(poisoned.skipped_updates) == 3
+    np.testing.assert_array_equal(poisoned.network_params["w"], params["w"])
+    assert int(poisoned.optimizer_state[0].count) == 0
+    assert np.isnan(float(poisoned.loss))
+
+    # A zero weight keeps the pair out instead: every update is applied.
+    masked = distill_policy(
+        net,
+        params,
+        optimizer,
+        opt_state,
+        obs,
+        targets.at[5, 0].set(jnp.nan),
+        weights.at[5].set(0.0),
+        jax.random.PRNGKey(0),
+        minibatch_size=32,
+        passes=3,
+    )
+    assert float(masked.skipped_updates) == 0 and np.all(np.isfinite(masked.network_params["w"]))
+
+
+# ---------------------------------------------------------------- config and params
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("order", 3),
+        ("num_trajectories", 0),
+        ("step_size_min", 10.0),
+        ("gradient_normalization", "l2"),
+        ("exploration_decay", 1.5),
+        ("gradient_window", -2),
+        ("damping", float("nan")),
+    ],
+)
+def test_config_rejects_bad_values_naming_them(field, value):
+    with pytest.raises(ValueError, match=field) as error:
+        PODSConfig(**{field: value})
+    assert repr(value) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_float64_config_needs_a_float64_env():
+    with pytest.raises(ValueError, match="float64"):
+        train(
+            PODSConfig(float64=True, num_epochs=1),
+            LinearQuadraticEnv(jnp.float32),
+            jax.random.PRNGKey(0),
+        )
+
+
+# ---------------------------------------------------------------- learning
+
+# 25 steps (1.25 s): the untrained policy lets the pole fall past 1 rad around step 16. Second
+# order because it compiles faster than a reverse pass here (no transpose of the Brax step).
+BALANCE = PODSConfig(num_epochs=12, num_trajectories=16, horizon=25, minibatch_size=100, order=2,
+                     distill_passes=16, learning_rate=3e-3)
+
+
+@pytest.fixture(scope="module")
+def balance_run():
+    env = make_testbed("cartpole_balance_sim")
+    make_policy, params, history = train(BALANCE, env, jax.random.PRNGKey(0))
+    return env, make_policy, params, history
+
+
+def test_pods_learns_cartpole_balance_in_float32(balance_run):
+    env, make_policy, params, history = balance_run
+    returns = [m["train/return"] for m in history]
+    assert all(m["train/rejected_nonfinite"] == 0 for m in history)
+    assert all(np.isfinite(m["train/distill_loss"]) for m in history)
+    # The untrained policy lets the pole fall (return ~21 of at most 25); trained, it balances.
+    assert returns[0] < 22.0, returns
+    assert np.mean(returns[-3:]) > returns[0] + 2.5, returns
+    final = evaluate_policy(env, make_policy(params), jax.random.PRNGKey(99), 64, BALANCE.horizon)
+    assert float(jnp.mean(final)) > 24.0 and float(jnp.mean(final)) > returns[0] + 2.5
+    assert history[-1]["train/sim_steps"] == BALANCE.num_epochs * BALANCE.sim_steps_per_epoch(25)
+
+
+def test_params_round_trip_through_serialization(balance_run):
+    env, make_policy, params, _ = balance_run
+    restored = flax.serialization.from_bytes(params, flax.serialization.to_bytes(params))
+    obs = reset_batch(env, jax.random.PRNGKey(1), 4).obs
+    np.testing.assert_array_equal(
+        jax.vmap(make_policy(params))(obs), jax.vmap(make_policy(restored))(obs)
+    )
