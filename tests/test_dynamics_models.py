@@ -175,6 +175,25 @@ def test_mlp_fits_a_linear_system_to_near_zero_k_step_error(rollout_horizon):
     assert error.at(30) < 2e-2 * state_scale
 
 
+def test_training_stops_early_and_returns_the_best_validation_model():
+    env = LinearSystem()
+    data = collect_transitions(env, jax.random.PRNGKey(0), 10, 30)
+    train_data, val_data = data.split(0.2)
+    model = MLPDynamics.for_dataset(jax.random.PRNGKey(2), train_data, width=16, depth=1)
+    # A step size far too large: the validation loss stops improving almost at once.
+    config = TrainingConfig(learning_rate=3.0, max_steps=4000, eval_every=20, patience=3,
+                            evals_per_call=4)
+    seen = []
+    trained, metrics = train(model, train_data, val_data, config, jax.random.PRNGKey(3),
+                             progress_fn=lambda step, m: seen.append(step))
+    assert metrics["train/steps"] < config.max_steps
+    assert len(metrics["validation/loss"]) == metrics["train/steps"] // config.eval_every
+    assert seen and seen[-1] == metrics["train/steps"]
+    best = int(np.argmin(metrics["validation/loss"]))
+    assert len(metrics["validation/loss"]) - 1 - best == config.patience
+    assert metrics["train/best_validation_loss"] == metrics["validation/loss"][best]
+
+
 # -------------------------------------------------------------------------- cart-pole
 
 
@@ -312,6 +331,9 @@ def test_learned_env_runs_pods_rollouts_like_the_simulator(cartpole, ensemble):
         trajectory.observations[:, 1:], trajectory.actions
     )
     np.testing.assert_allclose(trajectory.rewards, expected, rtol=1e-6)
+    obs, action = trajectory.observations[0, 4], trajectory.actions[0, 3]
+    assert float(env.task_reward(obs, action)) == float(cartpole["real"].task_reward(obs, action))
+    assert env.dt == cartpole["real"].dt and env.episode_length == HORIZON
     with pytest.raises(ValueError, match="testbed"):
         LearnedEnv(ensemble).reset(jax.random.PRNGKey(0))
 
@@ -351,3 +373,14 @@ def test_gradients_through_the_residual_learned_env_match_finite_differences(car
         grad, fd = _value_and_fd_gradient(env, state, actions)
     assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 1e-4
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.slow
+def test_residual_model_trains_on_a_multi_step_loss_through_the_simulator(cartpole):
+    model = ResidualDynamics.for_dataset(
+        jax.random.PRNGKey(5), cartpole["train"], cartpole["sim"], width=16
+    )
+    config = TrainingConfig(max_steps=200, eval_every=50, rollout_horizon=3)
+    _, metrics = train(model, cartpole["train"], cartpole["val"], config, jax.random.PRNGKey(6))
+    losses = metrics["validation/loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
