@@ -27,10 +27,16 @@ from pods.runtime import configure_jax
 PRESETS = {
     # PODS as in the paper: one first-order step per epoch, no exploration.
     "first_order": dict(order=1),
-    "second_order": dict(order=2, damping=1e-2),
-    "second_order_explore": dict(order=2, damping=1e-2, exploration_noise=0.3, exploration_decay=0.98),
-    "first_order_explore": dict(order=1, exploration_noise=0.3, exploration_decay=0.98),
-    "first_order_window": dict(order=1, gradient_window=20),
+    # What learned balance here: more distillation per epoch, so the closed-loop policy
+    # actually reproduces the improved trajectories.
+    "first_order_distill": dict(order=1, distill_passes=16, learning_rate=3e-3),
+    "second_order": dict(order=2, distill_passes=16, learning_rate=3e-3),
+    "second_order_explore": dict(
+        order=2, distill_passes=16, learning_rate=3e-3, exploration_noise=0.3, exploration_decay=0.97
+    ),
+    "first_order_explore": dict(
+        order=1, distill_passes=16, learning_rate=3e-3, exploration_noise=0.3, exploration_decay=0.97
+    ),
 }
 
 

@@ -11,6 +11,40 @@ import io
 with contextlib.redirect_stdout(io.StringIO()):
     import brax.envs  # noqa: F401
 
+from pods.distill import DistillationResult, distill_policy
+from pods.improve import (
+    ImprovedActions,
+    LineSearchResult,
+    action_gradient,
+    gauss_newton_matrix,
+    improve_actions,
+    line_search,
+    step_size_grid,
+)
+from pods.networks import PolicyNetwork, PolicyParams
 from pods.rollout import Policy, Trajectory, reset_batch, rollout_actions, rollout_policy
+from pods.train import PODSConfig, TrainingState, evaluate_policy, make_pods, train
 
-__all__ = ["Policy", "Trajectory", "reset_batch", "rollout_actions", "rollout_policy"]
+__all__ = [
+    "DistillationResult",
+    "ImprovedActions",
+    "LineSearchResult",
+    "PODSConfig",
+    "Policy",
+    "PolicyNetwork",
+    "PolicyParams",
+    "Trajectory",
+    "TrainingState",
+    "action_gradient",
+    "distill_policy",
+    "evaluate_policy",
+    "gauss_newton_matrix",
+    "improve_actions",
+    "line_search",
+    "make_pods",
+    "reset_batch",
+    "rollout_actions",
+    "rollout_policy",
+    "step_size_grid",
+    "train",
+]
