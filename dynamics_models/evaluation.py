@@ -89,7 +89,12 @@ def k_step_error(
 ) -> KStepError:
     """Open-loop k-step RMSE of `stepper` (a trained model or a Brax env such as the `sim`
     testbed) on the real trajectories of `data`, for k = 1..max_k, from every
-    `start_stride`-th start."""
+    `start_stride`-th start.
+
+    Errors are measured in `layout`'s state coordinates, by default the stepper's own (a
+    model's `layout`, else the testbed's). To compare models that predict in different
+    coordinates, pass the testbed's layout (`ObsLayout.of_env(testbed)`) to all of them.
+    """
     if not (isinstance(max_k, int) and 1 <= max_k <= data.horizon):
         raise ValueError(f"max_k must be an integer in [1, {data.horizon}], got {max_k!r}")
     if not (isinstance(start_stride, int) and start_stride > 0):

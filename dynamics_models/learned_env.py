@@ -40,6 +40,11 @@ class LearnedEnv(Env):
         return self.model.dtype
 
     @property
+    def dt(self):
+        """The testbed's control period (the model steps at the rate its data was recorded)."""
+        return getattr(self.testbed, "dt", None)
+
+    @property
     def observation_size(self) -> int:
         return self.model.layout.obs_dim
 
@@ -63,8 +68,11 @@ class LearnedEnv(Env):
 
     def step(self, state: State, action: Float[Array, " act"]) -> State:
         obs = self.model(state.obs, action)
+        return state.replace(obs=obs, reward=self.task_reward(obs, action))
+
+    def task_reward(self, obs: Float[Array, " obs"], action: Float[Array, " act"]) -> Array:
+        """The testbed's reward for arriving at `obs` by `action` (zero without a testbed);
+        PODS's second-order step differentiates it directly."""
         if self.testbed is None:
-            reward = jnp.zeros((), obs.dtype)
-        else:
-            reward = self.testbed.task_reward(obs, action)
-        return state.replace(obs=obs, reward=reward)
+            return jnp.zeros((), obs.dtype)
+        return self.testbed.task_reward(obs, action)

@@ -146,7 +146,9 @@ def _loss(model: Any, data: _Windows, idx: jax.Array, horizon: int) -> jax.Array
         per_member = eqx.filter_vmap(
             lambda m, i: _member_loss(m, data, i, horizon), in_axes=(eqx.if_array(0), 0)
         )(model.members, idx)
-        return jnp.sum(per_member)
+        # The mean, not the sum: the reported loss then reads like a single model's; the
+        # members' gradients stay independent either way.
+        return jnp.mean(per_member)
     return _member_loss(model, data, idx, horizon)
 
 
