@@ -1,0 +1,249 @@
+"""The hydra entry point, run directories, sweeps and resume, through the real command line."""
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from experiments.schema import ConfigError, to_library_config
+from pods.train import PODSConfig
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "experiments" / "conf"
+TINY = [
+    "env=cartpole_balance",
+    "env.episode_length=8",
+    "algo.num_epochs=30",
+    "algo.num_trajectories=4",
+    "algo.minibatch_size=16",
+    "algo.hidden_sizes=[8]",
+    "algo.num_step_sizes=3",
+    "run.eval_trajectories=4",
+    "run.progress_bar=false",
+]
+TIMING_KEYS = ("train/wall_clock_s",)
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_config(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="experiments.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=False)
+
+
+@pytest.mark.parametrize("env", group_options("env"))
+@pytest.mark.parametrize("algo", group_options("algo"))
+def test_every_env_and_algo_composes_and_builds(env, algo):
+    import experiments.train  # noqa: F401  (registers the schemas)
+
+    cfg = compose_config([f"env={env}", f"algo={algo}"])
+    assert cfg.env.system in ("cartpole", "double_cartpole")
+    config = to_library_config(PODSConfig, cfg.algo, "algo", skip=("name",))
+    assert config.num_epochs > 0
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_experiment_preset_composes(experiment):
+    import experiments.train  # noqa: F401
+
+    cfg = compose_config([f"experiment={experiment}"])
+    to_library_config(PODSConfig, cfg.algo, "algo", skip=("name",))
+
+
+def test_physics_is_overridable_field_by_field():
+    import experiments.train as entry
+
+    cfg = compose_config(["env.real.slider_damping=2.5", "env.sim.actuator_gain=0.9"])
+    sim, real = entry.build_envs(cfg, None)
+    assert real.physics.slider_damping == 2.5 and real.physics.slider_friction == 1.0
+    assert sim.physics.actuator_gain == 0.9 and sim.physics.slider_damping == 0.0
+
+
+def test_library_config_errors_name_the_key_and_value():
+    with pytest.raises(ConfigError, match=r"algo: PODSConfig.horizon .* got 0$"):
+        to_library_config(PODSConfig, {"horizon": 0}, "algo")
+    with pytest.raises(ConfigError, match="algo.foo: unknown key"):
+        to_library_config(PODSConfig, {"foo": 1}, "algo")
+
+
+def train_command(run_dir: Path, *overrides: str, multirun: bool = False) -> list[str]:
+    command = [sys.executable, "-m", "experiments.train"]
+    if multirun:
+        return command + ["-m", f"hydra.sweep.dir={run_dir}", *TINY, *overrides]
+    return command + [f"hydra.run.dir={run_dir}", *TINY, *overrides]
+
+
+def run_train(run_dir: Path, *overrides: str, multirun: bool = False, check: bool = True):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        train_command(run_dir, *overrides, multirun=multirun),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def read_tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
+    """Scalars of every event file in `folder`, read from the TFRecord framing directly."""
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict[str, dict[int, float]] = {}
+    for path in folder.glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A real two-job multirun (seeds 0 and 1) of the tiny config."""
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    result = run_train(sweep_dir, "seed=0,1", multirun=True)
+    assert "random" in result.stdout and "real" in result.stdout
+    return sweep_dir
+
+
+@pytest.fixture(scope="module")
+def finished_run(sweep) -> Path:
+    (run,) = [p.parent for p in sweep.glob("*/summary.json") if "seed0" in p.parent.name]
+    return run
+
+
+def test_a_two_job_multirun_makes_two_run_directories(sweep):
+    summaries = sorted(sweep.glob("*/summary.json"))
+    assert len(summaries) == 2
+    assert sorted(json.loads(p.read_text())["seed"] for p in summaries) == [0, 1]
+
+
+def test_a_run_writes_every_file_of_its_directory(finished_run):
+    for name in (
+        ".hydra/config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoints/latest.msgpack",
+        "checkpoints/latest.json",
+        "artifacts/rollout_sim_vs_real.gif",
+    ):
+        assert (finished_run / name).is_file(), name
+    summary = json.loads((finished_run / "summary.json").read_text())
+    for key in (
+        "algo",
+        "env",
+        "seed",
+        "eval/return_sim",
+        "eval/return_real",
+        "eval/score_real",
+        "train/epochs",
+        "train/wall_clock_s",
+        "train/sim_steps",
+        "real/transitions",
+    ):
+        assert key in summary, key
+    assert summary["train/epochs"] == 30 and summary["algo"] == "pods"
+    records = [
+        json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in records] == list(range(30))
+    assert {"train/return", "train/distill_loss", "train/accept_rate"} <= set(records[0])
+
+
+def test_tensorboard_events_hold_the_metrics_of_metrics_jsonl(finished_run):
+    scalars = read_tensorboard_scalars(finished_run / "tensorboard")
+    records = [
+        json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()
+    ]
+    for record in records:
+        for key, value in record.items():
+            if key != "epoch" and value is not None:
+                assert scalars[key][record["epoch"]] == pytest.approx(value, rel=1e-6, abs=1e-6)
+
+
+def test_killed_run_resumes_to_the_same_metrics(finished_run, tmp_path):
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen(
+        train_command(run_dir),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "summary.json").exists()
+    assert 3 <= len(metrics.read_text().splitlines()) < 30
+
+    resumed = run_train(run_dir)
+    assert "resuming" in resumed.stderr
+    # The uninterrupted reference is the sweep's seed-0 run: the same config.
+    expected = (finished_run / "metrics.jsonl").read_text().splitlines()
+    got = metrics.read_text().splitlines()
+    assert len(got) == 30
+    assert without_timing([json.loads(x) for x in got]) == without_timing(
+        [json.loads(x) for x in expected]
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    reference_summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["eval/return_real"] == reference_summary["eval/return_real"]
+
+
+def test_resume_refuses_a_directory_of_another_config(finished_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "other"
+    shutil.copytree(finished_run, run_dir)
+    summary_before = (run_dir / "summary.json").read_bytes()
+    result = run_train(run_dir, "algo.learning_rate=0.01", check=False)
+    assert result.returncode == 2
+    assert "holds a run of another config" in result.stderr.strip().splitlines()[-1]
+    assert (run_dir / "summary.json").read_bytes() == summary_before
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("algo.num_trajectories=0", "num_trajectories"),
+        ("env.episode_length=-1", "episode_length"),
+        ("env.real.slider_damping=-2", "slider_damping"),
+        ("env.system=triple_cartpole", "triple_cartpole"),
+        ("algo.name=ddpg", "ddpg"),
+    ],
+)
+def test_bad_values_exit_with_one_line_and_no_summary(tmp_path, override, message):
+    run_dir = tmp_path / "bad"
+    result = run_train(run_dir, override, check=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and message in last, result.stderr[-2000:]
+    assert not (run_dir / "summary.json").exists()
