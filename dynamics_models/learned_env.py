@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from brax.envs.base import Env, State
 from jaxtyping import Array, Float
 
 
+@jax.tree_util.register_pytree_node_class
 class LearnedEnv(Env):
     """Steps `model` (obs, action) -> next obs; resets and rewards come from a testbed.
 
@@ -19,6 +21,11 @@ class LearnedEnv(Env):
     pure function the testbed's own `step` uses, evaluated on the predicted observation.
     Without a testbed the env can still be placed at an observation (`state_at`) and rolled
     out, with zero reward: that is how `k_step_error` replays real actions through a model.
+
+    The env is a pytree whose leaves are the model's arrays (the testbed and the model's
+    static fields are its structure). Passed to a jitted function as an argument rather than
+    closed over, a refitted model of the same architecture reuses the compiled code, which
+    matters when HDS refits the model every few epochs.
     """
 
     def __init__(self, model: Any, testbed: Any = None, *, episode_length: int | None = None):
@@ -30,6 +37,20 @@ class LearnedEnv(Env):
                 f"observes {testbed.observation_size}"
             )
         self.episode_length = episode_length or getattr(testbed, "episode_length", None)
+
+    def tree_flatten(self):
+        # Only arrays are leaves; the rest of the model (activation functions, static fields)
+        # goes into the structure, so `jax.jit` accepts the env as an argument.
+        arrays, rest = eqx.partition(self.model, eqx.is_array)
+        return (arrays,), (rest, self.testbed, self.episode_length)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        rest, testbed, episode_length = aux
+        env = object.__new__(cls)
+        env.model = eqx.combine(children[0], rest)
+        env.testbed, env.episode_length = testbed, episode_length
+        return env
 
     @property
     def name(self) -> str:

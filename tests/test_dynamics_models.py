@@ -7,6 +7,7 @@ seconds to tens of seconds on a CPU; the persistent cache in conftest makes reru
 
 import json
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -341,6 +342,22 @@ def test_learned_env_runs_pods_rollouts_like_the_simulator(cartpole, ensemble):
     assert env.dt == cartpole["real"].dt and env.episode_length == HORIZON
     with pytest.raises(ValueError, match="testbed"):
         LearnedEnv(ensemble).reset(jax.random.PRNGKey(0))
+
+
+def test_a_refitted_model_reuses_the_compiled_rollout(cartpole, ensemble):
+    traces = []
+
+    @jax.jit
+    def value(env, obs, actions):
+        traces.append(1)
+        return rollout_actions(env, env.state_at(obs), actions).value
+
+    obs = jnp.asarray(cartpole["held_out"].observations[0, 0])
+    actions = jnp.asarray(cartpole["held_out"].actions[0, :8])
+    refit = jax.tree.map(lambda x: x * 1.01 if eqx.is_inexact_array(x) else x, ensemble)
+    first = value(LearnedEnv(ensemble, cartpole["real"]), obs, actions)
+    second = value(LearnedEnv(refit, cartpole["real"]), obs, actions)
+    assert len(traces) == 1 and float(first) != float(second)
 
 
 def _value_and_fd_gradient(env, state, actions, eps=1e-6):
