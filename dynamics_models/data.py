@@ -179,8 +179,12 @@ class TransitionDataset:
                 f"observations {obs.shape} do not match actions {act.shape}: "
                 "expected [n, horizon+1, .] and [n, horizon, .]"
             )
-        if not (np.all(np.isfinite(obs)) and np.all(np.isfinite(act))):
-            raise ValueError("TransitionDataset holds non-finite observations or actions")
+        bad_obs, bad_act = int(np.sum(~np.isfinite(obs))), int(np.sum(~np.isfinite(act)))
+        if bad_obs or bad_act:
+            raise ValueError(
+                f"TransitionDataset holds {bad_obs} non-finite observation and {bad_act} "
+                "non-finite action entries"
+            )
         object.__setattr__(self, "observations", obs)
         object.__setattr__(self, "actions", act)
 
