@@ -18,6 +18,7 @@ along a leading axis (built and evaluated with `eqx.filter_vmap`).
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -61,8 +62,9 @@ class _StepModel(eqx.Module):
     """Shared prediction logic; concrete models hold `network`, `normalizer`, `layout`,
     `action_limit` and define `base_state`."""
 
+    @abc.abstractmethod
     def base_state(self, obs: Array, action: Array) -> Array:
-        raise NotImplementedError
+        """The state the correction is added to (see the module docstring)."""
 
     def correction(self, obs: Float[Array, " obs"], action: Float[Array, " act"]) -> Array:
         """The network's normalized prediction of z' - z_base."""
