@@ -59,7 +59,9 @@ def run_pods(preset: str, seed: int, epochs: int, env_name: str, num_trajectorie
     make_policy, params, history = train(config, env, jax.random.PRNGKey(seed), progress_fn=progress)
     final = evaluate_policy(env, make_policy(params), jax.random.PRNGKey(10_000 + seed), 256)
     return {
-        "algo": "pods", "preset": preset, "seed": seed, "config": dataclasses.asdict(config),
+        "algo": "pods", "seed": seed, "config": dataclasses.asdict(config),
+        # Runs with overrides are labelled apart, so that merged curves never mix configs.
+        "preset": preset + "".join(f" {k}={v}" for k, v in sorted(overrides.items())),
         "final_return": float(jnp.mean(final)),
         "nonfinite_total": float(sum(m["train/rejected_nonfinite"] for m in history)),
         "curve": [{"wall_clock_s": m["train/wall_clock_s"], "sim_steps": m["train/sim_steps"],
@@ -71,6 +73,8 @@ def run_pods(preset: str, seed: int, epochs: int, env_name: str, num_trajectorie
 def run_ppo(seed: int, env_name: str, num_timesteps: int):
     from brax import envs
     from brax.training.agents.ppo import train as ppo
+
+    import sim2real  # noqa: F401  (registers the testbeds with Brax)
 
     env = envs.get_environment(env_name)
     curve = []
@@ -129,6 +133,8 @@ def main():
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="PODSConfig overrides for every preset, e.g. distill_passes=8")
     parser.add_argument("--out", default="runs/pods_swingup_curve")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="CURVE_JSON",
+                        help="train nothing: merge these curve.json files into --out (json, csv, png)")
     args = parser.parse_args()
 
     cache = configure_jax()
@@ -139,6 +145,10 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
+    if args.merge:
+        for path in args.merge:
+            runs.extend(json.loads(Path(path).read_text())["runs"])
+        args.ppo_seeds, args.presets = [], []
     for seed in args.ppo_seeds:
         runs.append(run_ppo(seed, args.env, args.ppo_timesteps))
     for preset in args.presets:

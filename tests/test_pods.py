@@ -137,8 +137,6 @@ def test_second_order_gradient_matches_reverse_mode_and_finite_differences():
         actions = 0.3 * jax.random.normal(
             jax.random.PRNGKey(4), (env.episode_length, 1), jnp.float64
         )
-        from pods.improve import gauss_newton_factor
-
         value, gradient, _ = gauss_newton_factor(env, state, actions)
         value_rev, gradient_rev = action_gradient(env, state, actions)
         np.testing.assert_allclose(value, value_rev, rtol=1e-12)
