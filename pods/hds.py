@@ -1,0 +1,604 @@
+"""HDS: PODS with part of its rollouts in a learned dynamics model (Steinhauser et al., ETH 2024).
+
+One epoch, as PODS's (`pods.train`) with the k rollouts split in two groups:
+  1. sample k initial states; round(beta * k) of them are rolled out in the learned `model`
+     env, the rest in `sim` (two vmapped groups: never a `lax.cond` under `vmap`, which would
+     run both envs for every trajectory), with decaying Gaussian exploration noise;
+  2. improve each group's actions with its own env's derivatives; the step size alpha comes
+     from PODS's batched line search or from simulated annealing (`anneal_step_size`), and
+     neither ever accepts a worse return;
+  3. distill the improved (s, a') pairs of both groups together into one policy.
+
+With beta = 0 and the line search, the epoch *is* PODS's epoch (`make_pods`), so HDS at
+beta = 0 reproduces PODS exactly. With beta = 1 the sim group is empty and `sim.step` is never
+traced into the data rollouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from brax.envs.base import Env, State
+from flax import struct
+from jaxtyping import Array, Bool, Float
+
+from pods.distill import distill_policy
+from pods.improve import (
+    ImprovedActions,
+    action_gradient,
+    first_order_direction,
+    gauss_newton_factor,
+    improve_actions,
+    newton_direction,
+    step_size_grid,
+)
+from pods.networks import PolicyNetwork, PolicyParams, make_policy_factory, policy_apply
+from pods.rollout import Policy, reset_batch, rollout_actions, rollout_policy
+from pods.train import PODSConfig, TrainingState, init_training_state, make_pods
+
+Metrics = dict[str, float]
+
+STEP_SIZE_SEARCHES = ("line_search", "annealing")
+
+
+@dataclasses.dataclass(frozen=True)
+class HDSConfig(PODSConfig):
+    """Hyperparameters of HDS: PODS's, plus the model fraction and the step-size search."""
+
+    beta: float = 0.0
+    """Fraction of the k rollouts run in the learned model env, in [0, 1]; the model group has
+    floor(beta * k + 0.5) trajectories, the sim group the rest."""
+    step_size_search: str = "line_search"
+    """`line_search`: PODS's batched geometric grid; `annealing`: simulated annealing over alpha,
+    one chain per trajectory (see `anneal_step_size`). Both stay in [step_size_min,
+    step_size_max] and never accept a worse return."""
+    annealing_iterations: int = 8
+    """Annealing proposals per improvement step, each one batched rollout of all k."""
+    annealing_temperature: float = 1.0
+    """Initial temperature T_0, in return units: a proposal worse by delta is accepted with
+    probability exp(-delta / T)."""
+    annealing_cooling: float = 0.7
+    """Factor on the temperature after every proposal, in (0, 1]: T_i = T_0 * cooling^i."""
+    annealing_proposal_scale: float = 1.0
+    """Std of the Gaussian random walk on log(alpha); 1.0 moves alpha by a factor e."""
+
+    def __post_init__(self):
+        try:
+            super().__post_init__()
+        except ValueError as error:
+            raise ValueError(str(error).replace("PODSConfig.", "HDSConfig.", 1)) from None
+
+        def require(ok: bool, name: str, expected: str):
+            if not ok:
+                raise ValueError(
+                    f"HDSConfig.{name} must be {expected}, got {getattr(self, name)!r}"
+                )
+
+        def number(name: str) -> bool:
+            value = getattr(self, name)
+            return (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
+
+        require(number("beta") and 0 <= self.beta <= 1, "beta", "a number in [0, 1]")
+        require(
+            self.step_size_search in STEP_SIZE_SEARCHES,
+            "step_size_search",
+            f"one of {STEP_SIZE_SEARCHES}",
+        )
+        require(
+            isinstance(self.annealing_iterations, int)
+            and not isinstance(self.annealing_iterations, bool)
+            and self.annealing_iterations > 0,
+            "annealing_iterations",
+            "a positive integer",
+        )
+        require(
+            number("annealing_temperature") and self.annealing_temperature > 0,
+            "annealing_temperature",
+            "a finite number > 0",
+        )
+        require(
+            number("annealing_cooling") and 0 < self.annealing_cooling <= 1,
+            "annealing_cooling",
+            "in (0, 1]",
+        )
+        require(
+            number("annealing_proposal_scale") and self.annealing_proposal_scale > 0,
+            "annealing_proposal_scale",
+            "a finite number > 0",
+        )
+
+    def pods_config(self) -> PODSConfig:
+        """The PODS part of this config."""
+        return PODSConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(PODSConfig)})
+
+    def group_sizes(self) -> tuple[int, int]:
+        """(sim trajectories, model trajectories) per epoch; half-way rounds up to the model."""
+        model = math.floor(self.beta * self.num_trajectories + 0.5)
+        return self.num_trajectories - model, model
+
+    def steps_per_trajectory(self, horizon: int) -> int:
+        """Env steps one trajectory costs per epoch (forward passes; derivatives not counted)."""
+        if self.step_size_search == "line_search":
+            candidates = self.num_step_sizes
+        else:
+            candidates = self.annealing_iterations + 1
+        rollouts = 1 + (self.exploration_noise > 0) + self.improve_iterations * (1 + candidates)
+        return rollouts * horizon
+
+
+# --- simulated annealing over the step size ---------------------------------------------------
+
+
+@struct.dataclass
+class AnnealingResult:
+    """The best step size each chain visited, and what the chains did on the way."""
+
+    step_size: Float[Array, " k"]
+    """The best alpha seen (the start included)."""
+    value: Float[Array, " k"]
+    """The objective at `step_size`; -inf where every evaluation was non-finite."""
+    aux: Any
+    """The objective's auxiliary output at `step_size` (leading axis k)."""
+    start_value: Float[Array, " k"]
+    """The objective at the chains' start, the geometric midpoint of the bounds."""
+    proposal_value: Float[Array, "iterations k"]
+    """The objective at each proposal (-inf where non-finite)."""
+    worse: Bool[Array, "iterations k"]
+    """The proposal was strictly worse than the chain's current point."""
+    acceptance_probability: Float[Array, "iterations k"]
+    """min(1, exp(delta / T_i)), delta = proposal - current."""
+    moved: Bool[Array, "iterations k"]
+    """The chain moved to the proposal."""
+
+
+def anneal_step_size(
+    objective: Callable[[Float[Array, " k"]], tuple[Float[Array, " k"], Any]],
+    key: jax.Array,
+    k: int,
+    *,
+    step_size_min: float,
+    step_size_max: float,
+    iterations: int,
+    initial_temperature: float,
+    cooling: float,
+    proposal_scale: float,
+    dtype: Any = jnp.float32,
+) -> AnnealingResult:
+    """k independent annealing chains maximizing `objective` over alpha in [min, max].
+
+    `objective(alphas)` evaluates all k chains' points at once (one batched rollout) and
+    returns (values, aux). Each chain starts at the geometric midpoint of the bounds and takes
+    `iterations` Metropolis steps: a Gaussian random walk on log(alpha), clipped to the bounds;
+    a proposal better than the current point is always taken, a worse one with probability
+    exp(delta / T_i), T_i = initial_temperature * cooling^i. Non-finite values count as -inf
+    (never moved to). The best point seen is returned, not the chain's last one.
+    """
+    log_low, log_high = math.log(step_size_min), math.log(step_size_max)
+    log_alpha = jnp.full((k,), 0.5 * (log_low + log_high), dtype)
+
+    def evaluate(log_alpha):
+        values, aux = objective(jnp.exp(log_alpha))
+        return jnp.where(jnp.isfinite(values), values, -jnp.inf), aux
+
+    value, aux = evaluate(log_alpha)
+
+    def metropolis_step(carry, x):
+        log_alpha, value, best_log_alpha, best_value, best_aux = carry
+        step_key, temperature = x
+        key_proposal, key_accept = jax.random.split(step_key)
+        proposal = jnp.clip(
+            log_alpha + proposal_scale * jax.random.normal(key_proposal, (k,), dtype),
+            log_low,
+            log_high,
+        )
+        proposal_value, proposal_aux = evaluate(proposal)
+        delta = proposal_value - value
+        # delta is NaN only where both are -inf: nothing to gain by moving.
+        probability = jnp.where(delta >= 0, 1.0, jnp.exp(delta / temperature))
+        probability = jnp.where(jnp.isnan(delta), 0.0, probability).astype(dtype)
+        moved = jax.random.uniform(key_accept, (k,), dtype) < probability
+        better = proposal_value > best_value
+
+        def pick(mask, new, old):
+            return jax.tree.map(
+                lambda n, o: jnp.where(mask.reshape(mask.shape + (1,) * (n.ndim - 1)), n, o),
+                new,
+                old,
+            )
+
+        carry = (
+            jnp.where(moved, proposal, log_alpha),
+            jnp.where(moved, proposal_value, value),
+            jnp.where(better, proposal, best_log_alpha),
+            jnp.where(better, proposal_value, best_value),
+            pick(better, proposal_aux, best_aux),
+        )
+        return carry, (delta < 0, probability, moved, proposal_value)
+
+    temperatures = initial_temperature * cooling ** jnp.arange(iterations, dtype=dtype)
+    (_, _, best_log_alpha, best_value, best_aux), trace = jax.lax.scan(
+        metropolis_step,
+        (log_alpha, value, log_alpha, value, aux),
+        (jax.random.split(key, iterations), temperatures),
+    )
+    worse, probability, moved, proposal_value = trace
+    return AnnealingResult(
+        step_size=jnp.exp(best_log_alpha),
+        value=best_value,
+        aux=best_aux,
+        start_value=value,
+        proposal_value=proposal_value,
+        worse=worse,
+        acceptance_probability=probability,
+        moved=moved,
+    )
+
+
+def improve_actions_annealed(
+    env: Env,
+    states: State,
+    actions: Float[Array, "k horizon act_dim"],
+    observations: Float[Array, "k horizon+1 obs_dim"],
+    key: jax.Array,
+    *,
+    step_size_min: float,
+    step_size_max: float,
+    iterations: int,
+    initial_temperature: float,
+    cooling: float,
+    proposal_scale: float,
+    order: int = 1,
+    gradient_normalization: str = "rms",
+    max_gradient_norm: float = 1.0,
+    damping: float = 1e-3,
+    gradient_window: int | None = None,
+    action_bounds: tuple[float, float] = (-1.0, 1.0),
+) -> ImprovedActions:
+    """`improve_actions` with alpha from simulated annealing instead of the grid line search.
+
+    One chain per trajectory: each trajectory's return is its own function of alpha (their
+    gradients span orders of magnitude through unstable rollouts, the reason the line search is
+    per trajectory too), a shared alpha would let one diverging trajectory veto every other's
+    step, and k chains cost the same batched rollout per proposal as one. As with the line
+    search, a trajectory takes the best alpha seen only if its return is finite and strictly
+    above V(a); otherwise it keeps its actions.
+    """
+    low, high = action_bounds
+    if order == 1:
+
+        def direction_of(state, a):
+            value, gradient = action_gradient(env, state, a, gradient_window=gradient_window)
+            direction = first_order_direction(gradient, gradient_normalization, max_gradient_norm)
+            return value, gradient, direction
+
+    elif order == 2:
+
+        def direction_of(state, a):
+            value, gradient, factor = gauss_newton_factor(
+                env, state, a, gradient_window=gradient_window
+            )
+            direction = newton_direction(gradient, factor, damping)
+            return value, gradient.reshape(a.shape), direction.reshape(a.shape)
+
+    else:
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
+
+    value, gradient, direction = jax.vmap(direction_of)(states, actions)
+    finite = (
+        jnp.all(jnp.isfinite(direction), axis=(1, 2))
+        & jnp.all(jnp.isfinite(gradient), axis=(1, 2))
+        & jnp.isfinite(value)
+    )
+    direction = jnp.where(finite[:, None, None], direction, 0.0)
+
+    def candidates(alphas):
+        return jnp.clip(actions + alphas[:, None, None] * direction, low, high)
+
+    def objective(alphas):
+        trajectories = jax.vmap(lambda state, a: rollout_actions(env, state, a))(
+            states, candidates(alphas)
+        )
+        return trajectories.value, trajectories.observations
+
+    search = anneal_step_size(
+        objective,
+        key,
+        actions.shape[0],
+        step_size_min=step_size_min,
+        step_size_max=step_size_max,
+        iterations=iterations,
+        initial_temperature=initial_temperature,
+        cooling=cooling,
+        proposal_scale=proposal_scale,
+        dtype=actions.dtype,
+    )
+    accepted = finite & (search.value > value)
+    return ImprovedActions(
+        actions=jnp.where(
+            accepted[:, None, None], candidates(search.step_size), jnp.clip(actions, low, high)
+        ),
+        value=value,
+        value_improved=jnp.where(accepted, search.value, value),
+        gradient_norm=jax.vmap(jnp.linalg.norm)(gradient),
+        step_size=jnp.where(accepted, search.step_size, 0.0),
+        accepted=accepted,
+        nonfinite=~finite,
+        observations=jnp.where(accepted[:, None, None], search.aux, observations),
+    )
+
+
+# --- the HDS epoch ----------------------------------------------------------------------------
+
+
+def _is_pytree(env: Any) -> bool:
+    """Whether `env` flattens into arrays (so it can be a jit argument), like `LearnedEnv`."""
+    leaves = jax.tree.leaves(env)
+    return not (len(leaves) == 1 and leaves[0] is env)
+
+
+def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
+    """Builds HDS's pure pieces for one config and pair of envs.
+
+    Returns (network, make_policy, epoch) with `epoch(state, key, model_env=None)`, not jitted.
+    `model_env=None` uses the env given here; passing a model env (a pytree such as
+    `LearnedEnv`, same structure) as the argument of the jitted epoch runs that model instead,
+    so a refitted model reuses the compiled epoch.
+    """
+    horizon = config.horizon or sim_env.episode_length
+    k = config.num_trajectories
+    k_sim, k_model = config.group_sizes()
+    if k_model > 0:
+        if model_env is None:
+            raise ValueError(
+                f"HDSConfig.beta={config.beta} puts {k_model} of {k} rollouts in the model, "
+                "but no model env was given"
+            )
+        for name in ("observation_size", "action_size"):
+            if getattr(model_env, name) != getattr(sim_env, name):
+                raise ValueError(
+                    f"the model env's {name} is {getattr(model_env, name)}, "
+                    f"the sim env's {getattr(sim_env, name)}"
+                )
+
+    if k_model == 0 and config.step_size_search == "line_search":
+        # No model rollouts: the epoch is PODS's, so beta = 0 reproduces PODS bit for bit.
+        network, make_policy, _, pods_epoch = make_pods(config.pods_config(), sim_env)
+
+        def epoch(state: TrainingState, key: jax.Array, model_env: Env | None = None):
+            state, metrics = pods_epoch(state, key)
+            return state, {
+                **metrics,
+                "train/beta": jnp.zeros_like(metrics["train/return"]),
+                "train/return_sim": metrics["train/return"],
+                "train/return_model": jnp.full_like(metrics["train/return"], jnp.nan),
+            }
+
+        return network, make_policy, epoch
+
+    if config.minibatch_size > k * horizon:
+        raise ValueError(
+            f"HDSConfig.minibatch_size must be <= num_trajectories * horizon = {k * horizon}, "
+            f"got {config.minibatch_size}"
+        )
+    dtype = jnp.float64 if config.float64 else jnp.float32
+    for env in (sim_env, model_env if k_model else None):
+        env_dtype = getattr(env, "dtype", None)
+        if env is not None and env_dtype is not None and jnp.dtype(env_dtype) != jnp.dtype(dtype):
+            raise ValueError(
+                f"HDSConfig.float64={config.float64} but an env simulates in {jnp.dtype(env_dtype)}"
+            )
+    network = PolicyNetwork(sim_env.action_size, config.hidden_sizes, param_dtype=dtype)
+    make_policy = make_policy_factory(network, normalize=config.normalize_observations)
+    optimizer = optax.adam(config.learning_rate)
+    step_sizes = step_size_grid(
+        config.step_size_max, config.step_size_min, config.num_step_sizes
+    ).astype(dtype)
+    default_model_env = model_env
+
+    def search_step(env, states, actions, observations, key) -> ImprovedActions:
+        shared = dict(
+            order=config.order,
+            gradient_normalization=config.gradient_normalization,
+            max_gradient_norm=config.max_gradient_norm,
+            damping=config.damping,
+            gradient_window=config.gradient_window,
+        )
+        if config.step_size_search == "line_search":
+            return improve_actions(env, states, actions, observations, step_sizes, **shared)
+        return improve_actions_annealed(
+            env,
+            states,
+            actions,
+            observations,
+            key,
+            step_size_min=config.step_size_min,
+            step_size_max=config.step_size_max,
+            iterations=config.annealing_iterations,
+            initial_temperature=config.annealing_temperature,
+            cooling=config.annealing_cooling,
+            proposal_scale=config.annealing_proposal_scale,
+            **shared,
+        )
+
+    def improve_group(env: Env, size: int, params: PolicyParams, epoch: jax.Array, key):
+        """PODS steps 1-2 for one group, in its own env (keys used as in PODS's `improve`)."""
+        key_reset, key_noise = jax.random.split(key)
+        key_search = jax.random.fold_in(key, 2)
+        states = reset_batch(env, key_reset, size)
+        policy = make_policy(params)
+        evaluation = jax.vmap(lambda s: rollout_policy(env, s, policy, horizon))(states)
+        noise = config.exploration_noise * config.exploration_decay ** epoch.astype(dtype)
+        if config.exploration_noise > 0:
+            data = jax.vmap(
+                lambda s, key: rollout_policy(env, s, policy, horizon, key=key, action_noise=noise)
+            )(states, jax.random.split(key_noise, size))
+        else:
+            data = evaluation
+
+        def improvement_step(trajectories, step_key):
+            actions, observations = trajectories
+            step = search_step(env, states, actions, observations, step_key)
+            return (step.actions, step.observations), step
+
+        _, steps = jax.lax.scan(
+            improvement_step,
+            (data.actions, data.observations),
+            jax.random.split(key_search, config.improve_iterations),
+        )
+        final = jax.tree.map(lambda x: x[-1], steps)
+        return data, evaluation, steps, final, noise
+
+    def epoch(state: TrainingState, key: jax.Array, model_env: Env | None = None):
+        model_env = default_model_env if model_env is None else model_env
+        key_improve, key_distill = jax.random.split(key)
+        # 1-2. Roll out and improve each group in its own env. The model group takes PODS's
+        # key, so beta = 1 with the simulator as the "model" is PODS again (a test checks it).
+        groups = []
+        if k_model:
+            groups.append(improve_group(model_env, k_model, state.params, state.epoch, key_improve))
+        if k_sim:
+            key_sim = jax.random.fold_in(key_improve, 1)
+            groups.append(improve_group(sim_env, k_sim, state.params, state.epoch, key_sim))
+        noise = groups[0][4]
+
+        def joined(select, axis=0):
+            parts = [select(*group) for group in groups]
+            return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
+
+        data_observations = joined(lambda d, e, s, f, n: d.observations)
+        improved_observations = joined(lambda d, e, s, f, n: f.observations)
+        improved_actions = joined(lambda d, e, s, f, n: f.actions)
+        steps = jax.tree.map(
+            lambda *xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=1),
+            *[group[2] for group in groups],
+        )
+        evaluation_value = joined(lambda d, e, s, f, n: e.value)
+
+        # 3. Distill the improved actions of both groups into the one policy.
+        states_visited = (
+            improved_observations if config.distill_states == "improved" else data_observations
+        )
+        observations = states_visited[:, :-1].reshape(k * horizon, -1)
+        targets = improved_actions.reshape(k * horizon, -1)
+        # As in PODS: a trajectory whose derivatives went non-finite teaches nothing.
+        trusted = jnp.repeat(~jnp.any(steps.nonfinite, axis=0), horizon)
+        usable = (
+            trusted & jnp.all(jnp.isfinite(observations), -1) & jnp.all(jnp.isfinite(targets), -1)
+        )
+        normalizer = state.params.normalizer
+        if config.normalize_observations:
+            normalizer = normalizer.update(observations, usable)
+        distilled = distill_policy(
+            lambda net, obs: policy_apply(
+                network, PolicyParams(normalizer, net), obs, normalize=config.normalize_observations
+            ),
+            state.params.network,
+            optimizer,
+            state.optimizer_state,
+            observations,
+            targets,
+            usable.astype(dtype),
+            key_distill,
+            minibatch_size=config.minibatch_size,
+            passes=config.distill_passes,
+        )
+        new_state = TrainingState(
+            params=PolicyParams(normalizer, distilled.network_params),
+            optimizer_state=distilled.optimizer_state,
+            epoch=state.epoch + 1,
+        )
+
+        finite_grad = ~steps.nonfinite[0]
+        accepted = steps.accepted
+        nan = jnp.full((), jnp.nan, dtype)
+        metrics = {
+            "train/return": jnp.mean(evaluation_value),
+            "train/return_data": jnp.mean(joined(lambda d, e, s, f, n: d.value)),
+            "train/return_improved": jnp.mean(joined(lambda d, e, s, f, n: f.value_improved)),
+            "train/distill_loss": distilled.loss,
+            "train/grad_norm": jnp.sum(jnp.where(finite_grad, steps.gradient_norm[0], 0.0))
+            / jnp.maximum(jnp.sum(finite_grad), 1),
+            "train/step_size": jnp.sum(steps.step_size) / jnp.maximum(jnp.sum(accepted), 1),
+            "train/accept_rate": jnp.mean(accepted),
+            "train/rejected_nonfinite": jnp.sum(steps.nonfinite) + distilled.skipped_updates,
+            "train/exploration_noise": noise,
+            "train/beta": jnp.asarray(k_model / k, dtype),
+            "train/return_model": jnp.mean(evaluation_value[:k_model]) if k_model else nan,
+            "train/return_sim": jnp.mean(evaluation_value[k_model:]) if k_sim else nan,
+        }
+        return new_state, metrics
+
+    return network, make_policy, epoch
+
+
+def train(
+    config: HDSConfig,
+    envs: Env | tuple[Env, Env | None],
+    key: jax.Array,
+    *,
+    progress_fn: Callable[[int, Metrics], None] | None = None,
+    initial_params: PolicyParams | None = None,
+    initial_state: TrainingState | None = None,
+    checkpoint_fn: Callable[[TrainingState, Metrics], None] | None = None,
+) -> tuple[Callable[[PolicyParams], Policy], PolicyParams, list[Metrics]]:
+    """Trains a policy with HDS; returns (make_policy, params, metrics per epoch), as PODS.
+
+    `envs` is `(sim_env, model_env)`, or the sim env alone when beta puts no rollout in the
+    model. Callbacks, warm start and exact resumption (epoch e's key is `fold_in(key, e)`)
+    behave as in `pods.train.train`. Metrics are PODS's plus `train/beta` (the realized model
+    fraction), `train/return_sim`, `train/return_model` (NaN for an empty group), and
+    cumulative `train/sim_steps` / `train/model_steps` (env steps of each env).
+    """
+    sim_env, model_env = envs if isinstance(envs, tuple | list) else (envs, None)
+    with jax.enable_x64(True) if config.float64 else nullcontext():
+        network, make_policy, epoch = make_hds(config, sim_env, model_env)
+        key_init, key_epochs = jax.random.split(key)
+        state = initial_state
+        if state is None:
+            state = init_training_state(config, sim_env, network, key_init)
+            if initial_params is not None:
+                state = state.replace(params=initial_params)
+        epoch = jax.jit(epoch)
+        # A pytree model (LearnedEnv) rides as an argument; any other env is closed over.
+        model_argument = model_env if _is_pytree(model_env) else None
+        horizon = config.horizon or sim_env.episode_length
+        k_sim, k_model = config.group_sizes()
+        per_trajectory = config.steps_per_trajectory(horizon)
+        history: list[Metrics] = []
+        start = time.perf_counter()
+        # The one impure loop: it syncs, times and reports; every epoch is one compiled call.
+        for i in range(int(state.epoch), config.num_epochs):
+            state, metrics = epoch(state, jax.random.fold_in(key_epochs, i), model_argument)
+            metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
+            metrics["train/sim_steps"] = float((i + 1) * k_sim * per_trajectory)
+            metrics["train/model_steps"] = float((i + 1) * k_model * per_trajectory)
+            metrics["train/wall_clock_s"] = time.perf_counter() - start
+            history.append(metrics)
+            if progress_fn is not None:
+                progress_fn(i, metrics)
+            if checkpoint_fn is not None:
+                checkpoint_fn(state, metrics)
+        return make_policy, state.params, history
+
+
+__all__ = [
+    "STEP_SIZE_SEARCHES",
+    "AnnealingResult",
+    "HDSConfig",
+    "anneal_step_size",
+    "improve_actions_annealed",
+    "make_hds",
+    "train",
+]
