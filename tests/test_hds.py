@@ -167,11 +167,14 @@ def model_leaves():
 
 
 def test_beta_one_never_calls_sim_in_the_data_rollouts():
-    config = HDSConfig(**{**TINY, "num_epochs": 2}, beta=1.0, step_size_search="annealing")
+    config = HDSConfig(**TINY, beta=1.0, step_size_search="annealing")
     _, _, history = train_hds(
         config, (UntouchableEnv(*model_leaves()), model_env()), jax.random.PRNGKey(0)
     )
-    for metrics in history:
+    assert len(history) == 3
+    for epoch, metrics in enumerate(history):
+        # The exploration noise decays as configured: 0.3 * 0.5^epoch.
+        np.testing.assert_allclose(metrics["train/exploration_noise"], 0.3 * 0.5**epoch, rtol=1e-6)
         assert metrics["train/beta"] == 1.0
         assert np.isnan(metrics["train/return_sim"])
         assert metrics["train/return_model"] == metrics["train/return"]
