@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # XLA logs a warning on every persistent-compilation-cache hit; keep its C++ logs to errors.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: run test test-slow benchmarks lint clean
+.PHONY: run report test test-slow benchmarks lint clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,12 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(INSTALLED)
 
-## The main job.
+## The main job: PODS trained in sim, evaluated in sim and real (experiments/conf/experiment/main.yaml).
 run: $(INSTALLED)
+	$(BIN)/python -m experiments.train experiment=main
+
+## The sim-vs-real testbed report.
+report: $(INSTALLED)
 	$(BIN)/python -m sim2real.report
 
 ## The test suite (tests marked `slow` excluded; `make test-slow` runs them).
