@@ -152,6 +152,7 @@ def test_unknown_task_and_variant_in_the_constructor():
         sim2real.CartPole("cartpole", variant="virtual")
 
 
+@pytest.mark.slow
 def test_mjx_backend_matches_generalized(play_actions):
     generalized = make_testbed("cartpole_balance_real")
     mjx = make_testbed("cartpole_balance_real", backend="mjx")
