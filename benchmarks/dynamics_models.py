@@ -67,8 +67,13 @@ def make_model(name, key, train_data, layout, sim, ensemble_size):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000, 10000],
-                        help="numbers of real training transitions (multiples of 100)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[500, 2000, 10000],
+        help="numbers of real training transitions (multiples of 100)",
+    )
     parser.add_argument("--test-trajectories", type=int, default=20)
     parser.add_argument("--max-steps", type=int, default=5000, help="gradient steps at most")
     parser.add_argument("--ensemble-size", type=int, default=5)
@@ -102,8 +107,12 @@ def main(argv: list[str] | None = None) -> dict:
         "state_coordinates": ["x", "theta", "xdot", "thetadot"],
         "test": {"trajectories": test.n_trajectories, "horizon": horizon, "start_stride": 5},
         "training": {**config.__dict__, "validation_fraction": 0.2},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "jax": jax.__version__, "backend": jax.default_backend()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+        },
         "collect_seconds": collect_seconds,
         "sim": evaluate(sim),
         "results": {},
@@ -118,7 +127,10 @@ def main(argv: list[str] | None = None) -> dict:
             )
             model, metrics = train(
                 make_model(name, model_key, train_data, layout, sim, args.ensemble_size),
-                train_data, val_data, model_config, jax.random.fold_in(key, size),
+                train_data,
+                val_data,
+                model_config,
+                jax.random.fold_in(key, size),
             )
             row[name] = {
                 **evaluate(model),
@@ -127,11 +139,18 @@ def main(argv: list[str] | None = None) -> dict:
                 "rollout_horizon": model_config.rollout_horizon,
                 "best_validation_loss": metrics["train/best_validation_loss"],
             }
-            print(f"{size:>6} {name:<14} rmse@{KS}={[round(x, 4) for x in row[name]['rmse']]} "
-                  f"train {row[name]['train_seconds']} s", file=sys.stderr)
-        report["results"][str(size)] = {"transitions": {"train": train_data.n_transitions,
-                                                        "validation": val_data.n_transitions},
-                                         **row}
+            print(
+                f"{size:>6} {name:<14} rmse@{KS}={[round(x, 4) for x in row[name]['rmse']]} "
+                f"train {row[name]['train_seconds']} s",
+                file=sys.stderr,
+            )
+        report["results"][str(size)] = {
+            "transitions": {
+                "train": train_data.n_transitions,
+                "validation": val_data.n_transitions,
+            },
+            **row,
+        }
     report["total_seconds"] = round(time.perf_counter() - start, 1)
     text = json.dumps(report, indent=1)
     print(text)

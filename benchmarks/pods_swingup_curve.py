@@ -32,15 +32,25 @@ PRESETS = {
     "first_order_distill": dict(order=1, distill_passes=16, learning_rate=3e-3),
     "second_order": dict(order=2, distill_passes=16, learning_rate=3e-3),
     "second_order_explore": dict(
-        order=2, distill_passes=16, learning_rate=3e-3, exploration_noise=0.3, exploration_decay=0.97
+        order=2,
+        distill_passes=16,
+        learning_rate=3e-3,
+        exploration_noise=0.3,
+        exploration_decay=0.97,
     ),
     "first_order_explore": dict(
-        order=1, distill_passes=16, learning_rate=3e-3, exploration_noise=0.3, exploration_decay=0.97
+        order=1,
+        distill_passes=16,
+        learning_rate=3e-3,
+        exploration_noise=0.3,
+        exploration_decay=0.97,
     ),
 }
 
 
-def run_pods(preset: str, seed: int, epochs: int, env_name: str, num_trajectories: int, overrides: dict):
+def run_pods(
+    preset: str, seed: int, epochs: int, env_name: str, num_trajectories: int, overrides: dict
+):
     from pods.train import PODSConfig, evaluate_policy, train
     from sim2real import make_testbed
 
@@ -52,21 +62,33 @@ def run_pods(preset: str, seed: int, epochs: int, env_name: str, num_trajectorie
     def progress(epoch, metrics):
         curve.append({"epoch": epoch, **metrics})
         if epoch % 10 == 0 or epoch == epochs - 1:
-            print(f"[{preset} seed {seed}] epoch {epoch} return {metrics['train/return']:.2f} "
-                  f"improved {metrics['train/return_improved']:.2f} t {metrics['train/wall_clock_s']:.0f}s",
-                  flush=True)
+            print(
+                f"[{preset} seed {seed}] epoch {epoch} return {metrics['train/return']:.2f} "
+                f"improved {metrics['train/return_improved']:.2f} t {metrics['train/wall_clock_s']:.0f}s",
+                flush=True,
+            )
 
-    make_policy, params, history = train(config, env, jax.random.PRNGKey(seed), progress_fn=progress)
+    make_policy, params, history = train(
+        config, env, jax.random.PRNGKey(seed), progress_fn=progress
+    )
     final = evaluate_policy(env, make_policy(params), jax.random.PRNGKey(10_000 + seed), 256)
     return {
-        "algo": "pods", "seed": seed, "config": dataclasses.asdict(config),
+        "algo": "pods",
+        "seed": seed,
+        "config": dataclasses.asdict(config),
         # Runs with overrides are labelled apart, so that merged curves never mix configs.
         "preset": preset + "".join(f" {k}={v}" for k, v in sorted(overrides.items())),
         "final_return": float(jnp.mean(final)),
         "nonfinite_total": float(sum(m["train/rejected_nonfinite"] for m in history)),
-        "curve": [{"wall_clock_s": m["train/wall_clock_s"], "sim_steps": m["train/sim_steps"],
-                   "return": m["train/return"], "return_improved": m["train/return_improved"]}
-                  for m in history],
+        "curve": [
+            {
+                "wall_clock_s": m["train/wall_clock_s"],
+                "sim_steps": m["train/sim_steps"],
+                "return": m["train/return"],
+                "return_improved": m["train/return_improved"],
+            }
+            for m in history
+        ],
     }
 
 
@@ -81,19 +103,46 @@ def run_ppo(seed: int, env_name: str, num_timesteps: int):
     start = time.perf_counter()
 
     def progress(step, metrics):
-        curve.append({"wall_clock_s": time.perf_counter() - start, "sim_steps": float(step),
-                      "return": float(metrics["eval/episode_reward"])})
-        print(f"[ppo seed {seed}] steps {step} return {curve[-1]['return']:.2f} "
-              f"t {curve[-1]['wall_clock_s']:.0f}s", flush=True)
+        curve.append(
+            {
+                "wall_clock_s": time.perf_counter() - start,
+                "sim_steps": float(step),
+                "return": float(metrics["eval/episode_reward"]),
+            }
+        )
+        print(
+            f"[ppo seed {seed}] steps {step} return {curve[-1]['return']:.2f} "
+            f"t {curve[-1]['wall_clock_s']:.0f}s",
+            flush=True,
+        )
 
     ppo.train(
-        env, num_timesteps=num_timesteps, episode_length=env.episode_length, num_envs=256,
-        batch_size=256, num_minibatches=8, unroll_length=20, num_updates_per_batch=4,
-        learning_rate=3e-4, entropy_cost=1e-2, discounting=0.97, normalize_observations=True,
-        num_evals=12, num_eval_envs=128, deterministic_eval=True, seed=seed, progress_fn=progress,
+        env,
+        num_timesteps=num_timesteps,
+        episode_length=env.episode_length,
+        num_envs=256,
+        batch_size=256,
+        num_minibatches=8,
+        unroll_length=20,
+        num_updates_per_batch=4,
+        learning_rate=3e-4,
+        entropy_cost=1e-2,
+        discounting=0.97,
+        normalize_observations=True,
+        num_evals=12,
+        num_eval_envs=128,
+        deterministic_eval=True,
+        seed=seed,
+        progress_fn=progress,
     )
-    return {"algo": "ppo", "preset": "brax_ppo", "seed": seed, "final_return": curve[-1]["return"],
-            "num_timesteps": num_timesteps, "curve": curve}
+    return {
+        "algo": "ppo",
+        "preset": "brax_ppo",
+        "seed": seed,
+        "final_return": curve[-1]["return"],
+        "num_timesteps": num_timesteps,
+        "curve": curve,
+    }
 
 
 def plot(runs: list[dict], path: Path, env_name: str):
@@ -109,9 +158,19 @@ def plot(runs: list[dict], path: Path, env_name: str):
         color = colors.setdefault(label, f"C{len(colors)}")
         t = [p["wall_clock_s"] for p in run["curve"]]
         r = [p["return"] for p in run["curve"]]
-        ax.plot(t, r, color=color, alpha=0.8, lw=1.2,
-                label=label if sum(x["preset"] == label for x in runs[: runs.index(run) + 1]) == 1 else None,
-                ls="--" if run["algo"] == "ppo" else "-", marker="o" if run["algo"] == "ppo" else None, ms=3)
+        ax.plot(
+            t,
+            r,
+            color=color,
+            alpha=0.8,
+            lw=1.2,
+            label=label
+            if sum(x["preset"] == label for x in runs[: runs.index(run) + 1]) == 1
+            else None,
+            ls="--" if run["algo"] == "ppo" else "-",
+            marker="o" if run["algo"] == "ppo" else None,
+            ms=3,
+        )
     ax.set_xlabel("wall-clock (s, incl. compile)")
     ax.set_ylabel("return (100 steps, deterministic policy)")
     ax.set_title(f"{env_name}: PODS vs Brax PPO")
@@ -122,7 +181,9 @@ def plot(runs: list[dict], path: Path, env_name: str):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--presets", nargs="+", default=["first_order"], choices=sorted(PRESETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=150)
@@ -130,11 +191,21 @@ def main():
     parser.add_argument("--env", default="cartpole_swingup_sim")
     parser.add_argument("--ppo-seeds", type=int, nargs="*", default=[])
     parser.add_argument("--ppo-timesteps", type=int, default=3_000_000)
-    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="PODSConfig overrides for every preset, e.g. distill_passes=8")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="PODSConfig overrides for every preset, e.g. distill_passes=8",
+    )
     parser.add_argument("--out", default="runs/pods_swingup_curve")
-    parser.add_argument("--merge", nargs="+", default=None, metavar="CURVE_JSON",
-                        help="train nothing: merge these curve.json files into --out (json, csv, png)")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="CURVE_JSON",
+        help="train nothing: merge these curve.json files into --out (json, csv, png)",
+    )
     args = parser.parse_args()
 
     cache = configure_jax()
@@ -153,26 +224,53 @@ def main():
         runs.append(run_ppo(seed, args.env, args.ppo_timesteps))
     for preset in args.presets:
         for seed in args.seeds:
-            runs.append(run_pods(preset, seed, args.epochs, args.env, args.num_trajectories, overrides))
-            (out / "curve.json").write_text(json.dumps({"env": args.env, "compile_cache": str(cache), "runs": runs}, indent=1))
+            runs.append(
+                run_pods(preset, seed, args.epochs, args.env, args.num_trajectories, overrides)
+            )
+            (out / "curve.json").write_text(
+                json.dumps({"env": args.env, "compile_cache": str(cache), "runs": runs}, indent=1)
+            )
 
     summary = {}
     for run in runs:
         summary.setdefault(run["preset"], []).append(run["final_return"])
-    (out / "curve.json").write_text(json.dumps(
-        {"env": args.env, "compile_cache": str(cache),
-         "summary": {k: {"final_returns": v, "mean": float(np.mean(v))} for k, v in summary.items()},
-         "runs": runs}, indent=1))
+    (out / "curve.json").write_text(
+        json.dumps(
+            {
+                "env": args.env,
+                "compile_cache": str(cache),
+                "summary": {
+                    k: {"final_returns": v, "mean": float(np.mean(v))} for k, v in summary.items()
+                },
+                "runs": runs,
+            },
+            indent=1,
+        )
+    )
     with open(out / "curve.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["algo", "preset", "seed", "wall_clock_s", "sim_steps", "return"])
         for run in runs:
             for p in run["curve"]:
-                writer.writerow([run["algo"], run["preset"], run["seed"], round(p["wall_clock_s"], 3),
-                                 int(p["sim_steps"]), round(p["return"], 4)])
+                writer.writerow(
+                    [
+                        run["algo"],
+                        run["preset"],
+                        run["seed"],
+                        round(p["wall_clock_s"], 3),
+                        int(p["sim_steps"]),
+                        round(p["return"], 4),
+                    ]
+                )
     plot(runs, out / "curve.png", args.env)
-    print(json.dumps({k: {"final_returns": [round(x, 2) for x in v], "mean": round(float(np.mean(v)), 2)}
-                      for k, v in summary.items()}))
+    print(
+        json.dumps(
+            {
+                k: {"final_returns": [round(x, 2) for x in v], "mean": round(float(np.mean(v)), 2)}
+                for k, v in summary.items()
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

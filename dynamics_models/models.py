@@ -225,10 +225,17 @@ class ResidualDynamics(_StepModel):
         """The same weights over another simulator, e.g. a float64 build of the same testbed
         (the simulator is static, so `cast_model` cannot change its dtype)."""
         fresh = ResidualDynamics(
-            jax.random.PRNGKey(0), self.normalizer.stats(), sim_env, width=self.width,
-            depth=self.depth, action_limit=self.action_limit, dtype=self.dtype,
+            jax.random.PRNGKey(0),
+            self.normalizer.stats(),
+            sim_env,
+            width=self.width,
+            depth=self.depth,
+            action_limit=self.action_limit,
+            dtype=self.dtype,
         )
-        return eqx.tree_at(lambda m: (m.network, m.normalizer), fresh, (self.network, self.normalizer))
+        return eqx.tree_at(
+            lambda m: (m.network, m.normalizer), fresh, (self.network, self.normalizer)
+        )
 
     def hyperparameters(self) -> dict:
         return {"width": self.width, "depth": self.depth, "action_limit": self.action_limit}

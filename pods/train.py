@@ -253,9 +253,7 @@ def make_pods(config: PODSConfig, env: Env):
         # be trusted in: it teaches nothing, not even its own (unimproved) actions.
         trusted = jnp.repeat(~jnp.any(steps.nonfinite, axis=0), horizon)
         usable = (
-            trusted
-            & jnp.all(jnp.isfinite(observations), -1)
-            & jnp.all(jnp.isfinite(targets), -1)
+            trusted & jnp.all(jnp.isfinite(observations), -1) & jnp.all(jnp.isfinite(targets), -1)
         )
         normalizer = state.params.normalizer
         if config.normalize_observations:

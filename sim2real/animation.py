@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 def pole_points(observation: np.ndarray, pole_lengths: Sequence[float]) -> np.ndarray:
     """(n_poles + 1, 2) points in the x-z plane: the cart's pivot, then each pole's tip."""
     n_poles = len(pole_lengths)

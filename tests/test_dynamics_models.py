@@ -103,7 +103,9 @@ def test_collection_split_and_windows_keep_trajectories_whole():
     rows = {tuple(r) for r in train_data.observations[:, 0]}
     assert not rows & {tuple(r) for r in val_data.observations[:, 0]}
     obs0, actions, targets = data.windows(5)
-    assert obs0.shape == (10 * 16, 2) and actions.shape == (160, 5, 1) and targets.shape == (160, 5, 2)
+    assert (
+        obs0.shape == (10 * 16, 2) and actions.shape == (160, 5, 1) and targets.shape == (160, 5, 2)
+    )
     np.testing.assert_array_equal(targets[17], data.observations[1, 2:7])
     with pytest.raises(ValueError, match="window length"):
         data.windows(21)
@@ -182,11 +184,18 @@ def test_training_stops_early_and_returns_the_best_validation_model():
     train_data, val_data = data.split(0.2)
     model = MLPDynamics.for_dataset(jax.random.PRNGKey(2), train_data, width=16, depth=1)
     # A step size far too large: the validation loss stops improving almost at once.
-    config = TrainingConfig(learning_rate=3.0, max_steps=4000, eval_every=20, patience=3,
-                            evals_per_call=4)
+    config = TrainingConfig(
+        learning_rate=3.0, max_steps=4000, eval_every=20, patience=3, evals_per_call=4
+    )
     seen = []
-    trained, metrics = train(model, train_data, val_data, config, jax.random.PRNGKey(3),
-                             progress_fn=lambda step, m: seen.append(step))
+    trained, metrics = train(
+        model,
+        train_data,
+        val_data,
+        config,
+        jax.random.PRNGKey(3),
+        progress_fn=lambda step, m: seen.append(step),
+    )
     assert metrics["train/steps"] < config.max_steps
     assert len(metrics["validation/loss"]) == metrics["train/steps"] // config.eval_every
     assert seen and seen[-1] == metrics["train/steps"]
@@ -278,13 +287,19 @@ def test_save_load_round_trip_is_exact(tmp_path, cartpole, ensemble, residual):
         assert type(loaded) is type(model)
         for x, y in zip(jax.tree.leaves(model), jax.tree.leaves(loaded), strict=True):
             np.testing.assert_array_equal(x, y)
-    np.testing.assert_array_equal(_predict(ensemble, cartpole["held_out"]),
-                                  _predict(load_model(tmp_path / "ensemble"), cartpole["held_out"]))
+    np.testing.assert_array_equal(
+        _predict(ensemble, cartpole["held_out"]),
+        _predict(load_model(tmp_path / "ensemble"), cartpole["held_out"]),
+    )
     # The residual model's simulator is rebuilt from the sidecar, not pickled: same testbed.
     loaded = load_model(tmp_path / "residual")
     sim, rebuilt = cartpole["sim"], loaded.sim_env
     assert (rebuilt.name, rebuilt.physics, rebuilt.dt, rebuilt.backend, rebuilt.dtype) == (
-        sim.name, sim.physics, sim.dt, sim.backend, sim.dtype
+        sim.name,
+        sim.physics,
+        sim.dt,
+        sim.backend,
+        sim.dtype,
     )
     sidecar = json.loads((tmp_path / "residual.json").read_text())
     assert sidecar["metadata"]["dataset"]["n_transitions"] == 480
@@ -369,7 +384,9 @@ def _value_and_fd_gradient(env, state, actions, eps=1e-6):
     for i in range(flat.size):
         e = np.zeros_like(flat)
         e[i] = eps
-        fd[i] = (value((flat + e).reshape(actions.shape)) - value((flat - e).reshape(actions.shape))) / (2 * eps)
+        fd[i] = (
+            value((flat + e).reshape(actions.shape)) - value((flat - e).reshape(actions.shape))
+        ) / (2 * eps)
     return np.asarray(grad).ravel(), fd
 
 

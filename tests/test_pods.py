@@ -341,8 +341,15 @@ def test_float64_config_needs_a_float64_env():
 
 # 25 steps (1.25 s): the untrained policy lets the pole fall past 1 rad around step 16. Second
 # order because it compiles faster than a reverse pass here (no transpose of the Brax step).
-BALANCE = PODSConfig(num_epochs=12, num_trajectories=16, horizon=25, minibatch_size=100, order=2,
-                     distill_passes=16, learning_rate=3e-3)
+BALANCE = PODSConfig(
+    num_epochs=12,
+    num_trajectories=16,
+    horizon=25,
+    minibatch_size=100,
+    order=2,
+    distill_passes=16,
+    learning_rate=3e-3,
+)
 
 
 @pytest.fixture(scope="module")
