@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
@@ -30,7 +29,6 @@ from brax.envs.base import Env, State
 from flax import struct
 from jaxtyping import Array, Bool, Float
 
-from pods.distill import distill_policy
 from pods.improve import (
     ImprovedActions,
     action_gradient,
@@ -40,9 +38,16 @@ from pods.improve import (
     newton_direction,
     step_size_grid,
 )
-from pods.networks import PolicyNetwork, PolicyParams, make_policy_factory, policy_apply
+from pods.networks import PolicyNetwork, PolicyParams, make_policy_factory
 from pods.rollout import Policy, reset_batch, rollout_actions, rollout_policy
-from pods.train import PODSConfig, TrainingState, init_training_state, make_pods
+from pods.train import (
+    PODSConfig,
+    TrainingState,
+    distill_improved,
+    init_training_state,
+    make_pods,
+    run_epochs,
+)
 
 Metrics = dict[str, float]
 
@@ -473,71 +478,25 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
             groups.append(improve_group(sim_env, k_sim, state.params, state.epoch, key_sim))
         noise = groups[0][4]
 
-        def joined(select, axis=0):
-            parts = [select(*group) for group in groups]
-            return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=axis)
+        def joined(index: int, axis: int = 0):
+            parts = [group[index] for group in groups]
+            return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis), *parts)
 
-        data_observations = joined(lambda d, e, s, f, n: d.observations)
-        improved_observations = joined(lambda d, e, s, f, n: f.observations)
-        improved_actions = joined(lambda d, e, s, f, n: f.actions)
-        steps = jax.tree.map(
-            lambda *xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=1),
-            *[group[2] for group in groups],
-        )
-        evaluation_value = joined(lambda d, e, s, f, n: e.value)
+        # Steps stack the improvement iterations first, trajectories second.
+        data, evaluation, steps, improved = joined(0), joined(1), joined(2, axis=1), joined(3)
 
-        # 3. Distill the improved actions of both groups into the one policy.
-        states_visited = (
-            improved_observations if config.distill_states == "improved" else data_observations
+        # 3. Distill the improved actions of both groups into the one policy, as PODS does.
+        new_state, metrics = distill_improved(
+            config, network, optimizer, state, data, evaluation, steps, improved, noise, key_distill
         )
-        observations = states_visited[:, :-1].reshape(k * horizon, -1)
-        targets = improved_actions.reshape(k * horizon, -1)
-        # As in PODS: a trajectory whose derivatives went non-finite teaches nothing.
-        trusted = jnp.repeat(~jnp.any(steps.nonfinite, axis=0), horizon)
-        usable = (
-            trusted & jnp.all(jnp.isfinite(observations), -1) & jnp.all(jnp.isfinite(targets), -1)
-        )
-        normalizer = state.params.normalizer
-        if config.normalize_observations:
-            normalizer = normalizer.update(observations, usable)
-        distilled = distill_policy(
-            lambda net, obs: policy_apply(
-                network, PolicyParams(normalizer, net), obs, normalize=config.normalize_observations
-            ),
-            state.params.network,
-            optimizer,
-            state.optimizer_state,
-            observations,
-            targets,
-            usable.astype(dtype),
-            key_distill,
-            minibatch_size=config.minibatch_size,
-            passes=config.distill_passes,
-        )
-        new_state = TrainingState(
-            params=PolicyParams(normalizer, distilled.network_params),
-            optimizer_state=distilled.optimizer_state,
-            epoch=state.epoch + 1,
-        )
-
-        finite_grad = ~steps.nonfinite[0]
-        accepted = steps.accepted
         nan = jnp.full((), jnp.nan, dtype)
-        metrics = {
-            "train/return": jnp.mean(evaluation_value),
-            "train/return_data": jnp.mean(joined(lambda d, e, s, f, n: d.value)),
-            "train/return_improved": jnp.mean(joined(lambda d, e, s, f, n: f.value_improved)),
-            "train/distill_loss": distilled.loss,
-            "train/grad_norm": jnp.sum(jnp.where(finite_grad, steps.gradient_norm[0], 0.0))
-            / jnp.maximum(jnp.sum(finite_grad), 1),
-            "train/step_size": jnp.sum(steps.step_size) / jnp.maximum(jnp.sum(accepted), 1),
-            "train/accept_rate": jnp.mean(accepted),
-            "train/rejected_nonfinite": jnp.sum(steps.nonfinite) + distilled.skipped_updates,
-            "train/exploration_noise": noise,
-            "train/beta": jnp.asarray(k_model / k, dtype),
-            "train/return_model": jnp.mean(evaluation_value[:k_model]) if k_model else nan,
-            "train/return_sim": jnp.mean(evaluation_value[k_model:]) if k_sim else nan,
-        }
+        metrics.update(
+            {
+                "train/beta": jnp.asarray(k_model / k, dtype),
+                "train/return_model": jnp.mean(evaluation.value[:k_model]) if k_model else nan,
+                "train/return_sim": jnp.mean(evaluation.value[k_model:]) if k_sim else nan,
+            }
+        )
         return new_state, metrics
 
     return network, make_policy, epoch
@@ -570,27 +529,26 @@ def train(
             state = init_training_state(config, sim_env, network, key_init)
             if initial_params is not None:
                 state = state.replace(params=initial_params)
-        epoch = jax.jit(epoch)
         # A pytree model (LearnedEnv) rides as an argument; any other env is closed over.
         model_argument = model_env if _is_pytree(model_env) else None
         horizon = config.horizon or sim_env.episode_length
         k_sim, k_model = config.group_sizes()
         per_trajectory = config.steps_per_trajectory(horizon)
-        history: list[Metrics] = []
-        start = time.perf_counter()
-        # The one impure loop: it syncs, times and reports; every epoch is one compiled call.
-        for i in range(int(state.epoch), config.num_epochs):
-            state, metrics = epoch(state, jax.random.fold_in(key_epochs, i), model_argument)
-            metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
-            metrics["train/sim_steps"] = float((i + 1) * k_sim * per_trajectory)
-            metrics["train/model_steps"] = float((i + 1) * k_model * per_trajectory)
-            metrics["train/wall_clock_s"] = time.perf_counter() - start
-            history.append(metrics)
-            if progress_fn is not None:
-                progress_fn(i, metrics)
-            if checkpoint_fn is not None:
-                checkpoint_fn(state, metrics)
-        return make_policy, state.params, history
+        counters = {
+            "train/sim_steps": k_sim * per_trajectory,
+            "train/model_steps": k_model * per_trajectory,
+        }
+        history = run_epochs(
+            jax.jit(epoch),
+            state,
+            key_epochs,
+            config.num_epochs,
+            counters,
+            epoch_args=(model_argument,),
+            progress_fn=progress_fn,
+            checkpoint_fn=checkpoint_fn,
+        )
+        return make_policy, history.state.params, history.metrics
 
 
 __all__ = [

@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ from pods.networks import (
     make_policy_factory,
     policy_apply,
 )
-from pods.rollout import Policy, reset_batch, rollout_policy
+from pods.rollout import Policy, Trajectory, reset_batch, rollout_policy
 
 Metrics = dict[str, float]
 
@@ -244,57 +245,80 @@ def make_pods(config: PODSConfig, env: Env):
         data, evaluation, steps, improved, noise = improve(state.params, state.epoch, key_improve)
 
         # 3. Distill the improved actions into the policy.
-        states_visited = (
-            improved.observations if config.distill_states == "improved" else data.observations
+        return distill_improved(
+            config, network, optimizer, state, data, evaluation, steps, improved, noise, key_distill
         )
-        observations = states_visited[:, :-1].reshape(k * horizon, -1)
-        targets = improved.actions.reshape(k * horizon, -1)
-        # A trajectory whose derivatives went non-finite is in a regime the numerics cannot
-        # be trusted in: it teaches nothing, not even its own (unimproved) actions.
-        trusted = jnp.repeat(~jnp.any(steps.nonfinite, axis=0), horizon)
-        usable = (
-            trusted & jnp.all(jnp.isfinite(observations), -1) & jnp.all(jnp.isfinite(targets), -1)
-        )
-        normalizer = state.params.normalizer
-        if config.normalize_observations:
-            normalizer = normalizer.update(observations, usable)
-        distilled = distill_policy(
-            lambda net, obs: policy_apply(
-                network, PolicyParams(normalizer, net), obs, normalize=config.normalize_observations
-            ),
-            state.params.network,
-            optimizer,
-            state.optimizer_state,
-            observations,
-            targets,
-            usable.astype(dtype),
-            key_distill,
-            minibatch_size=config.minibatch_size,
-            passes=config.distill_passes,
-        )
-        new_state = TrainingState(
-            params=PolicyParams(normalizer, distilled.network_params),
-            optimizer_state=distilled.optimizer_state,
-            epoch=state.epoch + 1,
-        )
-
-        finite_grad = ~steps.nonfinite[0]
-        accepted = steps.accepted
-        metrics = {
-            "train/return": jnp.mean(evaluation.value),
-            "train/return_data": jnp.mean(data.value),
-            "train/return_improved": jnp.mean(improved.value_improved),
-            "train/distill_loss": distilled.loss,
-            "train/grad_norm": jnp.sum(jnp.where(finite_grad, steps.gradient_norm[0], 0.0))
-            / jnp.maximum(jnp.sum(finite_grad), 1),
-            "train/step_size": jnp.sum(steps.step_size) / jnp.maximum(jnp.sum(accepted), 1),
-            "train/accept_rate": jnp.mean(accepted),
-            "train/rejected_nonfinite": jnp.sum(steps.nonfinite) + distilled.skipped_updates,
-            "train/exploration_noise": noise,
-        }
-        return new_state, metrics
 
     return network, make_policy, improve, epoch
+
+
+def distill_improved(
+    config: PODSConfig,
+    network: PolicyNetwork,
+    optimizer: optax.GradientTransformation,
+    state: TrainingState,
+    data: Trajectory,
+    evaluation: Trajectory,
+    steps: ImprovedActions,
+    improved: ImprovedActions,
+    noise: jax.Array,
+    key: jax.Array,
+) -> tuple[TrainingState, dict[str, jax.Array]]:
+    """PODS step 3 and the epoch's metrics, for k trajectories of any origin.
+
+    `data` are the rollouts the actions were improved from, `evaluation` the deterministic
+    policy's, `steps` every improvement step (stacked on a leading axis), `improved` the last.
+    HDS calls this with the trajectories of its two env groups concatenated.
+    """
+    k, horizon = improved.actions.shape[:2]
+    dtype = improved.actions.dtype
+    states_visited = (
+        improved.observations if config.distill_states == "improved" else data.observations
+    )
+    observations = states_visited[:, :-1].reshape(k * horizon, -1)
+    targets = improved.actions.reshape(k * horizon, -1)
+    # A trajectory whose derivatives went non-finite is in a regime the numerics cannot
+    # be trusted in: it teaches nothing, not even its own (unimproved) actions.
+    trusted = jnp.repeat(~jnp.any(steps.nonfinite, axis=0), horizon)
+    usable = trusted & jnp.all(jnp.isfinite(observations), -1) & jnp.all(jnp.isfinite(targets), -1)
+    normalizer = state.params.normalizer
+    if config.normalize_observations:
+        normalizer = normalizer.update(observations, usable)
+    distilled = distill_policy(
+        lambda net, obs: policy_apply(
+            network, PolicyParams(normalizer, net), obs, normalize=config.normalize_observations
+        ),
+        state.params.network,
+        optimizer,
+        state.optimizer_state,
+        observations,
+        targets,
+        usable.astype(dtype),
+        key,
+        minibatch_size=config.minibatch_size,
+        passes=config.distill_passes,
+    )
+    new_state = TrainingState(
+        params=PolicyParams(normalizer, distilled.network_params),
+        optimizer_state=distilled.optimizer_state,
+        epoch=state.epoch + 1,
+    )
+
+    finite_grad = ~steps.nonfinite[0]
+    accepted = steps.accepted
+    metrics = {
+        "train/return": jnp.mean(evaluation.value),
+        "train/return_data": jnp.mean(data.value),
+        "train/return_improved": jnp.mean(improved.value_improved),
+        "train/distill_loss": distilled.loss,
+        "train/grad_norm": jnp.sum(jnp.where(finite_grad, steps.gradient_norm[0], 0.0))
+        / jnp.maximum(jnp.sum(finite_grad), 1),
+        "train/step_size": jnp.sum(steps.step_size) / jnp.maximum(jnp.sum(accepted), 1),
+        "train/accept_rate": jnp.mean(accepted),
+        "train/rejected_nonfinite": jnp.sum(steps.nonfinite) + distilled.skipped_updates,
+        "train/exploration_noise": noise,
+    }
+    return new_state, metrics
 
 
 def init_training_state(
@@ -336,22 +360,55 @@ def train(
             state = init_training_state(config, env, network, key_init)
             if initial_params is not None:
                 state = state.replace(params=initial_params)
-        epoch = jax.jit(epoch)
         horizon = config.horizon or env.episode_length
-        history: list[Metrics] = []
-        start = time.perf_counter()
-        # The one impure loop: it syncs, times and reports; every epoch is one compiled call.
-        for i in range(int(state.epoch), config.num_epochs):
-            state, metrics = epoch(state, jax.random.fold_in(key_epochs, i))
-            metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
-            metrics["train/sim_steps"] = float((i + 1) * config.sim_steps_per_epoch(horizon))
-            metrics["train/wall_clock_s"] = time.perf_counter() - start
-            history.append(metrics)
-            if progress_fn is not None:
-                progress_fn(i, metrics)
-            if checkpoint_fn is not None:
-                checkpoint_fn(state, metrics)
-        return make_policy, state.params, history
+        counters = {"train/sim_steps": config.sim_steps_per_epoch(horizon)}
+        history = run_epochs(
+            jax.jit(epoch),
+            state,
+            key_epochs,
+            config.num_epochs,
+            counters,
+            progress_fn=progress_fn,
+            checkpoint_fn=checkpoint_fn,
+        )
+        return make_policy, history.state.params, history.metrics
+
+
+class EpochHistory(NamedTuple):
+    state: TrainingState
+    metrics: list[Metrics]
+
+
+def run_epochs(
+    epoch: Callable[..., tuple[TrainingState, dict[str, jax.Array]]],
+    state: TrainingState,
+    key: jax.Array,
+    num_epochs: int,
+    counters_per_epoch: dict[str, int],
+    *,
+    epoch_args: tuple = (),
+    progress_fn: Callable[[int, Metrics], None] | None = None,
+    checkpoint_fn: Callable[[TrainingState, Metrics], None] | None = None,
+) -> EpochHistory:
+    """Runs a compiled `epoch(state, key, *epoch_args)` from `state.epoch` to `num_epochs`.
+
+    The one impure loop of PODS and HDS: it syncs, times and reports. Epoch e's key is
+    `fold_in(key, e)`, so a run resumed from a checkpointed state repeats no randomness.
+    `counters_per_epoch` (env steps, say) are reported cumulatively under their names.
+    """
+    metrics_history: list[Metrics] = []
+    start = time.perf_counter()
+    for i in range(int(state.epoch), num_epochs):
+        state, metrics = epoch(state, jax.random.fold_in(key, i), *epoch_args)
+        metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
+        metrics.update({name: float((i + 1) * n) for name, n in counters_per_epoch.items()})
+        metrics["train/wall_clock_s"] = time.perf_counter() - start
+        metrics_history.append(metrics)
+        if progress_fn is not None:
+            progress_fn(i, metrics)
+        if checkpoint_fn is not None:
+            checkpoint_fn(state, metrics)
+    return EpochHistory(state, metrics_history)
 
 
 def evaluate_policy(
