@@ -39,13 +39,14 @@ from pods.improve import (
     step_size_grid,
 )
 from pods.networks import PolicyNetwork, PolicyParams, make_policy_factory
-from pods.rollout import Policy, reset_batch, rollout_actions, rollout_policy
+from pods.rollout import Policy, rollout_actions
 from pods.train import (
     PODSConfig,
     TrainingState,
     distill_improved,
     init_training_state,
     make_pods,
+    roll_out_and_improve,
     run_epochs,
 )
 
@@ -438,32 +439,10 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
         )
 
     def improve_group(env: Env, size: int, params: PolicyParams, epoch: jax.Array, key):
-        """PODS steps 1-2 for one group, in its own env (keys used as in PODS's `improve`)."""
-        key_reset, key_noise = jax.random.split(key)
-        key_search = jax.random.fold_in(key, 2)
-        states = reset_batch(env, key_reset, size)
-        policy = make_policy(params)
-        evaluation = jax.vmap(lambda s: rollout_policy(env, s, policy, horizon))(states)
-        noise = config.exploration_noise * config.exploration_decay ** epoch.astype(dtype)
-        if config.exploration_noise > 0:
-            data = jax.vmap(
-                lambda s, key: rollout_policy(env, s, policy, horizon, key=key, action_noise=noise)
-            )(states, jax.random.split(key_noise, size))
-        else:
-            data = evaluation
-
-        def improvement_step(trajectories, step_key):
-            actions, observations = trajectories
-            step = search_step(env, states, actions, observations, step_key)
-            return (step.actions, step.observations), step
-
-        _, steps = jax.lax.scan(
-            improvement_step,
-            (data.actions, data.observations),
-            jax.random.split(key_search, config.improve_iterations),
+        """PODS steps 1-2 for one group, in its own env."""
+        return roll_out_and_improve(
+            config, env, make_policy, search_step, size, horizon, params, epoch, key
         )
-        final = jax.tree.map(lambda x: x[-1], steps)
-        return data, evaluation, steps, final, noise
 
     def epoch(state: TrainingState, key: jax.Array, model_env: Env | None = None):
         model_env = default_model_env if model_env is None else model_env

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from brax.envs.base import Env
+from brax.envs.base import Env, State
 from flax import struct
 
 from pods.distill import distill_policy
@@ -203,41 +203,24 @@ def make_pods(config: PODSConfig, env: Env):
         config.step_size_max, config.step_size_min, config.num_step_sizes
     ).astype(dtype)
 
-    def improve(params: PolicyParams, epoch: jax.Array, key: jax.Array):
-        key_reset, key_noise = jax.random.split(key)
-        states = reset_batch(env, key_reset, k)
-        policy = make_policy(params)
-        # train/return is always the deterministic policy's, comparable across configs.
-        evaluation = jax.vmap(lambda s: rollout_policy(env, s, policy, horizon))(states)
-        noise = config.exploration_noise * config.exploration_decay ** epoch.astype(dtype)
-        if config.exploration_noise > 0:
-            data = jax.vmap(
-                lambda s, key: rollout_policy(env, s, policy, horizon, key=key, action_noise=noise)
-            )(states, jax.random.split(key_noise, k))
-        else:
-            data = evaluation
-
-        def improvement_step(trajectories, _):
-            actions, observations = trajectories
-            step = improve_actions(
-                env,
-                states,
-                actions,
-                observations,
-                step_sizes,
-                order=config.order,
-                gradient_normalization=config.gradient_normalization,
-                max_gradient_norm=config.max_gradient_norm,
-                damping=config.damping,
-                gradient_window=config.gradient_window,
-            )
-            return (step.actions, step.observations), step
-
-        _, steps = jax.lax.scan(
-            improvement_step, (data.actions, data.observations), length=config.improve_iterations
+    def search_step(env, states, actions, observations, _key) -> ImprovedActions:
+        return improve_actions(
+            env,
+            states,
+            actions,
+            observations,
+            step_sizes,
+            order=config.order,
+            gradient_normalization=config.gradient_normalization,
+            max_gradient_norm=config.max_gradient_norm,
+            damping=config.damping,
+            gradient_window=config.gradient_window,
         )
-        final: ImprovedActions = jax.tree.map(lambda x: x[-1], steps)
-        return data, evaluation, steps, final, noise
+
+    def improve(params: PolicyParams, epoch: jax.Array, key: jax.Array):
+        return roll_out_and_improve(
+            config, env, make_policy, search_step, k, horizon, params, epoch, key
+        )
 
     def epoch(state: TrainingState, key: jax.Array) -> tuple[TrainingState, dict[str, jax.Array]]:
         key_improve, key_distill = jax.random.split(key)
@@ -250,6 +233,55 @@ def make_pods(config: PODSConfig, env: Env):
         )
 
     return network, make_policy, improve, epoch
+
+
+SearchStep = Callable[[Env, State, jax.Array, jax.Array, jax.Array], ImprovedActions]
+"""(env, states, actions, observations, key) -> one improvement step of every trajectory."""
+
+
+def roll_out_and_improve(
+    config: PODSConfig,
+    env: Env,
+    make_policy: Callable[[PolicyParams], Policy],
+    search_step: SearchStep,
+    size: int,
+    horizon: int,
+    params: PolicyParams,
+    epoch: jax.Array,
+    key: jax.Array,
+):
+    """PODS steps 1-2 from `size` fresh initial states of `env`.
+
+    Returns (data, evaluation, steps, improved, noise): the rollouts the actions were improved
+    from (with exploration noise, if any), the deterministic policy's rollouts, every
+    improvement step stacked on a leading axis, the last one, and the noise level used.
+    """
+    dtype = jnp.float64 if config.float64 else jnp.float32
+    key_reset, key_noise = jax.random.split(key)
+    states = reset_batch(env, key_reset, size)
+    policy = make_policy(params)
+    # train/return is always the deterministic policy's, comparable across configs.
+    evaluation = jax.vmap(lambda s: rollout_policy(env, s, policy, horizon))(states)
+    noise = config.exploration_noise * config.exploration_decay ** epoch.astype(dtype)
+    if config.exploration_noise > 0:
+        data = jax.vmap(
+            lambda s, key: rollout_policy(env, s, policy, horizon, key=key, action_noise=noise)
+        )(states, jax.random.split(key_noise, size))
+    else:
+        data = evaluation
+
+    def improvement_step(trajectories, step_key):
+        actions, observations = trajectories
+        step = search_step(env, states, actions, observations, step_key)
+        return (step.actions, step.observations), step
+
+    _, steps = jax.lax.scan(
+        improvement_step,
+        (data.actions, data.observations),
+        jax.random.split(jax.random.fold_in(key, 2), config.improve_iterations),
+    )
+    improved: ImprovedActions = jax.tree.map(lambda x: x[-1], steps)
+    return data, evaluation, steps, improved, noise
 
 
 def distill_improved(
