@@ -110,21 +110,28 @@ class RunDirectory:
     def save_checkpoint(
         self, state: Any, epoch: int, extra: Mapping[str, Any] | None = None
     ) -> None:
-        """Saves a training-state pytree after `epoch` epochs; replaces the previous one."""
-        atomic_write_bytes(self.checkpoint_path, serialization.to_bytes(state))
+        """Saves a training-state pytree after `epoch` epochs; replaces the previous one.
+
+        State and info go into one file, replaced in one rename: a kill can never leave a
+        state of one epoch beside the info of another. `latest.json` repeats the info for
+        people; resuming never reads it.
+        """
         info = {"format": CHECKPOINT_FORMAT, "epoch": int(epoch), **(extra or {})}
+        record = {"state": serialization.to_state_dict(state), "info": json.dumps(info)}
+        atomic_write_bytes(self.checkpoint_path, serialization.msgpack_serialize(record))
         atomic_write_json(self.checkpoint_info_path, info)
 
     def load_checkpoint(self, template: Any) -> tuple[Any, dict] | None:
         """(state, info) of the latest checkpoint, restored into `template`'s structure, or
         None if the run has none. A corrupt or mismatched file raises one clear error."""
-        if not self.checkpoint_info_path.exists():
+        if not self.checkpoint_path.exists():
             return None
         try:
-            info = json.loads(self.checkpoint_info_path.read_text())
+            record = serialization.msgpack_restore(self.checkpoint_path.read_bytes())
+            info = json.loads(record["info"])
             if info.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError(f"format {info.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-            state = serialization.from_bytes(template, self.checkpoint_path.read_bytes())
+            state = serialization.from_state_dict(template, record["state"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"cannot resume from {self.checkpoint_path}: {err}") from None
         return state, info
