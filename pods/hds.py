@@ -24,7 +24,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
 from brax.envs.base import Env, State
 from flax import struct
 from jaxtyping import Array, Bool, Float
@@ -36,9 +35,8 @@ from pods.improve import (
     gauss_newton_factor,
     improve_actions,
     newton_direction,
-    step_size_grid,
 )
-from pods.networks import PolicyNetwork, PolicyParams, make_policy_factory
+from pods.networks import PolicyParams
 from pods.rollout import Policy, rollout_actions
 from pods.train import (
     PODSConfig,
@@ -46,6 +44,7 @@ from pods.train import (
     distill_improved,
     init_training_state,
     make_pods,
+    policy_learner,
     roll_out_and_improve,
     run_epochs,
 )
@@ -393,24 +392,9 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
 
         return network, make_policy, epoch
 
-    if config.minibatch_size > k * horizon:
-        raise ValueError(
-            f"HDSConfig.minibatch_size must be <= num_trajectories * horizon = {k * horizon}, "
-            f"got {config.minibatch_size}"
-        )
     dtype = jnp.float64 if config.float64 else jnp.float32
-    for env in (sim_env, model_env if k_model else None):
-        env_dtype = getattr(env, "dtype", None)
-        if env is not None and env_dtype is not None and jnp.dtype(env_dtype) != jnp.dtype(dtype):
-            raise ValueError(
-                f"HDSConfig.float64={config.float64} but an env simulates in {jnp.dtype(env_dtype)}"
-            )
-    network = PolicyNetwork(sim_env.action_size, config.hidden_sizes, param_dtype=dtype)
-    make_policy = make_policy_factory(network, normalize=config.normalize_observations)
-    optimizer = optax.adam(config.learning_rate)
-    step_sizes = step_size_grid(
-        config.step_size_max, config.step_size_min, config.num_step_sizes
-    ).astype(dtype)
+    envs = [sim_env, model_env] if k_model else [sim_env]
+    network, make_policy, optimizer, step_sizes = policy_learner(config, envs, horizon)
     default_model_env = model_env
 
     def search_step(env, states, actions, observations, key) -> ImprovedActions:

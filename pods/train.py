@@ -176,6 +176,31 @@ class TrainingState:
     epoch: jax.Array
 
 
+def policy_learner(config: PODSConfig, envs: list[Env], horizon: int):
+    """Checks `config` against the envs it will roll out in; returns the pieces every epoch
+    of PODS (or HDS) is built from: (network, make_policy, optimizer, step_sizes)."""
+    name, k = type(config).__name__, config.num_trajectories
+    if config.minibatch_size > k * horizon:
+        raise ValueError(
+            f"{name}.minibatch_size must be <= num_trajectories * horizon = {k * horizon}, "
+            f"got {config.minibatch_size}"
+        )
+    dtype = jnp.float64 if config.float64 else jnp.float32
+    for env in envs:
+        env_dtype = getattr(env, "dtype", None)
+        if env_dtype is not None and jnp.dtype(env_dtype) != jnp.dtype(dtype):
+            raise ValueError(
+                f"{name}.float64={config.float64} but an env simulates in {jnp.dtype(env_dtype)}"
+            )
+    network = PolicyNetwork(envs[0].action_size, config.hidden_sizes, param_dtype=dtype)
+    make_policy = make_policy_factory(network, normalize=config.normalize_observations)
+    optimizer = optax.adam(config.learning_rate)
+    step_sizes = step_size_grid(
+        config.step_size_max, config.step_size_min, config.num_step_sizes
+    ).astype(dtype)
+    return network, make_policy, optimizer, step_sizes
+
+
 def make_pods(config: PODSConfig, env: Env):
     """Builds PODS's pure pieces for one config and env.
 
@@ -185,23 +210,7 @@ def make_pods(config: PODSConfig, env: Env):
     """
     horizon = config.horizon or env.episode_length
     k = config.num_trajectories
-    if config.minibatch_size > k * horizon:
-        raise ValueError(
-            f"PODSConfig.minibatch_size must be <= num_trajectories * horizon = {k * horizon}, "
-            f"got {config.minibatch_size}"
-        )
-    dtype = jnp.float64 if config.float64 else jnp.float32
-    env_dtype = getattr(env, "dtype", None)
-    if env_dtype is not None and jnp.dtype(env_dtype) != jnp.dtype(dtype):
-        raise ValueError(
-            f"PODSConfig.float64={config.float64} but the env simulates in {jnp.dtype(env_dtype)}"
-        )
-    network = PolicyNetwork(env.action_size, config.hidden_sizes, param_dtype=dtype)
-    make_policy = make_policy_factory(network, normalize=config.normalize_observations)
-    optimizer = optax.adam(config.learning_rate)
-    step_sizes = step_size_grid(
-        config.step_size_max, config.step_size_min, config.num_step_sizes
-    ).astype(dtype)
+    network, make_policy, optimizer, step_sizes = policy_learner(config, [env], horizon)
 
     def search_step(env, states, actions, observations, _key) -> ImprovedActions:
         return improve_actions(
