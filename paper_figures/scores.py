@@ -1,0 +1,63 @@
+"""Normalized scores, computed across the runs of a sweep.
+
+    score = (R - R_random) / (R_ceiling - R_random)        0: random commands, 1: the ceiling
+
+R is a run's mean evaluation return on a testbed, R_random that of uniform random commands
+from the same held-out initial states (the run's own `eval/return_random_*`), and R_ceiling
+the mean return of the ceiling run of the same task and seed (seeds share evaluation states,
+`sim2real.evaluation.seed_streams`). In `real` the ceiling is the oracle, PODS trained on
+`real`; in `sim`, its counterpart trained in sim (`sweeps.SIM_CEILING`). This is the formula
+of `sim2real.evaluation.normalized_score`, restated here so that drawing needs no JAX.
+
+A single run knows no oracle and writes `eval/score_real: null`; a run that does know one
+may carry it, and it stands in where the sweep has no oracle run for that task and seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from paper_figures.runs import Run, RunSpec
+from paper_figures.sweeps import ORACLE, SIM_CEILING
+
+CEILINGS = {"real": ORACLE, "sim": SIM_CEILING}
+
+
+def normalized_score(value: float, random: float, ceiling: float) -> float:
+    """(value - random) / (ceiling - random); NaN where undefined (ceiling == random)."""
+    numerator, denominator = value - random, ceiling - random
+    if not (math.isfinite(numerator) and math.isfinite(denominator)) or denominator == 0:
+        return math.nan
+    return numerator / denominator
+
+
+def ceiling_run(found: Mapping[RunSpec, Run], testbed: str, env: str, seed: int) -> Run | None:
+    """The ceiling run for `testbed` scores of a task and seed, if the sweep has it."""
+    ceiling = CEILINGS[testbed]
+    for spec, run in found.items():
+        if spec.method.facts == ceiling.facts and spec.env == env and spec.seed == seed:
+            return run
+    return None
+
+
+def score(found: Mapping[RunSpec, Run], spec: RunSpec, testbed: str) -> float:
+    """The normalized `testbed` score of the run found for `spec` (NaN where it has none)."""
+    run = found[spec]
+    ceiling = ceiling_run(found, testbed, spec.env, spec.seed)
+    if ceiling is None:
+        if testbed == "real":
+            return run.number("eval/score_real")
+        return math.nan
+    return normalized_score(
+        run.number(f"eval/return_{testbed}"),
+        run.number(f"eval/return_random_{testbed}"),
+        ceiling.number(f"eval/return_{testbed}"),
+    )
+
+
+def scored_without_oracle(found: Mapping[RunSpec, Run], env: str, seed: int) -> bool:
+    """Whether every run found for a task and seed carries its own real score, so that the
+    oracle run of that task and seed is not needed to score them."""
+    runs = [run for spec, run in found.items() if spec.env == env and spec.seed == seed]
+    return bool(runs) and all(run.summary.get("eval/score_real") is not None for run in runs)

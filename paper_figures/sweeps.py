@@ -1,0 +1,258 @@
+"""What each figure needs: the methods, tasks and seeds it trains, and the benchmarks it runs.
+
+This is the one file to edit when an algorithm's config changes name or a figure should show
+another method: every hydra override the figures use is written here, once. A figure's runs
+are `python -m experiments.train -m <method overrides> env=<task> seed=<seeds> <preset sizes>`;
+`paper_figures.make` launches the missing ones and `paper_figures.runs` finds them again by
+the facts the overrides pin (algorithm, order, beta, model, budget, task, seed).
+
+Presets: `smoke` checks the whole pipeline in minutes on 2 CPU cores (one task, two seeds,
+three tiny epochs: the figures are meaningless, the plumbing is not); `paper` leaves sizes
+to the algorithms' own configs (`experiments/conf/algo/*.yaml`), which define the paper's runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from paper_figures.runs import RunSpec, facts_of_overrides
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A curve, bar or line in a figure: the overrides that train it."""
+
+    name: str
+    """Stable id: the method's color, its rows in the tables, its run directories' names."""
+    label: str
+    """Legend text."""
+    overrides: tuple[str, ...]
+    """Hydra overrides that select it (`algo=hds`, `model=residual`, `algo.beta=0.25`)."""
+    varied: tuple[str, ...] = ()
+    """Override keys a figure sweeps (`algo.beta`): this method is one point of a curve."""
+    tasks: tuple[str, ...] | None = None
+    """Only these tasks (LQR needs a linearization about upright: balance only)."""
+
+    @property
+    def facts(self) -> dict[str, str]:
+        return facts_of_overrides(self.overrides)
+
+    @property
+    def algo(self) -> str:
+        return self.facts["algo"]
+
+    def value(self, key: str) -> str:
+        """The value this method's overrides give `key`."""
+        for override in self.overrides:
+            k, _, v = override.partition("=")
+            if k == key:
+                return v
+        raise KeyError(f"{self.name} does not set {key}")
+
+    def at(self, key: str, value: object) -> Method:
+        """This method with `key` set to `value`, as one point of a sweep over `key`."""
+        kept = tuple(o for o in self.overrides if o.partition("=")[0] != key)
+        varied = self.varied if key in self.varied else (*self.varied, key)
+        return dataclasses.replace(self, overrides=(*kept, f"{key}={value}"), varied=varied)
+
+    @property
+    def slug(self) -> str:
+        """Directory-name form: the name, then each swept value (`hds_residual_beta0.5`)."""
+        return self.name + "".join(f"_{k.rsplit('.', 1)[-1]}{self.value(k)}" for k in self.varied)
+
+    def runs_on(self, task: str) -> bool:
+        return self.tasks is None or task in self.tasks
+
+
+# -- The methods --------------------------------------------------------------------------
+REAL_BUDGET = 5000
+"""Real transitions HDS and PODS+sysid may use wherever a figure does not sweep the budget."""
+
+PODS_1 = Method("pods_order1", "PODS (1st order)", ("algo=pods", "algo.order=1"))
+PODS_2 = Method("pods_order2", "PODS (2nd order)", ("algo=pods", "algo.order=2"))
+HDS_RESIDUAL = Method(
+    "hds_residual",
+    "HDS (residual)",
+    ("algo=hds", "model=residual", f"real.budget={REAL_BUDGET}", "algo.beta=0.25"),
+)
+HDS_MLP = Method(
+    "hds_mlp",
+    "HDS (MLP)",
+    ("algo=hds", "model=mlp", f"real.budget={REAL_BUDGET}", "algo.beta=0.25"),
+)
+APG = Method("apg", "APG", ("algo=apg",))
+PPO = Method("ppo", "PPO", ("algo=ppo",))
+PPO_DR = Method("ppo_dr", "PPO + DR", ("algo=ppo_dr",))
+PODS_SYSID = Method("pods_sysid", "PODS + sysid", ("algo=pods_sysid", f"real.budget={REAL_BUDGET}"))
+LQR = Method("lqr", "LQR", ("algo=lqr",), tasks=("cartpole_balance",))
+ORACLE = Method("oracle", "Oracle (PODS on real)", ("algo=oracle", "algo.order=2"))
+"""The ceiling of real scores: PODS trained directly on the `real` testbed."""
+SIM_CEILING = PODS_2
+"""The oracle's counterpart in sim, the ceiling of sim scores: the same algorithm (PODS,
+second order) trained on the testbed it is scored on. With it a method's sim and real scores
+measure the same thing, the share of what training on that testbed reaches."""
+
+
+# -- Presets ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """How big a figure's runs and measurements are."""
+
+    name: str
+    seeds: tuple[int, ...]
+    tasks: tuple[str, ...]
+    """Tasks of the figures over every method (learning curves, sim vs real)."""
+    real_tasks: tuple[str, ...]
+    """Tasks of the figures that sweep HDS (beta, real budget): the costly ones."""
+    betas: tuple[float, ...]
+    budgets: tuple[int, ...]
+    every_run: tuple[str, ...]
+    """Overrides every run gets (evaluation, logging, the task's horizon)."""
+    sizes: tuple[str, ...]
+    """Training-size overrides of every algorithm not in `sizes_by_algo`."""
+    sizes_by_algo: Mapping[str, tuple[str, ...]]
+    """Training-size overrides of the algorithms whose configs differ."""
+    dynamics_models_args: tuple[str, ...]
+    sysid_args: tuple[str, ...]
+    gradient_norms_args: tuple[str, ...]
+
+    def overrides_for(self, method: Method) -> tuple[str, ...]:
+        return (*self.every_run, *self.sizes_by_algo.get(method.algo, self.sizes))
+
+
+# Progress bars in a subprocess's captured output are noise; GIFs cost time nobody looks at.
+_QUIET = ("run.animation=false", "run.progress_bar=false")
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        name="smoke",
+        seeds=(0, 1),
+        tasks=("cartpole_balance",),
+        real_tasks=("cartpole_balance",),
+        betas=(0.25, 0.75),
+        budgets=(1000, REAL_BUDGET),
+        # 8 trajectories x 32 steps: exactly one of PODS's default 256-pair minibatches.
+        every_run=(*_QUIET, "env.episode_length=32", "run.eval_trajectories=8"),
+        sizes=("algo.num_epochs=3", "algo.num_trajectories=8"),
+        # LQR trains nothing: it takes no epochs.
+        sizes_by_algo={"lqr": ()},
+        dynamics_models_args=("--sizes", "500", "--max-steps", "200", "--test-trajectories", "4"),
+        sysid_args=(),
+        gradient_norms_args=("--horizons", "10", "50", "100", "200", "--batch", "8"),
+    ),
+    "paper": Preset(
+        name="paper",
+        seeds=(0, 1, 2, 3, 4),
+        tasks=("cartpole_swingup", "cartpole_balance"),
+        real_tasks=("cartpole_swingup",),
+        betas=(0.0, 0.25, 0.5, 0.75, 1.0),
+        budgets=(1000, 2000, REAL_BUDGET, 10000, 20000),
+        every_run=(*_QUIET, "run.eval_trajectories=64"),
+        sizes=(),
+        sizes_by_algo={},
+        dynamics_models_args=(),
+        sysid_args=(),
+        gradient_norms_args=(),
+    ),
+}
+
+
+# -- Figures ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FigureSweep:
+    """The runs one figure draws from."""
+
+    name: str
+    """The figure, and the folder under the runs root its sweeps write to."""
+    tasks: tuple[str, ...]
+    methods: tuple[Method, ...]
+    seeds: tuple[int, ...]
+    normalizer: Method | None = None
+    """The oracle, where the figure plots normalized real scores. A run's own
+    `eval/score_real` can stand in for it, so it is required only where runs lack one."""
+
+    def specs(self) -> list[RunSpec]:
+        methods = self.methods
+        if self.normalizer is not None and self.normalizer not in methods:
+            methods = (*methods, self.normalizer)
+        return [
+            RunSpec(method, task, seed)
+            for task in self.tasks
+            for method in methods
+            if method.runs_on(task)
+            for seed in self.seeds
+        ]
+
+
+def figure_sweeps(preset: Preset) -> dict[str, FigureSweep]:
+    """Every run-based figure's sweep at this preset, in drawing order."""
+    betas = [m.at("algo.beta", b) for m in (HDS_MLP, HDS_RESIDUAL) for b in preset.betas]
+    budgets = [m.at("real.budget", b) for m in (HDS_RESIDUAL, PODS_SYSID) for b in preset.budgets]
+    every_method = (PODS_1, PODS_2, HDS_RESIDUAL, HDS_MLP, APG, PPO, PPO_DR, PODS_SYSID, LQR)
+    sweeps = [
+        FigureSweep(
+            "learning_curves",
+            preset.tasks,
+            (PODS_1, PODS_2, HDS_RESIDUAL, APG, PPO),
+            preset.seeds,
+        ),
+        FigureSweep(
+            "hds_beta",
+            preset.real_tasks,
+            (*betas, SIM_CEILING, PODS_SYSID, PPO_DR, ORACLE),
+            preset.seeds,
+        ),
+        FigureSweep(
+            "sim_vs_real", preset.tasks, (*every_method, ORACLE), preset.seeds, normalizer=ORACLE
+        ),
+        FigureSweep(
+            "sample_efficiency", preset.real_tasks, (*budgets, PPO_DR, ORACLE), preset.seeds, ORACLE
+        ),
+    ]
+    return {sweep.name: sweep for sweep in sweeps}
+
+
+# -- Measurements that are not training runs ----------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """A benchmark script, run as a subprocess, that writes one JSON file (`--out FILE`)."""
+
+    script: str
+    """Path from the repository root."""
+    args: tuple[str, ...]
+    output: str
+    """File name under <runs root>/<figure>/."""
+    optional: bool = False
+    """The figure draws without it (and says so on stderr)."""
+
+
+def figure_measurements(preset: Preset) -> dict[str, tuple[Measurement, ...]]:
+    """Every benchmark-based figure's measurements at this preset, in drawing order."""
+    return {
+        "dynamics_models": (
+            *(
+                Measurement(
+                    "benchmarks/dynamics_models.py",
+                    (*preset.dynamics_models_args, "--seed", str(seed)),
+                    f"dynamics_models_seed{seed}.json",
+                )
+                for seed in preset.seeds
+            ),
+            # benchmarks/sysid.py is being written; until it lands the figure has no sysid line.
+            *(
+                Measurement(
+                    "benchmarks/sysid.py",
+                    (*preset.sysid_args, "--seed", str(seed)),
+                    f"sysid_seed{seed}.json",
+                    optional=True,
+                )
+                for seed in preset.seeds
+            ),
+        ),
+        "gradient_norms": (
+            Measurement(
+                "benchmarks/gradient_norms.py", preset.gradient_norms_args, "gradient_norms.json"
+            ),
+        ),
+    }

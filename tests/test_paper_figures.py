@@ -1,0 +1,410 @@
+"""paper_figures: every figure drawn from synthetic run directories with known numbers, its
+table checked against them; --runs on incomplete runs names what is missing. No training."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from paper_figures import figures, make
+from paper_figures.runs import Run, RunSpec, find_runs, same_value, select
+from paper_figures.stats import Estimate, bootstrap, bootstrap_columns, on_common_grid
+from paper_figures.sweeps import (
+    HDS_MLP,
+    HDS_RESIDUAL,
+    ORACLE,
+    PODS_1,
+    PODS_2,
+    PPO_DR,
+    PRESETS,
+    FigureSweep,
+    figure_sweeps,
+)
+
+TASK = "cartpole_balance"
+SEEDS = (0, 1, 2)
+
+
+def write_run(root: Path, method, seed: int, summary: dict, *, env=TASK, metrics=()) -> Path:
+    """A finished run directory of `method`: config from its overrides, `summary` on top."""
+    path = root / f"{method.slug}_{env}_seed{seed}"
+    (path / ".hydra").mkdir(parents=True)
+    system, task = env.rsplit("_", 1)
+    config = {"algo": {}, "env": {"system": system, "task": task}, "seed": seed, "real": {}}
+    for override in method.overrides:
+        key, _, value = override.partition("=")
+        value = yaml.safe_load(value)
+        if key == "algo":
+            config["algo"]["name"] = value
+        elif key == "model":
+            config["model"] = {"kind": value}
+        else:
+            group, field = key.split(".")
+            config[group][field] = value
+    (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    full = {"algo": config["algo"]["name"], "env": env, "seed": seed, **summary}
+    (path / "summary.json").write_text(json.dumps(full))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    return path
+
+
+def read_table(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def check_row(row: dict, samples) -> None:
+    """The row's mean is the mean of `samples`, and its interval brackets it."""
+    assert float(row["mean"]) == pytest.approx(np.mean(samples), rel=1e-12, abs=1e-12)
+    assert float(row["low"]) <= float(row["mean"]) <= float(row["high"])
+    assert int(row["n"]) == len(samples)
+
+
+def found_for(root: Path, sweep: FigureSweep):
+    selection = select(find_runs(root), sweep.specs())
+    assert not selection.missing, [s.describe() for s in selection.missing]
+    return selection.found
+
+
+def outputs_written(paths, name: str) -> Path:
+    names = {p.name for p in paths}
+    assert names == {f"{name}.pdf", f"{name}.png", f"{name}.csv"}
+    assert all(p.stat().st_size > 0 for p in paths)
+    return next(p for p in paths if p.suffix == ".csv")
+
+
+# -- Statistics ---------------------------------------------------------------------------
+def test_bootstrap_of_a_constant_is_that_constant():
+    assert bootstrap([0.1] * 5) == Estimate(0.1, 0.1, 0.1, 5)
+    assert bootstrap([3.7], statistic=np.median) == Estimate(3.7, 3.7, 3.7, 1)
+    (column,) = bootstrap_columns(np.full((4, 1), -2.3))
+    assert column == Estimate(-2.3, -2.3, -2.3, 4)
+
+
+def test_bootstrap_interval_brackets_the_mean_and_is_reproducible():
+    samples = [1.0, 4.0, 2.5, 9.0, 3.0]
+    estimate = bootstrap(samples)
+    assert estimate.value == pytest.approx(np.mean(samples))
+    assert min(samples) <= estimate.low < estimate.value < estimate.high <= max(samples)
+    assert bootstrap(samples) == estimate
+    wider = bootstrap(samples, level=0.99)
+    assert wider.low <= estimate.low and wider.high >= estimate.high
+
+
+def test_bootstrap_columns_gives_nan_where_a_seed_diverged():
+    estimates = bootstrap_columns(np.array([[1.0, np.nan], [2.0, 3.0]]))
+    assert estimates[0].value == pytest.approx(1.5)
+    assert np.isnan(estimates[1].value)
+
+
+def test_common_grid_starts_where_every_curve_has_begun_and_holds_finished_ones():
+    grid, values = on_common_grid(
+        [(np.array([0.0, 10.0]), np.array([0.0, 10.0])), (np.array([2.0, 6.0]), np.array([1, 5]))],
+        points=5,
+    )
+    np.testing.assert_allclose(grid, [2, 4, 6, 8, 10])
+    np.testing.assert_allclose(values, [[2, 4, 6, 8, 10], [1, 3, 5, 5, 5]])
+
+
+# -- Finding runs ---------------------------------------------------------------------------
+def test_runs_are_matched_by_facts_with_the_config_as_fallback(tmp_path):
+    write_run(tmp_path, PODS_1, 0, {"eval/return_real": 1.0})  # order only in the config
+    write_run(tmp_path, PODS_2, 0, {"algo/order": 2, "eval/return_real": 2.0})
+    specs = [RunSpec(PODS_1, TASK, 0), RunSpec(PODS_2, TASK, 0), RunSpec(PODS_2, TASK, 1)]
+    selection = select(find_runs(tmp_path), specs)
+    assert [run.summary["eval/return_real"] for run in selection.found.values()] == [1.0, 2.0]
+    assert selection.missing == [RunSpec(PODS_2, TASK, 1)]
+    assert same_value("0.25", 0.25) and same_value("2", 2) and not same_value("mlp", None)
+
+
+def test_unreadable_runs_are_skipped_and_named(tmp_path, capsys):
+    good = write_run(tmp_path, PODS_1, 0, {})
+    bad = tmp_path / "broken"
+    bad.mkdir()
+    (bad / "summary.json").write_text("{not json")
+    assert [run.path for run in find_runs(tmp_path)] == [good]
+    assert "broken" in capsys.readouterr().err
+
+
+# -- Figures ------------------------------------------------------------------------------
+def test_learning_curves_table_holds_the_seed_means(tmp_path):
+    sweep = FigureSweep("learning_curves", (TASK,), (PODS_1, PODS_2), SEEDS)
+    slopes = {PODS_1.name: 1.0, PODS_2.name: 3.0}
+
+    def true_return(method, seed, epoch):
+        return slopes[method.name] * epoch + seed
+
+    for method in (PODS_1, PODS_2):
+        for seed in SEEDS:
+            # Epochs take 2 s; seed 0 also compiles for 100 s in its first epoch, which the
+            # wall-clock axis takes out. Seed 2 runs one epoch longer than the others.
+            compile_s = 100.0 if seed == 0 else 0.0
+            metrics = [
+                {
+                    "epoch": e,
+                    "train/return": true_return(method, seed, e),
+                    "train/wall_clock_s": compile_s + 2.0 * (e + 1),
+                }
+                for e in range(4 if seed == 2 else 3)
+            ]
+            write_run(tmp_path / "runs", method, seed, {}, metrics=metrics)
+
+    paths = figures.learning_curves(found_for(tmp_path / "runs", sweep), tmp_path / "out")
+    rows = read_table(outputs_written(paths, "learning_curves"))
+    for method in (PODS_1, PODS_2):
+        by_epoch = [r for r in rows if r["method"] == method.name and r["x_axis"] == "epoch"]
+        assert [int(r["x"]) for r in by_epoch] == [0, 1, 2]  # epochs every seed reached
+        for row in by_epoch:
+            check_row(row, [true_return(method, s, int(row["x"])) for s in SEEDS])
+
+        by_clock = [r for r in rows if r["method"] == method.name and r["x_axis"] == "wall_clock_s"]
+        assert float(by_clock[0]["x"]) == 2.0 and float(by_clock[-1]["x"]) == 8.0
+        for row in by_clock:
+            epoch = float(row["x"]) / 2.0 - 1.0  # linear between epochs...
+            last = {s: 3.0 if s == 2 else 2.0 for s in SEEDS}  # ...held after a seed's end
+            check_row(row, [true_return(method, s, min(epoch, last[s])) for s in SEEDS])
+
+
+def test_hds_beta_table_holds_the_real_returns(tmp_path):
+    betas = (0.25, 0.75)
+    methods = (*(HDS_MLP.at("algo.beta", b) for b in betas), ORACLE)
+    sweep = FigureSweep("hds_beta", (TASK,), methods, SEEDS)
+    real = {}
+    for i, method in enumerate(methods):
+        for seed in SEEDS:
+            real[method, seed] = 10.0 * i + seed**2
+            summary = {"eval/return_real": real[method, seed]}
+            if method is not ORACLE:
+                summary |= {"hds/beta": float(method.value("algo.beta")), "model/kind": "mlp"}
+            write_run(tmp_path / "runs", method, seed, summary)
+
+    paths = figures.hds_beta(found_for(tmp_path / "runs", sweep), tmp_path / "out")
+    rows = read_table(outputs_written(paths, "hds_beta"))
+    assert [(r["method"], r["beta"]) for r in rows] == [
+        ("hds_mlp", "0.25"),
+        ("hds_mlp", "0.75"),
+        ("oracle", ""),
+    ]
+    for row, method in zip(rows, methods):
+        check_row(row, [real[method, s] for s in SEEDS])
+
+
+def scored_summary(sim: float, real: float) -> dict:
+    return {
+        "eval/return_sim": sim,
+        "eval/return_real": real,
+        "eval/return_random_sim": 0.0,
+        "eval/return_random_real": 2.0,
+    }
+
+
+def test_sim_vs_real_scores_against_the_ceilings_of_the_same_seed(tmp_path):
+    sweep = FigureSweep("sim_vs_real", (TASK,), (PODS_1, PODS_2, ORACLE), SEEDS, ORACLE)
+    for seed in SEEDS:
+        # Ceilings differ by seed: a score must use its own seed's.
+        write_run(tmp_path / "runs", PODS_2, seed, scored_summary(sim=50.0 + seed, real=20.0))
+        write_run(tmp_path / "runs", ORACLE, seed, scored_summary(sim=30.0, real=42.0 + seed))
+        write_run(tmp_path / "runs", PODS_1, seed, scored_summary(sim=25.0, real=12.0))
+
+    paths = figures.sim_vs_real(found_for(tmp_path / "runs", sweep), tmp_path / "out")
+    rows = {
+        (r["method"], r["testbed"]): r for r in read_table(outputs_written(paths, "sim_vs_real"))
+    }
+    check_row(rows["pods_order1", "sim"], [25.0 / (50.0 + s) for s in SEEDS])
+    check_row(rows["pods_order1", "real"], [10.0 / (40.0 + s) for s in SEEDS])
+    check_row(rows["pods_order2", "sim"], [1.0] * 3)
+    check_row(rows["oracle", "real"], [1.0] * 3)
+    check_row(rows["oracle", "sim"], [30.0 / (50.0 + s) for s in SEEDS])
+
+
+def test_sample_efficiency_scores_and_transitions(tmp_path):
+    budgets = (1000, 5000)
+    curve = tuple(HDS_RESIDUAL.at("real.budget", b) for b in budgets)
+    sweep = FigureSweep("sample_efficiency", (TASK,), (*curve, PPO_DR, ORACLE), SEEDS, ORACLE)
+    for seed in SEEDS:
+        write_run(tmp_path / "runs", ORACLE, seed, scored_summary(sim=0.0, real=102.0))
+        write_run(
+            tmp_path / "runs", PPO_DR, seed, {**scored_summary(0.0, 12.0), "real/transitions": 0}
+        )
+        for budget, method in zip(budgets, curve):
+            summary = scored_summary(0.0, 2.0 + budget / 100 + seed)
+            write_run(
+                tmp_path / "runs", method, seed, {**summary, "real/transitions": budget - seed}
+            )
+
+    paths = figures.sample_efficiency(found_for(tmp_path / "runs", sweep), tmp_path / "out")
+    rows = read_table(outputs_written(paths, "sample_efficiency"))
+    assert [(r["method"], r["budget"]) for r in rows] == [
+        ("hds_residual", "1000"),
+        ("hds_residual", "5000"),
+        ("ppo_dr", ""),
+        ("oracle", ""),
+    ]
+    for row, budget in zip(rows, budgets):
+        check_row(row, [(budget / 100 + s) / 100 for s in SEEDS])
+        assert float(row["real_transitions"]) == pytest.approx(budget - 1)
+    check_row(rows[2], [0.1] * 3)
+    check_row(rows[3], [1.0] * 3)
+
+
+def test_real_scores_fall_back_to_the_summary_without_an_oracle(tmp_path, capsys):
+    """`--runs` on runs that carry `eval/score_real` needs no oracle runs for the scores."""
+    sweep = figure_sweeps(PRESETS["smoke"])["sample_efficiency"]
+    expected = {}
+    for spec in sweep.specs():
+        if spec.method == ORACLE:
+            continue
+        expected[spec] = 0.1 * spec.seed + (0.5 if spec.method is PPO_DR else 0.2)
+        summary = {"eval/score_real": expected[spec], "real/transitions": 100 * (spec.seed + 1)}
+        write_run(tmp_path / "runs", spec.method, spec.seed, summary, env=spec.env)
+
+    status = make.main(
+        ["sample_efficiency", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    )
+    assert status == 0, capsys.readouterr().err
+    rows = read_table(tmp_path / "out" / "sample_efficiency.csv")
+    ppo = next(r for r in rows if r["method"] == "ppo_dr")
+    check_row(ppo, [expected[s] for s in expected if s.method is PPO_DR])
+    assert "oracle" not in {r["method"] for r in rows}  # no oracle run, so no ceiling line
+
+
+def dynamics_report(offset: float, sizes=("500", "2000")) -> dict:
+    ks = [1, 10, 50]
+    entry = lambda scale: {"k": ks, "rmse": [scale * k + offset for k in ks]}  # noqa: E731
+    return {
+        "sim": entry(1.0),
+        "results": {
+            size: {"mlp": entry(0.1), "ensemble": entry(0.05), "residual": entry(0.01)}
+            for size in sizes
+        },
+    }
+
+
+def test_dynamics_models_table_with_and_without_sysid(tmp_path):
+    reports = [dynamics_report(0.0), dynamics_report(0.5)]
+    paths = figures.dynamics_models(reports, tmp_path / "without")
+    rows = read_table(outputs_written(paths, "dynamics_models"))
+    assert {r["model"] for r in rows} == {"sim", "mlp", "ensemble", "residual"}
+    assert {r["train_transitions"] for r in rows} == {"500", "2000"}
+    for row in rows:
+        scale = {"sim": 1.0, "mlp": 0.1, "ensemble": 0.05, "residual": 0.01}[row["model"]]
+        check_row(row, [scale * int(row["k"]) + offset for offset in (0.0, 0.5)])
+
+    sysid = [{"sysid": {"k": [1, 10, 50], "rmse": [0.2, 0.3, 0.4]}}]
+    paths = figures.dynamics_models(reports, tmp_path / "with", sysid)
+    rows = [
+        r for r in read_table(outputs_written(paths, "dynamics_models")) if r["model"] == "sysid"
+    ]
+    assert len(rows) == 6  # the size-free sysid line in both panels
+    check_row(rows[-1], [0.4])
+
+
+def test_gradient_norms_median_counts_overflow_as_the_largest_float(tmp_path):
+    report = {
+        "testbed": "cartpole_swingup_sim",
+        "results": [
+            {
+                "dtype": "float32",
+                "gradient_window": None,
+                "horizons": [10, 200],
+                "norms": [[1.0, 2.0, 4.0], [5.0, None, None]],
+                "nonfinite": [0, 2],
+            },
+            {
+                "dtype": "float64",
+                "gradient_window": 20,
+                "horizons": [10, 200],
+                "norms": [[1.0, 1.0, 1.0], [3.0, 1.0, 2.0]],
+                "nonfinite": [0, 0],
+            },
+        ],
+    }
+    paths = figures.gradient_norms(report, tmp_path)
+    rows = read_table(outputs_written(paths, "gradient_norms"))
+    assert [(r["dtype"], r["gradient_window"], r["horizon"]) for r in rows] == [
+        ("float32", "", "10"),
+        ("float32", "", "200"),
+        ("float64", "20", "10"),
+        ("float64", "20", "200"),
+    ]
+    assert [float(r["median"]) for r in rows] == [2.0, float(np.finfo("float32").max), 1.0, 2.0]
+    assert [r["nonfinite"] for r in rows] == ["0", "2", "0", "0"]
+    assert float(rows[0]["low"]) <= 2.0 <= float(rows[0]["high"])
+
+
+# -- The command line ---------------------------------------------------------------------
+def test_runs_dir_with_missing_runs_names_each_and_fails(tmp_path, capsys):
+    sweep = figure_sweeps(PRESETS["smoke"])["learning_curves"]
+    specs = sweep.specs()
+    present = specs[0]
+    metrics = [{"epoch": 0, "train/return": 1.0, "train/wall_clock_s": 1.0}]
+    write_run(tmp_path / "runs", present.method, present.seed, {}, env=present.env, metrics=metrics)
+
+    status = make.main(
+        ["learning_curves", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    )
+    assert status == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"missing run (learning_curves): {s.describe()}" for s in specs[1:]]
+    assert "PODS (2nd order) on cartpole_balance, seed 1  [algo=pods algo.order=2" in "\n".join(
+        lines
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_runs_dir_with_every_run_draws_the_figure(tmp_path, capsys):
+    sweep = figure_sweeps(PRESETS["smoke"])["learning_curves"]
+    for spec in sweep.specs():
+        metrics = [
+            {"epoch": e, "train/return": e + spec.seed, "train/wall_clock_s": 1.0 + e}
+            for e in range(3)
+        ]
+        write_run(tmp_path / "runs", spec.method, spec.seed, {}, env=spec.env, metrics=metrics)
+    status = make.main(
+        ["learning_curves", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    )
+    assert status == 0, capsys.readouterr().err
+    written = capsys.readouterr().out.split()
+    assert sorted(Path(p).name for p in written) == [
+        "learning_curves.csv",
+        "learning_curves.pdf",
+        "learning_curves.png",
+    ]
+
+
+def test_missing_measurement_is_named_with_its_command(tmp_path, capsys):
+    status = make.main(["gradient_norms", "--runs", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "missing measurement (gradient_norms)" in err
+    assert "benchmarks/gradient_norms.py" in err and "--out" in err
+
+
+def test_sweep_commands_make_each_missing_run_in_a_predictable_directory(tmp_path):
+    preset = PRESETS["smoke"]
+    sweep = figure_sweeps(preset)["hds_beta"]
+    method = HDS_RESIDUAL.at("algo.beta", 0.75)
+    specs = [RunSpec(method, TASK, 0), RunSpec(method, TASK, 1), RunSpec(PODS_2, TASK, 1)]
+    commands = make.sweep_commands(sweep, specs, make.Session(preset, tmp_path, tmp_path))
+    assert len(commands) == 2  # one multirun per method and task, over its missing seeds
+    hds, pods = commands
+    assert hds[2:4] == ["experiments.train", "-m"]
+    assert {"algo=hds", "model=residual", "algo.beta=0.75", f"env={TASK}", "seed=0,1"} <= set(hds)
+    assert "seed=1" in pods and "algo.order=2" in pods
+    assert f"hydra.sweep.dir={tmp_path / 'hds_beta'}" in hds
+    assert "hydra.sweep.subdir=hds_residual_beta0.75_cartpole_balance_seed${seed}" in hds
+    # Every training size of the preset, and the run's facts, appear on the command line.
+    assert set(preset.overrides_for(method)) <= set(hds)
+
+
+def test_a_run_is_read_back_as_written(tmp_path):
+    path = write_run(tmp_path, HDS_MLP, 3, {"eval/return_real": 4.5, "hds/beta": 0.25})
+    run = Run.load(path)
+    assert (run.fact("algo"), run.fact("env"), run.fact("seed")) == ("hds", TASK, 3)
+    assert (run.fact("beta"), run.fact("model"), run.fact("budget")) == (0.25, "mlp", 5000)
+    assert run.number("eval/return_real") == 4.5 and np.isnan(run.number("eval/score_real"))
