@@ -1,0 +1,375 @@
+"""Brax's own APG and PPO as baselines on the testbeds, through thin adapters.
+
+The algorithms are Brax's (`brax.training.agents.apg.train`, `brax.training.agents.ppo.train`),
+called unchanged. This module only translates between their conventions and ours:
+
+- a frozen config dataclass (the knobs a researcher sweeps, checked before any compute) becomes
+  Brax's keyword arguments, and our PRNG key becomes Brax's integer seed;
+- Brax's progress callbacks become our metrics history (`train/return`, `train/sim_steps`,
+  `train/wall_clock_s`, ...; Brax's own metrics ride along under `brax/`);
+- Brax's stochastic policy becomes a deterministic `obs -> action` function (the distribution's
+  mode), which `pods.rollout.rollout_policy` runs like any PODS policy;
+
+Episodes last the env's `episode_length` steps and Brax evaluates the deterministic policy, so
+Brax's `eval/episode_reward` is our return, the sum of the rewards over `env.episode_length`
+steps, with no rescaling (tested against `rollout_policy` on the same initial states).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from brax.envs.base import PipelineEnv
+from brax.training.agents.apg import networks as apg_networks
+from brax.training.agents.apg import train as apg
+from brax.training.agents.ppo import networks as ppo_networks
+from brax.training.agents.ppo import train as ppo
+
+from pods.rollout import Policy
+
+Metrics = dict[str, float]
+ProgressFn = Callable[[int, Metrics], None]
+
+
+def _require(ok: bool, config: Any, name: str, expected: str) -> None:
+    if not ok:
+        raise ValueError(
+            f"{type(config).__name__}.{name} must be {expected}, got {getattr(config, name)!r}"
+        )
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_positive_float(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _is_layer_sizes(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) > 0 and all(map(_is_positive_int, value))
+
+
+@dataclasses.dataclass(frozen=True)
+class APGConfig:
+    """Brax's analytic policy gradient (`brax.training.agents.apg.train`).
+
+    Every update differentiates the mean reward of `num_envs` rollouts of `horizon_length`
+    steps through the simulator; the rollouts carry on from where the last update left them
+    and reset after the env's `episode_length`. Episode length and seed come from the env and
+    from `train_apg`'s key.
+    """
+
+    policy_updates: int = 400
+    """Gradient steps on the policy in the whole run."""
+    num_evals: int = 20
+    """Evaluations of the deterministic policy (the first before any update), each a progress
+    callback and one entry of the metrics history."""
+    num_envs: int = 64
+    """Parallel rollouts per gradient step."""
+    horizon_length: int = 32
+    """Env steps differentiated through per gradient step."""
+    learning_rate: float = 1e-3
+    """Adam's learning rate at the first update."""
+    learning_rate_decay: float = 0.997
+    """Factor on the learning rate after every update (1: constant)."""
+    adam_betas: tuple[float, float] = (0.7, 0.95)
+    """Adam's (b1, b2); Brax's defaults."""
+    max_gradient_norm: float = 1e9
+    """Global-norm clip of the gradient (Brax also clips each update element to 1)."""
+    hidden_sizes: tuple[int, ...] = (32, 32, 32, 32)
+    """Widths of the policy MLP's hidden layers."""
+    normalize_observations: bool = True
+    """Standardize observations with running statistics."""
+    num_eval_envs: int = 128
+    """Initial states per evaluation."""
+
+    def __post_init__(self):
+        for name in ("policy_updates", "num_evals", "num_envs", "horizon_length", "num_eval_envs"):
+            _require(_is_positive_int(getattr(self, name)), self, name, "a positive integer")
+        _require(
+            self.policy_updates >= self.num_evals - 1,
+            self,
+            "policy_updates",
+            f">= num_evals - 1 = {self.num_evals - 1} (at least one update between evaluations)",
+        )
+        for name in ("learning_rate", "max_gradient_norm"):
+            _require(_is_positive_float(getattr(self, name)), self, name, "a finite number > 0")
+        _require(
+            _is_positive_float(self.learning_rate_decay) and self.learning_rate_decay <= 1,
+            self,
+            "learning_rate_decay",
+            "in (0, 1]",
+        )
+        _require(
+            isinstance(self.adam_betas, tuple)
+            and len(self.adam_betas) == 2
+            and all(_is_positive_float(b) and b < 1 for b in self.adam_betas),
+            self,
+            "adam_betas",
+            "a pair (b1, b2) in (0, 1)",
+        )
+        _require(
+            _is_layer_sizes(self.hidden_sizes), self, "hidden_sizes", "a tuple of positive integers"
+        )
+        _require(
+            isinstance(self.normalize_observations, bool), self, "normalize_observations", "a bool"
+        )
+
+    @property
+    def updates_per_eval(self) -> int:
+        """Gradient steps between two evaluations, as Brax rounds them."""
+        return round(self.policy_updates / max(self.num_evals - 1, 1))
+
+    @property
+    def sim_steps_per_eval(self) -> int:
+        """Env steps simulated between two evaluations (forward passes)."""
+        return self.updates_per_eval * self.num_envs * self.horizon_length
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """Brax's proximal policy optimization (`brax.training.agents.ppo.train`).
+
+    Every training step collects `batch_size * num_minibatches` rollouts of `unroll_length`
+    steps from `num_envs` envs, then takes `num_updates_per_batch` passes of `num_minibatches`
+    Adam steps on the clipped PPO loss. Episode length and seed come from the env and from
+    `train_ppo`'s key.
+    """
+
+    num_timesteps: int = 3_000_000
+    """Env steps of training data in the whole run (Brax rounds up to whole training steps)."""
+    num_evals: int = 12
+    """Evaluations of the deterministic policy (the first before any update), each a progress
+    callback and one entry of the metrics history."""
+    num_envs: int = 256
+    """Parallel training envs; must divide batch_size * num_minibatches."""
+    unroll_length: int = 20
+    """Env steps per rollout segment the PPO loss is computed over."""
+    batch_size: int = 256
+    """Rollout segments per minibatch."""
+    num_minibatches: int = 8
+    """Minibatches (Adam steps) per pass over the collected data."""
+    num_updates_per_batch: int = 4
+    """Passes over the collected data before collecting more."""
+    learning_rate: float = 3e-4
+    """Adam's learning rate."""
+    entropy_cost: float = 1e-2
+    """Weight of the policy's entropy bonus."""
+    discounting: float = 0.97
+    """Discount factor gamma."""
+    gae_lambda: float = 0.95
+    """lambda of the generalized advantage estimate."""
+    clipping_epsilon: float = 0.3
+    """Clip range of the probability ratio in the PPO loss."""
+    reward_scaling: float = 1.0
+    """Factor on the rewards inside the loss (reported returns are unscaled)."""
+    max_grad_norm: float | None = None
+    """Global-norm gradient clipping (None: none)."""
+    normalize_observations: bool = True
+    """Standardize observations with running statistics."""
+    policy_hidden_sizes: tuple[int, ...] = (32, 32, 32, 32)
+    """Widths of the policy MLP's hidden layers (Brax's default)."""
+    value_hidden_sizes: tuple[int, ...] = (256, 256, 256, 256, 256)
+    """Widths of the value MLP's hidden layers (Brax's default)."""
+    num_eval_envs: int = 128
+    """Initial states per evaluation."""
+
+    def __post_init__(self):
+        for name in (
+            "num_timesteps",
+            "num_evals",
+            "num_envs",
+            "unroll_length",
+            "batch_size",
+            "num_minibatches",
+            "num_updates_per_batch",
+            "num_eval_envs",
+        ):
+            _require(_is_positive_int(getattr(self, name)), self, name, "a positive integer")
+        _require(
+            self.batch_size * self.num_minibatches % self.num_envs == 0,
+            self,
+            "num_envs",
+            f"a divisor of batch_size * num_minibatches = {self.batch_size * self.num_minibatches}",
+        )
+        for name in ("learning_rate", "clipping_epsilon", "reward_scaling"):
+            _require(_is_positive_float(getattr(self, name)), self, name, "a finite number > 0")
+        _require(
+            isinstance(self.entropy_cost, int | float)
+            and math.isfinite(self.entropy_cost)
+            and self.entropy_cost >= 0,
+            self,
+            "entropy_cost",
+            "a finite number >= 0",
+        )
+        for name in ("discounting", "gae_lambda"):
+            value = getattr(self, name)
+            _require(_is_positive_float(value) and value <= 1, self, name, "in (0, 1]")
+        if self.max_grad_norm is not None:
+            _require(_is_positive_float(self.max_grad_norm), self, "max_grad_norm", "None or > 0")
+        _require(
+            isinstance(self.normalize_observations, bool), self, "normalize_observations", "a bool"
+        )
+        for name in ("policy_hidden_sizes", "value_hidden_sizes"):
+            _require(
+                _is_layer_sizes(getattr(self, name)), self, name, "a tuple of positive integers"
+            )
+
+    @property
+    def env_steps_per_training_step(self) -> int:
+        return self.batch_size * self.num_minibatches * self.unroll_length
+
+
+def _seed(key: jax.Array) -> int:
+    """Brax's trainers take an integer seed; ours is drawn from the caller's key."""
+    return int(jax.random.randint(key, (), 0, np.iinfo(np.int32).max))
+
+
+def _deterministic(make_brax_policy: Callable[..., Any]) -> Callable[[Any], Policy]:
+    """Brax's `make_policy(params, deterministic)` -> our `make_policy(params)`: the mode."""
+    # The mode draws no sample: the key Brax's policy signature asks for is never read.
+    unused_key = jax.random.PRNGKey(0)
+
+    def make_policy(params: Any) -> Policy:
+        policy = make_brax_policy(params, deterministic=True)
+        return lambda obs: policy(obs, unused_key)[0]
+
+    return make_policy
+
+
+class _MetricsHistory:
+    """Brax's progress callback, turned into our metrics history and `progress_fn`.
+
+    The one impure piece of the adapters: it reads the clock. Brax syncs the device before
+    every callback, so the times are those of finished work.
+    """
+
+    def __init__(self, sim_steps: Callable[[int], int], progress_fn: ProgressFn | None):
+        self._sim_steps = sim_steps
+        self._progress_fn = progress_fn
+        self._start = time.perf_counter()
+        self.metrics: list[Metrics] = []
+
+    def __call__(self, step: int, brax_metrics: Mapping[str, Any]) -> None:
+        index = len(self.metrics)
+        metrics = {
+            "train/epoch": index,
+            "train/return": float(brax_metrics["eval/episode_reward"]),
+            "train/return_std": float(brax_metrics["eval/episode_reward_std"]),
+            "train/sim_steps": float(self._sim_steps(step)),
+            "train/wall_clock_s": time.perf_counter() - self._start,
+            **{f"brax/{name}": float(value) for name, value in brax_metrics.items()},
+        }
+        self.metrics.append(metrics)
+        if self._progress_fn is not None:
+            self._progress_fn(index, metrics)
+
+
+def _check_env(env: PipelineEnv, config: Any) -> int:
+    episode_length = getattr(env, "episode_length", None)
+    if not _is_positive_int(episode_length):
+        raise ValueError(
+            f"{type(config).__name__} trains on envs with a positive `episode_length`; "
+            f"{type(env).__name__} has {episode_length!r}"
+        )
+    return episode_length
+
+
+def train_apg(
+    config: APGConfig, env: PipelineEnv, key: jax.Array, *, progress_fn: ProgressFn | None = None
+) -> tuple[Callable[[Any], Policy], Any, list[Metrics]]:
+    """Trains a policy with Brax's APG; returns (make_policy, params, metrics per evaluation).
+
+    `make_policy(params)` is the deterministic policy (the mode of Brax's tanh-Gaussian);
+    `params` are Brax's (normalizer, policy network). `progress_fn(index, metrics)` is called
+    after every evaluation, with `train/sim_steps` and `train/wall_clock_s` (from this call,
+    compiling included) cumulative.
+    """
+    episode_length = _check_env(env, config)
+    history = _MetricsHistory(lambda epoch: epoch * config.sim_steps_per_eval, progress_fn)
+    make_brax_policy, params, _ = apg.train(
+        env,
+        episode_length=episode_length,
+        policy_updates=config.policy_updates,
+        horizon_length=config.horizon_length,
+        num_envs=config.num_envs,
+        num_evals=config.num_evals,
+        num_eval_envs=config.num_eval_envs,
+        learning_rate=config.learning_rate,
+        use_schedule=config.learning_rate_decay < 1,
+        schedule_decay=config.learning_rate_decay,
+        adam_b=config.adam_betas,
+        max_gradient_norm=config.max_gradient_norm,
+        normalize_observations=config.normalize_observations,
+        network_factory=functools.partial(
+            apg_networks.make_apg_networks, hidden_layer_sizes=config.hidden_sizes
+        ),
+        deterministic_eval=True,
+        seed=_seed(key),
+        progress_fn=history,
+    )
+    return _deterministic(make_brax_policy), params, history.metrics
+
+
+def train_ppo(
+    config: PPOConfig, env: PipelineEnv, key: jax.Array, *, progress_fn: ProgressFn | None = None
+) -> tuple[Callable[[Any], Policy], Any, list[Metrics]]:
+    """Trains a policy with Brax's PPO; returns (make_policy, params, metrics per evaluation).
+
+    `make_policy(params)` is the deterministic policy (the mode of Brax's tanh-Gaussian);
+    `params` are Brax's (normalizer, policy network, value network). `progress_fn(index,
+    metrics)` is called after every evaluation, with `train/sim_steps` (Brax's count of training env steps) and
+    `train/wall_clock_s` (from this call, compiling included) cumulative.
+    """
+    episode_length = _check_env(env, config)
+    history = _MetricsHistory(lambda env_steps: env_steps, progress_fn)
+    make_brax_policy, params, _ = ppo.train(
+        env,
+        num_timesteps=config.num_timesteps,
+        episode_length=episode_length,
+        num_envs=config.num_envs,
+        unroll_length=config.unroll_length,
+        batch_size=config.batch_size,
+        num_minibatches=config.num_minibatches,
+        num_updates_per_batch=config.num_updates_per_batch,
+        learning_rate=config.learning_rate,
+        entropy_cost=config.entropy_cost,
+        discounting=config.discounting,
+        gae_lambda=config.gae_lambda,
+        clipping_epsilon=config.clipping_epsilon,
+        reward_scaling=config.reward_scaling,
+        max_grad_norm=config.max_grad_norm,
+        normalize_observations=config.normalize_observations,
+        network_factory=functools.partial(
+            ppo_networks.make_ppo_networks,
+            policy_hidden_layer_sizes=config.policy_hidden_sizes,
+            value_hidden_layer_sizes=config.value_hidden_sizes,
+        ),
+        num_evals=config.num_evals,
+        num_eval_envs=config.num_eval_envs,
+        deterministic_eval=True,
+        seed=_seed(key),
+        progress_fn=history,
+    )
+    return _deterministic(make_brax_policy), params, history.metrics
+
+
+__all__ = [
+    "APGConfig",
+    "PPOConfig",
+    "train_apg",
+    "train_ppo",
+]
