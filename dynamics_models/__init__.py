@@ -10,6 +10,7 @@ from dynamics_models.data import (
     random_actions,
 )
 from dynamics_models.evaluation import KStepError, k_step_error
+from dynamics_models.factory import MODEL_KINDS, ModelConfig, make_model
 from dynamics_models.learned_env import LearnedEnv
 from dynamics_models.models import (
     EnsembleDynamics,
@@ -23,6 +24,8 @@ __all__ = [
     "EnsembleDynamics",
     "KStepError",
     "LearnedEnv",
+    "MODEL_KINDS",
+    "ModelConfig",
     "MLPDynamics",
     "ObsLayout",
     "ResidualDynamics",
@@ -33,6 +36,7 @@ __all__ = [
     "k_step_error",
     "load_dataset",
     "load_model",
+    "make_model",
     "random_actions",
     "save_model",
     "train",

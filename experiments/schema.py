@@ -17,7 +17,10 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from dynamics_models.factory import ModelConfig
+from pods.hds import HDSConfig
 from pods.train import PODSConfig
+from sim2real.loop import LoopConfig
 from sim2real.testbeds import SYSTEMS, Physics
 
 
@@ -91,6 +94,9 @@ class EnvSchema:
 
 
 PODSSchema = schema_of(PODSConfig, "PODSSchema", extra={"name": (str, "pods")})
+HDSSchema = schema_of(HDSConfig, "HDSSchema", extra={"name": (str, "hds")})
+ModelSchema = schema_of(ModelConfig, "ModelSchema")
+LoopSchema = schema_of(LoopConfig, "LoopSchema")
 
 
 @dataclasses.dataclass
@@ -104,12 +110,20 @@ class RunSchema:
     animation: bool = True
     """Write a GIF of the final policy in sim and real."""
     progress_bar: bool = True
+    compare: list[str] = dataclasses.field(default_factory=list)
+    """Algorithms also trained, with the same env, seed and overrides, into subfolders of this
+    run directory, e.g. [pods, oracle]: the table compares them, and an `oracle` among them
+    gives every run its normalized real score."""
 
 
 @dataclasses.dataclass
 class Config:
     env: Any = MISSING
     algo: Any = MISSING
+    model: Any = MISSING
+    """The dynamics model HDS fits to real data (`model/` group)."""
+    real: Any = dataclasses.field(default_factory=LoopSchema)
+    """How real data is spent: the budget, the initial episodes, collections (LoopConfig)."""
     run: RunSchema = dataclasses.field(default_factory=RunSchema)
     seed: int = 0
 
@@ -119,6 +133,8 @@ def register_schemas(store: ConfigStore | None = None) -> None:
     store.store(name="config_schema", node=Config)
     store.store(group="env", name="env_schema", node=EnvSchema)
     store.store(group="algo", name="pods_schema", node=PODSSchema)
+    store.store(group="algo", name="hds_schema", node=HDSSchema)
+    store.store(group="model", name="model_schema", node=ModelSchema)
 
 
 def build_physics(node: DictConfig, key: str) -> Physics:

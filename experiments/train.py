@@ -19,24 +19,20 @@ import time
 from pathlib import Path
 
 import hydra
-import jax
 import jax.numpy as jnp
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from dynamics_models import ModelConfig
 from experiments.run_dir import RunDirectory
 from experiments.schema import ConfigError, build_physics, register_schemas, to_library_config
-from pods.rollout import Policy, reset_batch, rollout_actions, rollout_policy
+from experiments.trainers import TRAINERS, RunContext
 from pods.runtime import configure_jax
-from pods.train import PODSConfig, init_training_state, make_pods, train
+from sim2real.evaluation import evaluate_sim_and_real, gap_closure, normalized_score, seed_streams
+from sim2real.loop import LoopConfig
 from sim2real.testbeds import CartPole, make_testbed
 
 register_schemas()
-
-# Independent random streams of one seed: evaluation never sees a training initial state.
-TRAIN_STREAM, EVAL_STREAM = 0, 1
-ALGORITHMS = ("pods",)
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
@@ -64,27 +60,22 @@ def build_envs(cfg: DictConfig, dtype) -> tuple[CartPole, CartPole]:
     return sim, real
 
 
-def evaluate(env: CartPole, policy: Policy, key: jax.Array, n: int) -> dict:
-    """Mean returns of `policy` and of uniform random commands over `n` initial states from
-    `key`, and the policy's first trajectory (for the animation): one compiled call per env."""
-
-    @jax.jit
-    def run(key):
-        key_reset, key_actions = jax.random.split(key)
-        states = reset_batch(env, key_reset, n)
-        horizon = env.episode_length
-        shape = (n, horizon, env.action_size)
-        random_actions = jax.random.uniform(key_actions, shape, env.dtype, -1.0, 1.0)
-        random = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, random_actions)
-        learned = jax.vmap(lambda s: rollout_policy(env, s, policy, horizon))(states)
-        return jnp.mean(learned.value), jnp.mean(random.value), learned.observations[0]
-
-    policy_return, random_return, observations = run(key)
-    return {
-        "policy": float(policy_return),
-        "random": float(random_return),
-        "observations": np.asarray(observations),
-    }
+def check_config(cfg: DictConfig) -> None:
+    """Every check that needs no compute, so a bad value fails before any."""
+    if cfg.algo.name not in TRAINERS:
+        raise ConfigError(
+            f"algo.name: unknown algorithm {cfg.algo.name!r}; expected one of {tuple(TRAINERS)}"
+        )
+    for name in ("checkpoint_every", "eval_trajectories"):
+        if cfg.run[name] <= 0:
+            raise ConfigError(f"run.{name} must be positive, got {cfg.run[name]}")
+    for name in cfg.run.compare:
+        if name not in TRAINERS:
+            raise ConfigError(
+                f"run.compare: unknown algorithm {name!r}; expected any of {tuple(TRAINERS)}"
+            )
+    to_library_config(ModelConfig, cfg.model, "model")
+    to_library_config(LoopConfig, cfg.real, "real")
 
 
 def write_animation(run_dir: RunDirectory, env: CartPole, observations: dict) -> Path:
@@ -98,138 +89,128 @@ def write_animation(run_dir: RunDirectory, env: CartPole, observations: dict) ->
 
 def run_experiment(cfg: DictConfig, output_dir: Path) -> dict:
     """Trains, evaluates and writes the run directory; returns the summary."""
-    if cfg.algo.name not in ALGORITHMS:
-        raise ConfigError(
-            f"algo.name: unknown algorithm {cfg.algo.name!r}; expected one of {ALGORITHMS}"
-        )
-    pods_config: PODSConfig = to_library_config(PODSConfig, cfg.algo, "algo", skip=("name",))
-    if cfg.run.checkpoint_every <= 0:
-        raise ConfigError(f"run.checkpoint_every must be positive, got {cfg.run.checkpoint_every}")
-    if cfg.run.eval_trajectories <= 0:
-        raise ConfigError(
-            f"run.eval_trajectories must be positive, got {cfg.run.eval_trajectories}"
-        )
-    configure_jax(float64=pods_config.float64)
-    dtype = jnp.float64 if pods_config.float64 else jnp.float32
-    sim, real = build_envs(cfg, dtype)
-
+    check_config(cfg)
+    float64 = bool(cfg.algo.get("float64", False))
+    configure_jax(float64=float64)
+    sim, real = build_envs(cfg, jnp.float64 if float64 else jnp.float32)
     run_dir = RunDirectory(output_dir)
     fingerprint = config_fingerprint(cfg)
-    seed_key = jax.random.PRNGKey(cfg.seed)
-    train_key, eval_key = (
-        jax.random.fold_in(seed_key, TRAIN_STREAM),
-        jax.random.fold_in(seed_key, EVAL_STREAM),
-    )
+    train_key, eval_key = seed_streams(cfg.seed)
 
-    network, _, _, _ = make_pods(pods_config, sim)
-    initial_state, elapsed = None, 0.0
-    template = init_training_state(pods_config, sim, network, train_key)
-    restored = run_dir.load_checkpoint(template)
-    if restored is not None:
-        initial_state, info = restored
-        if info.get("config") != fingerprint:
-            raise ConfigError(
-                f"{output_dir} holds a run of another config (fingerprint {info.get('config')}, "
-                f"this one {fingerprint}); start it in a new directory"
-            )
-        elapsed = info["wall_clock_s"]
-        run_dir.truncate_metrics(info["epoch"] - 1)
-        print(f"resuming {output_dir} after epoch {info['epoch']}", file=sys.stderr)
-
-    progress = None
-    if cfg.run.progress_bar:
-        from tqdm import tqdm
-
-        done = 0 if initial_state is None else int(initial_state.epoch)
-        progress = tqdm(
-            total=pods_config.num_epochs, initial=done, desc=f"{cfg.algo.name} {sim.name}"
-        )
-
-    def log_epoch(epoch: int, metrics: dict) -> None:
-        metrics = {**metrics, "train/wall_clock_s": elapsed + metrics["train/wall_clock_s"]}
-        run_dir.log_metrics(epoch, metrics)
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(ret=f"{metrics['train/return']:.1f}")
-
-    def checkpoint(state, metrics: dict) -> None:
-        epoch = int(state.epoch)
-        if epoch % cfg.run.checkpoint_every == 0 or epoch == pods_config.num_epochs:
-            info = {"config": fingerprint, "wall_clock_s": elapsed + metrics["train/wall_clock_s"]}
-            run_dir.save_checkpoint(state, epoch, info)
-
-    make_policy, params, history = train(
-        pods_config,
-        sim,
-        train_key,
-        progress_fn=log_epoch,
-        initial_state=initial_state,
-        checkpoint_fn=checkpoint,
-    )
-    if progress is not None:
-        progress.close()
+    trained = TRAINERS[cfg.algo.name](RunContext(cfg, sim, real, train_key, run_dir, fingerprint))
     run_dir.close()
 
-    policy = make_policy(params)
     n_eval = cfg.run.eval_trajectories
     # The same held-out initial states (and random commands) in both variants.
-    returns = {
-        variant: evaluate(env, policy, eval_key, n_eval)
-        for variant, env in (("sim", sim), ("real", real))
-    }
+    returns = evaluate_sim_and_real(trained.policy, sim, real, eval_key, n_eval)
     records = run_dir.read_metrics()
     last = records[-1] if records else {}
     summary = {
         "algo": cfg.algo.name,
         "env": f"{sim.system_name}_{sim.task}",
         "seed": cfg.seed,
-        "eval/return_sim": returns["sim"]["policy"],
-        "eval/return_real": returns["real"]["policy"],
-        "eval/return_random_sim": returns["sim"]["random"],
-        "eval/return_random_real": returns["real"]["random"],
-        # Normalized against the oracle (PODS trained on `real`) where a sweep provides one;
-        # a single run knows no oracle.
+        "eval/return_sim": returns["sim"].policy,
+        "eval/return_real": returns["real"].policy,
+        "eval/return_random_sim": returns["sim"].random,
+        "eval/return_random_real": returns["real"].random,
+        # Normalized against the oracle (PODS trained on `real`): filled in where the run
+        # compares with one (`run.compare`); paper_figures computes it across a sweep.
         "eval/score_real": None,
         "eval/trajectories": n_eval,
         "train/epochs": len(records),
         "train/wall_clock_s": last.get("train/wall_clock_s"),
         "train/sim_steps": last.get("train/sim_steps"),
         "train/final_return": last.get("train/return"),
-        "real/transitions": 0,
+        **trained.summary,
         "config_fingerprint": fingerprint,
     }
     if cfg.run.animation:
-        gif = write_animation(run_dir, sim, {v: r["observations"] for v, r in returns.items()})
+        gif = write_animation(run_dir, sim, {v: r.observations for v, r in returns.items()})
         summary["artifacts/animation"] = str(gif.relative_to(run_dir.path))
     run_dir.write_summary(summary)
-    print(format_table(summary))
     return summary
 
 
-def format_table(summary: dict) -> str:
-    rows = [
-        (summary["algo"], summary["eval/return_sim"], summary["eval/return_real"]),
-        ("random", summary["eval/return_random_sim"], summary["eval/return_random_real"]),
-    ]
+def compare(summaries: list[dict]) -> list[dict]:
+    """Fills in the normalized real score (where an oracle ran) and the gap closure relative
+    to PODS in sim (where both ran) of runs on the same env and seed."""
+    by_algo = {s["algo"]: s for s in summaries}
+    oracle, pods = by_algo.get("oracle"), by_algo.get("pods")
+    for s in summaries:
+        if oracle is not None:
+            s["eval/score_real"] = normalized_score(
+                s["eval/return_real"], s["eval/return_random_real"], oracle["eval/return_real"]
+            )
+            if pods is not None:
+                s["eval/gap_closure"] = gap_closure(
+                    s["eval/return_real"], pods["eval/return_real"], oracle["eval/return_real"]
+                )
+    return summaries
+
+
+def run_with_comparisons(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> list[dict]:
+    """The run, then each algorithm of `run.compare` with the same env, seed and overrides
+    in a subfolder of the same run directory; summaries rewritten with the scores."""
+    summaries = [run_experiment(cfg, output_dir)]
+    directories = [output_dir]
+    for name in cfg.run.compare:
+        from hydra import compose
+
+        sub_cfg = compose(
+            config_name="config", overrides=[*overrides, f"algo={name}", "run.compare=[]"]
+        )
+        summaries.append(run_experiment(sub_cfg, output_dir / name))
+        directories.append(output_dir / name)
+    if len(summaries) > 1:
+        for summary, directory in zip(compare(summaries), directories):
+            RunDirectory(directory).write_summary(summary)
+    return summaries
+
+
+def format_table(summaries: list[dict]) -> str:
+    """Mean returns of every run (and random commands) in sim and real, with the normalized
+    real score and the gap closure where an oracle ran."""
+    first = summaries[0]
     lines = [
-        f"\n{summary['env']}, seed {summary['seed']}: mean return over {summary['eval/trajectories']} held-out initial states"
+        f"\n{first['env']}, seed {first['seed']}: mean return over "
+        f"{first['eval/trajectories']} held-out initial states",
+        f"{'policy':>10} {'sim':>9} {'real':>9} {'score':>7} {'gap':>7} {'real data':>10}",
     ]
-    lines.append(f"{'policy':>12} {'sim':>10} {'real':>10}")
-    lines += [f"{name:>12} {s:10.2f} {r:10.2f}" for name, s, r in rows]
+
+    def number(value, width: int, digits: int) -> str:
+        return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+    for s in summaries:
+        lines.append(
+            f"{s['algo']:>10} {s['eval/return_sim']:9.2f} {s['eval/return_real']:9.2f} "
+            f"{number(s['eval/score_real'], 7, 2)} {number(s.get('eval/gap_closure'), 7, 2)} "
+            f"{s['real/transitions']:10d}"
+        )
+    lines.append(
+        f"{'random':>10} {first['eval/return_random_sim']:9.2f} "
+        f"{first['eval/return_random_real']:9.2f} {0.0:7.2f} {'':>7} {'':>10}"
+    )
+    if any(s["eval/score_real"] is not None for s in summaries):
+        lines.append(
+            "score: (R - R_random) / (R_oracle - R_random) in real; "
+            "gap: (R - R_pods) / (R_oracle - R_pods)"
+        )
     return "\n".join(lines)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     start = time.perf_counter()
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        summary = run_experiment(cfg, Path(HydraConfig.get().runtime.output_dir))
+        summaries = run_with_comparisons(cfg, output_dir, list(HydraConfig.get().overrides.task))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(f"done in {time.perf_counter() - start:.0f} s: {HydraConfig.get().runtime.output_dir}")
+    print(format_table(summaries))
+    print(f"done in {time.perf_counter() - start:.0f} s: {output_dir}")
     # The sweep objective (optuna maximizes it): the return in real.
-    return summary["eval/return_real"]
+    return summaries[0]["eval/return_real"]
 
 
 if __name__ == "__main__":

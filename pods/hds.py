@@ -465,6 +465,16 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
     return network, make_policy, epoch
 
 
+def step_counters(config: HDSConfig, sim_env: Env) -> dict[str, int]:
+    """Env steps one epoch takes in each env, for `run_epochs` to report cumulatively."""
+    per_trajectory = config.steps_per_trajectory(config.horizon or sim_env.episode_length)
+    k_sim, k_model = config.group_sizes()
+    return {
+        "train/sim_steps": k_sim * per_trajectory,
+        "train/model_steps": k_model * per_trajectory,
+    }
+
+
 def train(
     config: HDSConfig,
     envs: Env | tuple[Env, Env | None],
@@ -494,19 +504,12 @@ def train(
                 state = state.replace(params=initial_params)
         # A pytree model (LearnedEnv) rides as an argument; any other env is closed over.
         model_argument = model_env if _is_pytree(model_env) else None
-        horizon = config.horizon or sim_env.episode_length
-        k_sim, k_model = config.group_sizes()
-        per_trajectory = config.steps_per_trajectory(horizon)
-        counters = {
-            "train/sim_steps": k_sim * per_trajectory,
-            "train/model_steps": k_model * per_trajectory,
-        }
         history = run_epochs(
             jax.jit(epoch),
             state,
             key_epochs,
             config.num_epochs,
-            counters,
+            step_counters(config, sim_env),
             epoch_args=(model_argument,),
             progress_fn=progress_fn,
             checkpoint_fn=checkpoint_fn,
@@ -521,5 +524,6 @@ __all__ = [
     "anneal_step_size",
     "improve_actions_annealed",
     "make_hds",
+    "step_counters",
     "train",
 ]

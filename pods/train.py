@@ -430,15 +430,18 @@ def run_epochs(
     epoch_args: tuple = (),
     progress_fn: Callable[[int, Metrics], None] | None = None,
     checkpoint_fn: Callable[[TrainingState, Metrics], None] | None = None,
+    clock_start: float | None = None,
 ) -> EpochHistory:
     """Runs a compiled `epoch(state, key, *epoch_args)` from `state.epoch` to `num_epochs`.
 
     The one impure loop of PODS and HDS: it syncs, times and reports. Epoch e's key is
     `fold_in(key, e)`, so a run resumed from a checkpointed state repeats no randomness.
     `counters_per_epoch` (env steps, say) are reported cumulatively under their names.
+    `train/wall_clock_s` counts from `clock_start` (a `time.perf_counter()` reading; default
+    now), so a caller running the epochs in segments keeps one clock.
     """
     metrics_history: list[Metrics] = []
-    start = time.perf_counter()
+    start = time.perf_counter() if clock_start is None else clock_start
     for i in range(int(state.epoch), num_epochs):
         state, metrics = epoch(state, jax.random.fold_in(key, i), *epoch_args)
         metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pods.rollout import reset_batch, rollout_actions
 from sim2real.testbeds import make_testbed
 
 
@@ -187,6 +188,38 @@ class RealSystem:
         )
         trajectories = RealTrajectories(
             np.asarray(observations), np.asarray(actions), np.asarray(rewards)
+        )
+        self.transitions += trajectories.transitions
+        return trajectories
+
+    def play(self, key: jax.Array, actions: Any) -> RealTrajectories:
+        """Open-loop commands `actions` [n, horizon, act_dim] from n fresh resets (keys from
+        `key`): how a random-exploration dataset of correlated commands is recorded. Checked
+        against the budget before any transition is taken; one compile per shape."""
+        actions = np.asarray(actions)
+        if actions.ndim != 3 or actions.shape[-1] != self.action_size or 0 in actions.shape:
+            raise ValueError(
+                f"RealSystem.play wants actions [n, horizon, {self.action_size}], "
+                f"got shape {actions.shape}"
+            )
+        if not np.all(np.isfinite(actions)):
+            raise ValueError("RealSystem.play got non-finite actions")
+        n, horizon = actions.shape[:2]
+        self._reserve(n * horizon)
+        if "play" not in self._rollouts:
+            env = self._env
+
+            def play(key, actions):
+                states = reset_batch(env, key, actions.shape[0])
+                trajectory = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, actions)
+                return jax.lax.stop_gradient(tuple(trajectory))
+
+            self._rollouts["play"] = jax.jit(play)
+        observations, played, rewards = jax.device_get(
+            self._rollouts["play"](key, jnp.asarray(actions, self._env.dtype))
+        )
+        trajectories = RealTrajectories(
+            np.asarray(observations), np.asarray(played), np.asarray(rewards)
         )
         self.transitions += trajectories.transitions
         return trajectories

@@ -13,7 +13,10 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+import experiments.train  # noqa: F401  (registers the schemas)
+from dynamics_models import ModelConfig
 from experiments.schema import ConfigError, to_library_config
+from pods.hds import HDSConfig
 from pods.train import PODSConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,23 +47,39 @@ def compose_config(overrides: list[str]):
         return compose(config_name="config", overrides=overrides, return_hydra_config=False)
 
 
+LIBRARY_CONFIG = {"pods": PODSConfig, "oracle": PODSConfig, "hds": HDSConfig}
+
+
+def build_library_configs(cfg) -> None:
+    """What run_experiment checks before any compute, plus the algorithm's own config."""
+    from experiments.train import check_config
+
+    check_config(cfg)
+    config = to_library_config(LIBRARY_CONFIG[cfg.algo.name], cfg.algo, "algo", skip=("name",))
+    assert config.num_epochs > 0
+
+
 @pytest.mark.parametrize("env", group_options("env"))
 @pytest.mark.parametrize("algo", group_options("algo"))
 def test_every_env_and_algo_composes_and_builds(env, algo):
-    import experiments.train  # noqa: F401  (registers the schemas)
-
     cfg = compose_config([f"env={env}", f"algo={algo}"])
-    assert cfg.env.system in ("cartpole", "double_cartpole")
-    config = to_library_config(PODSConfig, cfg.algo, "algo", skip=("name",))
-    assert config.num_epochs > 0
+    assert cfg.env.system in ("cartpole", "double_cartpole") and cfg.algo.name == algo
+    build_library_configs(cfg)
+
+
+@pytest.mark.parametrize("model", group_options("model"))
+def test_every_model_composes_and_builds(model):
+    cfg = compose_config([f"model={model}", "algo=hds"])
+    assert to_library_config(ModelConfig, cfg.model, "model").kind == model
 
 
 @pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_preset_composes(experiment):
-    import experiments.train  # noqa: F401
-
     cfg = compose_config([f"experiment={experiment}"])
-    to_library_config(PODSConfig, cfg.algo, "algo", skip=("name",))
+    build_library_configs(cfg)
+    # Each algorithm the preset compares with composes with the preset's overrides too.
+    for name in cfg.run.compare:
+        build_library_configs(compose_config([f"experiment={experiment}", f"algo={name}"]))
 
 
 def test_physics_is_overridable_field_by_field():
@@ -232,19 +251,71 @@ def test_resume_refuses_a_directory_of_another_config(finished_run, tmp_path):
     assert (run_dir / "summary.json").read_bytes() == summary_before
 
 
+HDS_TINY = [
+    "algo=hds",
+    "algo.num_epochs=4",
+    "model=mlp",
+    "model.width=16",
+    "model.depth=1",
+    "model.max_steps=200",
+    "real.budget=64",
+    "real.initial_trajectories=4",
+    "real.collect_every=2",
+    "real.collect_trajectories=2",
+]
+
+
+def test_hds_run_with_comparisons_writes_data_model_and_scores(tmp_path):
+    """`make run`'s shape at a tiny size: HDS with real data, PODS in sim and the oracle in
+    one run directory; every run scored against the oracle."""
+    run_dir = tmp_path / "hds"
+    result = run_train(run_dir, *HDS_TINY, "run.compare=[pods,oracle]")
+    for name in ("hds", "pods", "oracle", "score", "real data"):
+        assert name in result.stdout
+    for name in (
+        "summary.json",
+        "metrics.jsonl",
+        "checkpoints/latest.msgpack",
+        "artifacts/real_transitions.npz",
+        "artifacts/model.eqx",
+        "artifacts/model.json",
+        "pods/summary.json",
+        "oracle/summary.json",
+    ):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # 4 initial episodes of 8 steps, one collection of 2 before epoch 2: 48 of the 64 allowed.
+    assert summary["real/transitions"] == 48 and summary["hds/beta"] == 0.5
+    assert summary["model/kind"] == "mlp"
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["real/transitions"] for r in records] == [32, 32, 48, 48]
+    assert all(r["model/validation_loss"] is not None for r in records)
+    oracle = json.loads((run_dir / "oracle" / "summary.json").read_text())
+    assert oracle["eval/score_real"] == 1.0 and oracle["real/transitions"] == 0
+    expected = (summary["eval/return_real"] - summary["eval/return_random_real"]) / (
+        oracle["eval/return_real"] - oracle["eval/return_random_real"]
+    )
+    assert summary["eval/score_real"] == pytest.approx(expected)
+    assert "eval/gap_closure" in summary
+
+
 @pytest.mark.parametrize(
-    "override, message",
+    "overrides, message",
     [
-        ("algo.num_trajectories=0", "num_trajectories"),
-        ("env.episode_length=-1", "episode_length"),
-        ("env.real.slider_damping=-2", "slider_damping"),
-        ("env.system=triple_cartpole", "triple_cartpole"),
-        ("algo.name=ddpg", "ddpg"),
+        (["algo.num_trajectories=0"], "num_trajectories"),
+        (["env.episode_length=-1"], "episode_length"),
+        (["env.real.slider_damping=-2"], "slider_damping"),
+        (["env.system=triple_cartpole"], "triple_cartpole"),
+        (["algo.name=ddpg"], "ddpg"),
+        (["algo=hds", "algo.beta=1.5"], "beta"),
+        (["algo=hds", "real.budget=10"], "budget=10"),
+        (["model.kind=gp"], "'gp'"),
+        (["run.compare=[ddpg]"], "run.compare"),
     ],
 )
-def test_bad_values_exit_with_one_line_and_no_summary(tmp_path, override, message):
+def test_bad_values_exit_with_one_line_and_no_summary(tmp_path, overrides, message):
     run_dir = tmp_path / "bad"
-    result = run_train(run_dir, override, check=False)
+    result = run_train(run_dir, *overrides, check=False)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and message in last, result.stderr[-2000:]

@@ -1,0 +1,188 @@
+"""One trainer per `algo.name`: it turns the composed config into the library's config,
+trains (continuing from the run directory's checkpoint, if any) and returns the policy and
+its entries for `summary.json`.
+
+    pods     PODS trained in `sim`
+    oracle   PODS trained directly on the differentiable `real` testbed: the ceiling
+    hds      HDS with a model fitted to real transitions (`sim2real.loop`)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+from omegaconf import DictConfig
+
+from dynamics_models import ModelConfig, load_dataset, load_model, save_model
+from dynamics_models.checkpoint import read_sidecar
+from experiments.run_dir import RunDirectory
+from experiments.schema import ConfigError, to_library_config
+from pods.hds import HDSConfig, make_hds
+from pods.rollout import Policy
+from pods.train import PODSConfig, TrainingState, init_training_state, make_pods
+from pods.train import train as train_pods
+from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop
+from sim2real.real_system import RealSystem
+from sim2real.testbeds import CartPole
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What every trainer gets: the config, the testbeds, its key and its run directory."""
+
+    cfg: DictConfig
+    sim: CartPole
+    real: CartPole
+    key: jax.Array
+    """The training stream of the seed (evaluation draws from another)."""
+    run_dir: RunDirectory
+    fingerprint: str
+    """Hash of the config: a checkpoint of another config is never resumed."""
+
+
+class Trained(NamedTuple):
+    policy: Policy
+    summary: dict[str, Any]
+    """Entries for summary.json beyond the common ones (`real/transitions`, ...)."""
+
+
+class EpochLoop:
+    """Resume, logging, progress bar and checkpoints around a library `train` call."""
+
+    def __init__(self, ctx: RunContext, template: TrainingState, num_epochs: int):
+        self.ctx, self.num_epochs = ctx, num_epochs
+        self.initial_state, self.elapsed = None, 0.0
+        restored = ctx.run_dir.load_checkpoint(template)
+        if restored is not None:
+            state, info = restored
+            if info.get("config") != ctx.fingerprint:
+                raise ConfigError(
+                    f"{ctx.run_dir.path} holds a run of another config (fingerprint "
+                    f"{info.get('config')}, this one {ctx.fingerprint}); start it in a new directory"
+                )
+            self.initial_state, self.elapsed = state, info["wall_clock_s"]
+            ctx.run_dir.truncate_metrics(info["epoch"] - 1)
+            print(f"resuming {ctx.run_dir.path} after epoch {info['epoch']}", file=sys.stderr)
+        self.progress = None
+        if ctx.cfg.run.progress_bar:
+            from tqdm import tqdm
+
+            done = 0 if self.initial_state is None else int(self.initial_state.epoch)
+            self.progress = tqdm(
+                total=num_epochs, initial=done, desc=f"{ctx.cfg.algo.name} {ctx.sim.name}"
+            )
+
+    def _wall_clock(self, metrics: dict) -> float:
+        return self.elapsed + metrics["train/wall_clock_s"]
+
+    def log(self, epoch: int, metrics: dict) -> None:
+        metrics = {**metrics, "train/wall_clock_s": self._wall_clock(metrics)}
+        self.ctx.run_dir.log_metrics(epoch, metrics)
+        if self.progress is not None:
+            self.progress.update(1)
+            self.progress.set_postfix(ret=f"{metrics['train/return']:.1f}")
+
+    def checkpoint(self, state: TrainingState, metrics: dict) -> None:
+        epoch = int(state.epoch)
+        if epoch % self.ctx.cfg.run.checkpoint_every == 0 or epoch == self.num_epochs:
+            info = {"config": self.ctx.fingerprint, "wall_clock_s": self._wall_clock(metrics)}
+            self.ctx.run_dir.save_checkpoint(state, epoch, info)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+
+
+def _pods(ctx: RunContext, env: CartPole) -> Trained:
+    config: PODSConfig = to_library_config(PODSConfig, ctx.cfg.algo, "algo", skip=("name",))
+    network, _, _, _ = make_pods(config, env)
+    loop = EpochLoop(ctx, init_training_state(config, env, network, ctx.key), config.num_epochs)
+    make_policy, params, _ = train_pods(
+        config,
+        env,
+        ctx.key,
+        progress_fn=loop.log,
+        initial_state=loop.initial_state,
+        checkpoint_fn=loop.checkpoint,
+    )
+    loop.close()
+    return Trained(make_policy(params), {"algo/order": config.order, "real/transitions": 0})
+
+
+def train_pods_in_sim(ctx: RunContext) -> Trained:
+    return _pods(ctx, ctx.sim)
+
+
+def train_oracle(ctx: RunContext) -> Trained:
+    return _pods(ctx, ctx.real)
+
+
+def train_hds(ctx: RunContext) -> Trained:
+    cfg = ctx.cfg
+    config: HDSConfig = to_library_config(HDSConfig, cfg.algo, "algo", skip=("name",))
+    loop_config: LoopConfig = to_library_config(LoopConfig, cfg.real, "real")
+    model_config: ModelConfig = to_library_config(ModelConfig, cfg.model, "model")
+    try:
+        loop_config.rounds(ctx.real.episode_length)  # the budget holds the initial data
+    except ValueError as err:
+        raise ConfigError(f"real: {err}") from None
+
+    artifacts = ctx.run_dir.artifacts
+    artifacts.mkdir(parents=True, exist_ok=True)
+    data_path, model_path = artifacts / "real_transitions.npz", artifacts / "model"
+    # The policy's structure does not depend on the model: the sim env alone builds it.
+    network, _, _ = make_hds(dataclasses.replace(config, beta=0.0), ctx.sim)
+    loop = EpochLoop(ctx, init_training_state(config, ctx.sim, network, ctx.key), config.num_epochs)
+    resume = None
+    if loop.initial_state is not None and data_path.exists():
+        dataset = load_dataset(data_path)
+        model = model_info = None
+        if model_path.with_suffix(".json").exists():
+            model = load_model(model_path)
+            model_info = read_sidecar(model_path)["metadata"]
+        resume = LoopCheckpoint(dataset, model, model_info)
+
+    def save_data(dataset) -> None:
+        dataset.save(data_path)
+
+    def save(model, info: dict) -> None:
+        save_model(model_path, model, metadata=info)
+
+    result = run_loop(
+        config,
+        loop_config,
+        model_config,
+        ctx.sim,
+        RealSystem(ctx.real, budget=loop_config.budget),
+        ctx.key,
+        initial_state=loop.initial_state,
+        resume=resume,
+        progress_fn=loop.log,
+        checkpoint_fn=loop.checkpoint,
+        data_fn=save_data,
+        model_fn=save,
+    )
+    loop.close()
+    transitions = 0 if result.dataset is None else result.dataset.n_transitions
+    summary = {
+        "algo/order": config.order,
+        "hds/beta": config.beta,
+        "model/kind": model_config.kind,
+        "real/transitions": transitions,
+        "real/budget": loop_config.budget,
+    }
+    return Trained(result.make_policy(result.params), summary)
+
+
+TRAINERS: dict[str, Callable[[RunContext], Trained]] = {
+    "pods": train_pods_in_sim,
+    "oracle": train_oracle,
+    "hds": train_hds,
+}
+"""`algo.name` -> trainer."""
+
+__all__ = ["TRAINERS", "RunContext", "Trained"]

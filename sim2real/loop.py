@@ -1,0 +1,303 @@
+"""The sim2real loop: HDS optimizing partly through a model of real transitions, with the real
+data collected under a budget and the model refitted as the data grows.
+
+    round 0:  record `initial_trajectories` real episodes (random commands, or the warm-start
+              policy plus noise); fit the model on them
+    epochs:   HDS epochs (`pods.hds`): a fraction beta of the rollouts in the learned model,
+              the rest in `sim`
+    round r:  before epoch r * collect_every, record `collect_trajectories` real episodes of the
+              current policy plus noise, add them to the data, refit the model on all of it
+    ...       until the next round would exceed the budget; the remaining epochs keep the
+              last model
+
+HDS itself sees only envs; the real system is reached through `RealSystem` alone, which counts
+every transition and refuses to go past the budget. A refitted model has the structure of
+the previous one, so it rides into the same compiled HDS epoch as an argument.
+
+Everything random comes from the run's key: round r's collection from fold_in(data key, r),
+its fit from fold_in(fit key, r) and its train/validation split from seed r; epoch e's from
+fold_in(epoch key, e). A run resumed from a checkpoint (the training state, the real data,
+and the model if it was saved) therefore repeats exactly what an uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any, NamedTuple
+
+import jax
+
+from dynamics_models import (
+    LearnedEnv,
+    ModelConfig,
+    TransitionDataset,
+    make_model,
+    random_actions,
+)
+from dynamics_models import train as fit_model
+from pods.hds import HDSConfig, make_hds, step_counters
+from pods.networks import PolicyParams
+from pods.rollout import Policy
+from pods.train import TrainingState, init_training_state, policy_learner, run_epochs
+from sim2real.real_system import RealSystem, RealTrajectories
+
+Metrics = dict[str, float]
+
+INITIAL_DATA = ("random", "policy")
+
+# Named streams of the loop's key.
+_EPOCH_STREAM, _DATA_STREAM, _FIT_STREAM = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """How the loop spends its real transitions."""
+
+    budget: int = 5000
+    """Real transitions the loop may take in all (initial data included)."""
+    initial_trajectories: int = 20
+    """Real episodes recorded before the first epoch."""
+    initial_data: str = "random"
+    """`random`: correlated random commands (see `random_correlation`); `policy`: the
+    warm-start policy (`initial_params`) plus `collect_noise`."""
+    random_correlation: float = 0.8
+    """Lag-1 correlation of the random commands; white noise barely moves the cart."""
+    collect_every: int = 5
+    """Epochs between collections of the current policy's real episodes."""
+    collect_trajectories: int = 5
+    """Real episodes per collection."""
+    collect_noise: float = 0.1
+    """Std of the Gaussian noise on the policy's commands while collecting."""
+    validation_fraction: float = 0.2
+    """Share of the real episodes held out to early-stop each model fit."""
+
+    def __post_init__(self):
+        def require(ok: bool, name: str, expected: str):
+            if not ok:
+                raise ValueError(
+                    f"LoopConfig.{name} must be {expected}, got {getattr(self, name)!r}"
+                )
+
+        def integer(name: str, low: int) -> bool:
+            value = getattr(self, name)
+            return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+        require(integer("budget", 1), "budget", "a positive integer")
+        require(integer("initial_trajectories", 2), "initial_trajectories", "an integer >= 2")
+        require(integer("collect_every", 1), "collect_every", "a positive integer")
+        require(integer("collect_trajectories", 1), "collect_trajectories", "a positive integer")
+        require(self.initial_data in INITIAL_DATA, "initial_data", f"one of {INITIAL_DATA}")
+        require(0 <= self.random_correlation < 1, "random_correlation", "a number in [0, 1)")
+        require(
+            math.isfinite(self.collect_noise) and self.collect_noise >= 0,
+            "collect_noise",
+            "a finite number >= 0",
+        )
+        require(0 < self.validation_fraction < 1, "validation_fraction", "a number in (0, 1)")
+
+    def rounds(self, horizon: int) -> int:
+        """Collections after the initial data that fit in the budget, for episodes of
+        `horizon` steps; raises if not even the initial data does."""
+        initial = self.initial_trajectories * horizon
+        if initial > self.budget:
+            raise ValueError(
+                f"LoopConfig.budget={self.budget} real transitions cannot hold the initial "
+                f"{self.initial_trajectories} episodes of {horizon} steps ({initial})"
+            )
+        return (self.budget - initial) // (self.collect_trajectories * horizon)
+
+    def rounds_before(self, epoch: int, horizon: int) -> int:
+        """Collections (after the initial data) done before `epoch` starts."""
+        return min(epoch // self.collect_every, self.rounds(horizon))
+
+
+class LoopCheckpoint(NamedTuple):
+    """What the loop needs, beyond the training state, to resume exactly."""
+
+    dataset: TransitionDataset
+    """Every real episode recorded so far."""
+    model: Any = None
+    """The last model saved, if any."""
+    model_info: dict | None = None
+    """What `model_fn` was given with `model`: its round and validation loss. Unless the
+    round is `dataset`'s last (the run was killed between a collection and the model's
+    save), the model is refitted, deterministically, as the uninterrupted run fitted it."""
+
+
+class LoopResult(NamedTuple):
+    make_policy: Callable[[PolicyParams], Policy]
+    params: PolicyParams
+    metrics: list[Metrics]
+    """One dict per epoch run by this call: HDS's metrics plus `real/transitions`,
+    `real/rounds` (collections after the initial data) and `model/validation_loss` (of the
+    model in use: normalized MSE on held-out real episodes)."""
+    dataset: TransitionDataset | None
+    """The real data (None when beta = 0: no real transition was needed)."""
+    model: Any
+
+
+def _as_dataset(trajectories: RealTrajectories, real: RealSystem) -> TransitionDataset:
+    return TransitionDataset(
+        trajectories.observations, trajectories.actions, env_name=real.name, dt=real.dt
+    )
+
+
+def run_loop(
+    config: HDSConfig,
+    loop: LoopConfig,
+    model_config: ModelConfig,
+    sim_env: Any,
+    real: RealSystem,
+    key: jax.Array,
+    *,
+    initial_params: PolicyParams | None = None,
+    initial_state: TrainingState | None = None,
+    resume: LoopCheckpoint | None = None,
+    progress_fn: Callable[[int, Metrics], None] | None = None,
+    checkpoint_fn: Callable[[TrainingState, Metrics], None] | None = None,
+    data_fn: Callable[[TransitionDataset], None] | None = None,
+    model_fn: Callable[[Any, dict], None] | None = None,
+) -> LoopResult:
+    """Trains a policy with HDS and real data collected under `real`'s budget (see the module
+    docstring). `initial_state` and `resume` (saved through `checkpoint_fn`, `data_fn` and
+    `model_fn`) continue an interrupted run; `initial_params` warm-starts a new one.
+
+    `data_fn(dataset)` is called after every collection and `model_fn(model, info)` after
+    every fit (`info`: its round and validation loss), so a caller can persist them
+    before the epochs that depend on them run. `train/wall_clock_s` includes collection and
+    model fitting.
+    """
+    clock_start = time.perf_counter()
+    horizon = real.episode_length
+    k_sim, k_model = config.group_sizes()
+    rounds = loop.rounds(horizon) if k_model else 0
+    if loop.initial_data == "policy" and initial_params is None and resume is None and k_model:
+        raise ValueError("LoopConfig.initial_data='policy' needs initial_params to collect with")
+    key_epochs_root = jax.random.fold_in(key, _EPOCH_STREAM)
+    key_data, key_fit = jax.random.fold_in(key, _DATA_STREAM), jax.random.fold_in(key, _FIT_STREAM)
+
+    with jax.enable_x64(True) if config.float64 else nullcontext():
+        _, make_policy, _, _ = policy_learner(config, [sim_env], config.horizon or horizon)
+        dataset = resume.dataset if resume is not None else None
+        model, validation_loss = None, math.nan
+
+        def rounds_in(data: TransitionDataset) -> int:
+            extra = data.n_trajectories - loop.initial_trajectories
+            if extra < 0 or extra % loop.collect_trajectories:
+                raise ValueError(
+                    f"the real data holds {data.n_trajectories} episodes, which no round of "
+                    f"this LoopConfig produces ({loop.initial_trajectories} + "
+                    f"r * {loop.collect_trajectories})"
+                )
+            return extra // loop.collect_trajectories
+
+        def collect(round_: int, params: PolicyParams | None) -> TransitionDataset:
+            key = jax.random.fold_in(key_data, round_)
+            if round_ == 0 and loop.initial_data == "random":
+                commands = random_actions(
+                    key,
+                    loop.initial_trajectories,
+                    horizon,
+                    real.action_size,
+                    correlation=loop.random_correlation,
+                )
+                return _as_dataset(real.play(jax.random.fold_in(key, 1), commands), real)
+            n = loop.initial_trajectories if round_ == 0 else loop.collect_trajectories
+            episodes = real.collect(
+                key, n, make_policy=make_policy, params=params, action_noise=loop.collect_noise
+            )
+            return _as_dataset(episodes, real)
+
+        def fit(round_: int, data: TransitionDataset):
+            nonlocal validation_loss
+            train_data, validation_data = data.split(loop.validation_fraction, seed=round_)
+            key_model, key_train = jax.random.split(jax.random.fold_in(key_fit, round_))
+            fresh = make_model(model_config, key_model, train_data, sim_env)
+            fitted, history = fit_model(
+                fresh, train_data, validation_data, model_config.training_config(), key_train
+            )
+            validation_loss = history["train/best_validation_loss"]
+            if model_fn is not None:
+                model_fn(fitted, {"round": round_, "validation_loss": validation_loss})
+            return fitted
+
+        if k_model:
+            if dataset is None:
+                dataset = collect(0, initial_params)
+                if data_fn is not None:
+                    data_fn(dataset)
+            else:
+                # A fresh system object for the same budget: it starts with what was spent.
+                if real.transitions not in (0, dataset.n_transitions):
+                    raise ValueError(
+                        f"resuming with {dataset.n_transitions} real transitions recorded, but "
+                        f"the RealSystem has counted {real.transitions}"
+                    )
+                real.transitions = dataset.n_transitions
+            done = rounds_in(dataset)
+            info = (resume.model_info or {}) if resume is not None else {}
+            if resume is not None and resume.model is not None and info.get("round") == done:
+                model, validation_loss = resume.model, info["validation_loss"]
+            else:
+                model = fit(done, dataset)
+
+        model_env = LearnedEnv(model, sim_env) if k_model else None
+        network, make_policy, epoch = make_hds(config, sim_env, model_env)
+        compiled = jax.jit(epoch)
+        key_init, key_epochs = jax.random.split(key_epochs_root)
+        state = initial_state
+        if state is None:
+            state = init_training_state(config, sim_env, network, key_init)
+            if initial_params is not None:
+                state = state.replace(params=initial_params)
+
+        def report(epoch_index: int, metrics: Metrics) -> None:
+            metrics.update(
+                {
+                    "real/transitions": float(real.transitions),
+                    "real/rounds": float(rounds_in(dataset)) if dataset is not None else 0.0,
+                    "model/validation_loss": validation_loss,
+                }
+            )
+            if progress_fn is not None:
+                progress_fn(epoch_index, metrics)
+
+        metrics: list[Metrics] = []
+        counters = step_counters(config, sim_env)
+        while int(state.epoch) < config.num_epochs:
+            first = int(state.epoch)
+            if k_model and rounds_in(dataset) < loop.rounds_before(first, horizon):
+                while rounds_in(dataset) < loop.rounds_before(first, horizon):
+                    new = collect(rounds_in(dataset) + 1, state.params)
+                    dataset = dataset.concatenate(new)
+                    if data_fn is not None:
+                        data_fn(dataset)
+                model = fit(rounds_in(dataset), dataset)
+                model_env = LearnedEnv(model, sim_env)
+            # Run up to the next collection (or to the end).
+            next_round = first // loop.collect_every + 1
+            last = config.num_epochs
+            if k_model and next_round <= rounds:
+                last = min(last, next_round * loop.collect_every)
+            history = run_epochs(
+                compiled,
+                state,
+                key_epochs,
+                last,
+                counters,
+                epoch_args=(model_env,),
+                progress_fn=report,
+                checkpoint_fn=checkpoint_fn,
+                clock_start=clock_start,
+            )
+            state = history.state
+            metrics += history.metrics
+
+        return LoopResult(make_policy, state.params, metrics, dataset, model)
+
+
+__all__ = ["INITIAL_DATA", "LoopCheckpoint", "LoopConfig", "LoopResult", "run_loop"]
