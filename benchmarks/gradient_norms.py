@@ -2,12 +2,13 @@
 float64 do about it. Prints JSON (the data of the paper's gradient-norm figure).
 
     .venv/bin/python benchmarks/gradient_norms.py [--horizons 10 25 50 100 150 200]
-        [--batch 64] [--windows 20] [--seed 0] [--out FILE]
+        [--batch 64] [--windows 20] [--testbed cartpole_swingup_sim] [--seed 0] [--out FILE]
 
 For each dtype (float32, float64) and gradient window (none, then each of --windows): from
---batch random initial states of `cartpole_swingup_sim`, playing uniform random commands in
-[-1, 1] open loop (the same states and commands for every setting), the gradient of the return V_H = sum_{t<H} r_t with respect to the whole
-action sequence, and its L2 norm per trajectory, for every horizon H in --horizons.
+--batch random initial states of the testbed, playing uniform random commands in [-1, 1]
+open loop (the same states and commands in every setting), the gradient of the return
+V_H = sum_{t<H} r_t with respect to the whole action sequence, and its L2 norm per
+trajectory, for every horizon H in --horizons.
 
 One rollout of max(H) steps and one batch of VJPs per (dtype, window) serve every horizon:
 V_H's gradient is the VJP of the reward sequence with the cotangent 1[t < H], and actions
@@ -39,18 +40,17 @@ from pods.rollout import reset_batch, rollout_actions  # noqa: E402
 from pods.runtime import configure_jax  # noqa: E402
 from sim2real import make_testbed  # noqa: E402
 
-TESTBED = "cartpole_swingup_sim"
 DTYPES = ("float32", "float64")
 
 
-def starting_points(batch: int, horizon: int, seed: int):
+def starting_points(testbed: str, batch: int, horizon: int, seed: int):
     """(initial states, action sequences) drawn once in float32, as numpy pytrees.
 
     Both dtypes start from these exact values (float32 is exactly representable in float64):
     drawn separately per dtype, the random streams would give different states, and the
     comparison would mix precision with luck.
     """
-    env = make_testbed(TESTBED, episode_length=horizon, dtype=jnp.float32)
+    env = make_testbed(testbed, episode_length=horizon, dtype=jnp.float32)
     key_states, key_actions = jax.random.split(jax.random.PRNGKey(seed))
     states = reset_batch(env, key_states, batch)
     actions = jax.random.uniform(key_actions, (batch, horizon, env.action_size), minval=-1.0)
@@ -58,12 +58,12 @@ def starting_points(batch: int, horizon: int, seed: int):
 
 
 def gradient_norms(
-    dtype: str, window: int | None, horizons: list[int], states, actions
+    testbed: str, dtype: str, window: int | None, horizons: list[int], states, actions
 ) -> np.ndarray:
     """[horizons, batch] L2 norms of dV_H/da, one row per horizon H."""
     longest = actions.shape[1]
     with jax.enable_x64(True) if dtype == "float64" else nullcontext():
-        env = make_testbed(TESTBED, episode_length=longest, dtype=jnp.dtype(dtype))
+        env = make_testbed(testbed, episode_length=longest, dtype=jnp.dtype(dtype))
         states, actions = jax.tree.map(
             lambda x: jnp.asarray(x, dtype) if np.issubdtype(x.dtype, np.floating) else x,
             (states, actions),
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--windows", type=int, nargs="*", default=[20], help="gradient windows K (besides none)"
     )
+    parser.add_argument("--testbed", default="cartpole_swingup_sim")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
@@ -99,11 +100,11 @@ def main(argv: list[str] | None = None) -> dict:
     horizons = sorted(set(args.horizons))
     results = []
     start = time.perf_counter()
-    states, actions = starting_points(args.batch, max(horizons), args.seed)
+    states, actions = starting_points(args.testbed, args.batch, max(horizons), args.seed)
     for dtype in DTYPES:
         for window in (None, *args.windows):
             began = time.perf_counter()
-            norms = gradient_norms(dtype, window, horizons, states, actions)
+            norms = gradient_norms(args.testbed, dtype, window, horizons, states, actions)
             seconds = time.perf_counter() - began
             finite = np.isfinite(norms)
             results.append(
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     report = {
         "command": "python benchmarks/gradient_norms.py " + " ".join(argv or sys.argv[1:]),
-        "testbed": TESTBED,
+        "testbed": args.testbed,
         "actions": "uniform random in [-1, 1], open loop",
         "batch": args.batch,
         "seed": args.seed,
