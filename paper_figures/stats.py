@@ -2,9 +2,9 @@
 
 Every number a figure draws comes with an interval from the same percentile bootstrap, with a
 fixed seed, so redrawing a figure from the same runs gives the same picture to the last pixel.
-A handful of seeds is what a sweep affords; the bootstrap makes no normality assumption, and
-its interval honestly collapses to the point when all seeds agree (or there is only one: the
-tables carry `n` so a reader sees that).
+A handful of seeds is what a sweep affords, and the bootstrap makes no normality assumption.
+Its interval collapses to the point when all seeds agree, and also when there is only one
+seed, where it says nothing about the spread: every table carries `n`, so a reader sees it.
 """
 
 from __future__ import annotations
