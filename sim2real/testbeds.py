@@ -5,6 +5,11 @@ The body (masses, lengths, motor) lives in the MJCF assets beside this file. Wha
 Coulomb-like friction on the slider, and an actuator that delivers only a fraction of the
 commanded force. `sim` is the same body with all of that switched off.
 
+The step reads those five numbers from the Brax `System` (`physics_from_sys`), not from Python
+floats, so that they are ordinary leaves of `env.sys`: Brax's domain randomization (which swaps
+`env.sys` under `vmap`) can vary them per environment, and system identification can
+differentiate a rollout with respect to them (`CartPole.with_physics_values`).
+
 Every task x variant is registered with Brax under a stable name, `{system}_{task}_{variant}`
 (`cartpole_balance_sim`, `double_cartpole_swingup_real`, ...), so
 `brax.envs.get_environment(name)` and Brax's own trainers work on them.
@@ -19,6 +24,7 @@ with phi_i the absolute angle of pole i (0 = up), x the cart position and u the 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -31,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from brax import envs
+from brax.base import System
 from brax.envs.base import PipelineEnv, State
 from brax.io import mjcf
 from jaxtyping import Array, Float
@@ -88,6 +95,80 @@ class Physics:
         return cls.nominal() if variant == "sim" else cls()
 
 
+PHYSICS_FIELDS = tuple(field.name for field in dataclasses.fields(Physics))
+"""Names of the physical parameters, in the order of `Physics`'s fields."""
+
+PhysicsValues = dict[str, Float[Array, ""]]
+"""Physical parameters as (possibly traced or batched) arrays, keyed by `PHYSICS_FIELDS`."""
+
+_MOTOR = "motor"
+"""The actuator whose bias parameters carry the physics (see `physics_to_sys`)."""
+
+
+def _physics_slot(sys: System) -> tuple[int, slice]:
+    row = sys.mj_model.actuator(_MOTOR).id
+    return row, slice(0, len(PHYSICS_FIELDS))
+
+
+def physics_to_sys(sys: System, values: PhysicsValues | Physics) -> System:
+    """`sys` carrying the given physical parameters (any subset of `PHYSICS_FIELDS`).
+
+    They are stored in the motor's `actuator_biasprm[:5]`, in the order of `PHYSICS_FIELDS`.
+    The motor's bias type is `none`, so no Brax pipeline reads those columns: `mjx` skips the
+    bias of such an actuator, and `generalized` reads only the bias `brax.io.mjcf` copied into
+    `sys.actuator` when the model was loaded (zero). The testbed's step applies them itself,
+    exactly once. Values may be traced (gradients) or batched like a stacked `sys` (domain
+    randomization); they are cast to the system's float dtype.
+    """
+    if isinstance(values, Physics):
+        values = dataclasses.asdict(values)
+    unknown = sorted(set(values) - set(PHYSICS_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"unknown physical parameters {unknown}; expected names in {PHYSICS_FIELDS}"
+        )
+    row, columns = _physics_slot(sys)
+    biasprm = sys.actuator_biasprm
+    slot = biasprm[..., row, columns]
+    for i, name in enumerate(PHYSICS_FIELDS):
+        if name in values:
+            slot = slot.at[..., i].set(jnp.asarray(values[name], biasprm.dtype))
+    return sys.replace(actuator_biasprm=biasprm.at[..., row, columns].set(slot))
+
+
+def physics_from_sys(sys: System) -> PhysicsValues:
+    """The physical parameters `sys` carries (see `physics_to_sys`), as arrays (batched like
+    `sys` where a randomization stacked systems on leading axes)."""
+    row, columns = _physics_slot(sys)
+    slot = sys.actuator_biasprm[..., row, columns]
+    return {name: slot[..., i] for i, name in enumerate(PHYSICS_FIELDS)}
+
+
+def physics_randomization(sys: System, values: PhysicsValues) -> tuple[System, System]:
+    """A stack of systems that differ only in their physics, and its `vmap` axes: what a Brax
+    `randomization_fn` returns (`brax.envs.wrappers.training.wrap(env, randomization_fn=...)`).
+
+    `values` maps parameter names to arrays with one entry per environment; the other
+    parameters stay as `sys` has them. Only the physics slot is batched, so the rest of the
+    system is not copied per environment. For Brax's trainers, which pass one key per env:
+
+        def randomization_fn(sys, rng):
+            gain = jax.vmap(lambda k: jax.random.uniform(k, (), minval=0.6, maxval=1.0))(rng)
+            return physics_randomization(sys, {"actuator_gain": gain})
+    """
+    sizes = {jnp.shape(v) for v in values.values()}
+    if len(sizes) != 1 or len(next(iter(sizes))) != 1:
+        raise ValueError(
+            f"physics_randomization wants 1-d values of one length, got shapes {sizes}"
+        )
+    (n,) = next(iter(sizes))
+    stacked = sys.replace(
+        actuator_biasprm=jnp.broadcast_to(sys.actuator_biasprm, (n, *sys.actuator_biasprm.shape))
+    )
+    in_axes = jax.tree.map(lambda _: None, sys).replace(actuator_biasprm=0)
+    return physics_to_sys(stacked, values), in_axes
+
+
 @dataclasses.dataclass(frozen=True)
 class RewardWeights:
     """Weights of the smooth penalties in the task reward (see the module docstring)."""
@@ -126,6 +207,10 @@ class CartPole(PipelineEnv):
 
     Observation: cart position, (cos, sin) of each hinge angle, then the joint velocities.
     Action: one motor command in [-1, 1] (saturating), scaled by the motor's gear (10 N).
+
+    `physics` is the `Physics` the env was built with, kept for display and for rebuilding the
+    env; the step reads the physical parameters from `sys` (see `physics_to_sys`), so an env
+    whose `sys` was swapped (domain randomization, `with_physics_values`) steps with those.
     """
 
     def __init__(
@@ -197,6 +282,7 @@ class CartPole(PipelineEnv):
         sys = sys.tree_replace({"opt.timestep": timestep, "matrix_inv_iterations": 0})
         if dtype is not None:
             sys = _cast_floats(sys, dtype)
+        sys = physics_to_sys(sys, self.physics)
         super().__init__(sys=sys, backend=backend, n_frames=n_frames, **kwargs)
 
     @property
@@ -246,8 +332,28 @@ class CartPole(PipelineEnv):
         reward = self.task_reward(obs, action)
         return state.replace(pipeline_state=pipeline_state, obs=obs, reward=reward)
 
+    def with_physics_values(self, values: PhysicsValues) -> CartPole:
+        """This env with its `sys` carrying `values` (any subset of `PHYSICS_FIELDS`).
+
+        The values may be traced: `jax.grad` of a rollout of the returned env with respect to
+        them is how system identification fits the physics. The copy's `physics` attribute
+        still describes the env it was made from; `with_physics` makes an env that describes
+        itself.
+        """
+        env = copy.copy(self)
+        env.sys = physics_to_sys(self.sys, values)
+        return env
+
+    def with_physics(self, physics: Physics) -> CartPole:
+        """This env (same body, task, backend, dtype) with other physics, e.g. the parameters
+        `sim2real.sysid.identify` fitted: its system carries them, `physics` describes them."""
+        env = self.with_physics_values(dataclasses.asdict(physics))
+        env.physics = physics
+        return env
+
     def pipeline_step(self, pipeline_state: Any, action: jax.Array) -> Any:
-        motor = self.physics.actuator_gain * action
+        # The gain scales the command before the motor's control range saturates it.
+        motor = physics_from_sys(self.sys)["actuator_gain"] * action
 
         def physics_step(state, _):
             # The real system's extra forces depend on the velocity, so they are recomputed
@@ -259,12 +365,12 @@ class CartPole(PipelineEnv):
 
     def passive_forces(self, qd: Float[Array, " nv"]) -> Float[Array, " nv"]:
         """Generalized forces of damping and friction on each joint (zero for `sim`)."""
-        p = self.physics
+        p = physics_from_sys(self.sys)
         cart_velocity = qd[:1]
-        slider = -p.slider_damping * cart_velocity - p.slider_friction * jnp.tanh(
-            cart_velocity / p.friction_velocity
+        slider = -p["slider_damping"] * cart_velocity - p["slider_friction"] * jnp.tanh(
+            cart_velocity / p["friction_velocity"]
         )
-        return jnp.concatenate([slider, -p.hinge_damping * qd[1:]])
+        return jnp.concatenate([slider, -p["hinge_damping"] * qd[1:]])
 
     def observe(self, q: Float[Array, " nq"], qd: Float[Array, " nv"]) -> Float[Array, " obs"]:
         angles = q[1:]

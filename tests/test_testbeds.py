@@ -1,12 +1,21 @@
+import copy
+
 import brax.envs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from brax.envs.wrappers.training import DomainRandomizationVmapWrapper
 
 import sim2real
 from pods.rollout import reset_batch, rollout_actions
 from sim2real import CartPole, Physics, list_testbeds, make_testbed
+from sim2real.testbeds import (
+    PHYSICS_FIELDS,
+    physics_from_sys,
+    physics_randomization,
+    physics_to_sys,
+)
 
 
 def test_every_registered_name_resolves_through_brax():
@@ -164,3 +173,90 @@ def test_mjx_backend_matches_generalized(play_actions):
         play_actions(generalized, states, actions).observations,
         atol=1e-3,
     )
+
+
+def test_physics_round_trips_through_the_system_and_rejects_unknown_names():
+    physics = Physics(
+        slider_damping=0.3, hinge_damping=0.02, slider_friction=0.4, actuator_gain=0.7
+    )
+    env = make_testbed("double_cartpole_balance_sim", physics=physics)
+    values = physics_from_sys(env.sys)
+    assert set(values) == set(PHYSICS_FIELDS)
+    for name in PHYSICS_FIELDS:
+        np.testing.assert_allclose(values[name], getattr(physics, name), rtol=1e-6)
+    partial = physics_from_sys(physics_to_sys(env.sys, {"actuator_gain": 0.5}))
+    assert float(partial["actuator_gain"]) == 0.5
+    assert float(partial["slider_friction"]) == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="stiction"):
+        physics_to_sys(env.sys, {"stiction": 1.0})
+
+
+def _play(env, key, actions):
+    """Observations after each of `actions`, from `env.reset(key)` (batched envs too)."""
+
+    def step(state, action):
+        state = env.step(state, action)
+        return state, state.obs
+
+    return jax.lax.scan(step, env.reset(key), actions)[1]
+
+
+def test_domain_randomization_through_sys_steps_like_envs_built_with_that_physics():
+    """Brax's randomization wrapper swaps `env.sys` under vmap; the step must follow it.
+
+    The double cart-pole, so that hinge damping acts on two hinges.
+    """
+    physics = [
+        Physics(),
+        Physics.nominal(),
+        Physics(slider_damping=2.0, hinge_damping=0.05, slider_friction=0.3, actuator_gain=0.6),
+    ]
+    values = {name: jnp.array([getattr(p, name) for p in physics]) for name in PHYSICS_FIELDS}
+    template = make_testbed("double_cartpole_swingup_sim")
+    randomized = DomainRandomizationVmapWrapper(
+        template, lambda sys: physics_randomization(sys, values)
+    )
+    keys = jax.random.split(jax.random.PRNGKey(5), len(physics))
+    # Beyond the control range too: the gain scales the command before it saturates.
+    actions = 1.2 * jnp.sin(jnp.arange(1.0, 11.0))[:, None, None] * jnp.ones((len(physics), 1))
+    observed = jax.jit(lambda k, a: _play(randomized, k, a))(keys, actions)
+
+    def play_built(sys, key, actions):
+        # Each built env's own system enters as an argument: one compilation for all three.
+        env = copy.copy(template)
+        env.sys = sys
+        return _play(env, key, actions)
+
+    play_built = jax.jit(play_built)
+    for i, p in enumerate(physics):
+        built = make_testbed("double_cartpole_swingup_sim", physics=p)
+        expected = play_built(built.sys, keys[i], actions[:, i])
+        np.testing.assert_allclose(observed[:, i], expected, rtol=0, atol=1e-5)
+    # The physics really differ per environment: the frictionless cart runs away fastest.
+    assert float(jnp.abs(observed[-1, 1, 0] - observed[-1, 2, 0])) > 0.05
+
+
+def test_rollout_gradient_with_respect_to_physics_matches_finite_differences():
+    with jax.enable_x64(True):
+        env = make_testbed("cartpole_swingup_real", dtype=jnp.float64)
+        state = env.reset(jax.random.PRNGKey(3))
+        actions = jax.random.uniform(jax.random.PRNGKey(4), (10, 1), jnp.float64, -1, 1)
+        weights = jax.random.normal(jax.random.PRNGKey(5), (env.observation_size,), jnp.float64)
+
+        def loss(theta):
+            values = dict(zip(PHYSICS_FIELDS, theta, strict=True))
+            final = rollout_actions(env.with_physics_values(values), state, actions).observations
+            return jnp.dot(weights, final[-1])
+
+        @jax.jit
+        def analytic_and_finite(theta, eps=1e-6):
+            bumps = eps * jnp.eye(theta.size, dtype=theta.dtype)
+            values = jax.vmap(loss)(jnp.concatenate([theta + bumps, theta - bumps]))
+            return jax.grad(loss)(theta), (values[: theta.size] - values[theta.size :]) / (2 * eps)
+
+        # Near the friction's velocity scale, so that every parameter, friction_velocity too,
+        # has a gradient well above rounding.
+        analytic, finite = analytic_and_finite(jnp.array([0.7, 0.03, 0.5, 0.2, 0.9]))
+        assert analytic.dtype == jnp.float64
+        assert float(jnp.min(jnp.abs(finite))) > 1e-4, finite
+        np.testing.assert_allclose(analytic, finite, rtol=1e-5)
