@@ -116,7 +116,10 @@ def _by_wall_clock(runs: Sequence[Run]) -> tuple[list[float], list[Estimate]]:
     Compilation lands in a run's first epoch and depends on what the run found compiled (the
     second seed of a multirun finds the first one's functions in memory; a later process
     finds them in the persistent cache), so it would shift seeds apart by minutes. Each
-    seed's clock is shifted so that its first epoch lasts as long as its median epoch.
+    seed's clock is shifted so that its first epoch lasts as long as its median epoch. That
+    takes out all one-off work of the first epoch, so for HDS also its first real-data
+    collection and model fit (later refits stay in): exact only once runs log their
+    compilation time apart.
     """
     curves = []
     for run in runs:
