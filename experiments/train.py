@@ -102,7 +102,9 @@ def run_experiment(cfg: DictConfig, output_dir: Path) -> dict:
 
     n_eval = cfg.run.eval_trajectories
     # The same held-out initial states (and random commands) in both variants.
-    returns = evaluate_sim_and_real(trained.policy, sim, real, eval_key, n_eval)
+    returns = evaluate_sim_and_real(
+        trained.make_policy, trained.params, sim, real, eval_key, n_eval
+    )
     records = run_dir.read_metrics()
     last = records[-1] if records else {}
     summary = {

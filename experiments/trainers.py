@@ -45,7 +45,8 @@ class RunContext:
 
 
 class Trained(NamedTuple):
-    policy: Policy
+    make_policy: Callable[[Any], Policy]
+    params: Any
     summary: dict[str, Any]
     """Entries for summary.json beyond the common ones (`real/transitions`, ...)."""
 
@@ -110,7 +111,7 @@ def _pods(ctx: RunContext, env: CartPole) -> Trained:
         checkpoint_fn=loop.checkpoint,
     )
     loop.close()
-    return Trained(make_policy(params), {"algo/order": config.order, "real/transitions": 0})
+    return Trained(make_policy, params, {"algo/order": config.order, "real/transitions": 0})
 
 
 def train_pods_in_sim(ctx: RunContext) -> Trained:
@@ -175,7 +176,7 @@ def train_hds(ctx: RunContext) -> Trained:
         "real/transitions": transitions,
         "real/budget": loop_config.budget,
     }
-    return Trained(result.make_policy(result.params), summary)
+    return Trained(result.make_policy, result.params, summary)
 
 
 TRAINERS: dict[str, Callable[[RunContext], Trained]] = {

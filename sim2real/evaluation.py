@@ -16,7 +16,9 @@ The oracle is PODS trained directly on the differentiable `real` testbed: fair h
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -45,35 +47,56 @@ class Evaluation(NamedTuple):
     """[horizon + 1, obs_dim]: the policy's first trajectory (for an animation)."""
 
 
-def evaluate(env: Any, policy: Policy, key: jax.Array, num_trajectories: int) -> Evaluation:
-    """Mean returns of `policy` and of random commands over `num_trajectories` initial states
-    drawn from `key`, for `env.episode_length` steps: one compiled call."""
-    if not (isinstance(num_trajectories, int) and num_trajectories > 0):
-        raise ValueError(f"num_trajectories must be a positive integer, got {num_trajectories!r}")
+@functools.lru_cache(maxsize=32)
+def _evaluator(env: Any, make_policy: Callable[[Any], Policy], num_trajectories: int):
+    """The jitted evaluation of one (env, policy family, batch): the parameters are an
+    argument, not constants baked into the program, so every policy of the family reuses
+    one compile (and the persistent cache serves other runs of the same shapes)."""
 
     @jax.jit
-    def run(key):
+    def run(params, key):
         key_reset, key_actions = jax.random.split(key)
         states = reset_batch(env, key_reset, num_trajectories)
         horizon = env.episode_length
         shape = (num_trajectories, horizon, env.action_size)
         random_actions = jax.random.uniform(key_actions, shape, env.dtype, -1.0, 1.0)
         random = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, random_actions)
+        policy = make_policy(params)
         learned = jax.vmap(lambda s: rollout_policy(env, s, policy, horizon))(states)
         return jnp.mean(learned.value), jnp.mean(random.value), learned.observations[0]
 
-    policy_return, random_return, observations = jax.device_get(run(key))
+    return run
+
+
+def evaluate(
+    env: Any,
+    make_policy: Callable[[Any], Policy],
+    params: Any,
+    key: jax.Array,
+    num_trajectories: int,
+) -> Evaluation:
+    """Mean returns of the policy `make_policy(params)` and of random commands over
+    `num_trajectories` initial states drawn from `key`, for `env.episode_length` steps."""
+    if not (isinstance(num_trajectories, int) and num_trajectories > 0):
+        raise ValueError(f"num_trajectories must be a positive integer, got {num_trajectories!r}")
+    run = _evaluator(env, make_policy, num_trajectories)
+    policy_return, random_return, observations = jax.device_get(run(params, key))
     return Evaluation(float(policy_return), float(random_return), np.asarray(observations))
 
 
 def evaluate_sim_and_real(
-    policy: Policy, sim: Any, real: Any, key: jax.Array, num_trajectories: int
+    make_policy: Callable[[Any], Policy],
+    params: Any,
+    sim: Any,
+    real: Any,
+    key: jax.Array,
+    num_trajectories: int,
 ) -> dict[str, Evaluation]:
     """`evaluate` in `sim` and in `real` from the same key: the same held-out initial states
     (the variants share the initial-state distribution) and the same random commands."""
     return {
-        "sim": evaluate(sim, policy, key, num_trajectories),
-        "real": evaluate(real, policy, key, num_trajectories),
+        "sim": evaluate(sim, make_policy, params, key, num_trajectories),
+        "real": evaluate(real, make_policy, params, key, num_trajectories),
     }
 
 
