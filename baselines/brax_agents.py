@@ -9,6 +9,8 @@ called unchanged. This module only translates between their conventions and ours
   `train/wall_clock_s`, ...; Brax's own metrics ride along under `brax/`);
 - Brax's stochastic policy becomes a deterministic `obs -> action` function (the distribution's
   mode), which `pods.rollout.rollout_policy` runs like any PODS policy;
+- PPO's domain randomization: uniform ranges for the `real` system's physical parameters, drawn
+  once per training env through Brax's `randomization_fn`.
 
 Episodes last the env's `episode_length` steps and Brax evaluates the deterministic policy, so
 Brax's `eval/episode_reward` is our return, the sum of the rewards over `env.episode_length`
@@ -26,16 +28,19 @@ from typing import Any
 
 import jax
 import numpy as np
-from brax.envs.base import PipelineEnv
+from brax import base
+from brax.envs.base import Env
 from brax.training.agents.apg import networks as apg_networks
 from brax.training.agents.apg import train as apg
 from brax.training.agents.ppo import networks as ppo_networks
 from brax.training.agents.ppo import train as ppo
 
 from pods.rollout import Policy
+from sim2real.testbeds import physics_randomization
 
 Metrics = dict[str, float]
 ProgressFn = Callable[[int, Metrics], None]
+RandomizationFn = Callable[[base.System, jax.Array], tuple[base.System, Any]]
 
 
 def _require(ok: bool, config: Any, name: str, expected: str) -> None:
@@ -60,6 +65,52 @@ def _is_positive_float(value: Any) -> bool:
 
 def _is_layer_sizes(value: Any) -> bool:
     return isinstance(value, tuple) and len(value) > 0 and all(map(_is_positive_int, value))
+
+
+@dataclasses.dataclass(frozen=True)
+class PhysicsRanges:
+    """Uniform ranges (low, high) of the physical parameters, one draw per training env.
+
+    A parameter left `None` keeps the env's own value (`sim`'s or `real`'s). The units are those
+    of `sim2real.Physics`.
+    """
+
+    slider_damping: tuple[float, float] | None = None
+    """Viscous damping on the cart's slider, N s/m."""
+    hinge_damping: tuple[float, float] | None = None
+    """Viscous damping at each pole hinge, N m s/rad."""
+    slider_friction: tuple[float, float] | None = None
+    """Coulomb-like friction force on the slider, N."""
+    actuator_gain: tuple[float, float] | None = None
+    """Fraction of the commanded motor force the actuator delivers."""
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            bounds = getattr(self, field.name)
+            if bounds is None:
+                continue
+            if isinstance(bounds, list):  # as hydra/OmegaConf hands sequences over
+                bounds = tuple(bounds)
+                object.__setattr__(self, field.name, bounds)
+            positive = field.name == "actuator_gain"
+            _require(
+                isinstance(bounds, tuple)
+                and len(bounds) == 2
+                and all(isinstance(b, int | float) and math.isfinite(b) for b in bounds)
+                and (bounds[0] > 0 if positive else bounds[0] >= 0)
+                and bounds[0] <= bounds[1],
+                self,
+                field.name,
+                f"None or a pair (low, high) with {'0 <' if positive else '0 <='} low <= high",
+            )
+
+    def ranged(self) -> dict[str, tuple[float, float]]:
+        """The parameters that are randomized, with their ranges."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +237,10 @@ class PPOConfig:
     """Widths of the value MLP's hidden layers (Brax's default)."""
     num_eval_envs: int = 128
     """Initial states per evaluation."""
+    randomization: PhysicsRanges | None = None
+    """Domain randomization: each training and evaluation env draws the ranged physical
+    parameters once, uniformly (None: every env has the env's own physics). A mapping of
+    PhysicsRanges' fields is accepted and converted."""
 
     def __post_init__(self):
         for name in (
@@ -227,10 +282,43 @@ class PPOConfig:
             _require(
                 _is_layer_sizes(getattr(self, name)), self, name, "a tuple of positive integers"
             )
+        if isinstance(self.randomization, Mapping):
+            object.__setattr__(self, "randomization", PhysicsRanges(**self.randomization))
+        _require(
+            self.randomization is None or isinstance(self.randomization, PhysicsRanges),
+            self,
+            "randomization",
+            "None or a PhysicsRanges",
+        )
 
     @property
     def env_steps_per_training_step(self) -> int:
         return self.batch_size * self.num_minibatches * self.unroll_length
+
+
+def domain_randomization(ranges: PhysicsRanges) -> RandomizationFn:
+    """A Brax `randomization_fn(sys, rng)`: one uniform draw of every ranged parameter per key.
+
+    The parameters without a range keep the values `sys` carries, and only the physics slot
+    of the System is batched (`sim2real.testbeds.physics_randomization`).
+    """
+    ranged = ranges.ranged()
+
+    def randomization_fn(sys: base.System, rng: jax.Array) -> tuple[base.System, Any]:
+        if not ranged:
+            return sys, jax.tree.map(lambda _: None, sys)
+
+        def draw(key: jax.Array) -> dict[str, jax.Array]:
+            keys = jax.random.split(key, len(ranged))
+            return {
+                name: jax.random.uniform(k, (), minval=low, maxval=high)
+                for k, (name, (low, high)) in zip(keys, ranged.items(), strict=True)
+            }
+
+        values = jax.vmap(draw)(rng)
+        return physics_randomization(sys, values)
+
+    return randomization_fn
 
 
 def _seed(key: jax.Array) -> int:
@@ -278,7 +366,7 @@ class _MetricsHistory:
             self._progress_fn(index, metrics)
 
 
-def _check_env(env: PipelineEnv, config: Any) -> int:
+def _check_env(env: Env, config: Any) -> int:
     episode_length = getattr(env, "episode_length", None)
     if not _is_positive_int(episode_length):
         raise ValueError(
@@ -289,7 +377,7 @@ def _check_env(env: PipelineEnv, config: Any) -> int:
 
 
 def train_apg(
-    config: APGConfig, env: PipelineEnv, key: jax.Array, *, progress_fn: ProgressFn | None = None
+    config: APGConfig, env: Env, key: jax.Array, *, progress_fn: ProgressFn | None = None
 ) -> tuple[Callable[[Any], Policy], Any, list[Metrics]]:
     """Trains a policy with Brax's APG; returns (make_policy, params, metrics per evaluation).
 
@@ -325,17 +413,21 @@ def train_apg(
 
 
 def train_ppo(
-    config: PPOConfig, env: PipelineEnv, key: jax.Array, *, progress_fn: ProgressFn | None = None
+    config: PPOConfig, env: Env, key: jax.Array, *, progress_fn: ProgressFn | None = None
 ) -> tuple[Callable[[Any], Policy], Any, list[Metrics]]:
     """Trains a policy with Brax's PPO; returns (make_policy, params, metrics per evaluation).
 
     `make_policy(params)` is the deterministic policy (the mode of Brax's tanh-Gaussian);
-    `params` are Brax's (normalizer, policy network, value network). `progress_fn(index,
-    metrics)` is called after every evaluation, with `train/sim_steps` (Brax's count of training env steps) and
+    `params` are Brax's (normalizer, policy network, value network). With
+    `config.randomization`, every training and evaluation env draws its own physics, so
+    `train/return` is the mean over those. `progress_fn(index, metrics)` is called after every
+    evaluation, with `train/sim_steps` (Brax's count of training env steps) and
     `train/wall_clock_s` (from this call, compiling included) cumulative.
     """
     episode_length = _check_env(env, config)
     history = _MetricsHistory(lambda env_steps: env_steps, progress_fn)
+    ranges = config.randomization
+    randomization_fn = domain_randomization(ranges) if ranges and ranges.ranged() else None
     make_brax_policy, params, _ = ppo.train(
         env,
         num_timesteps=config.num_timesteps,
@@ -358,6 +450,7 @@ def train_ppo(
             policy_hidden_layer_sizes=config.policy_hidden_sizes,
             value_hidden_layer_sizes=config.value_hidden_sizes,
         ),
+        randomization_fn=randomization_fn,
         num_evals=config.num_evals,
         num_eval_envs=config.num_eval_envs,
         deterministic_eval=True,
@@ -370,6 +463,8 @@ def train_ppo(
 __all__ = [
     "APGConfig",
     "PPOConfig",
+    "PhysicsRanges",
+    "domain_randomization",
     "train_apg",
     "train_ppo",
 ]
