@@ -4,3 +4,5 @@ PPO (with domain randomization) through thin adapters, and LQR on the balance ta
 Each module follows the library convention: a frozen config dataclass and a pure
 `train(config, env, key, *, progress_fn=None)` returning `(make_policy, params, metrics)`.
 """
+
+import pods  # noqa: F401  (imports brax with its stdout chatter silenced)

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from baselines.brax_agents import APGConfig, PPOConfig
 from dynamics_models.factory import ModelConfig
 from pods.hds import HDSConfig
 from pods.train import PODSConfig
@@ -35,6 +36,9 @@ def _omegaconf_type(hint: Any) -> Any:
         rest = [a for a in args if a is not type(None)]
         if len(rest) == 1 and len(args) == 2:
             return Optional[_omegaconf_type(rest[0])]  # noqa: UP045 (OmegaConf needs Optional)
+        return Any
+    if dataclasses.is_dataclass(hint):
+        # A nested library config (PPO's PhysicsRanges): a mapping the library converts.
         return Any
     if typing.get_origin(hint) is tuple:
         return list[args[0]] if args and args[-1] is Ellipsis else Any
@@ -95,6 +99,8 @@ class EnvSchema:
 
 PODSSchema = schema_of(PODSConfig, "PODSSchema", extra={"name": (str, "pods")})
 HDSSchema = schema_of(HDSConfig, "HDSSchema", extra={"name": (str, "hds")})
+APGSchema = schema_of(APGConfig, "APGSchema", extra={"name": (str, "apg")})
+PPOSchema = schema_of(PPOConfig, "PPOSchema", extra={"name": (str, "ppo")})
 ModelSchema = schema_of(ModelConfig, "ModelSchema")
 LoopSchema = schema_of(LoopConfig, "LoopSchema")
 
@@ -134,6 +140,8 @@ def register_schemas(store: ConfigStore | None = None) -> None:
     store.store(group="env", name="env_schema", node=EnvSchema)
     store.store(group="algo", name="pods_schema", node=PODSSchema)
     store.store(group="algo", name="hds_schema", node=HDSSchema)
+    store.store(group="algo", name="apg_schema", node=APGSchema)
+    store.store(group="algo", name="ppo_schema", node=PPOSchema)
     store.store(group="model", name="model_schema", node=ModelSchema)
 
 

@@ -5,11 +5,18 @@ its entries for `summary.json`.
     pods     PODS trained in `sim`
     oracle   PODS trained directly on the differentiable `real` testbed: the ceiling
     hds      HDS with a model fitted to real transitions (`sim2real.loop`)
+    apg      Brax's analytic policy gradient, in `sim`
+    ppo      Brax's PPO, in `sim`
+    ppo_dr   Brax's PPO with domain randomization of the physics (`algo.randomization`)
+
+Brax's agents cannot resume mid-training: an APG/PPO run started again trains from the start
+(its final params are checkpointed for reuse, not for resuming).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -17,6 +24,7 @@ from typing import Any, NamedTuple
 import jax
 from omegaconf import DictConfig
 
+from baselines.brax_agents import APGConfig, PPOConfig, train_apg, train_ppo
 from dynamics_models import ModelConfig, load_dataset, load_model, save_model
 from dynamics_models.checkpoint import read_sidecar
 from experiments.run_dir import RunDirectory
@@ -179,10 +187,55 @@ def train_hds(ctx: RunContext) -> Trained:
     return Trained(result.make_policy, result.params, summary)
 
 
+def _brax_agent(ctx: RunContext, config_type: type, train_fn: Callable) -> Trained:
+    config = to_library_config(config_type, ctx.cfg.algo, "algo", skip=("name",))
+    run_dir = ctx.run_dir
+    if run_dir.checkpoint_info_path.exists():
+        info = json.loads(run_dir.checkpoint_info_path.read_text())
+        if info.get("config") != ctx.fingerprint:
+            raise ConfigError(
+                f"{run_dir.path} holds a run of another config (fingerprint "
+                f"{info.get('config')}, this one {ctx.fingerprint}); start it in a new directory"
+            )
+    run_dir.truncate_metrics(-1)  # Brax's agents cannot resume: a restarted run starts over
+    progress = None
+    if ctx.cfg.run.progress_bar:
+        from tqdm import tqdm
+
+        progress = tqdm(total=config.num_evals + 1, desc=f"{ctx.cfg.algo.name} {ctx.sim.name}")
+
+    def log(index: int, metrics: dict) -> None:
+        run_dir.log_metrics(index, metrics)
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(ret=f"{metrics['train/return']:.1f}")
+
+    make_policy, params, metrics = train_fn(config, ctx.sim, ctx.key, progress_fn=log)
+    if progress is not None:
+        progress.close()
+    # The final params, for whoever wants the policy back (restore with Brax's structure).
+    wall_clock = metrics[-1]["train/wall_clock_s"] if metrics else 0.0
+    run_dir.save_checkpoint(
+        params, len(metrics), {"config": ctx.fingerprint, "wall_clock_s": wall_clock}
+    )
+    return Trained(make_policy, params, {"real/transitions": 0})
+
+
+def train_apg_baseline(ctx: RunContext) -> Trained:
+    return _brax_agent(ctx, APGConfig, train_apg)
+
+
+def train_ppo_baseline(ctx: RunContext) -> Trained:
+    return _brax_agent(ctx, PPOConfig, train_ppo)
+
+
 TRAINERS: dict[str, Callable[[RunContext], Trained]] = {
     "pods": train_pods_in_sim,
     "oracle": train_oracle,
     "hds": train_hds,
+    "apg": train_apg_baseline,
+    "ppo": train_ppo_baseline,
+    "ppo_dr": train_ppo_baseline,
 }
 """`algo.name` -> trainer."""
 

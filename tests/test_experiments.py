@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 import experiments.train  # noqa: F401  (registers the schemas)
+from baselines.brax_agents import APGConfig, PPOConfig
 from dynamics_models import ModelConfig
 from experiments.schema import ConfigError, to_library_config
 from pods.hds import HDSConfig
@@ -47,7 +48,14 @@ def compose_config(overrides: list[str]):
         return compose(config_name="config", overrides=overrides, return_hydra_config=False)
 
 
-LIBRARY_CONFIG = {"pods": PODSConfig, "oracle": PODSConfig, "hds": HDSConfig}
+LIBRARY_CONFIG = {
+    "pods": PODSConfig,
+    "oracle": PODSConfig,
+    "hds": HDSConfig,
+    "apg": APGConfig,
+    "ppo": PPOConfig,
+    "ppo_dr": PPOConfig,
+}
 
 
 def build_library_configs(cfg) -> None:
@@ -56,7 +64,7 @@ def build_library_configs(cfg) -> None:
 
     check_config(cfg)
     config = to_library_config(LIBRARY_CONFIG[cfg.algo.name], cfg.algo, "algo", skip=("name",))
-    assert config.num_epochs > 0
+    assert isinstance(config, LIBRARY_CONFIG[cfg.algo.name])
 
 
 @pytest.mark.parametrize("env", group_options("env"))
@@ -295,6 +303,40 @@ def test_hds_run_with_comparisons_writes_data_model_and_scores(tmp_path):
         oracle["eval/return_real"] - oracle["eval/return_random_real"]
     )
     assert summary["eval/score_real"] == pytest.approx(expected)
+
+
+BRAX_TINY = [
+    "algo.num_evals=2",
+    "algo.num_eval_envs=4",
+]
+
+
+@pytest.mark.slow  # Brax's agents compile for minutes, even this small
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["algo=apg", "algo.policy_updates=2", "algo.num_envs=4", "algo.horizon_length=4"],
+        [
+            "algo=ppo_dr",
+            "algo.num_timesteps=2000",
+            "algo.num_envs=8",
+            "algo.batch_size=8",
+            "algo.num_minibatches=2",
+            "algo.unroll_length=4",
+            "algo.policy_hidden_sizes=[8]",
+            "algo.value_hidden_sizes=[8]",
+        ],
+    ],
+)
+def test_brax_agent_runs_write_their_directory(tmp_path, overrides):
+    run_dir = tmp_path / "brax"
+    run_train(run_dir, *BRAX_TINY, *overrides)
+    for name in ("metrics.jsonl", "summary.json", "checkpoints/latest.msgpack"):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["algo"] == overrides[0].split("=")[1] and summary["real/transitions"] == 0
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all("train/return" in r for r in records)
 
 
 @pytest.mark.parametrize(
