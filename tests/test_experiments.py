@@ -336,7 +336,7 @@ def test_brax_agent_runs_write_their_directory(tmp_path, overrides):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["algo"] == overrides[0].split("=")[1] and summary["real/transitions"] == 0
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 3 and all("train/return" in r for r in records)
+    assert len(records) >= 2 and all("train/return" in r for r in records)
 
 
 @pytest.mark.parametrize(
