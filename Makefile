@@ -23,9 +23,12 @@ run: $(INSTALLED)
 report: $(INSTALLED)
 	$(BIN)/python -m sim2real.report
 
-## The test suite (tests marked `slow` excluded; `make test-slow` runs them).
+## The test suite (tests marked `slow` excluded; `make test-slow` runs them), one test file
+## per worker process: compiling is single-threaded, so two workers use both cores of a
+## 2-core machine. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
 test: $(INSTALLED)
-	$(BIN)/python -m pytest -m "not slow" --durations=15
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-slow: $(INSTALLED)
 	$(BIN)/python -m pytest -m slow --durations=15
