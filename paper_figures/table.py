@@ -1,0 +1,145 @@
+"""The sim-vs-real table of every method found under a folder of runs, seeds aggregated.
+
+    python -m paper_figures.table outputs/hds_report [--json FILE]
+
+Rows are methods (algorithm, order, beta, model, real budget) per task; columns the mean
+(and the spread over seeds) of the return in sim and in real, the normalized real score
+(R - R_random) / (R_oracle - R_random) and the gap closure (R - R_pods) / (R_oracle - R_pods),
+each computed per seed against the oracle and PODS-in-sim runs of the same task and seed,
+then averaged; plus the real transitions and the training wall-clock. Runs of every size are
+pooled: give it one sweep's folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from paper_figures.runs import Run, find_runs
+from paper_figures.scores import normalized_score
+
+METHOD_FACTS = ("algo", "order", "beta", "model", "budget")
+
+
+def method_of(run: Run) -> tuple:
+    """What distinguishes a method: the facts that apply to its algorithm."""
+    algo = run.fact("algo")
+    facts = {"algo": algo, "order": run.fact("order")}
+    if algo in ("hds",):
+        facts |= {"beta": run.fact("beta"), "model": run.fact("model")}
+    if algo in ("hds", "pods_sysid"):
+        facts["budget"] = run.fact("budget")
+    return tuple((name, facts.get(name)) for name in METHOD_FACTS)
+
+
+def label(method: tuple) -> str:
+    facts = dict(method)
+    parts = [str(facts["algo"])]
+    if facts["order"] is not None and facts["algo"] in ("pods", "oracle", "hds"):
+        parts.append(f"order {facts['order']}")
+    if facts["beta"] is not None:
+        parts.append(f"beta {facts['beta']}")
+    if facts["model"] is not None:
+        parts.append(str(facts["model"]))
+    if facts["budget"] is not None:
+        parts.append(f"budget {facts['budget']}")
+    return ", ".join(parts)
+
+
+def gap_closure(value: float, sim_only: float, oracle: float) -> float:
+    denominator = oracle - sim_only
+    return (value - sim_only) / denominator if denominator else math.nan
+
+
+def _stats(values: list[float]) -> dict:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(finite) if len(finite) > 1 else 0.0
+    return {"mean": statistics.fmean(finite), "std": std, "n": len(finite)}
+
+
+def rows(runs: list[Run]) -> list[dict]:
+    """One row per (task, method), its columns aggregated over seeds."""
+    by_task_seed: dict[tuple, dict[str, Run]] = defaultdict(dict)
+    for run in runs:
+        algo = run.fact("algo")
+        if algo in ("oracle", "pods"):
+            by_task_seed[(run.fact("env"), run.fact("seed"))].setdefault(algo, run)
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[(run.fact("env"), method_of(run))].append(run)
+
+    table = []
+    for (env, method), members in sorted(groups.items(), key=lambda x: (x[0][0], label(x[0][1]))):
+        columns = defaultdict(list)
+        for run in members:
+            references = by_task_seed.get((env, run.fact("seed")), {})
+            real, random = run.number("eval/return_real"), run.number("eval/return_random_real")
+            columns["return_sim"].append(run.number("eval/return_sim"))
+            columns["return_real"].append(real)
+            columns["real_transitions"].append(run.number("real/transitions"))
+            columns["wall_clock_s"].append(run.number("train/wall_clock_s"))
+            oracle, pods = references.get("oracle"), references.get("pods")
+            oracle_real = oracle.number("eval/return_real") if oracle else math.nan
+            columns["score_real"].append(normalized_score(real, random, oracle_real))
+            pods_real = pods.number("eval/return_real") if pods else math.nan
+            columns["gap_closure"].append(gap_closure(real, pods_real, oracle_real))
+        table.append(
+            {
+                "env": env,
+                "method": label(method),
+                "seeds": sorted(run.fact("seed") for run in members),
+                **{name: _stats(values) for name, values in columns.items()},
+            }
+        )
+    return table
+
+
+def markdown(table: list[dict]) -> str:
+    def cell(stats: dict, digits: int = 2) -> str:
+        if stats["mean"] is None:
+            return "-"
+        if stats["n"] < 2:
+            return f"{stats['mean']:.{digits}f}"
+        return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+    header = (
+        "| task | method | seeds | return sim | return real | real score | gap closure "
+        "| real transitions | wall-clock (s) |"
+    )
+    lines = [header, "|" + " --- |" * 9]
+    for row in table:
+        lines.append(
+            f"| {row['env']} | {row['method']} | {len(row['seeds'])} | {cell(row['return_sim'], 1)} "
+            f"| {cell(row['return_real'], 1)} | {cell(row['score_real'])} "
+            f"| {cell(row['gap_closure'])} | {cell(row['real_transitions'], 0)} "
+            f"| {cell(row['wall_clock_s'], 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, help="a folder of run directories (any depth)")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.runs)
+    if not runs:
+        print(f"error: no finished run (summary.json) under {args.runs}", file=sys.stderr)
+        return 1
+    table = rows(runs)
+    print(markdown(table))
+    print("\n± is the standard deviation over seeds; scores per seed against that seed's oracle")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
