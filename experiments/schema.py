@@ -22,6 +22,7 @@ from dynamics_models.factory import ModelConfig
 from pods.hds import HDSConfig
 from pods.train import PODSConfig
 from sim2real.loop import LoopConfig
+from sim2real.sysid import SysIDConfig
 from sim2real.testbeds import SYSTEMS, Physics
 
 
@@ -103,6 +104,7 @@ APGSchema = schema_of(APGConfig, "APGSchema", extra={"name": (str, "apg")})
 PPOSchema = schema_of(PPOConfig, "PPOSchema", extra={"name": (str, "ppo")})
 ModelSchema = schema_of(ModelConfig, "ModelSchema")
 LoopSchema = schema_of(LoopConfig, "LoopSchema")
+SysIDSchema = schema_of(SysIDConfig, "SysIDSchema")
 
 
 @dataclasses.dataclass
@@ -130,6 +132,8 @@ class Config:
     """The dynamics model HDS fits to real data (`model/` group)."""
     real: Any = dataclasses.field(default_factory=LoopSchema)
     """How real data is spent: the budget, the initial episodes, collections (LoopConfig)."""
+    sysid: Any = dataclasses.field(default_factory=SysIDSchema)
+    """How pods_sysid fits the physics to its real data (SysIDConfig)."""
     run: RunSchema = dataclasses.field(default_factory=RunSchema)
     seed: int = 0
 

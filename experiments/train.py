@@ -30,6 +30,7 @@ from experiments.trainers import TRAINERS, RunContext
 from pods.runtime import configure_jax
 from sim2real.evaluation import evaluate_sim_and_real, gap_closure, normalized_score, seed_streams
 from sim2real.loop import LoopConfig
+from sim2real.sysid import SysIDConfig
 from sim2real.testbeds import CartPole, make_testbed
 
 register_schemas()
@@ -76,6 +77,7 @@ def check_config(cfg: DictConfig) -> None:
             )
     to_library_config(ModelConfig, cfg.model, "model")
     to_library_config(LoopConfig, cfg.real, "real")
+    to_library_config(SysIDConfig, cfg.sysid, "sysid")
 
 
 def write_animation(run_dir: RunDirectory, env: CartPole, observations: dict) -> Path:

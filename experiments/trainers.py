@@ -8,6 +8,8 @@ its entries for `summary.json`.
     apg      Brax's analytic policy gradient, in `sim`
     ppo      Brax's PPO, in `sim`
     ppo_dr   Brax's PPO with domain randomization of the physics (`algo.randomization`)
+    pods_sysid  PODS in the simulator whose physics `sim2real.sysid` identified from real
+             transitions (random commands, the same `real.budget` HDS gets)
 
 Brax's agents cannot resume mid-training: an APG/PPO run started again trains from the start
 (its final params are checkpointed for reuse, not for resuming).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -25,9 +28,9 @@ import jax
 from omegaconf import DictConfig
 
 from baselines.brax_agents import APGConfig, PPOConfig, train_apg, train_ppo
-from dynamics_models import ModelConfig, load_dataset, load_model, save_model
+from dynamics_models import ModelConfig, load_dataset, load_model, random_actions, save_model
 from dynamics_models.checkpoint import read_sidecar
-from experiments.run_dir import RunDirectory
+from experiments.run_dir import RunDirectory, atomic_write_json
 from experiments.schema import ConfigError, to_library_config
 from pods.hds import HDSConfig, make_hds
 from pods.rollout import Policy
@@ -35,7 +38,8 @@ from pods.train import PODSConfig, TrainingState, init_training_state, make_pods
 from pods.train import train as train_pods
 from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop
 from sim2real.real_system import RealSystem
-from sim2real.testbeds import CartPole
+from sim2real.sysid import SysIDConfig, identify
+from sim2real.testbeds import CartPole, Physics
 
 
 @dataclasses.dataclass
@@ -187,6 +191,56 @@ def train_hds(ctx: RunContext) -> Trained:
     return Trained(result.make_policy, result.params, summary)
 
 
+def train_pods_sysid(ctx: RunContext) -> Trained:
+    """Spends the real budget on random-command episodes, identifies the physics from them,
+    then trains PODS in the identified simulator. The identified physics is saved before
+    PODS starts, so a resumed run neither collects nor fits again."""
+    cfg = ctx.cfg
+    loop_config: LoopConfig = to_library_config(LoopConfig, cfg.real, "real")
+    sysid_config: SysIDConfig = to_library_config(SysIDConfig, cfg.sysid, "sysid")
+    horizon = ctx.real.episode_length
+    episodes = loop_config.budget // horizon
+    if episodes < 1:
+        raise ConfigError(
+            f"real.budget={loop_config.budget} holds no episode of {horizon} steps for sysid"
+        )
+    artifacts = ctx.run_dir.artifacts
+    artifacts.mkdir(parents=True, exist_ok=True)
+    identified_path = artifacts / "sysid.json"
+    if identified_path.exists():
+        record = json.loads(identified_path.read_text())
+    else:
+        key_data, key_fit = jax.random.split(jax.random.fold_in(ctx.key, 1))
+        real = RealSystem(ctx.real, budget=loop_config.budget)
+        commands = random_actions(
+            key_data,
+            episodes,
+            horizon,
+            ctx.real.action_size,
+            correlation=loop_config.random_correlation,
+        )
+        data = real.play(jax.random.fold_in(key_data, 1), commands)
+        start = time.perf_counter()
+        physics, history = identify(sysid_config, ctx.sim, data, key_fit)
+        record = {
+            "physics": dataclasses.asdict(physics),
+            "real_transitions": real.transitions,
+            "final_loss": float(history["sysid/loss"][-1]),
+            "wall_clock_s": time.perf_counter() - start,
+        }
+        atomic_write_json(identified_path, record)
+    identified = ctx.sim.with_physics(Physics(**record["physics"]))
+    trained = _pods(ctx, identified)
+    summary = {
+        **trained.summary,
+        "real/transitions": record["real_transitions"],
+        "real/budget": loop_config.budget,
+        "sysid/wall_clock_s": record["wall_clock_s"],
+        **{f"sysid/{name}": value for name, value in record["physics"].items()},
+    }
+    return trained._replace(summary=summary)
+
+
 def _brax_agent(ctx: RunContext, config_type: type, train_fn: Callable) -> Trained:
     config = to_library_config(config_type, ctx.cfg.algo, "algo", skip=("name",))
     run_dir = ctx.run_dir
@@ -236,6 +290,7 @@ TRAINERS: dict[str, Callable[[RunContext], Trained]] = {
     "apg": train_apg_baseline,
     "ppo": train_ppo_baseline,
     "ppo_dr": train_ppo_baseline,
+    "pods_sysid": train_pods_sysid,
 }
 """`algo.name` -> trainer."""
 

@@ -55,6 +55,7 @@ LIBRARY_CONFIG = {
     "apg": APGConfig,
     "ppo": PPOConfig,
     "ppo_dr": PPOConfig,
+    "pods_sysid": PODSConfig,
 }
 
 
@@ -337,6 +338,16 @@ def test_brax_agent_runs_write_their_directory(tmp_path, overrides):
     assert summary["algo"] == overrides[0].split("=")[1] and summary["real/transitions"] == 0
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(records) >= 2 and all("train/return" in r for r in records)
+
+
+@pytest.mark.slow  # collection, identification and PODS: three compiles
+def test_pods_sysid_run_identifies_then_trains(tmp_path):
+    run_dir = tmp_path / "sysid"
+    run_train(run_dir, "algo=pods_sysid", "real.budget=80", "sysid.num_steps=20")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["real/transitions"] == 80 and summary["train/epochs"] == 300
+    identified = json.loads((run_dir / "artifacts" / "sysid.json").read_text())
+    assert summary["sysid/slider_damping"] == identified["physics"]["slider_damping"] > 0
 
 
 @pytest.mark.parametrize(
