@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from baselines.brax_agents import APGConfig, PPOConfig
+from baselines.lqr import LQRConfig
 from dynamics_models.factory import ModelConfig
 from pods.hds import HDSConfig
 from pods.train import PODSConfig
@@ -102,6 +103,7 @@ PODSSchema = schema_of(PODSConfig, "PODSSchema", extra={"name": (str, "pods")})
 HDSSchema = schema_of(HDSConfig, "HDSSchema", extra={"name": (str, "hds")})
 APGSchema = schema_of(APGConfig, "APGSchema", extra={"name": (str, "apg")})
 PPOSchema = schema_of(PPOConfig, "PPOSchema", extra={"name": (str, "ppo")})
+LQRSchema = schema_of(LQRConfig, "LQRSchema", extra={"name": (str, "lqr")})
 ModelSchema = schema_of(ModelConfig, "ModelSchema")
 LoopSchema = schema_of(LoopConfig, "LoopSchema")
 SysIDSchema = schema_of(SysIDConfig, "SysIDSchema")
@@ -146,6 +148,7 @@ def register_schemas(store: ConfigStore | None = None) -> None:
     store.store(group="algo", name="hds_schema", node=HDSSchema)
     store.store(group="algo", name="apg_schema", node=APGSchema)
     store.store(group="algo", name="ppo_schema", node=PPOSchema)
+    store.store(group="algo", name="lqr_schema", node=LQRSchema)
     store.store(group="model", name="model_schema", node=ModelSchema)
 
 

@@ -28,6 +28,8 @@ import jax
 from omegaconf import DictConfig
 
 from baselines.brax_agents import APGConfig, PPOConfig, train_apg, train_ppo
+from baselines.lqr import LQRConfig
+from baselines.lqr import train as train_lqr_gain
 from dynamics_models import ModelConfig, load_dataset, load_model, random_actions, save_model
 from dynamics_models.checkpoint import read_sidecar
 from experiments.run_dir import RunDirectory, atomic_write_json
@@ -241,6 +243,19 @@ def train_pods_sysid(ctx: RunContext) -> Trained:
     return trained._replace(summary=summary)
 
 
+def train_lqr(ctx: RunContext) -> Trained:
+    config: LQRConfig = to_library_config(LQRConfig, ctx.cfg.algo, "algo", skip=("name",))
+    if ctx.sim.task != "balance":
+        raise ConfigError(
+            f"algo=lqr stabilizes the upright: it runs on balance tasks, not {ctx.sim.task!r}"
+        )
+    ctx.run_dir.truncate_metrics(-1)
+    make_policy, gain, _ = train_lqr_gain(
+        config, ctx.sim, ctx.key, progress_fn=ctx.run_dir.log_metrics
+    )
+    return Trained(make_policy, gain, {"real/transitions": 0})
+
+
 def _brax_agent(ctx: RunContext, config_type: type, train_fn: Callable) -> Trained:
     config = to_library_config(config_type, ctx.cfg.algo, "algo", skip=("name",))
     run_dir = ctx.run_dir
@@ -291,6 +306,7 @@ TRAINERS: dict[str, Callable[[RunContext], Trained]] = {
     "ppo": train_ppo_baseline,
     "ppo_dr": train_ppo_baseline,
     "pods_sysid": train_pods_sysid,
+    "lqr": train_lqr,
 }
 """`algo.name` -> trainer."""
 

@@ -15,6 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 import experiments.train  # noqa: F401  (registers the schemas)
 from baselines.brax_agents import APGConfig, PPOConfig
+from baselines.lqr import LQRConfig
 from dynamics_models import ModelConfig
 from experiments.schema import ConfigError, to_library_config
 from pods.hds import HDSConfig
@@ -56,6 +57,7 @@ LIBRARY_CONFIG = {
     "ppo": PPOConfig,
     "ppo_dr": PPOConfig,
     "pods_sysid": PODSConfig,
+    "lqr": LQRConfig,
 }
 
 
@@ -340,6 +342,17 @@ def test_brax_agent_runs_write_their_directory(tmp_path, overrides):
     assert len(records) >= 2 and all("train/return" in r for r in records)
 
 
+@pytest.mark.slow  # the evaluation's compile dominates
+def test_lqr_run_balances(tmp_path):
+    run_dir = tmp_path / "lqr"
+    run_train(run_dir, "algo=lqr")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # 8 steps from near upright: LQR keeps the pole up, within 2% of the maximum (8).
+    assert summary["eval/return_sim"] > 0.98 * 8 and summary["eval/return_real"] > 0.98 * 8
+    (record,) = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert record["train/closed_loop_spectral_radius"] < 1
+
+
 @pytest.mark.slow  # collection, identification and PODS: three compiles
 def test_pods_sysid_run_identifies_then_trains(tmp_path):
     run_dir = tmp_path / "sysid"
@@ -362,6 +375,7 @@ def test_pods_sysid_run_identifies_then_trains(tmp_path):
         (["algo=hds", "real.budget=10"], "budget=10"),
         (["model.kind=gp"], "'gp'"),
         (["run.compare=[ddpg]"], "run.compare"),
+        (["algo=lqr", "env=cartpole_swingup"], "balance tasks"),
     ],
 )
 def test_bad_values_exit_with_one_line_and_no_summary(tmp_path, overrides, message):
