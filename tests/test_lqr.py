@@ -14,14 +14,25 @@ def _spectral_radius(m) -> float:
     return float(np.max(np.abs(np.linalg.eigvals(np.asarray(m, np.float64)))))
 
 
-@pytest.mark.parametrize(
-    "system", ["cartpole", pytest.param("double_cartpole", marks=pytest.mark.slow)]
+@pytest.fixture(
+    scope="module", params=["cartpole", pytest.param("double_cartpole", marks=pytest.mark.slow)]
 )
-def test_linearization_matches_central_differences_and_lqr_stabilizes_it(system):
+def balance64(request):
+    """A float64 `sim` balance testbed, its linearization and its LQR: one Jacobian compilation
+    per system for every test (`train` linearizes the same function again, a cache hit)."""
     with jax.enable_x64(True):
-        env = make_testbed(f"{system}_balance_sim", dtype=jnp.float64)
-        a, b = linearize(env)
-        nz = a.shape[0]
+        env = make_testbed(f"{request.param}_balance_sim", dtype=jnp.float64)
+        progress = []
+        make_policy, gain, metrics = train(
+            LQRConfig(), env, jax.random.PRNGKey(0), progress_fn=lambda *x: progress.append(x)
+        )
+        return env, linearize(env), (make_policy, gain, metrics, progress)
+
+
+def test_linearization_matches_central_differences(balance64):
+    env, (a, b), _ = balance64
+    nz = a.shape[0]
+    with jax.enable_x64(True):
 
         @jax.jit
         def central_differences(eps=1e-6):
@@ -37,18 +48,19 @@ def test_linearization_matches_central_differences_and_lqr_stabilizes_it(system)
         np.testing.assert_allclose(jnp.concatenate([a, b], axis=1), numeric, rtol=1e-6, atol=1e-8)
         # Upright is an equilibrium, unstable open loop.
         np.testing.assert_allclose(step_state(env, upright(env), jnp.zeros(1)), 0.0, atol=1e-12)
-        assert _spectral_radius(a) > 1.0
+    assert _spectral_radius(a) > 1.0
 
-        progress = []
-        make_policy, gain, metrics = train(
-            LQRConfig(), env, jax.random.PRNGKey(0), progress_fn=lambda *x: progress.append(x)
-        )
-        closed_loop = _spectral_radius(a - b @ gain)
-        assert closed_loop < 1.0
-        assert len(metrics) == 1 and progress == [(0, metrics[0])]
-        assert metrics[0]["train/closed_loop_spectral_radius"] == pytest.approx(closed_loop)
-        assert metrics[0]["train/open_loop_spectral_radius"] > 1.0
-        assert metrics[0]["train/wall_clock_s"] > 0
+
+def test_lqr_stabilizes_the_linearization(balance64):
+    _, (a, b), (_, gain, metrics, progress) = balance64
+    a, b = np.asarray(a), np.asarray(b)
+    closed_loop = _spectral_radius(a - b @ np.asarray(gain))
+    assert closed_loop < 1.0
+    assert gain.dtype == jnp.float64 and gain.shape == (1, a.shape[0])
+    assert len(metrics) == 1 and progress == [(0, metrics[0])]
+    assert metrics[0]["train/closed_loop_spectral_radius"] == pytest.approx(closed_loop)
+    assert metrics[0]["train/open_loop_spectral_radius"] == pytest.approx(_spectral_radius(a))
+    assert metrics[0]["train/wall_clock_s"] > 0
 
 
 def _returns(template, make_policy):
@@ -67,27 +79,23 @@ def _returns(template, make_policy):
     return lambda env, gain: jax.tree.map(np.asarray, play(env.sys, gain))
 
 
-def test_lqr_from_sim_balances_the_cartpole_in_sim_and_real():
-    sim = make_testbed("cartpole_balance_sim")
-    make_policy, gain, _ = train(LQRConfig(), sim, jax.random.PRNGKey(0))
-    assert gain.shape == (1, 4) and gain.dtype == sim.dtype
-    play = _returns(sim, make_policy)
-    returns, final = play(sim, gain)
-    # At most 1 per step: the pole is caught at once and the cart brought home.
-    assert returns.min() > 99.0, returns.min()
-    assert np.all(final[:, 1] > np.cos(0.05)) and np.all(np.abs(final[:, 0]) < 0.1)
-    returns, final = play(make_testbed("cartpole_balance_real"), gain)
+def test_lqr_from_sim_balances_in_sim_and_the_cartpole_also_in_real(balance64):
+    sim, _, (make_policy, gain, _, _) = balance64
+    with jax.enable_x64(True):
+        play = _returns(sim, make_policy)
+        returns, final = play(sim, gain)
+        # At most 1 per step: every pole is caught at once and the cart brought home.
+        assert returns.min() > 98.0, returns.min()
+        assert np.all(final[:, 1 : 1 + 2 * sim.n_poles : 2] > np.cos(0.05))
+        assert np.all(np.abs(final[:, 0]) < 0.1)
+        if sim.n_poles > 1:
+            # From sim, the double pole's LQR does not survive `real` (mean return -26 over 64
+            # starts): the 0.8 gain and the friction take it outside what the design tolerates.
+            return
+        returns, final = play(make_testbed("cartpole_balance_real", dtype=jnp.float64), gain)
     # The weaker motor and the friction let the cart drift, the pole leaning to bring it back.
     assert returns.min() > 90.0, returns.min()
     assert np.all(final[:, 1] > np.cos(0.25))
-
-
-@pytest.mark.slow
-def test_lqr_balances_the_double_cartpole_in_sim():
-    sim = make_testbed("double_cartpole_balance_sim")
-    make_policy, gain, _ = train(LQRConfig(), sim, jax.random.PRNGKey(0))
-    returns, _ = _returns(sim, make_policy)(sim, gain)
-    assert returns.min() > 95.0, returns.min()
 
 
 @pytest.mark.parametrize(
