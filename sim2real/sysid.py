@@ -54,7 +54,8 @@ class SysIDConfig:
     window: int = 4
     """Transitions per shooting window: each window predicts this many steps open loop."""
     num_steps: int = 500
-    """Adam steps, all in one jitted `lax.scan`."""
+    """Adam steps, all in one jitted `lax.scan`. On 120 noise-free transitions 250 left the
+    weakly observed hinge damping 14% off; 500 recover every parameter to 1e-5."""
     learning_rate: float = 0.1
     """Peak Adam step size, in log-parameter units (0.1 is a 10% change); it decays to 1% of
     that on a cosine schedule, so the fit settles instead of hovering one step from the
