@@ -236,6 +236,7 @@ def test_domain_randomization_through_sys_steps_like_envs_built_with_that_physic
     assert float(jnp.abs(observed[-1, 1, 0] - observed[-1, 2, 0])) > 0.05
 
 
+@pytest.mark.slow  # ~1 min cold; test_sysid recovers the physics through the same gradients
 def test_rollout_gradient_with_respect_to_physics_matches_finite_differences():
     with jax.enable_x64(True):
         env = make_testbed("cartpole_swingup_real", dtype=jnp.float64)
