@@ -262,52 +262,6 @@ def test_resume_refuses_a_directory_of_another_config(finished_run, tmp_path):
     assert (run_dir / "summary.json").read_bytes() == summary_before
 
 
-HDS_TINY = [
-    "algo=hds",
-    "algo.num_epochs=4",
-    "model=mlp",
-    "model.width=16",
-    "model.depth=1",
-    "model.max_steps=200",
-    "real.budget=64",
-    "real.initial_trajectories=4",
-    "real.collect_every=2",
-    "real.collect_trajectories=2",
-]
-
-
-def test_hds_run_with_comparisons_writes_data_model_and_scores(tmp_path):
-    """`make run`'s shape at a tiny size: HDS with real data and the oracle in one run
-    directory; every run scored against the oracle."""
-    run_dir = tmp_path / "hds"
-    result = run_train(run_dir, *HDS_TINY, "run.compare=[oracle]")
-    for name in ("hds", "oracle", "score", "real data"):
-        assert name in result.stdout
-    for name in (
-        "summary.json",
-        "metrics.jsonl",
-        "checkpoints/latest.msgpack",
-        "artifacts/real_transitions.npz",
-        "artifacts/model.eqx",
-        "artifacts/model.json",
-        "oracle/summary.json",
-    ):
-        assert (run_dir / name).is_file(), name
-    summary = json.loads((run_dir / "summary.json").read_text())
-    # 4 initial episodes of 8 steps, one collection of 2 before epoch 2: 48 of the 64 allowed.
-    assert summary["real/transitions"] == 48 and summary["hds/beta"] == 0.5
-    assert summary["model/kind"] == "mlp"
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["real/transitions"] for r in records] == [32, 32, 48, 48]
-    assert all(r["model/validation_loss"] is not None for r in records)
-    oracle = json.loads((run_dir / "oracle" / "summary.json").read_text())
-    assert oracle["eval/score_real"] == 1.0 and oracle["real/transitions"] == 0
-    expected = (summary["eval/return_real"] - summary["eval/return_random_real"]) / (
-        oracle["eval/return_real"] - oracle["eval/return_random_real"]
-    )
-    assert summary["eval/score_real"] == pytest.approx(expected)
-
-
 BRAX_TINY = [
     "algo.num_evals=2",
     "algo.num_eval_envs=4",
