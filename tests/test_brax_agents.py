@@ -298,3 +298,25 @@ def test_ppo_trains_every_env_on_its_own_physics(fixed_start_cartpole):
     _, _, metrics = train_ppo(config, env, jax.random.PRNGKey(0))
     assert len(metrics) == config.num_evals
     assert all(m["train/return_std"] > 1e-3 for m in metrics)
+
+
+@pytest.mark.slow
+def test_ppo_improves_on_balance():
+    """200k env steps (~2 min on 2 cores, compiling included). Measured over seeds 0, 1, 2:
+    from 28.5, 21.4, 16.9 to 49.9, 31.6, 31.6 (at most 50); the zero policy scores 39, so this
+    budget does not reliably beat it, but it always improves on its own start."""
+    env = make_testbed("cartpole_balance_sim", episode_length=50)
+    config = PPOConfig(
+        num_timesteps=200_000,
+        num_evals=5,
+        num_envs=64,
+        batch_size=64,
+        num_minibatches=8,
+        unroll_length=10,
+        learning_rate=1e-3,
+        policy_hidden_sizes=(32, 32),
+        value_hidden_sizes=(64, 64),
+        num_eval_envs=64,
+    )
+    _, _, metrics = train_ppo(config, env, jax.random.PRNGKey(0))
+    assert metrics[-1]["train/return"] > metrics[0]["train/return"] + 8
