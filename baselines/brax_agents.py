@@ -285,6 +285,13 @@ class PPOConfig:
                 _is_layer_sizes(getattr(self, name)), self, name, "a tuple of positive integers"
             )
         if isinstance(self.randomization, Mapping):
+            names = {f.name for f in dataclasses.fields(PhysicsRanges)}
+            _require(
+                set(self.randomization) <= names,
+                self,
+                "randomization",
+                f"a PhysicsRanges or a mapping with keys in {sorted(names)}",
+            )
             object.__setattr__(self, "randomization", PhysicsRanges(**self.randomization))
         _require(
             self.randomization is None or isinstance(self.randomization, PhysicsRanges),

@@ -112,6 +112,7 @@ TINY = {
         (PPOConfig, "max_grad_norm", 0.0),
         (PPOConfig, "value_hidden_sizes", ()),
         (PPOConfig, "randomization", (0.0, 1.0)),
+        (PPOConfig, "randomization", {"slider_damping": (0.0, 1.0), "mass": (1.0, 2.0)}),
         (PhysicsRanges, "slider_damping", (2.0, 1.0)),
         (PhysicsRanges, "hinge_damping", (-0.1, 0.1)),
         (PhysicsRanges, "actuator_gain", (0.0, 1.0)),
