@@ -26,6 +26,11 @@ CONF = REPO / "experiments" / "conf"
 TINY = [
     "env=cartpole_balance",
     "env.episode_length=8",
+    "run.eval_trajectories=4",
+    "run.progress_bar=false",
+]
+# Sizes for the algorithms built on PODS; the Brax agents and LQR have other fields.
+PODS_TINY = [
     # Tiny epochs take milliseconds: 300 of them leave the kill-and-resume test seconds of
     # margin to land its SIGKILL in the middle of the run, even on a loaded machine.
     "algo.num_epochs=300",
@@ -33,9 +38,8 @@ TINY = [
     "algo.minibatch_size=16",
     "algo.hidden_sizes=[8]",
     "algo.num_step_sizes=3",
-    "run.eval_trajectories=4",
-    "run.progress_bar=false",
 ]
+PODS_FAMILY = ("pods", "oracle", "hds", "pods_sysid")
 TIMING_KEYS = ("train/wall_clock_s",)
 
 
@@ -109,11 +113,17 @@ def test_library_config_errors_name_the_key_and_value():
         to_library_config(PODSConfig, {"foo": 1}, "algo")
 
 
+def tiny_overrides(overrides: tuple[str, ...]) -> list[str]:
+    """TINY, plus PODS_TINY unless the overrides pick an algorithm outside the PODS family."""
+    algos = [o.split("=", 1)[1] for o in overrides if o.startswith("algo=")]
+    pods_family = all(name in PODS_FAMILY for name in algos)
+    return TINY + (PODS_TINY if pods_family else [])
+
+
 def train_command(run_dir: Path, *overrides: str, multirun: bool = False) -> list[str]:
     command = [sys.executable, "-m", "experiments.train"]
-    if multirun:
-        return command + ["-m", f"hydra.sweep.dir={run_dir}", *TINY, *overrides]
-    return command + [f"hydra.run.dir={run_dir}", *TINY, *overrides]
+    directory = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
+    return command + (["-m"] if multirun else []) + [directory, *tiny_overrides(overrides), *overrides]
 
 
 def run_train(run_dir: Path, *overrides: str, multirun: bool = False, check: bool = True):
