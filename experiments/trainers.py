@@ -310,4 +310,16 @@ TRAINERS: dict[str, Callable[[RunContext], Trained]] = {
 }
 """`algo.name` -> trainer."""
 
-__all__ = ["TRAINERS", "RunContext", "Trained"]
+ALGO_CONFIGS: dict[str, type] = {
+    "pods": PODSConfig,
+    "oracle": PODSConfig,
+    "hds": HDSConfig,
+    "apg": APGConfig,
+    "ppo": PPOConfig,
+    "ppo_dr": PPOConfig,
+    "pods_sysid": PODSConfig,
+    "lqr": LQRConfig,
+}
+"""`algo.name` -> the library config its `algo` group builds."""
+
+__all__ = ["ALGO_CONFIGS", "TRAINERS", "RunContext", "Trained"]

@@ -168,15 +168,13 @@ def measurement_command(measurement: Measurement, path: Path) -> list[str]:
 
 def gather_measurements(name: str, session: Session) -> dict[str, list[dict]] | None:
     """The JSON reports of a figure's measurements, by script name, after running the
-    missing ones (unless --runs). A missing required report raises MissingInputs; a missing
-    optional one is left out, with a note on stderr. None in a dry run."""
+    missing ones (unless --runs). A missing report raises MissingInputs. None in a dry run."""
     reports: dict[str, list[dict]] = {}
     missing = []
     for measurement in figure_measurements(session.preset)[name]:
         path = session.root / name / measurement.output
-        script = REPO / measurement.script
         report = _read_json(path)
-        if report is None and session.run_missing and script.exists():
+        if report is None and session.run_missing:
             if not session.dry_run:
                 path.parent.mkdir(parents=True, exist_ok=True)
             # The report goes to --out; the copy a benchmark prints would flood our stderr.
@@ -184,15 +182,7 @@ def gather_measurements(name: str, session: Session) -> dict[str, list[dict]] | 
             report = None if session.dry_run else _read_json(path)
         if report is not None:
             reports.setdefault(Path(measurement.script).stem, []).append(report)
-        elif session.dry_run:
-            continue
-        elif measurement.optional:
-            why = "not written" if script.exists() else "the script does not exist yet"
-            print(
-                f"note: {name}: no {path} ({measurement.script}: {why}); drawn without it",
-                file=sys.stderr,
-            )
-        else:
+        elif not session.dry_run:
             command = shlex.join(measurement_command(measurement, path))
             missing.append(f"missing measurement ({name}): {path}  [{command}]")
     if missing:

@@ -124,6 +124,16 @@ class Preset:
 # Progress bars in a subprocess's captured output are noise; GIFs cost time nobody looks at.
 _QUIET = ("run.animation=false", "run.progress_bar=false")
 
+# Brax's agents at a size that compiles and trains in seconds: 3 evaluations, 8 envs.
+_BRAX_SMOKE = ("algo.num_evals=3", "algo.num_envs=8", "algo.num_eval_envs=8")
+_PPO_SMOKE = (
+    *_BRAX_SMOKE,
+    "algo.num_timesteps=2048",
+    "algo.batch_size=8",
+    "algo.num_minibatches=4",
+    "algo.unroll_length=8",
+)
+
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         name="smoke",
@@ -135,10 +145,14 @@ PRESETS: dict[str, Preset] = {
         # 8 trajectories x 32 steps: exactly one of PODS's default 256-pair minibatches.
         every_run=(*_QUIET, "env.episode_length=32", "run.eval_trajectories=8"),
         sizes=("algo.num_epochs=3", "algo.num_trajectories=8"),
-        # LQR trains nothing: it takes no epochs.
-        sizes_by_algo={"lqr": ()},
+        sizes_by_algo={
+            # LQR trains nothing: it takes no epochs.
+            "lqr": (),
+            "apg": _BRAX_SMOKE + ("algo.policy_updates=4", "algo.horizon_length=32"),
+            **dict.fromkeys(("ppo", "ppo_dr"), _PPO_SMOKE),
+        },
         dynamics_models_args=("--sizes", "500", "--max-steps", "200", "--test-trajectories", "4"),
-        sysid_args=(),
+        sysid_args=("--sizes", "500", "--test-trajectories", "4"),
         gradient_norms_args=("--horizons", "10", "50", "100", "200", "--batch", "8"),
     ),
     "paper": Preset(
@@ -223,8 +237,6 @@ class Measurement:
     args: tuple[str, ...]
     output: str
     """File name under <runs root>/<figure>/."""
-    optional: bool = False
-    """The figure draws without it (and says so on stderr)."""
 
 
 def figure_measurements(preset: Preset) -> dict[str, tuple[Measurement, ...]]:
@@ -239,13 +251,11 @@ def figure_measurements(preset: Preset) -> dict[str, tuple[Measurement, ...]]:
                 )
                 for seed in preset.seeds
             ),
-            # benchmarks/sysid.py is being written; until it lands the figure has no sysid line.
             *(
                 Measurement(
                     "benchmarks/sysid.py",
                     (*preset.sysid_args, "--seed", str(seed)),
                     f"sysid_seed{seed}.json",
-                    optional=True,
                 )
                 for seed in preset.seeds
             ),

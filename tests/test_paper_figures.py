@@ -408,3 +408,27 @@ def test_a_run_is_read_back_as_written(tmp_path):
     assert (run.fact("algo"), run.fact("env"), run.fact("seed")) == ("hds", TASK, 3)
     assert (run.fact("beta"), run.fact("model"), run.fact("budget")) == (0.25, "mlp", 5000)
     assert run.number("eval/return_real") == 4.5 and np.isnan(run.number("eval/score_real"))
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_run_a_preset_launches_composes_and_passes_the_config_checks(preset, tmp_path):
+    """Each multirun `make` would launch, composed in-process (at its first seed: seeds
+    change no key): every override exists in its algorithm's schema, every value is in range."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from experiments.train import check_config
+
+    session = make.Session(PRESETS[preset], tmp_path, tmp_path)
+    commands = [
+        command
+        for sweep in figure_sweeps(session.preset).values()
+        for command in make.sweep_commands(sweep, sweep.specs(), session)
+    ]
+    assert commands
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="experiments.conf", version_base="1.3"):
+        for command in commands:
+            overrides = [o for o in command[command.index("-m", 2) + 1 :] if "hydra." not in o]
+            first_seed = [o.split(",")[0] if o.startswith("seed=") else o for o in overrides]
+            check_config(compose(config_name="config", overrides=first_seed))
