@@ -106,7 +106,9 @@ def tiny_overrides(overrides: tuple[str, ...]) -> list[str]:
 def train_command(run_dir: Path, *overrides: str, multirun: bool = False) -> list[str]:
     command = [sys.executable, "-m", "experiments.train"]
     directory = f"hydra.sweep.dir={run_dir}" if multirun else f"hydra.run.dir={run_dir}"
-    return command + (["-m"] if multirun else []) + [directory, *tiny_overrides(overrides), *overrides]
+    return (
+        command + (["-m"] if multirun else []) + [directory, *tiny_overrides(overrides), *overrides]
+    )
 
 
 def run_train(run_dir: Path, *overrides: str, multirun: bool = False, check: bool = True):
