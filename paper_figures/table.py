@@ -6,7 +6,10 @@ Rows are methods (algorithm, order, beta, model, real budget) per task; columns 
 (and the spread over seeds) of the return in sim and in real, the normalized real score
 (R - R_random) / (R_oracle - R_random) and the gap closure (R - R_pods) / (R_oracle - R_pods),
 each computed per seed against the oracle and PODS-in-sim runs of the same task and seed,
-then averaged; plus the real transitions and the training wall-clock. Runs of every size are
+then averaged; plus the real transitions, the training wall-clock, and the wall-clock at which
+the training curve (`train/return` in metrics.jsonl) first reaches 90% of the way from the
+random policy's sim return to the best `train/return` any run of the task logged (a run that
+never gets there counts in the `reached` column, not in the mean). Runs of every size are
 pooled: give it one sweep's folder.
 """
 
@@ -64,8 +67,54 @@ def _stats(values: list[float]) -> dict:
     return {"mean": statistics.fmean(finite), "std": std, "n": len(finite)}
 
 
+TARGET_FRACTION = 0.9
+"""How far from the random policy's return to the best logged one a curve must get."""
+NOT_IN_SIM = ("oracle",)
+"""Algorithms whose `train/return` is not a return in sim (the oracle trains on `real`)."""
+
+
+def sim_curve(run: Run) -> list[tuple[float, float]]:
+    """(wall-clock s, train/return) at every logged point of a curve trained in sim."""
+    if run.fact("algo") in NOT_IN_SIM:
+        return []
+    return [
+        (r["train/wall_clock_s"], r["train/return"])
+        for r in run.metrics
+        if r.get("train/return") is not None and r.get("train/wall_clock_s") is not None
+    ]
+
+
+def curve_targets(runs: list[Run]) -> dict[str, float]:
+    """Per task: R_random + TARGET_FRACTION (R_best - R_random) in sim, with R_best the best
+    `train/return` any run of the task logged and R_random the mean random return."""
+    best: dict[str, float] = {}
+    random: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        env = run.fact("env")
+        random[env].append(run.number("eval/return_random_sim"))
+        logged = [v for _, v in sim_curve(run) if math.isfinite(v)]
+        if logged:
+            best[env] = max(best.get(env, -math.inf), max(logged))
+    targets = {}
+    for env, top in best.items():
+        floor = [v for v in random[env] if math.isfinite(v)]
+        low = statistics.fmean(floor) if floor else 0.0
+        targets[env] = low + TARGET_FRACTION * (top - low)
+    return targets
+
+
+def time_to(run: Run, target: float) -> float | None:
+    """Wall-clock (s) of the first logged `train/return` >= target; inf if none reaches it,
+    None if it logs no curve in sim (LQR trains nothing, the oracle trains on `real`)."""
+    points = sim_curve(run)
+    if not points:
+        return None
+    return next((t for t, value in points if value >= target), math.inf)
+
+
 def rows(runs: list[Run]) -> list[dict]:
     """One row per (task, method), its columns aggregated over seeds."""
+    targets = curve_targets(runs)
     by_task_seed: dict[tuple, dict[str, Run]] = defaultdict(dict)
     for run in runs:
         algo = run.fact("algo")
@@ -78,6 +127,8 @@ def rows(runs: list[Run]) -> list[dict]:
     table = []
     for (env, method), members in sorted(groups.items(), key=lambda x: (x[0][0], label(x[0][1]))):
         columns = defaultdict(list)
+        times = [time_to(run, targets[env]) for run in members if env in targets]
+        times = [t for t in times if t is not None]
         for run in members:
             references = by_task_seed.get((env, run.fact("seed")), {})
             real, random = run.number("eval/return_real"), run.number("eval/return_random_real")
@@ -96,6 +147,10 @@ def rows(runs: list[Run]) -> list[dict]:
                 "method": label(method),
                 "seeds": sorted(run.fact("seed") for run in members),
                 **{name: _stats(values) for name, values in columns.items()},
+                "time_to_target_s": _stats(times),
+                "reached_target": f"{sum(map(math.isfinite, times))}/{len(times)}"
+                if times
+                else "-",
             }
         )
     return table
@@ -111,15 +166,16 @@ def markdown(table: list[dict]) -> str:
 
     header = (
         "| task | method | seeds | return sim | return real | real score | gap closure "
-        "| real transitions | wall-clock (s) |"
+        f"| real transitions | wall-clock (s) | time to {TARGET_FRACTION:.0%} (s) | reached |"
     )
-    lines = [header, "|" + " --- |" * 9]
+    lines = [header, "|" + " --- |" * 11]
     for row in table:
         lines.append(
             f"| {row['env']} | {row['method']} | {len(row['seeds'])} | {cell(row['return_sim'], 1)} "
             f"| {cell(row['return_real'], 1)} | {cell(row['score_real'])} "
             f"| {cell(row['gap_closure'])} | {cell(row['real_transitions'], 0)} "
-            f"| {cell(row['wall_clock_s'], 0)} |"
+            f"| {cell(row['wall_clock_s'], 0)} | {cell(row['time_to_target_s'], 0)} "
+            f"| {row['reached_target']} |"
         )
     return "\n".join(lines)
 
@@ -136,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     table = rows(runs)
     print(markdown(table))
     print("\n± is the standard deviation over seeds; scores per seed against that seed's oracle")
+    for env, target in sorted(curve_targets(runs).items()):
+        print(f"{env}: time to {TARGET_FRACTION:.0%} = first train/return >= {target:.2f}")
     if args.json:
         args.json.write_text(json.dumps(table, indent=1) + "\n")
     return 0

@@ -49,3 +49,32 @@ def test_scores_are_per_seed_then_averaged(tmp_path, capsys):
 def test_a_folder_without_runs_is_an_error(tmp_path, capsys):
     assert main([str(tmp_path)]) == 1
     assert "no finished run" in capsys.readouterr().err
+
+
+def write_curve(root, name, points):
+    (root / name / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"epoch": i, "train/return": r, "train/wall_clock_s": t}) + "\n"
+            for i, (t, r) in enumerate(points)
+        )
+    )
+
+
+def test_time_to_90_percent_of_the_best_curve_in_sim(tmp_path):
+    random = {"eval/return_random_sim": 10.0, "eval/return_real": 0.0}
+    # The best logged return in sim is 110: the target is 10 + 0.9 * (110 - 10) = 100.
+    curves = {
+        "ppo0": ("ppo", 0, [(5.0, 20.0), (9.0, 110.0)]),
+        "ppo1": ("ppo", 1, [(4.0, 50.0), (7.0, 100.0)]),
+        "pods0": ("pods", 0, [(3.0, 60.0), (6.0, 99.0)]),  # never reaches 100
+        "oracle0": ("oracle", 0, [(1.0, 500.0)]),  # in real: neither target nor time
+    }
+    for name, (algo, seed, points) in curves.items():
+        write_run(tmp_path, name, algo=algo, seed=seed, **random)
+        write_curve(tmp_path, name, points)
+    write_run(tmp_path, "lqr0", algo="lqr", seed=0, **random)  # no curve at all
+    table = {row["method"]: row for row in rows(find_runs(tmp_path))}
+    assert table["ppo"]["time_to_target_s"]["mean"] == pytest.approx((9.0 + 7.0) / 2)
+    assert table["ppo"]["reached_target"] == "2/2"
+    assert table["pods"]["time_to_target_s"]["n"] == 0 and table["pods"]["reached_target"] == "0/1"
+    assert table["oracle"]["reached_target"] == "-" and table["lqr"]["reached_target"] == "-"
