@@ -238,9 +238,8 @@ def dynamics_models(
     size, from `benchmarks/dynamics_models.py` JSON (one report per seed).
 
     `sysid` reports (`benchmarks/sysid.py`, one per seed) hold the identified simulator's
-    error in the same shape as a model's (`{"k": [...], "rmse": [...]}`), either per size
-    under `results.<size>.sysid` like the models, or once under `sysid`; without them the
-    figure has no sysid line.
+    error per training size, in the same shape as a model's (`{"k": [...], "rmse": [...]}`)
+    under `results.<size>.identified_sim`; without them the figure has no sysid line.
     """
     if not reports:
         raise ValueError("no dynamics_models reports")
@@ -275,11 +274,12 @@ def dynamics_models(
 
 
 def _k_step(report: dict, model: str, size: str) -> dict | None:
-    """A model's k-step error for one training size from a benchmark report, if it has one."""
-    entry = report.get("results", {}).get(size, {}).get(model)
-    if entry is None and model in ("sim", "sysid"):
-        entry = report.get(model)  # measured once, independent of the training size
-    return entry
+    """A model's k-step error for one training size from a benchmark report, if it has one.
+    The plain simulator's is measured once, independent of the training size."""
+    if model == "sim":
+        return report.get("sim")
+    key = "identified_sim" if model == "sysid" else model
+    return report.get("results", {}).get(size, {}).get(key)
 
 
 # -- 5. Gradient norms ------------------------------------------------------------------
@@ -351,6 +351,7 @@ def sample_efficiency(found: Found, out_dir: Path) -> list[Path]:
                 style.reference_line(ax, estimate, label=method.label, name=method.name)
                 rows.append((task, method.name, method.label, "", used, *estimate))
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^3, 3x10^3, ... overlap
             ax.set(
                 title=f"{task} (real)",
                 xlabel="real transitions used",

@@ -295,13 +295,25 @@ def test_dynamics_models_table_with_and_without_sysid(tmp_path):
         scale = {"sim": 1.0, "mlp": 0.1, "ensemble": 0.05, "residual": 0.01}[row["model"]]
         check_row(row, [scale * int(row["k"]) + offset for offset in (0.0, 0.5)])
 
-    sysid = [{"sysid": {"k": [1, 10, 50], "rmse": [0.2, 0.3, 0.4]}}]
-    paths = figures.dynamics_models(reports, tmp_path / "with", sysid)
-    rows = [
-        r for r in read_table(outputs_written(paths, "dynamics_models")) if r["model"] == "sysid"
+    # benchmarks/sysid.py's shape: the identified simulator's error per training size.
+    sysid = [
+        {
+            "sim": {"k": [1, 10, 50], "rmse": [9.0, 9.0, 9.0]},  # the dynamics reports' is drawn
+            "results": {
+                size: {"identified_sim": {"k": [1, 10, 50], "rmse": [0.2, 0.3, scale]}}
+                for size, scale in (("500", 0.4), ("2000", 0.25))
+            },
+        }
     ]
-    assert len(rows) == 6  # the size-free sysid line in both panels
-    check_row(rows[-1], [0.4])
+    paths = figures.dynamics_models(reports, tmp_path / "with", sysid)
+    rows = read_table(outputs_written(paths, "dynamics_models"))
+    sysid_rows = {(r["train_transitions"], r["k"]): r for r in rows if r["model"] == "sysid"}
+    assert len(sysid_rows) == 6  # a sysid line in both panels
+    check_row(sysid_rows[("500", "50")], [0.4])
+    check_row(sysid_rows[("2000", "50")], [0.25])
+    sim_rows = [r for r in rows if r["model"] == "sim" and r["k"] == "1"]
+    for row in sim_rows:
+        check_row(row, [1.0, 1.5])
 
 
 def test_gradient_norms_median_counts_overflow_as_the_largest_float(tmp_path):
