@@ -124,6 +124,7 @@ class Preset:
 # Progress bars in a subprocess's captured output are noise; GIFs cost time nobody looks at.
 _QUIET = ("run.animation=false", "run.progress_bar=false")
 
+_PODS_SMOKE = ("algo.num_epochs=3", "algo.num_trajectories=8")
 # Brax's agents at a size that compiles and trains in seconds: 3 evaluations, 8 envs.
 _BRAX_SMOKE = ("algo.num_evals=3", "algo.num_envs=8", "algo.num_eval_envs=8")
 _PPO_SMOKE = (
@@ -144,8 +145,11 @@ PRESETS: dict[str, Preset] = {
         budgets=(1000, REAL_BUDGET),
         # 8 trajectories x 32 steps: exactly one of PODS's default 256-pair minibatches.
         every_run=(*_QUIET, "env.episode_length=32", "run.eval_trajectories=8"),
-        sizes=("algo.num_epochs=3", "algo.num_trajectories=8"),
+        sizes=_PODS_SMOKE,
         sizes_by_algo={
+            # Fitting the model and the physics took most of the smoke preset's time.
+            "hds": (*_PODS_SMOKE, "model.max_steps=100"),
+            "pods_sysid": (*_PODS_SMOKE, "sysid.num_steps=50"),
             # LQR trains nothing: it takes no epochs.
             "lqr": (),
             "apg": _BRAX_SMOKE + ("algo.policy_updates=4", "algo.horizon_length=32"),
