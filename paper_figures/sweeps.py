@@ -6,8 +6,9 @@ are `python -m experiments.train -m <method overrides> env=<task> seed=<seeds> <
 `paper_figures.make` launches the missing ones and `paper_figures.runs` finds them again by
 the facts the overrides pin (algorithm, order, beta, model, budget, task, seed).
 
-Presets: `smoke` checks the whole pipeline in minutes on 2 CPU cores (one task, two seeds,
-three tiny epochs: the figures are meaningless, the plumbing is not); `paper` leaves sizes
+Presets: `smoke` checks the whole pipeline (one task, two seeds, three tiny epochs: the
+figures are meaningless, the plumbing is not; 40 min on 2 CPU cores from an empty compilation
+cache, mostly compiling); `paper` leaves sizes
 to the algorithms' own configs (`experiments/conf/algo/*.yaml`), which define the paper's runs.
 """
 
