@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from dynamics_models import ModelConfig
 from experiments.run_dir import RunDirectory
 from experiments.schema import ConfigError, build_physics, register_schemas, to_library_config
-from experiments.trainers import ALGO_CONFIGS, TRAINERS, RunContext
+from experiments.trainers import TRAINERS, RunContext, algo_config
 from pods.runtime import configure_jax
 from sim2real.evaluation import evaluate_sim_and_real, gap_closure, normalized_score, seed_streams
 from sim2real.loop import LoopConfig
@@ -75,7 +75,7 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"run.compare: unknown algorithm {name!r}; expected any of {tuple(TRAINERS)}"
             )
-    to_library_config(ALGO_CONFIGS[cfg.algo.name], cfg.algo, "algo", skip=("name",))
+    algo_config(cfg)
     to_library_config(ModelConfig, cfg.model, "model")
     to_library_config(LoopConfig, cfg.real, "real")
     to_library_config(SysIDConfig, cfg.sysid, "sysid")

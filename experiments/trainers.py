@@ -113,7 +113,7 @@ class EpochLoop:
 
 
 def _pods(ctx: RunContext, env: CartPole) -> Trained:
-    config: PODSConfig = to_library_config(PODSConfig, ctx.cfg.algo, "algo", skip=("name",))
+    config: PODSConfig = algo_config(ctx.cfg)
     network, _, _, _ = make_pods(config, env)
     loop = EpochLoop(ctx, init_training_state(config, env, network, ctx.key), config.num_epochs)
     make_policy, params, _ = train_pods(
@@ -138,7 +138,7 @@ def train_oracle(ctx: RunContext) -> Trained:
 
 def train_hds(ctx: RunContext) -> Trained:
     cfg = ctx.cfg
-    config: HDSConfig = to_library_config(HDSConfig, cfg.algo, "algo", skip=("name",))
+    config: HDSConfig = algo_config(cfg)
     loop_config: LoopConfig = to_library_config(LoopConfig, cfg.real, "real")
     model_config: ModelConfig = to_library_config(ModelConfig, cfg.model, "model")
     try:
@@ -244,7 +244,7 @@ def train_pods_sysid(ctx: RunContext) -> Trained:
 
 
 def train_lqr(ctx: RunContext) -> Trained:
-    config: LQRConfig = to_library_config(LQRConfig, ctx.cfg.algo, "algo", skip=("name",))
+    config: LQRConfig = algo_config(ctx.cfg)
     if ctx.sim.task != "balance":
         raise ConfigError(
             f"algo=lqr stabilizes the upright: it runs on balance tasks, not {ctx.sim.task!r}"
@@ -256,8 +256,8 @@ def train_lqr(ctx: RunContext) -> Trained:
     return Trained(make_policy, gain, {"real/transitions": 0})
 
 
-def _brax_agent(ctx: RunContext, config_type: type, train_fn: Callable) -> Trained:
-    config = to_library_config(config_type, ctx.cfg.algo, "algo", skip=("name",))
+def _brax_agent(ctx: RunContext, train_fn: Callable) -> Trained:
+    config = algo_config(ctx.cfg)
     run_dir = ctx.run_dir
     if run_dir.checkpoint_info_path.exists():
         info = json.loads(run_dir.checkpoint_info_path.read_text())
@@ -291,11 +291,11 @@ def _brax_agent(ctx: RunContext, config_type: type, train_fn: Callable) -> Train
 
 
 def train_apg_baseline(ctx: RunContext) -> Trained:
-    return _brax_agent(ctx, APGConfig, train_apg)
+    return _brax_agent(ctx, train_apg)
 
 
 def train_ppo_baseline(ctx: RunContext) -> Trained:
-    return _brax_agent(ctx, PPOConfig, train_ppo)
+    return _brax_agent(ctx, train_ppo)
 
 
 TRAINERS: dict[str, Callable[[RunContext], Trained]] = {
@@ -322,4 +322,11 @@ ALGO_CONFIGS: dict[str, type] = {
 }
 """`algo.name` -> the library config its `algo` group builds."""
 
-__all__ = ["ALGO_CONFIGS", "TRAINERS", "RunContext", "Trained"]
+
+def algo_config(cfg: DictConfig) -> Any:
+    """The library config of `cfg.algo` (ALGO_CONFIGS), validated: a bad value raises
+    ConfigError naming the key and the value."""
+    return to_library_config(ALGO_CONFIGS[cfg.algo.name], cfg.algo, "algo", skip=("name",))
+
+
+__all__ = ["ALGO_CONFIGS", "TRAINERS", "RunContext", "Trained", "algo_config"]

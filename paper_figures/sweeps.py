@@ -148,12 +148,12 @@ PRESETS: dict[str, Preset] = {
         every_run=(*_QUIET, "env.episode_length=32", "run.eval_trajectories=8"),
         sizes=_PODS_SMOKE,
         sizes_by_algo={
-            # Fitting the model and the physics took most of the smoke preset's time.
+            # Short model and physics fits: at this size the figures only need them to run.
             "hds": (*_PODS_SMOKE, "model.max_steps=100"),
             "pods_sysid": (*_PODS_SMOKE, "sysid.num_steps=50"),
             # LQR trains nothing: it takes no epochs.
             "lqr": (),
-            "apg": _BRAX_SMOKE + ("algo.policy_updates=4", "algo.horizon_length=32"),
+            "apg": (*_BRAX_SMOKE, "algo.policy_updates=4", "algo.horizon_length=32"),
             **dict.fromkeys(("ppo", "ppo_dr"), _PPO_SMOKE),
         },
         dynamics_models_args=("--sizes", "500", "--max-steps", "200", "--test-trajectories", "4"),
