@@ -1,16 +1,26 @@
 """Make the paper's figures: run what they need, then draw them.
 
-    python -m paper_figures.make <figure|all> [--preset smoke|paper] [--runs DIR]
+    python -m paper_figures.make <figure|all> [--preset smoke|paper] [--runs DIR] [--jobs N]
 
 Figures: learning_curves, hds_beta, sim_vs_real, dynamics_models, gradient_norms,
-sample_efficiency (`paper_figures.figures`). Without --runs, the runs a figure needs are
-trained by `python -m experiments.train -m ...` subprocesses (hydra multiruns) into
-`<root>/<figure>/<method>_<task>_seed<seed>/`, and its benchmark measurements by
-`python benchmarks/<script>.py --out <root>/<figure>/<file>.json`; a run that already has its
-`summary.json` under <root> (in any folder), or a measurement whose file exists, is not made
-again, so a killed `make` picks up where it stopped. With --runs DIR, nothing is run: the
-figure draws from the runs and measurements under DIR, or, if some are missing, prints one
-line for each (with the overrides that make it) and exits with status 1.
+sample_efficiency (`paper_figures.figures`). A `make` works in three steps:
+
+1. plan: every run and measurement the chosen figures need and the root lacks, each once
+   though several figures draw it. A run that already has its `summary.json` under the root
+   (in any folder), or a measurement whose file exists, is not made again, so a killed `make`
+   picks up where it stopped.
+2. execute: the planned jobs, `--jobs` subprocesses at a time, each logging to
+   `<root>/logs/<job>.log`. A run is trained by `python -m experiments.train -m ...` (one
+   hydra multirun per method and task, over its seeds) into
+   `<root>/<figure>/<method>_<task>_seed<seed>/`; a measurement by
+   `python benchmarks/<script>.py --out <root>/<figure>/<file>.json`. Compiling dominates
+   small runs and XLA compiles on one thread, so two jobs on two cores take about half the
+   time of one.
+3. draw: each figure from the runs and measurements under the root, or, if some are
+   missing (a job failed), one line for each with the overrides that make it.
+
+With --runs DIR, steps 1 and 2 are skipped: the figures draw from DIR or name what it lacks
+(exit status 1).
 
 This process never trains or measures anything itself (`paper_figures` only reads and
 draws): training happens in the experiments entry point, measurement in the benchmarks.
@@ -26,6 +36,8 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from paper_figures import figures
@@ -83,8 +95,25 @@ class Session:
     """Hydra overrides added to every sweep (a launcher, a partition)."""
     methods: frozenset[str] | None = None
     """Draw only these methods (by name), and the normalizer where scores need it."""
-    planned: set[frozenset] = dataclasses.field(default_factory=set)
-    """Runs a dry run has printed commands for (by facts): later figures share them."""
+    jobs: int = 2
+    """Subprocesses run at once."""
+
+    def sweep(self, name: str) -> FigureSweep:
+        """A run figure's sweep, restricted to `methods`."""
+        sweep = figure_sweeps(self.preset)[name]
+        if self.methods is not None:
+            kept = tuple(m for m in sweep.methods if m.name in self.methods)
+            sweep = dataclasses.replace(sweep, methods=kept)
+        return sweep
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One subprocess of a `make`: a hydra multirun or a benchmark."""
+
+    name: str
+    """Unique within a `make`: its log's file name (`learning_curves-pods_order1_cartpole_balance`)."""
+    command: tuple[str, ...]
 
 
 def sweep_commands(sweep: FigureSweep, specs: list[RunSpec], session: Session) -> list[list[str]]:
@@ -115,40 +144,90 @@ def sweep_commands(sweep: FigureSweep, specs: list[RunSpec], session: Session) -
     ]
 
 
+def measurement_command(measurement: Measurement, path: Path) -> list[str]:
+    return [sys.executable, measurement.script, *measurement.args, "--out", str(path)]
+
+
+def _measurement_path(name: str, measurement: Measurement, session: Session) -> Path:
+    return session.root / name / measurement.output
+
+
+def plan(names: Sequence[str], session: Session) -> list[Job]:
+    """Every job the figures `names` need and the root lacks. A run several figures draw
+    (PODS in both the learning curves and the sim-vs-real bars) is made once, by the first
+    figure that needs it, and found there by the others."""
+    runs = find_runs(session.root)
+    planned: set[frozenset] = set()
+    jobs = []
+    for name in names:
+        if name in figures.RUN_FIGURES:
+            sweep = session.sweep(name)
+            to_make = [
+                spec
+                for spec in select(runs, sweep.specs()).missing
+                if frozenset(spec.facts.items()) not in planned
+            ]
+            planned.update(frozenset(spec.facts.items()) for spec in to_make)
+            for command in sweep_commands(sweep, to_make, session):
+                subdir = command[-1].partition("=")[2].removesuffix("_seed${seed}")
+                jobs.append(Job(f"{name}-{subdir}", tuple(command)))
+            continue
+        for measurement in figure_measurements(session.preset)[name]:
+            path = _measurement_path(name, measurement, session)
+            if _read_json(path) is None:
+                command = measurement_command(measurement, path)
+                jobs.append(Job(f"{name}-{Path(measurement.output).stem}", tuple(command)))
+    return jobs
+
+
 def _subprocess_env() -> dict[str, str]:
     # XLA logs a warning on every persistent-compilation-cache hit unless told not to.
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
 
 
-def _run(command: list[str], session: Session, stdout=None) -> None:
-    """Runs a subprocess from the repository root, its output to our stderr (our stdout
-    lists the files written). A failure is reported and left to the check for missing
-    inputs that follows: one failed sweep should not stop the others."""
-    print(f"$ {shlex.join(command)}", file=sys.stderr, flush=True)
-    if session.dry_run:
-        return
-    result = subprocess.run(
-        command, cwd=REPO, env=_subprocess_env(), stdout=stdout or sys.stderr, check=False
-    )
-    if result.returncode != 0:
-        print(f"failed (exit {result.returncode}): {shlex.join(command)}", file=sys.stderr)
+def execute(jobs: Sequence[Job], session: Session) -> list[Job]:
+    """Runs `jobs`, `session.jobs` at a time, from the repository root; each one's output
+    goes to `<root>/logs/<job>.log`, and a line per start and end to our stderr (our stdout
+    lists the files written). Returns the jobs that failed: a failure does not stop the
+    others, and the figures that needed it say what is missing."""
+    for job in jobs:
+        print(f"$ {shlex.join(job.command)}", file=sys.stderr, flush=True)
+    if session.dry_run or not jobs:
+        return []
+    logs = session.root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
 
-
-def gather_runs(sweep: FigureSweep, session: Session) -> dict[RunSpec, Run] | None:
-    """The runs a figure sweep needs, found under the root after training the missing ones
-    (unless --runs). Raises MissingInputs naming every run still missing; None in a dry run."""
-    specs = sweep.specs()
-    selection = select(find_runs(session.root), specs)
-    to_make = selection.missing if session.run_missing else []
-    if session.dry_run:
-        to_make = [s for s in to_make if frozenset(s.facts.items()) not in session.planned]
-        session.planned.update(frozenset(s.facts.items()) for s in to_make)
-    for command in sweep_commands(sweep, to_make, session):
-        _run(command, session)
-    if session.dry_run:
+    def run(numbered: tuple[int, Job]) -> Job | None:
+        number, job = numbered
+        log = logs / f"{job.name}.log"
+        tag = f"[{number}/{len(jobs)}] {job.name}"
+        print(f"{tag}: started (log: {log})", file=sys.stderr, flush=True)
+        job_start = time.perf_counter()
+        with log.open("w") as out:
+            result = subprocess.run(
+                job.command, cwd=REPO, env=_subprocess_env(), stdout=out, stderr=out, check=False
+            )
+        seconds = time.perf_counter() - job_start
+        if result.returncode != 0:
+            print(f"{tag}: FAILED (exit {result.returncode}); see {log}", file=sys.stderr)
+            return job
+        print(f"{tag}: done in {seconds:.0f} s", file=sys.stderr, flush=True)
         return None
-    if to_make:
-        selection = select(find_runs(session.root), specs)
+
+    with ThreadPoolExecutor(max_workers=session.jobs) as pool:
+        failed = [job for job in pool.map(run, enumerate(jobs, 1)) if job is not None]
+    print(
+        f"{len(jobs)} jobs, {session.jobs} at a time: {time.perf_counter() - start:.0f} s",
+        file=sys.stderr,
+    )
+    return failed
+
+
+def gather_runs(sweep: FigureSweep, session: Session) -> dict[RunSpec, Run]:
+    """The runs a figure sweep draws, found under the root. Raises MissingInputs naming every
+    run missing (a normalizer is not missing where the runs carry their own scores)."""
+    selection = select(find_runs(session.root), sweep.specs())
     missing = [
         spec
         for spec in selection.missing
@@ -162,32 +241,22 @@ def gather_runs(sweep: FigureSweep, session: Session) -> dict[RunSpec, Run] | No
     return selection.found
 
 
-def measurement_command(measurement: Measurement, path: Path) -> list[str]:
-    return [sys.executable, measurement.script, *measurement.args, "--out", str(path)]
-
-
-def gather_measurements(name: str, session: Session) -> dict[str, list[dict]] | None:
-    """The JSON reports of a figure's measurements, by script name, after running the
-    missing ones (unless --runs). A missing report raises MissingInputs. None in a dry run."""
+def gather_measurements(name: str, session: Session) -> dict[str, list[dict]]:
+    """The JSON reports of a figure's measurements, by script name. Raises MissingInputs
+    naming each missing report and the command that makes it."""
     reports: dict[str, list[dict]] = {}
     missing = []
     for measurement in figure_measurements(session.preset)[name]:
-        path = session.root / name / measurement.output
+        path = _measurement_path(name, measurement, session)
         report = _read_json(path)
-        if report is None and session.run_missing:
-            if not session.dry_run:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            # The report goes to --out; the copy a benchmark prints would flood our stderr.
-            _run(measurement_command(measurement, path), session, stdout=subprocess.DEVNULL)
-            report = None if session.dry_run else _read_json(path)
         if report is not None:
             reports.setdefault(Path(measurement.script).stem, []).append(report)
-        elif not session.dry_run:
+        else:
             command = shlex.join(measurement_command(measurement, path))
             missing.append(f"missing measurement ({name}): {path}  [{command}]")
     if missing:
         raise MissingInputs(missing)
-    return None if session.dry_run else reports
+    return reports
 
 
 def _read_json(path: Path) -> dict | None:
@@ -198,18 +267,11 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def make_figure(name: str, session: Session) -> list[Path]:
-    """Gathers (or makes) a figure's inputs and draws it; returns the files written."""
+def draw(name: str, session: Session) -> list[Path]:
+    """Draws a figure from the inputs under the root; returns the files written."""
     if name in figures.RUN_FIGURES:
-        sweep = figure_sweeps(session.preset)[name]
-        if session.methods is not None:
-            kept = tuple(m for m in sweep.methods if m.name in session.methods)
-            sweep = dataclasses.replace(sweep, methods=kept)
-        found = gather_runs(sweep, session)
-        return [] if found is None else figures.RUN_FIGURES[name](found, session.out_dir)
+        return figures.RUN_FIGURES[name](gather_runs(session.sweep(name), session), session.out_dir)
     reports = gather_measurements(name, session)
-    if reports is None:
-        return []
     if name == "dynamics_models":
         return figures.dynamics_models(
             reports["dynamics_models"], session.out_dir, reports.get("sysid", [])
@@ -243,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, metavar="DIR", help="default outputs/figures/<preset>")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        metavar="N",
+        help="runs and measurements made at once (default: 2, or 1 on a one-core machine)",
+    )
+    parser.add_argument(
         "--methods",
         metavar="NAME,...",
         help=f"only these methods in run figures ({', '.join(sorted(METHOD_NAMES))})",
@@ -259,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         "--dry-run", action="store_true", help="print the commands that would run; draw nothing"
     )
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     methods = None
     if args.methods is not None:
         methods = frozenset(args.methods.split(","))
@@ -276,20 +347,23 @@ def main(argv: list[str] | None = None) -> int:
         dry_run=args.dry_run,
         extra=tuple(args.extra),
         methods=methods,
+        jobs=args.jobs,
     )
+    names = FIGURES if args.figure == "all" else (args.figure,)
+    if session.run_missing:
+        execute(plan(names, session), session)
+    if session.dry_run:
+        return 0
     failed = False
-    for name in FIGURES if args.figure == "all" else (args.figure,):
-        start = time.perf_counter()
+    for name in names:
         try:
-            paths = make_figure(name, session)
+            paths = draw(name, session)
         except MissingInputs as missing:
             print("\n".join(missing.lines), file=sys.stderr)
             failed = True
             continue
         for path in paths:
             print(path)
-        if paths:
-            print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 1 if failed else 0
 
 

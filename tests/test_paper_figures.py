@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from paper_figures import figures, make
-from paper_figures.runs import Run, RunSpec, find_runs, same_value, select
+from paper_figures.runs import Run, RunSpec, facts_of_overrides, find_runs, same_value, select
 from paper_figures.stats import Estimate, bootstrap, bootstrap_columns, on_common_grid
 from paper_figures.sweeps import (
     HDS_MLP,
@@ -412,6 +413,67 @@ def test_sweep_commands_make_each_missing_run_in_a_predictable_directory(tmp_pat
     assert "hydra.sweep.subdir=hds_residual_beta0.75_cartpole_balance_seed${seed}" in hds
     # Every training size of the preset, and the run's facts, appear on the command line.
     assert set(preset.overrides_for(method)) <= set(hds)
+
+
+def _jobs_of_plan(jobs):
+    """The (facts, seed) of every run the planned multiruns make, with repeats."""
+    made = []
+    for job in jobs:
+        if "experiments.train" not in job.command:
+            continue
+        overrides = dict(o.partition("=")[::2] for o in job.command if "=" in o)
+        facts = {**facts_of_overrides(job.command[4:]), "seed": None}
+        for seed in overrides["seed"].split(","):
+            made.append(frozenset({**facts, "seed": seed}.items()))
+    return made
+
+
+def test_plan_makes_each_missing_run_once_and_skips_what_exists(tmp_path):
+    """Runs several figures draw (PODS in the curves and the bars) are planned once; a run
+    or measurement already under the root is not planned at all."""
+    session = make.Session(PRESETS["smoke"], tmp_path, tmp_path / "out")
+    written = write_run(tmp_path / "learning_curves", PODS_1, 0, {})
+    (tmp_path / "gradient_norms").mkdir()
+    (tmp_path / "gradient_norms" / "gradient_norms.json").write_text("{}")
+
+    jobs = make.plan(make.FIGURES, session)
+    made = _jobs_of_plan(jobs)
+    assert len(made) == len(set(made))  # no run made twice
+    needed = {
+        frozenset({**spec.facts, "seed": str(spec.seed)}.items())
+        for sweep in figure_sweeps(session.preset).values()
+        for spec in sweep.specs()
+    }
+    assert set(made) == needed - {
+        frozenset({**RunSpec(PODS_1, TASK, 0).facts, "seed": "0"}.items())
+    }
+    assert written.exists()
+    scripts = [job.command[1] for job in jobs if "experiments.train" not in job.command]
+    assert "benchmarks/gradient_norms.py" not in scripts
+    assert sorted(scripts).count("benchmarks/dynamics_models.py") == len(session.preset.seeds)
+    assert len({job.name for job in jobs}) == len(jobs)  # one log file per job
+
+
+def test_execute_runs_jobs_at_once_and_reports_the_failed(tmp_path):
+    """With jobs=2 the two first jobs run side by side (each waits for the other's file);
+    a failing job is returned and its output kept in its log."""
+    wait_for_other = (
+        "import pathlib, sys, time; d = pathlib.Path(sys.argv[1]); (d / sys.argv[2]).touch(); "
+        "deadline = time.time() + 60\n"
+        "while not (d / sys.argv[3]).exists():\n"
+        "    time.sleep(0.05)\n"
+        "    if time.time() > deadline: sys.exit('the other job never started')"
+    )
+    pair = [
+        make.Job(name, (sys.executable, "-c", wait_for_other, str(tmp_path), mine, other))
+        for name, mine, other in (("a", "a.started", "b.started"), ("b", "b.started", "a.started"))
+    ]
+    broken = make.Job("broken", (sys.executable, "-c", "print('bad input'); raise SystemExit(3)"))
+    session = make.Session(PRESETS["smoke"], tmp_path, tmp_path / "out", jobs=2)
+    failed = make.execute([*pair, broken], session)
+    assert failed == [broken]
+    assert "bad input" in (tmp_path / "logs" / "broken.log").read_text()
+    assert (tmp_path / "a.started").exists() and (tmp_path / "b.started").exists()
 
 
 def test_a_run_is_read_back_as_written(tmp_path):
