@@ -15,6 +15,10 @@ Early stopping: every `eval_every` steps the validation loss (held-out trajector
 measured; the best parameters so far are kept, and training ends after `patience`
 evaluations without improvement. The steps, evaluations and the keep-best bookkeeping run in
 one jitted `lax.scan` per chunk of evaluations; the Python loop around it only reports.
+
+The windows are padded to a power of two (minibatches are drawn from the real ones, the
+validation loss averages the real ones only), so the sim2real loop's refits on a dataset that
+grows every round compile once per doubling instead of once per round.
 """
 
 from __future__ import annotations
@@ -88,13 +92,15 @@ class TrainingState(eqx.Module):
 
 
 class _Windows(eqx.Module):
-    """Training or validation data as windows; `targets_n` are the precomputed normalized
-    one-step targets (used when h = 1)."""
+    """Training or validation data as windows, padded to `capacity(count)` rows by repeating
+    the first ones; `targets_n` are the precomputed normalized one-step targets (h = 1)."""
 
     obs: jax.Array
     actions: jax.Array
     targets: jax.Array
     targets_n: jax.Array
+    count: jax.Array
+    """The number of real windows; rows from `count` on are padding."""
 
 
 def trainable_filter(model: Any) -> Any:
@@ -112,21 +118,31 @@ def _single_model(model: Any) -> Any:
     return model.member(0) if isinstance(model, EnsembleDynamics) else model
 
 
+def capacity(count: int) -> int:
+    """The rows `count` windows are padded to: the next power of two."""
+    return 1 << max(count - 1, 0).bit_length()
+
+
 def _windows(model: Any, data: TransitionDataset, horizon: int) -> _Windows:
     single = _single_model(model)
     layout, n, dtype = single.layout, single.normalizer, single.dtype
-    obs, actions, targets = (jnp.asarray(x, dtype) for x in data.windows(horizon))
+    windows = data.windows(horizon)
+    count = windows[0].shape[0]
+    rows = np.arange(capacity(count)) % count
+    obs, actions, targets = (jnp.asarray(x[rows], dtype) for x in windows)
 
     base = base_states(single, obs, actions[:, 0])
     step = layout.difference(layout.to_state(targets[:, 0]), base)
-    return _Windows(obs, actions, targets, (step - n.target_mean) / n.target_std)
+    targets_n = (step - n.target_mean) / n.target_std
+    return _Windows(obs, actions, targets, targets_n, jnp.asarray(count, jnp.int32))
 
 
 def _member_loss(member: Any, data: _Windows, idx: jax.Array, horizon: int) -> jax.Array:
+    """The loss of each window in `idx`."""
     obs, actions = data.obs[idx], data.actions[idx]
     if horizon == 1:
         prediction = jax.vmap(member.correction)(obs, actions[:, 0])
-        return jnp.mean((prediction - data.targets_n[idx]) ** 2)
+        return jnp.mean((prediction - data.targets_n[idx]) ** 2, axis=-1)
     layout, std = member.layout, member.normalizer.target_std
 
     def window_loss(obs0, window_actions, window_targets):
@@ -138,18 +154,22 @@ def _member_loss(member: Any, data: _Windows, idx: jax.Array, horizon: int) -> j
         error = layout.difference(z_pred, layout.to_state(window_targets)) / std
         return jnp.mean(error**2)
 
-    return jnp.mean(jax.vmap(window_loss)(obs, actions, data.targets[idx]))
+    return jax.vmap(window_loss)(obs, actions, data.targets[idx])
 
 
 def _loss(model: Any, data: _Windows, idx: jax.Array, horizon: int) -> jax.Array:
+    """The mean loss over the windows `idx` that are data, not padding (an ensemble's: over
+    its members too, so it reads like a single model's; the members' gradients stay
+    independent either way)."""
     if isinstance(model, EnsembleDynamics):
-        per_member = eqx.filter_vmap(
+        per_window = eqx.filter_vmap(
             lambda m, i: _member_loss(m, data, i, horizon), in_axes=(eqx.if_array(0), 0)
         )(model.members, idx)
-        # The mean, not the sum: the reported loss then reads like a single model's; the
-        # members' gradients stay independent either way.
-        return jnp.mean(per_member)
-    return _member_loss(model, data, idx, horizon)
+    else:
+        per_window = _member_loss(model, data, idx, horizon)
+    real = idx < data.count
+    # `where`, not a product: a padded window's loss may be inf, and inf * 0 is NaN.
+    return jnp.sum(jnp.where(real, per_window, 0.0)) / jnp.sum(real)
 
 
 def _optimizer(config: TrainingConfig) -> optax.GradientTransformation:
@@ -171,7 +191,6 @@ def _train_chunk(
     """`config.evals_per_call` evaluation periods; periods after early stopping are skipped."""
     optimizer = _optimizer(config)
     h = config.rollout_horizon
-    n_train = train_data.obs.shape[0]
     batch_shape = (config.batch_size,) if n_members is None else (n_members, config.batch_size)
     val_idx = jnp.arange(val_data.obs.shape[0])
     if n_members is not None:
@@ -183,7 +202,7 @@ def _train_chunk(
     def gradient_step(carry, _):
         params, opt_state, key = carry
         key, key_batch = jax.random.split(key)
-        idx = jax.random.randint(key_batch, batch_shape, 0, n_train)
+        idx = jax.random.randint(key_batch, batch_shape, 0, train_data.count)
         loss, grads = jax.value_and_grad(loss_of)(params, train_data, idx)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = eqx.apply_updates(params, updates)

@@ -114,6 +114,8 @@ class Job:
     name: str
     """Unique within a `make`: its log's file name (`learning_curves-pods_order1_cartpole_balance`)."""
     command: tuple[str, ...]
+    folder: Path
+    """Where it writes (a sweep's folder, a report's); made before it starts."""
 
 
 def sweep_commands(sweep: FigureSweep, specs: list[RunSpec], session: Session) -> list[list[str]]:
@@ -170,13 +172,14 @@ def plan(names: Sequence[str], session: Session) -> list[Job]:
             planned.update(frozenset(spec.facts.items()) for spec in to_make)
             for command in sweep_commands(sweep, to_make, session):
                 subdir = command[-1].partition("=")[2].removesuffix("_seed${seed}")
-                jobs.append(Job(f"{name}-{subdir}", tuple(command)))
+                jobs.append(Job(f"{name}-{subdir}", tuple(command), session.root / name))
             continue
         for measurement in figure_measurements(session.preset)[name]:
             path = _measurement_path(name, measurement, session)
             if _read_json(path) is None:
                 command = measurement_command(measurement, path)
-                jobs.append(Job(f"{name}-{Path(measurement.output).stem}", tuple(command)))
+                job_name = f"{name}-{Path(measurement.output).stem}"
+                jobs.append(Job(job_name, tuple(command), path.parent))
     return jobs
 
 
@@ -204,13 +207,17 @@ def execute(jobs: Sequence[Job], session: Session) -> list[Job]:
         tag = f"[{number}/{len(jobs)}] {job.name}"
         print(f"{tag}: started (log: {log})", file=sys.stderr, flush=True)
         job_start = time.perf_counter()
+        job.folder.mkdir(parents=True, exist_ok=True)
         with log.open("w") as out:
             result = subprocess.run(
                 job.command, cwd=REPO, env=_subprocess_env(), stdout=out, stderr=out, check=False
             )
         seconds = time.perf_counter() - job_start
         if result.returncode != 0:
-            print(f"{tag}: FAILED (exit {result.returncode}); see {log}", file=sys.stderr)
+            print(
+                f"{tag}: FAILED (exit {result.returncode}) after {seconds:.0f} s; see {log}",
+                file=sys.stderr,
+            )
             return job
         print(f"{tag}: done in {seconds:.0f} s", file=sys.stderr, flush=True)
         return None

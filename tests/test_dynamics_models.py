@@ -30,6 +30,7 @@ from dynamics_models import (
     random_actions,
     save_model,
     train,
+    training,
 )
 from pods.rollout import reset_batch, rollout_actions, rollout_policy
 from sim2real import make_testbed
@@ -202,6 +203,42 @@ def test_training_stops_early_and_returns_the_best_validation_model():
     best = int(np.argmin(metrics["validation/loss"]))
     assert len(metrics["validation/loss"]) - 1 - best == config.patience
     assert metrics["train/best_validation_loss"] == metrics["validation/loss"][best]
+
+
+def test_a_growing_dataset_is_refitted_without_recompiling_within_a_power_of_two(monkeypatch):
+    """The sim2real loop refits on more data every round: 9 and 12 trajectories of 60 steps
+    (540 and 720 windows, both padded to 1024) share one compiled fit."""
+    env = LinearSystem()
+    data = collect_transitions(env, jax.random.PRNGKey(0), 16, 60)
+    val = data.select(slice(12, 16))
+    model = MLPDynamics.for_dataset(jax.random.PRNGKey(2), data.select(slice(0, 9)), width=8)
+    config = TrainingConfig(max_steps=20, eval_every=10, evals_per_call=2)
+    traces = []
+    fit = training._train_chunk.__wrapped__
+    counted = eqx.filter_jit(lambda *args: traces.append(1) or fit(*args))
+    monkeypatch.setattr(training, "_train_chunk", counted)
+    for n in (9, 12):
+        _, metrics = train(model, data.select(slice(0, n)), val, config, jax.random.PRNGKey(3))
+        assert np.isfinite(metrics["train/best_validation_loss"])
+    assert len(traces) == 1
+
+
+def test_padding_windows_leaves_the_loss_of_the_real_ones_unchanged():
+    """4 trajectories (240 windows) are padded to 256 with copies of the first trajectory's
+    windows; the loss averages the 240 alone, so the order of the trajectories is immaterial."""
+    env = LinearSystem()
+    data = collect_transitions(env, jax.random.PRNGKey(0), 4, 60)
+    model = MLPDynamics.for_dataset(jax.random.PRNGKey(2), data, width=8)
+    idx = jnp.arange(training.capacity(4 * 60))
+    assert idx.shape == (256,)
+    for horizon in (1, 5):
+        losses = [
+            training._loss(
+                model, training._windows(model, data.select(order), horizon), idx, horizon
+            )
+            for order in ([0, 1, 2, 3], [3, 2, 1, 0])
+        ]
+        np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
 # -------------------------------------------------------------------------- cart-pole

@@ -455,8 +455,8 @@ def test_plan_makes_each_missing_run_once_and_skips_what_exists(tmp_path):
 
 
 def test_execute_runs_jobs_at_once_and_reports_the_failed(tmp_path):
-    """With jobs=2 the two first jobs run side by side (each waits for the other's file);
-    a failing job is returned and its output kept in its log."""
+    """With jobs=2 the two first jobs run side by side (each waits for the other's file, in a
+    folder `execute` makes for them); a failing job is returned, its output kept in its log."""
     wait_for_other = (
         "import pathlib, sys, time; d = pathlib.Path(sys.argv[1]); (d / sys.argv[2]).touch(); "
         "deadline = time.time() + 60\n"
@@ -464,16 +464,18 @@ def test_execute_runs_jobs_at_once_and_reports_the_failed(tmp_path):
         "    time.sleep(0.05)\n"
         "    if time.time() > deadline: sys.exit('the other job never started')"
     )
+    folder = tmp_path / "made" / "for the jobs"
     pair = [
-        make.Job(name, (sys.executable, "-c", wait_for_other, str(tmp_path), mine, other))
+        make.Job(name, (sys.executable, "-c", wait_for_other, str(folder), mine, other), folder)
         for name, mine, other in (("a", "a.started", "b.started"), ("b", "b.started", "a.started"))
     ]
-    broken = make.Job("broken", (sys.executable, "-c", "print('bad input'); raise SystemExit(3)"))
+    fail = (sys.executable, "-c", "print('bad input'); raise SystemExit(3)")
+    broken = make.Job("broken", fail, tmp_path)
     session = make.Session(PRESETS["smoke"], tmp_path, tmp_path / "out", jobs=2)
     failed = make.execute([*pair, broken], session)
     assert failed == [broken]
     assert "bad input" in (tmp_path / "logs" / "broken.log").read_text()
-    assert (tmp_path / "a.started").exists() and (tmp_path / "b.started").exists()
+    assert (folder / "a.started").exists() and (folder / "b.started").exists()
 
 
 def test_a_run_is_read_back_as_written(tmp_path):
