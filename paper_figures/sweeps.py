@@ -7,7 +7,7 @@ are `python -m experiments.train -m <method overrides> env=<task> seed=<seeds> <
 the facts the overrides pin (algorithm, order, beta, model, budget, task, seed).
 
 Presets: `smoke` checks the whole pipeline (one task, two seeds, three tiny epochs: the
-figures are meaningless, the plumbing is not; 40 min on 2 CPU cores from an empty compilation
+figures are meaningless, the plumbing is not; 15 min on 2 CPU cores from an empty compilation
 cache, mostly compiling); `paper` leaves sizes to the algorithms' own configs
 (`experiments/conf/algo/*.yaml`), which define the paper's runs.
 """
