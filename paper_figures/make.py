@@ -118,7 +118,7 @@ class Job:
     """Where it writes (a sweep's folder, a report's); made before it starts."""
 
 
-def sweep_commands(sweep: FigureSweep, specs: list[RunSpec], session: Session) -> list[list[str]]:
+def sweep_jobs(sweep: FigureSweep, specs: list[RunSpec], session: Session) -> list[Job]:
     """The hydra multiruns that make `specs`: one per method and task, over its seeds.
 
     The subdirectory is named by hand (method, task, seed), not by hydra's job number, so a
@@ -128,8 +128,9 @@ def sweep_commands(sweep: FigureSweep, specs: list[RunSpec], session: Session) -
     seeds: dict[tuple, list[int]] = {}
     for spec in specs:
         seeds.setdefault((spec.method, spec.env), []).append(spec.seed)
-    return [
-        [
+    jobs = []
+    for (method, env), method_seeds in seeds.items():
+        command = (
             sys.executable,
             "-m",
             "experiments.train",
@@ -141,9 +142,9 @@ def sweep_commands(sweep: FigureSweep, specs: list[RunSpec], session: Session) -
             *session.extra,
             f"hydra.sweep.dir={session.root / sweep.name}",
             f"hydra.sweep.subdir={method.slug}_{env}_seed${{seed}}",
-        ]
-        for (method, env), method_seeds in seeds.items()
-    ]
+        )
+        jobs.append(Job(f"{sweep.name}-{method.slug}_{env}", command, session.root / sweep.name))
+    return jobs
 
 
 def measurement_command(measurement: Measurement, path: Path) -> list[str]:
@@ -170,9 +171,7 @@ def plan(names: Sequence[str], session: Session) -> list[Job]:
                 if frozenset(spec.facts.items()) not in planned
             ]
             planned.update(frozenset(spec.facts.items()) for spec in to_make)
-            for command in sweep_commands(sweep, to_make, session):
-                subdir = command[-1].partition("=")[2].removesuffix("_seed${seed}")
-                jobs.append(Job(f"{name}-{subdir}", tuple(command), session.root / name))
+            jobs.extend(sweep_jobs(sweep, to_make, session))
             continue
         for measurement in figure_measurements(session.preset)[name]:
             path = _measurement_path(name, measurement, session)

@@ -398,15 +398,17 @@ def test_missing_measurement_is_named_with_its_command(tmp_path, capsys):
     assert "benchmarks/gradient_norms.py" in err and "--out" in err
 
 
-def test_sweep_commands_make_each_missing_run_in_a_predictable_directory(tmp_path):
+def test_sweep_jobs_make_each_missing_run_in_a_predictable_directory(tmp_path):
     preset = PRESETS["smoke"]
     sweep = figure_sweeps(preset)["hds_beta"]
     method = HDS_RESIDUAL.at("algo.beta", 0.75)
     specs = [RunSpec(method, TASK, 0), RunSpec(method, TASK, 1), RunSpec(PODS_2, TASK, 1)]
-    commands = make.sweep_commands(sweep, specs, make.Session(preset, tmp_path, tmp_path))
-    assert len(commands) == 2  # one multirun per method and task, over its missing seeds
-    hds, pods = commands
-    assert hds[2:4] == ["experiments.train", "-m"]
+    jobs = make.sweep_jobs(sweep, specs, make.Session(preset, tmp_path, tmp_path))
+    assert len(jobs) == 2  # one multirun per method and task, over its missing seeds
+    assert jobs[0].name == "hds_beta-hds_residual_beta0.75_cartpole_balance"
+    assert jobs[0].folder == tmp_path / "hds_beta"
+    hds, pods = (job.command for job in jobs)
+    assert hds[2:4] == ("experiments.train", "-m")
     assert {"algo=hds", "model=residual", "algo.beta=0.75", f"env={TASK}", "seed=0,1"} <= set(hds)
     assert "seed=1" in pods and "algo.order=2" in pods
     assert f"hydra.sweep.dir={tmp_path / 'hds_beta'}" in hds
@@ -499,7 +501,7 @@ def test_every_run_a_preset_launches_composes_and_passes_the_config_checks(prese
     commands = [
         command
         for sweep in figure_sweeps(session.preset).values()
-        for command in make.sweep_commands(sweep, sweep.specs(), session)
+        for command in (job.command for job in make.sweep_jobs(sweep, sweep.specs(), session))
     ]
     assert commands
     GlobalHydra.instance().clear()
