@@ -168,7 +168,6 @@ def _loss(model: Any, data: _Windows, idx: jax.Array, horizon: int) -> jax.Array
     else:
         per_window = _member_loss(model, data, idx, horizon)
     real = idx < data.count
-    # `where`, not a product: a padded window's loss may be inf, and inf * 0 is NaN.
     return jnp.sum(jnp.where(real, per_window, 0.0)) / jnp.sum(real)
 
 
