@@ -207,8 +207,6 @@ def main():
     parser.add_argument("--cold-cache", action="store_true", help="compile into a fresh cache")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args()
-    if args.out:  # the report's folder now, not a failure after the measurement
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
 
     cache = configure_jax(cache_dir=tempfile.mkdtemp() if args.cold_cache else None)
     overrides = parse_overrides(args.set)

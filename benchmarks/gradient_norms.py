@@ -93,8 +93,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
-    if args.out:  # the report's folder now, not a failure after the measurement
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     if min(args.horizons) <= 0 or args.batch <= 0 or any(k <= 0 for k in args.windows):
         parser.error("horizons, batch and windows must be positive")
     configure_jax()

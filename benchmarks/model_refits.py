@@ -14,7 +14,6 @@ validation's) was seen before reuses the compiled fit.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -55,9 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = collect_transitions(
         real, jax.random.PRNGKey(args.seed), args.episodes[-1], action_correlation=0.8
     )
-    config = dataclasses.replace(
-        ModelConfig(kind=args.model), max_steps=args.max_steps, eval_every=100
-    )
+    config = ModelConfig(kind=args.model, max_steps=args.max_steps)
     refits = []
     for round_, n in enumerate(args.episodes):
         train_data, validation_data = data.select(slice(0, n)).split(0.2, seed=round_)

@@ -128,6 +128,8 @@ def _windows(model: Any, data: TransitionDataset, horizon: int) -> _Windows:
     layout, n, dtype = single.layout, single.normalizer, single.dtype
     windows = data.windows(horizon)
     count = windows[0].shape[0]
+    # Padded before the base predictions, not after: every array op below then sees the
+    # padded shape, so none of them compiles again for a new count either.
     rows = np.arange(capacity(count)) % count
     obs, actions, targets = (jnp.asarray(x[rows], dtype) for x in windows)
 
