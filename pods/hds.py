@@ -42,6 +42,7 @@ from pods.train import (
     PODSConfig,
     TrainingState,
     distill_improved,
+    elite,
     init_training_state,
     make_pods,
     policy_learner,
@@ -449,8 +450,22 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
         data, evaluation, steps, improved = joined(0), joined(1), joined(2, axis=1), joined(3)
 
         # 3. Distill the improved actions of both groups into the one policy, as PODS does.
+        # The elite is chosen within each group: model and simulator returns differ in scale.
+        selected = jnp.concatenate(
+            [elite(group[3].value_improved, config.elite_fraction) for group in groups]
+        )
         new_state, metrics = distill_improved(
-            config, network, optimizer, state, data, evaluation, steps, improved, noise, key_distill
+            config,
+            network,
+            optimizer,
+            state,
+            data,
+            evaluation,
+            steps,
+            improved,
+            noise,
+            selected,
+            key_distill,
         )
         nan = jnp.full((), jnp.nan, dtype)
         metrics.update(

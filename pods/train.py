@@ -7,7 +7,8 @@ Algorithm 1, one epoch (`epoch` below, one jitted pure function):
      first order a' = a + alpha dV/da, or second order a' = a + alpha H^-1 dV/da, alpha from
      a batched line search that never accepts a worse return;
   3. distill: Adam on 0.5 ||pi_theta(s_t) - a'_t||^2 over the improved trajectories
-     (`distill_policy`).
+     (`distill_policy`): all of them, as in the paper, or the elite with the highest
+     improved return (`elite_fraction`).
 
 Everything that is not one of those steps is bookkeeping: observation statistics, metrics.
 """
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import optax
 from brax.envs.base import Env, State
 from flax import struct
+from jaxtyping import Array, Bool, Float
 
 from pods.distill import distill_policy
 from pods.improve import GRADIENT_NORMALIZATIONS, ImprovedActions, improve_actions, step_size_grid
@@ -78,6 +80,11 @@ class PODSConfig:
     distill_states: str = "improved"
     """Regress pi(s_t) on a'_t at the states a' visits (`improved`) or at those of the data
     rollout (`original`, as in the paper's pseudo-code)."""
+    elite_fraction: float = 1.0
+    """Distill only this fraction of the k improved trajectories, those with the highest
+    improved return (at least one); 1 distills all, as in the paper. With exploration noise
+    the k trajectories settle in different local optima, and distilling them all averages
+    their action sequences; the elite pulls the policy toward the best optimum found."""
     distill_passes: int = 4
     """Shuffled sweeps over the k * N (state, improved action) pairs per epoch."""
     minibatch_size: int = 256
@@ -149,6 +156,7 @@ class PODSConfig:
             "a finite number >= 0",
         )
         require(0 < self.exploration_decay <= 1, "exploration_decay", "in (0, 1]")
+        require(0 < self.elite_fraction <= 1, "elite_fraction", "in (0, 1]")
         require(
             self.distill_states in ("improved", "original"),
             "distill_states",
@@ -236,9 +244,20 @@ def make_pods(config: PODSConfig, env: Env):
         # 1-2. Roll out and improve the actions.
         data, evaluation, steps, improved, noise = improve(state.params, state.epoch, key_improve)
 
-        # 3. Distill the improved actions into the policy.
+        # 3. Distill the improved actions (of the elite, if asked) into the policy.
+        selected = elite(improved.value_improved, config.elite_fraction)
         return distill_improved(
-            config, network, optimizer, state, data, evaluation, steps, improved, noise, key_distill
+            config,
+            network,
+            optimizer,
+            state,
+            data,
+            evaluation,
+            steps,
+            improved,
+            noise,
+            selected,
+            key_distill,
         )
 
     return network, make_policy, improve, epoch
@@ -303,13 +322,15 @@ def distill_improved(
     steps: ImprovedActions,
     improved: ImprovedActions,
     noise: jax.Array,
+    selected: jax.Array,
     key: jax.Array,
 ) -> tuple[TrainingState, dict[str, jax.Array]]:
     """PODS step 3 and the epoch's metrics, for k trajectories of any origin.
 
     `data` are the rollouts the actions were improved from, `evaluation` the deterministic
-    policy's, `steps` every improvement step (stacked on a leading axis), `improved` the last.
-    HDS calls this with the trajectories of its two env groups concatenated.
+    policy's, `steps` every improvement step (stacked on a leading axis), `improved` the last,
+    `selected` (k booleans) the trajectories to distill (see `elite`). HDS calls this with the
+    trajectories of its two env groups concatenated.
     """
     k, horizon = improved.actions.shape[:2]
     dtype = improved.actions.dtype
@@ -320,7 +341,7 @@ def distill_improved(
     targets = improved.actions.reshape(k * horizon, -1)
     # A trajectory whose derivatives went non-finite is in a regime the numerics cannot
     # be trusted in: it teaches nothing, not even its own (unimproved) actions.
-    trusted = jnp.repeat(~jnp.any(steps.nonfinite, axis=0), horizon)
+    trusted = jnp.repeat(~jnp.any(steps.nonfinite, axis=0) & selected, horizon)
     usable = trusted & jnp.all(jnp.isfinite(observations), -1) & jnp.all(jnp.isfinite(targets), -1)
     normalizer = state.params.normalizer
     if config.normalize_observations:
@@ -351,6 +372,8 @@ def distill_improved(
         "train/return": jnp.mean(evaluation.value),
         "train/return_data": jnp.mean(data.value),
         "train/return_improved": jnp.mean(improved.value_improved),
+        "train/return_distilled": jnp.sum(jnp.where(selected, improved.value_improved, 0.0))
+        / jnp.maximum(jnp.sum(selected), 1),
         "train/distill_loss": distilled.loss,
         "train/grad_norm": jnp.sum(jnp.where(finite_grad, steps.gradient_norm[0], 0.0))
         / jnp.maximum(jnp.sum(finite_grad), 1),
@@ -360,6 +383,15 @@ def distill_improved(
         "train/exploration_noise": noise,
     }
     return new_state, metrics
+
+
+def elite(values: Float[Array, " k"], fraction: float) -> Bool[Array, " k"]:
+    """The top `fraction` of `values`: round(fraction * k) of them, at least one, more where
+    values tie at the threshold. Non-finite values count as the lowest."""
+    count = max(1, round(fraction * values.shape[0]))
+    values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
+    threshold = jnp.sort(values)[-count]
+    return values >= threshold
 
 
 def init_training_state(

@@ -17,6 +17,7 @@ from brax.envs.base import Env, State
 
 from pods.distill import distill_policy
 from pods.improve import (
+    ImprovedActions,
     action_gradient,
     gauss_newton_factor,
     gauss_newton_matrix,
@@ -24,8 +25,16 @@ from pods.improve import (
     line_search,
     step_size_grid,
 )
-from pods.rollout import reset_batch, rollout_actions
-from pods.train import PODSConfig, evaluate_policy, train
+from pods.rollout import Trajectory, reset_batch, rollout_actions
+from pods.train import (
+    PODSConfig,
+    distill_improved,
+    elite,
+    evaluate_policy,
+    init_training_state,
+    policy_learner,
+    train,
+)
 from sim2real import make_testbed
 
 
@@ -307,6 +316,78 @@ def test_nan_in_distillation_skips_the_update_and_counts_it():
     assert float(masked.skipped_updates) == 0 and np.all(np.isfinite(masked.network_params["w"]))
 
 
+# ---------------------------------------------------------------- elite distillation
+
+
+def test_elite_is_the_top_fraction_and_never_a_non_finite_value():
+    values = jnp.array([3.0, jnp.nan, 5.0, 1.0, jnp.inf * -1, 4.0, 2.0, 0.0])
+    np.testing.assert_array_equal(
+        elite(values, 0.25), [False, False, True, False, False, True, False, False]
+    )
+    np.testing.assert_array_equal(elite(values, 0.01), values == 5.0)  # at least one
+    assert bool(jnp.all(elite(values, 1.0)))
+    assert int(jnp.sum(elite(jnp.array([1.0, 2.0, 2.0, 0.0]), 0.25))) == 2  # ties kept
+
+
+def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages():
+    """Two optima visit the same states with opposite actions; the better one scores higher.
+    Distilling every trajectory regresses onto their mean (about 0); the elite onto its own."""
+    env = LinearQuadraticEnv()
+    k, horizon = 8, env.episode_length
+    config = PODSConfig(
+        num_trajectories=k,
+        hidden_sizes=(16,),
+        minibatch_size=16,
+        distill_passes=60,
+        learning_rate=1e-2,
+        normalize_observations=False,
+    )
+    network, _, optimizer, _ = policy_learner(config, [env], horizon)
+    state = init_training_state(config, env, network, jax.random.PRNGKey(0))
+    states = jax.random.uniform(jax.random.PRNGKey(1), (k // 2, horizon + 1, 2), minval=-1)
+    observations = jnp.concatenate([states, states])
+    better = jnp.arange(k) < k // 2
+    actions = jnp.where(better, 0.8, -0.8)[:, None, None] * jnp.ones((k, horizon, 1))
+    values = jnp.where(better, 10.0, 5.0)
+    improved = ImprovedActions(
+        actions=actions,
+        value=values - 1.0,
+        value_improved=values,
+        gradient_norm=jnp.ones(k),
+        step_size=jnp.ones(k),
+        accepted=jnp.ones(k, bool),
+        nonfinite=jnp.zeros(k, bool),
+        observations=observations,
+    )
+    steps = jax.tree.map(lambda x: x[None], improved)
+    data = Trajectory(observations, actions, jnp.zeros((k, horizon)))
+
+    def distilled_actions(fraction):
+        selected = elite(values, fraction)
+        new_state, metrics = distill_improved(
+            config,
+            network,
+            optimizer,
+            state,
+            data,
+            data,
+            steps,
+            improved,
+            jnp.zeros(()),
+            selected,
+            jax.random.PRNGKey(2),
+        )
+        outputs = network.apply(new_state.params.network, observations[: k // 2, :-1])
+        return np.asarray(outputs), metrics
+
+    elite_outputs, elite_metrics = distilled_actions(0.5)
+    all_outputs, all_metrics = distilled_actions(1.0)
+    np.testing.assert_allclose(elite_outputs, 0.8, atol=0.1)
+    assert np.max(np.abs(all_outputs)) < 0.3
+    assert float(elite_metrics["train/return_distilled"]) == 10.0
+    assert float(all_metrics["train/return_distilled"]) == 7.5
+
+
 # ---------------------------------------------------------------- config and params
 
 
@@ -320,6 +401,8 @@ def test_nan_in_distillation_skips_the_update_and_counts_it():
         ("exploration_decay", 1.5),
         ("gradient_window", -2),
         ("damping", float("nan")),
+        ("elite_fraction", 0.0),
+        ("elite_fraction", 1.5),
     ],
 )
 def test_config_rejects_bad_values_naming_them(field, value):
