@@ -38,17 +38,19 @@ PRESETS = {
         exploration_noise=0.3,
         exploration_decay=0.97,
     ),
-    # What escapes the swing-up plateau: distill only the best quarter of the improved
-    # trajectories (the others sit in worse local optima, and distilling all averages them),
-    # with gradients that see 10 steps ahead (a local credit assignment that can find the
-    # catch at the top), and exploration that decays slowly.
+    # What escapes the swing-up plateau: 128 noisy rollouts of which only the best 16
+    # improved trajectories are distilled (the others sit in worse local optima, and
+    # distilling all averages them), gradients that see 10 steps ahead (a local credit
+    # assignment that finds the catch at the top), exploration that decays slowly, and a
+    # learning rate small enough that one epoch's elite cannot undo a catch.
     "second_order_elite": dict(
         order=2,
+        num_trajectories=128,
         distill_passes=16,
-        learning_rate=3e-3,
+        learning_rate=1e-3,
         exploration_noise=0.3,
         exploration_decay=0.99,
-        elite_fraction=0.25,
+        elite_fraction=0.125,
         gradient_window=10,
     ),
     "first_order_explore": dict(

@@ -216,6 +216,29 @@ def test_a_refitted_model_reuses_the_compiled_epoch(mixed_epoch):
     assert first["train/return_sim"] == second["train/return_sim"]
 
 
+@jax.tree_util.register_pytree_node_class
+class GenerousModel(LinearEnv):
+    """The model env with 100 reward a step more: its returns dwarf the simulator's."""
+
+    def task_reward(self, obs, action):
+        return super().task_reward(obs, action) + 100.0
+
+
+def test_the_elite_is_chosen_within_each_group():
+    """With the model's returns ~500 and the simulator's ~0, an elite across the groups would
+    distill model trajectories only (mean ~500); within each group it takes one of each."""
+    config = HDSConfig(**TINY, beta=0.5, elite_fraction=0.25)
+    network, _, epoch = make_hds(config, sim_env(), GenerousModel(*model_leaves()))
+    state = init_training_state(config, sim_env(), network, jax.random.PRNGKey(1))
+    _, metrics = jax.jit(epoch)(state, jax.random.PRNGKey(2))
+    model_return, sim_return = (
+        float(metrics["train/return_model"]),
+        float(metrics["train/return_sim"]),
+    )
+    assert model_return > 400 and abs(sim_return) < 50
+    assert 0.3 * model_return < float(metrics["train/return_distilled"]) < 0.7 * model_return
+
+
 def _flat_except_start(start_log_alpha):
     # 0 at the chains' start, -1 everywhere else: every first proposal is worse by exactly 1.
     def objective(alphas):
