@@ -39,10 +39,10 @@ from pods.improve import (
 from pods.networks import PolicyParams
 from pods.rollout import Policy, rollout_actions
 from pods.train import (
+    Improvement,
     PODSConfig,
     TrainingState,
     distill_improved,
-    elite,
     init_training_state,
     make_pods,
     policy_learner,
@@ -440,33 +440,13 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
         if k_sim:
             key_sim = jax.random.fold_in(key_improve, 1)
             groups.append(improve_group(sim_env, k_sim, state.params, state.epoch, key_sim))
-        noise = groups[0][4]
-
-        def joined(index: int, axis: int = 0):
-            parts = [group[index] for group in groups]
-            return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis), *parts)
-
-        # Steps stack the improvement iterations first, trajectories second.
-        data, evaluation, steps, improved = joined(0), joined(1), joined(2, axis=1), joined(3)
 
         # 3. Distill the improved actions of both groups into the one policy, as PODS does.
-        # The elite is chosen within each group: model and simulator returns differ in scale.
-        selected = jnp.concatenate(
-            [elite(group[3].value_improved, config.elite_fraction) for group in groups]
-        )
+        improvement = Improvement.concatenate(groups)
         new_state, metrics = distill_improved(
-            config,
-            network,
-            optimizer,
-            state,
-            data,
-            evaluation,
-            steps,
-            improved,
-            noise,
-            selected,
-            key_distill,
+            config, network, optimizer, state, improvement, key_distill
         )
+        evaluation = improvement.evaluation
         nan = jnp.full((), jnp.nan, dtype)
         metrics.update(
             {

@@ -242,25 +242,48 @@ def make_pods(config: PODSConfig, env: Env):
     def epoch(state: TrainingState, key: jax.Array) -> tuple[TrainingState, dict[str, jax.Array]]:
         key_improve, key_distill = jax.random.split(key)
         # 1-2. Roll out and improve the actions.
-        data, evaluation, steps, improved, noise = improve(state.params, state.epoch, key_improve)
-
+        improvement = improve(state.params, state.epoch, key_improve)
         # 3. Distill the improved actions (of the elite, if asked) into the policy.
-        selected = elite(improved.value_improved, config.elite_fraction)
-        return distill_improved(
-            config,
-            network,
-            optimizer,
-            state,
-            data,
-            evaluation,
-            steps,
-            improved,
-            noise,
-            selected,
-            key_distill,
-        )
+        return distill_improved(config, network, optimizer, state, improvement, key_distill)
 
     return network, make_policy, improve, epoch
+
+
+@struct.dataclass
+class Improvement:
+    """PODS steps 1-2 on a batch of k trajectories: what distillation and the metrics need."""
+
+    data: Trajectory
+    """The rollouts the actions were improved from (with exploration noise, if any)."""
+    evaluation: Trajectory
+    """The deterministic policy's rollouts from the same initial states."""
+    steps: ImprovedActions
+    """Every improvement step, stacked on a leading axis (trajectories second)."""
+    selected: Bool[Array, " k"]
+    """The trajectories to distill: the elite of the batch (see `elite`)."""
+    noise: jax.Array
+    """The exploration noise level used."""
+
+    @property
+    def improved(self) -> ImprovedActions:
+        """The last improvement step."""
+        return jax.tree.map(lambda x: x[-1], self.steps)
+
+    @staticmethod
+    def concatenate(parts: list[Improvement]) -> Improvement:
+        """The batches of `parts` as one, e.g. HDS's two env groups (each its own elite)."""
+
+        def joined(field: str, axis: int = 0):
+            leaves = [getattr(part, field) for part in parts]
+            return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis), *leaves)
+
+        return Improvement(
+            data=joined("data"),
+            evaluation=joined("evaluation"),
+            steps=joined("steps", axis=1),
+            selected=joined("selected"),
+            noise=parts[0].noise,
+        )
 
 
 SearchStep = Callable[[Env, State, jax.Array, jax.Array, jax.Array], ImprovedActions]
@@ -277,13 +300,8 @@ def roll_out_and_improve(
     params: PolicyParams,
     epoch: jax.Array,
     key: jax.Array,
-):
-    """PODS steps 1-2 from `size` fresh initial states of `env`.
-
-    Returns (data, evaluation, steps, improved, noise): the rollouts the actions were improved
-    from (with exploration noise, if any), the deterministic policy's rollouts, every
-    improvement step stacked on a leading axis, the last one, and the noise level used.
-    """
+) -> Improvement:
+    """PODS steps 1-2 from `size` fresh initial states of `env`, and the elite among them."""
     dtype = jnp.float64 if config.float64 else jnp.float32
     key_reset, key_noise = jax.random.split(key)
     states = reset_batch(env, key_reset, size)
@@ -308,8 +326,13 @@ def roll_out_and_improve(
         (data.actions, data.observations),
         jax.random.split(jax.random.fold_in(key, 2), config.improve_iterations),
     )
-    improved: ImprovedActions = jax.tree.map(lambda x: x[-1], steps)
-    return data, evaluation, steps, improved, noise
+    return Improvement(
+        data=data,
+        evaluation=evaluation,
+        steps=steps,
+        selected=elite(steps.value_improved[-1], config.elite_fraction),
+        noise=noise,
+    )
 
 
 def distill_improved(
@@ -317,21 +340,13 @@ def distill_improved(
     network: PolicyNetwork,
     optimizer: optax.GradientTransformation,
     state: TrainingState,
-    data: Trajectory,
-    evaluation: Trajectory,
-    steps: ImprovedActions,
-    improved: ImprovedActions,
-    noise: jax.Array,
-    selected: jax.Array,
+    improvement: Improvement,
     key: jax.Array,
 ) -> tuple[TrainingState, dict[str, jax.Array]]:
-    """PODS step 3 and the epoch's metrics, for k trajectories of any origin.
-
-    `data` are the rollouts the actions were improved from, `evaluation` the deterministic
-    policy's, `steps` every improvement step (stacked on a leading axis), `improved` the last,
-    `selected` (k booleans) the trajectories to distill (see `elite`). HDS calls this with the
-    trajectories of its two env groups concatenated.
-    """
+    """PODS step 3 and the epoch's metrics, for k trajectories of any origin: HDS calls this
+    with its two env groups' `Improvement`s concatenated."""
+    data, evaluation, steps = improvement.data, improvement.evaluation, improvement.steps
+    improved, selected = improvement.improved, improvement.selected
     k, horizon = improved.actions.shape[:2]
     dtype = improved.actions.dtype
     states_visited = (
@@ -380,7 +395,7 @@ def distill_improved(
         "train/step_size": jnp.sum(steps.step_size) / jnp.maximum(jnp.sum(accepted), 1),
         "train/accept_rate": jnp.mean(accepted),
         "train/rejected_nonfinite": jnp.sum(steps.nonfinite) + distilled.skipped_updates,
-        "train/exploration_noise": noise,
+        "train/exploration_noise": improvement.noise,
     }
     return new_state, metrics
 

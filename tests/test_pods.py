@@ -27,6 +27,7 @@ from pods.improve import (
 )
 from pods.rollout import Trajectory, reset_batch, rollout_actions
 from pods.train import (
+    Improvement,
     PODSConfig,
     distill_improved,
     elite,
@@ -349,7 +350,7 @@ def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages()
     better = jnp.arange(k) < k // 2
     actions = jnp.where(better, 0.8, -0.8)[:, None, None] * jnp.ones((k, horizon, 1))
     values = jnp.where(better, 10.0, 5.0)
-    improved = ImprovedActions(
+    steps = ImprovedActions(
         actions=actions,
         value=values - 1.0,
         value_improved=values,
@@ -359,23 +360,13 @@ def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages()
         nonfinite=jnp.zeros(k, bool),
         observations=observations,
     )
-    steps = jax.tree.map(lambda x: x[None], improved)
+    steps = jax.tree.map(lambda x: x[None], steps)  # one improvement step
     data = Trajectory(observations, actions, jnp.zeros((k, horizon)))
 
     def distilled_actions(fraction):
-        selected = elite(values, fraction)
+        improvement = Improvement(data, data, steps, elite(values, fraction), jnp.zeros(()))
         new_state, metrics = distill_improved(
-            config,
-            network,
-            optimizer,
-            state,
-            data,
-            data,
-            steps,
-            improved,
-            jnp.zeros(()),
-            selected,
-            jax.random.PRNGKey(2),
+            config, network, optimizer, state, improvement, jax.random.PRNGKey(2)
         )
         outputs = network.apply(new_state.params.network, observations[: k // 2, :-1])
         return np.asarray(outputs), metrics
