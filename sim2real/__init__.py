@@ -4,8 +4,10 @@ Importing this package registers every testbed with `brax.envs`.
 """
 
 import pods  # noqa: F401  (imports brax with its stdout chatter silenced)
+from sim2real.lab import LabEffects
 from sim2real.testbeds import (
     BACKENDS,
+    REAL_PROFILES,
     SYSTEMS,
     TASKS,
     VARIANTS,
@@ -25,7 +27,9 @@ __all__ = [
     "VARIANTS",
     "CartPole",
     "InitialStateNoise",
+    "LabEffects",
     "Physics",
+    "REAL_PROFILES",
     "RewardWeights",
     "make_testbed",
     "parse_testbed_name",

@@ -1,9 +1,15 @@
-"""Cart-pole testbeds in a `sim` and a `real` variant, as Brax `PipelineEnv`s.
+"""Cart-pole testbeds in a `sim`, a `real` and a `lab` variant, as Brax `PipelineEnv`s.
 
 The body (masses, lengths, motor) lives in the MJCF assets beside this file. What makes the
-"real" system real is `Physics`: viscous damping on the slider and the hinges, a smooth
-Coulomb-like friction on the slider, and an actuator that delivers only a fraction of the
-commanded force. `sim` is the same body with all of that switched off.
+`real` system (the "friction" profile) real is `Physics`: viscous damping on the slider and
+the hinges, a smooth Coulomb-like friction on the slider, and an actuator that delivers only a
+fraction of the commanded force. `sim` is the same body with all of that switched off. The
+`real` profile lies inside the simulator's own parameter family, so system identification
+recovers it exactly: it is the control. The `lab` variant (the "lab" profile) is `Physics`
+plus `sim2real.lab.LabEffects`, what a physical rig has beyond that family: actuator latency
+and lag, stiction, a cable and cogging, a body off its nominal, encoder quantization and
+velocity noise, and near-continuous time (RK4 at 5 ms). It is the differentiable twin of the
+lab rig; `sim2real.mujoco_lab` runs the same rig in MuJoCo C.
 
 The step reads those five numbers from the Brax `System` (`physics_from_sys`), not from Python
 floats, so that they are ordinary leaves of `env.sys`: Brax's domain randomization (which swaps
@@ -35,12 +41,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import mujoco
 import numpy as np
-from brax import envs
+from brax import actuator, envs
 from brax.base import System
 from brax.envs.base import PipelineEnv, State
 from brax.io import mjcf
+from flax import struct
 from jaxtyping import Array, Float
+
+from sim2real import lab as lab_physics
+from sim2real.lab import LabEffects
 
 SYSTEMS = {"cartpole": 1, "double_cartpole": 2}
 """Testbed systems and their number of poles."""
@@ -48,7 +59,11 @@ PHYSICS_STEP = {"cartpole": (0.025, 2), "double_cartpole": (0.01, 5)}
 """Default (timestep, physics steps per env step): a 0.05 s control period for both. The
 double pole's fast chaotic motion blows semi-implicit Euler up at 0.025 s."""
 TASKS = ("balance", "swingup")
-VARIANTS = ("sim", "real")
+VARIANTS = ("sim", "real", "lab")
+"""`sim`: the nominal body, frictionless; `real`: the friction profile (in the simulator's
+family); `lab`: the lab profile (beyond it)."""
+REAL_PROFILES = {"friction": "real", "lab": "lab"}
+"""The real systems a run can be trained for, by profile name: the testbed variant of each."""
 BACKENDS = ("generalized", "mjx")
 """Brax pipelines that simulate these testbeds faithfully. `positional` and `spring` were
 tried and left out: their joint springs let the light pole spin up or blow up."""
@@ -89,10 +104,24 @@ class Physics:
         return cls(slider_damping=0.0, hinge_damping=0.0, slider_friction=0.0, actuator_gain=1.0)
 
     @classmethod
+    def lab(cls) -> Physics:
+        """The lab profile's damping, Coulomb friction and actuator gain: the part of the lab
+        rig the simulator's family can describe. The friction's tanh switches sign within
+        5 mm/s, sharp enough for the breakaway force of `LabEffects.stiction` to hold the cart
+        (its 5 ms step keeps RK4 stable on that slope)."""
+        return cls(
+            slider_damping=0.8,
+            hinge_damping=0.008,
+            slider_friction=1.0,
+            friction_velocity=0.005,
+            actuator_gain=0.85,
+        )
+
+    @classmethod
     def of_variant(cls, variant: str) -> Physics:
         if variant not in VARIANTS:
             raise ValueError(f"unknown testbed variant {variant!r}; expected one of {VARIANTS}")
-        return cls.nominal() if variant == "sim" else cls()
+        return {"sim": cls.nominal, "real": cls, "lab": cls.lab}[variant]()
 
 
 PHYSICS_FIELDS = tuple(field.name for field in dataclasses.fields(Physics))
@@ -202,6 +231,18 @@ def _cast_floats(tree: Any, dtype: Any) -> Any:
     return jax.tree.map(cast, tree)
 
 
+@struct.dataclass
+class LabState:
+    """What the lab rig remembers between control periods, carried in `State.info["lab"]`."""
+
+    commands: Float[Array, "m act"]
+    """The last m commands sent (oldest first), which the latency still has to deliver."""
+    motor: Float[Array, " act"]
+    """The lagged command the motor delivers now (times the gear: the force, N)."""
+    key: jax.Array
+    """The sensors' noise stream."""
+
+
 class CartPole(PipelineEnv):
     """A cart-pole with `n_poles` poles in series: one env class for every testbed.
 
@@ -211,6 +252,11 @@ class CartPole(PipelineEnv):
     `physics` is the `Physics` the env was built with, kept for display and for rebuilding the
     env; the step reads the physical parameters from `sys` (see `physics_to_sys`), so an env
     whose `sys` was swapped (domain randomization, `with_physics_values`) steps with those.
+
+    `lab` (the `lab` variant's `LabEffects`, None for the others) adds the rig's latency, motor
+    lag, stiction, cable and cogging forces, body mismatch, sensors and integrator. The policy
+    then observes what the encoders read (`State.obs`), while the reward is the task's on the
+    true state: the task is to hold the physical pole up, not its reading.
     """
 
     def __init__(
@@ -220,6 +266,7 @@ class CartPole(PipelineEnv):
         variant: str = "sim",
         *,
         physics: Physics | None = None,
+        lab: LabEffects | None = None,
         reward_weights: RewardWeights = RewardWeights(),
         initial_noise: InitialStateNoise = InitialStateNoise(),
         episode_length: int = 100,
@@ -236,6 +283,7 @@ class CartPole(PipelineEnv):
           task: `balance` (start near upright) or `swingup` (start hanging down).
           variant: `sim` or `real`; chooses the default `physics`.
           physics: overrides the variant's physics.
+          lab: the `lab` variant's effects (default `LabEffects()`); only that variant has them.
           reward_weights: penalties of the task reward.
           initial_noise: spread of the initial states.
           episode_length: the horizon a rollout or a trainer should use, in env steps.
@@ -263,19 +311,34 @@ class CartPole(PipelineEnv):
                 f"timestep and n_frames must be positive, got {timestep!r}, {n_frames!r}"
             )
 
+        if lab is not None and variant != "lab":
+            raise ValueError(f"lab effects belong to the `lab` variant, not {variant!r}")
+        if variant == "lab":
+            lab = LabEffects() if lab is None else lab
+            if lab.integrator == "rk4" and backend != "generalized":
+                raise ValueError(
+                    f"the lab's RK4 integrator runs on the generalized backend, not {backend!r}"
+                )
+            if lab.timestep is not None:
+                n_frames = lab_physics.physics_steps(timestep * n_frames, lab.timestep)
+                timestep = lab.timestep
+
         self.system_name, self.task, self.variant = system, task, variant
         self.physics = Physics.of_variant(variant) if physics is None else physics
+        self.lab = lab
         self.reward_weights = reward_weights
         self.initial_noise = initial_noise
         self.episode_length = episode_length
         self.n_poles = SYSTEMS[system]
 
-        asset = resources.files("sim2real") / "assets" / f"{system}.xml"
         with warnings.catch_warnings():
             # Brax's notice that its pipelines are unmaintained: known, and the reason the
             # testbeds pin brax and test their physics themselves.
             warnings.filterwarnings("ignore", message="Brax System, piplines")
-            sys = mjcf.loads(asset.read_text())
+            if lab is not None and lab.body_mismatch:
+                sys = mjcf.load_model(lab_physics.apply_body_mismatch(load_mj_model(system), lab))
+            else:
+                sys = mjcf.loads(asset_xml(system))
         # An exact mass-matrix solve instead of Brax's 10-iteration approximate inverse: the
         # matrix is at most 3x3, and exact dynamics keep gradients and finite differences
         # consistent.
@@ -284,6 +347,7 @@ class CartPole(PipelineEnv):
             sys = _cast_floats(sys, dtype)
         sys = physics_to_sys(sys, self.physics)
         super().__init__(sys=sys, backend=backend, n_frames=n_frames, **kwargs)
+        self._chain = lab_physics.ChainBody.of_model(sys.mj_model) if lab is not None else None
 
     @property
     def name(self) -> str:
@@ -324,13 +388,109 @@ class CartPole(PipelineEnv):
         qd = jax.random.uniform(key_qd, (nq,), self.dtype, -noise.velocity, noise.velocity)
         pipeline_state = self.pipeline_init(jnp.concatenate([x, angles]), qd)
         zero = jnp.zeros((), self.dtype)
-        return State(pipeline_state, self.observe(pipeline_state.q, pipeline_state.qd), zero, zero)
+        if self.lab is None:
+            obs = self.observe(pipeline_state.q, pipeline_state.qd)
+            return State(pipeline_state, obs, zero, zero)
+        # The lab's own stream, folded off the reset key: the initial states stay those of
+        # `sim` and `real` for the same key, so all three are evaluated from the same starts.
+        key_sensor, key_next = jax.random.split(jax.random.fold_in(rng, _LAB_STREAM))
+        m = self.lab.command_buffer_length(self._n_frames)
+        carry = LabState(
+            commands=jnp.zeros((m, self.action_size), self.dtype),
+            motor=jnp.zeros((self.action_size,), self.dtype),
+            key=key_next,
+        )
+        obs = self.sense(pipeline_state.q, pipeline_state.qd, key_sensor)
+        return State(pipeline_state, obs, zero, zero, info={"lab": carry})
 
     def step(self, state: State, action: Float[Array, 1]) -> State:
+        if self.lab is not None:
+            return self._lab_step(state, action)
         pipeline_state = self.pipeline_step(state.pipeline_state, action)
         obs = self.observe(pipeline_state.q, pipeline_state.qd)
         reward = self.task_reward(obs, action)
         return state.replace(pipeline_state=pipeline_state, obs=obs, reward=reward)
+
+    def _lab_step(self, state: State, action: Float[Array, 1]) -> State:
+        """One control period of the lab rig: the command joins the latency's queue; each
+        physics step takes the command sent d steps earlier, passes it through the motor's
+        lag, and integrates (RK4 or Euler) under it and the passive forces; the sensors read
+        the result."""
+        lab, carry = self.lab, state.info["lab"]
+        # The gain scales the command before the motor's control range saturates it, as in
+        # `pipeline_step`.
+        command = physics_from_sys(self.sys)["actuator_gain"] * action
+        queue = jnp.concatenate([carry.commands, command[None]])
+        offsets = jnp.asarray(lab.command_offsets(self._n_frames))
+        decay = lab.motor_decay(float(self.sys.opt.timestep))
+
+        def physics_step(inner, offset):
+            pipeline_state, motor = inner
+            delayed = queue[offset]
+            if lab.motor_time_constant:
+                # The lag's exact solution for a command held over the step.
+                target = jnp.clip(delayed, -1.0, 1.0)
+                motor = target + decay * (motor - target)
+            else:
+                motor = delayed
+            return (self._integrate(pipeline_state, motor), motor), None
+
+        (pipeline_state, motor), _ = jax.lax.scan(
+            physics_step, (state.pipeline_state, carry.motor), offsets
+        )
+        if lab.integrator == "rk4":
+            # RK4 moved q and qd alone; refresh the pipeline's kinematics once per period.
+            pipeline_state = self.pipeline_init(pipeline_state.q, pipeline_state.qd)
+        key_sensor, key_next = jax.random.split(carry.key)
+        q, qd = pipeline_state.q, pipeline_state.qd
+        carry = LabState(commands=queue[1:], motor=motor, key=key_next)
+        return state.replace(
+            pipeline_state=pipeline_state,
+            obs=self.sense(q, qd, key_sensor),
+            reward=self.task_reward(self.observe(q, qd), action),
+            info={**state.info, "lab": carry},
+        )
+
+    def _integrate(self, pipeline_state: Any, motor: jax.Array) -> Any:
+        """One physics step under the motor command `motor` and the passive forces."""
+
+        def act(q, qd):
+            return jnp.concatenate([motor, self.passive_forces(q, qd)])
+
+        if self.lab.integrator == "euler":
+            return self._pipeline.step(
+                self.sys, pipeline_state, act(pipeline_state.q, pipeline_state.qd), self._debug
+            )
+
+        def acceleration(q, qd):
+            # The body's equations of motion in closed form (they agree with the generalized
+            # pipeline's and MuJoCo's to rounding, tested), with the forces of each stage.
+            tau = actuator.to_tau(self.sys, act(q, qd), q, qd)
+            return self._chain.acceleration(q, qd, tau, xp=jnp)
+
+        q, qd = lab_physics.rk4_step(
+            acceleration, pipeline_state.q, pipeline_state.qd, float(self.sys.opt.timestep)
+        )
+        return pipeline_state.replace(q=q, qd=qd)
+
+    def sense(self, q: jax.Array, qd: jax.Array, key: jax.Array) -> Float[Array, " obs"]:
+        """What the lab's encoders and velocity estimates read of (q, qd): positions and
+        angles quantized (with a straight-through gradient), velocities with Gaussian noise."""
+        lab = self.lab
+        stop = jax.lax.stop_gradient
+        q = jnp.concatenate(
+            [
+                lab_physics.quantize(q[:1], lab.position_resolution, xp=jnp, straight_through=stop),
+                lab_physics.quantize(q[1:], lab.angle_resolution, xp=jnp, straight_through=stop),
+            ]
+        )
+        if lab.sensor_noise:
+            scale = jnp.asarray(
+                [lab.linear_velocity_noise] + [lab.angular_velocity_noise] * self.n_poles,
+                self.dtype,
+            )
+            qd = qd + scale * jax.random.normal(key, qd.shape, self.dtype)
+        return self.observe(q, qd)
 
     def with_physics_values(self, values: PhysicsValues) -> CartPole:
         """This env with its `sys` carrying `values` (any subset of `PHYSICS_FIELDS`).
@@ -358,19 +518,19 @@ class CartPole(PipelineEnv):
         def physics_step(state, _):
             # The real system's extra forces depend on the velocity, so they are recomputed
             # every physics step, not held over the control period.
-            act = jnp.concatenate([motor, self.passive_forces(state.qd)])
+            act = jnp.concatenate([motor, self.passive_forces(state.q, state.qd)])
             return self._pipeline.step(self.sys, state, act, self._debug), None
 
         return jax.lax.scan(physics_step, pipeline_state, (), self._n_frames)[0]
 
-    def passive_forces(self, qd: Float[Array, " nv"]) -> Float[Array, " nv"]:
-        """Generalized forces of damping and friction on each joint (zero for `sim`)."""
+    def passive_forces(
+        self, q: Float[Array, " nq"], qd: Float[Array, " nv"]
+    ) -> Float[Array, " nv"]:
+        """Generalized forces of damping and friction on each joint (zero for `sim`), and the
+        lab's stiction, cable and cogging on the slider (see `sim2real.lab.slider_force`)."""
         p = physics_from_sys(self.sys)
-        cart_velocity = qd[:1]
-        slider = -p["slider_damping"] * cart_velocity - p["slider_friction"] * jnp.tanh(
-            cart_velocity / p["friction_velocity"]
-        )
-        return jnp.concatenate([slider, -p["hinge_damping"] * qd[1:]])
+        slider = lab_physics.slider_force(p, self.lab, q[:1], qd[:1], xp=jnp)
+        return jnp.concatenate([slider, lab_physics.hinge_torques(p, qd[1:])])
 
     def observe(self, q: Float[Array, " nq"], qd: Float[Array, " nv"]) -> Float[Array, " obs"]:
         angles = q[1:]
@@ -400,6 +560,20 @@ class CartPole(PipelineEnv):
             - w.angular_velocity * jnp.sum(pole_velocities**2)
             - w.action * jnp.sum(action**2)
         )
+
+
+_LAB_STREAM = 7
+"""`fold_in` index of the lab's sensor stream in a reset key."""
+
+
+def asset_xml(system: str) -> str:
+    """The MJCF of a testbed system (`sim2real/assets/<system>.xml`)."""
+    return (resources.files("sim2real") / "assets" / f"{system}.xml").read_text()
+
+
+def load_mj_model(system: str) -> mujoco.MjModel:
+    """The MuJoCo model of a testbed system's nominal body."""
+    return mujoco.MjModel.from_xml_string(asset_xml(system))
 
 
 def list_testbeds() -> list[str]:

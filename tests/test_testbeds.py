@@ -20,10 +20,13 @@ from sim2real.testbeds import (
 
 def test_every_registered_name_resolves_through_brax():
     names = list_testbeds()
-    assert len(names) == 8
-    assert {"cartpole_balance_sim", "cartpole_swingup_real", "double_cartpole_balance_real"} <= set(
-        names
-    )
+    assert len(names) == 12
+    assert {
+        "cartpole_balance_sim",
+        "cartpole_swingup_real",
+        "double_cartpole_balance_real",
+        "cartpole_swingup_lab",
+    } <= set(names)
     for name in names:
         env = brax.envs.get_environment(name)
         assert isinstance(env, CartPole) and env.name == name

@@ -1,0 +1,425 @@
+"""The lab profile: physics a linear cart-pole rig has and the simulator's family does not.
+
+`sim` is the MJCF body stepped by semi-implicit Euler at 25 ms with nothing else; the `real`
+(friction) profile adds damping, Coulomb friction and an actuator gain, which system
+identification can fit exactly. `LabEffects` adds what a physical rig has beyond that, each
+effect a field with a unit, a default and where its number comes from:
+
+- the actuator: a latency of whole physics steps, then a first-order lag of the motor;
+- the slider: a breakaway (Stribeck) force above the Coulomb level near zero velocity, a cable
+  pulling the cart toward its anchor, and motor cogging, periodic in the cart position;
+- the body: cart mass, pole mass, length and centre of mass off the MJCF's nominal values;
+- the sensors: encoder quantization of the position and the angles, noise on the velocities;
+- the integration: an accurate integrator (classical RK4) at a fine step (5 ms).
+
+The laws here are written once for two engines: the differentiable Brax twin
+(`sim2real.testbeds.CartPole`, variant `lab`) and the MuJoCo C engine
+(`sim2real.mujoco_lab`). Each takes the array module (`numpy` or `jax.numpy`) as `xp`.
+
+The reference rigs are the linear cart-pole systems of control teaching labs (a cart on a
+track driven by a DC motor through a pinion and belt, optical encoders on the pinion and on
+the pendulum pivot, a PC or microcontroller closing the loop over a DAQ); the numbers are the
+orders of magnitude such rigs have, not one rig's datasheet.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Any
+
+import mujoco
+import numpy as np
+
+LAB_INTEGRATORS = ("euler", "rk4")
+"""`euler`: semi-implicit Euler, the simulator's; `rk4`: classical Runge-Kutta of order 4."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LabEffects:
+    """The lab rig's physics beyond `sim2real.Physics` (see the module docstring).
+
+    `LabEffects.off()` switches every effect off; a lab testbed built with it and
+    `Physics.nominal()` steps exactly like `sim`.
+    """
+
+    # --- actuator ---------------------------------------------------------------------------
+    latency_steps: int = 4
+    """A command takes effect this many physics steps after it is sent (4 x 5 ms = 20 ms): the
+    round trip of a PC-side controller through a USB DAQ and the motor amplifier."""
+    motor_time_constant: float = 0.02
+    """s: the delivered force follows the (delayed) command through a first-order lag,
+    dF/dt = (F_command - F) / tau: the force bandwidth (~8 Hz) of a belt-driven cart whose DC
+    motor and amplifier respond in tens of milliseconds. 0: no lag."""
+    # --- the slider -------------------------------------------------------------------------
+    stiction: float = 0.6
+    """N above the Coulomb level (`Physics.slider_friction`) at zero velocity: the breakaway
+    force of a cart on its bearings is typically 1.2-2 x its sliding friction. It fades as
+    exp(-(v / stribeck_velocity)^2) (Stribeck) and, like the Coulomb term, switches sign
+    through tanh(v / Physics.friction_velocity), which keeps it differentiable."""
+    stribeck_velocity: float = 0.1
+    """m/s: the speed over which the breakaway force fades to the Coulomb level."""
+    cable_stiffness: float = 0.5
+    """N/m: the cable to the cart's encoder and motor pulls it toward `cable_anchor`."""
+    cable_anchor: float = -0.5
+    """m: where the cable's pull vanishes (the side of the track the cable leaves from)."""
+    cogging_amplitude: float = 0.2
+    """N: the motor's cogging, seen at the cart as a force periodic in its position."""
+    cogging_period: float = 0.04
+    """m: one motor revolution on a 6.4 mm pinion moves the cart 4 cm."""
+    # --- the body ---------------------------------------------------------------------------
+    cart_mass_scale: float = 1.15
+    """Cart mass / the MJCF's (1 kg): the motor, belt clamps and encoder ride on the cart."""
+    pole_mass_scale: float = 0.88
+    """Each pole's mass / the MJCF's (0.1 kg)."""
+    pole_length_scale: float = 1.1
+    """Each pole's length / the MJCF's: sets its inertia and, for the double cart-pole, where
+    the second hinge sits."""
+    pole_com_scale: float = 1.12
+    """Distance from each hinge to its pole's centre of mass / the MJCF's (half the nominal
+    length): a pivot block, a tip weight or a clamp moves it outward."""
+    # --- the sensors ------------------------------------------------------------------------
+    position_resolution: float = 2.5e-5
+    """m: the cart position as a 4096-count encoder on a 16 mm-diameter pinion reads it
+    (50 mm / 4096 / 0.5 with quadrature). 0: exact."""
+    angle_resolution: float = 2 * math.pi / 4096
+    """rad: each hinge angle as a 4096-count (1024-line, quadrature) encoder reads it. 0: exact."""
+    linear_velocity_noise: float = 0.01
+    """m/s, std of the Gaussian noise on the cart velocity the policy sees: velocities are
+    differentiated, filtered encoder readings."""
+    angular_velocity_noise: float = 0.03
+    """rad/s, std of the noise on every hinge velocity: one encoder count (1.5e-3 rad) over
+    the 50 ms control period."""
+    # --- the integration --------------------------------------------------------------------
+    integrator: str = "rk4"
+    """`rk4` (classical Runge-Kutta) or `euler` (the simulator's semi-implicit Euler)."""
+    timestep: float | None = 0.005
+    """s, the lab's physics step; None keeps the system's (25 ms for the cart-pole). The
+    control period stays the system's (50 ms), so it must be a whole number of steps."""
+
+    def __post_init__(self):
+        def require(ok: bool, name: str, expected: str):
+            if not ok:
+                raise ValueError(
+                    f"LabEffects.{name} must be {expected}, got {getattr(self, name)!r}"
+                )
+
+        def number(name: str) -> bool:
+            value = getattr(self, name)
+            return (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
+
+        latency = self.latency_steps
+        require(
+            isinstance(latency, int) and not isinstance(latency, bool) and latency >= 0,
+            "latency_steps",
+            "an integer >= 0",
+        )
+        for name in (
+            "motor_time_constant",
+            "stiction",
+            "cable_stiffness",
+            "cogging_amplitude",
+            "position_resolution",
+            "angle_resolution",
+            "linear_velocity_noise",
+            "angular_velocity_noise",
+        ):
+            require(number(name) and getattr(self, name) >= 0, name, "a finite number >= 0")
+        for name in (
+            "stribeck_velocity",
+            "cogging_period",
+            "cart_mass_scale",
+            "pole_mass_scale",
+            "pole_length_scale",
+            "pole_com_scale",
+        ):
+            require(number(name) and getattr(self, name) > 0, name, "a finite number > 0")
+        require(number("cable_anchor"), "cable_anchor", "a finite number")
+        require(self.integrator in LAB_INTEGRATORS, "integrator", f"one of {LAB_INTEGRATORS}")
+        require(
+            self.timestep is None or (number("timestep") and self.timestep > 0),
+            "timestep",
+            "None or a finite number > 0",
+        )
+
+    @classmethod
+    def off(cls, **overrides: Any) -> LabEffects:
+        """Every effect switched off (then `overrides`): no latency, lag, stiction, cable,
+        cogging, body mismatch or sensor effect; the simulator's integrator and step."""
+        zero = dict(
+            latency_steps=0,
+            motor_time_constant=0.0,
+            stiction=0.0,
+            cable_stiffness=0.0,
+            cogging_amplitude=0.0,
+            cart_mass_scale=1.0,
+            pole_mass_scale=1.0,
+            pole_length_scale=1.0,
+            pole_com_scale=1.0,
+            position_resolution=0.0,
+            angle_resolution=0.0,
+            linear_velocity_noise=0.0,
+            angular_velocity_noise=0.0,
+            integrator="euler",
+            timestep=None,
+        )
+        return cls(**{**zero, **overrides})
+
+    @property
+    def body_mismatch(self) -> bool:
+        return (
+            self.cart_mass_scale,
+            self.pole_mass_scale,
+            self.pole_length_scale,
+            self.pole_com_scale,
+        ) != (1.0, 1.0, 1.0, 1.0)
+
+    @property
+    def sensor_noise(self) -> bool:
+        return self.linear_velocity_noise > 0 or self.angular_velocity_noise > 0
+
+    def motor_decay(self, timestep: float) -> float:
+        """exp(-h / tau): the share of the lag's previous force left after one physics step
+        (the exact solution of the lag for a command held over the step); 0 without a lag."""
+        if self.motor_time_constant == 0:
+            return 0.0
+        return math.exp(-timestep / self.motor_time_constant)
+
+    def command_buffer_length(self, n_frames: int) -> int:
+        """Past control periods' commands the latency can still reach: ceil(d / n_frames)."""
+        return -(-self.latency_steps // n_frames)
+
+    def command_offsets(self, n_frames: int) -> np.ndarray:
+        """For each physics step j of a control period, which command acts: the one sent
+        floor((j - d) / n_frames) periods ago (0 = this period's), as an index into the buffer
+        [u_{t-m}, ..., u_{t-1}, u_t] of `command_buffer_length` + 1 commands."""
+        m = self.command_buffer_length(n_frames)
+        j = np.arange(n_frames)
+        return m + np.floor_divide(j - self.latency_steps, n_frames)
+
+
+def physics_steps(control_period: float, timestep: float) -> int:
+    """Physics steps per control period; the period must be a whole number of steps."""
+    n = round(control_period / timestep)
+    if n < 1 or abs(n * timestep - control_period) > 1e-9 * max(1.0, control_period):
+        raise ValueError(
+            f"LabEffects.timestep={timestep} does not divide the control period "
+            f"{control_period} s into whole physics steps"
+        )
+    return n
+
+
+# --- force laws (numpy or jax.numpy) ----------------------------------------------------------
+
+
+def slider_force(
+    physics: dict[str, Any], lab: LabEffects | None, x: Any, v: Any, *, xp: Any
+) -> Any:
+    """The passive force on the cart, N: viscous damping and Coulomb friction (`Physics`),
+    and with `lab` the Stribeck breakaway, the cable and the cogging. Terms whose coefficient
+    is zero are left out, not added as zeros, so a lab with them off steps exactly as `real`."""
+    sign = xp.tanh(v / physics["friction_velocity"])
+    force = -physics["slider_damping"] * v - physics["slider_friction"] * sign
+    if lab is None:
+        return force
+    if lab.stiction:
+        force = force - lab.stiction * xp.exp(-((v / lab.stribeck_velocity) ** 2)) * sign
+    if lab.cable_stiffness:
+        force = force - lab.cable_stiffness * (x - lab.cable_anchor)
+    if lab.cogging_amplitude:
+        force = force - lab.cogging_amplitude * xp.sin(2 * math.pi * x / lab.cogging_period)
+    return force
+
+
+def hinge_torques(physics: dict[str, Any], hinge_velocities: Any) -> Any:
+    """The passive torque at each hinge, N m: viscous damping (`Physics.hinge_damping`)."""
+    return -physics["hinge_damping"] * hinge_velocities
+
+
+def rk4_step(acceleration, q: Any, qd: Any, h: float) -> tuple[Any, Any]:
+    """One classical Runge-Kutta step of q'' = acceleration(q, qd), for joints whose
+    positions and velocities are both plain coordinates (slides and hinges)."""
+    a1 = acceleration(q, qd)
+    q2, qd2 = q + 0.5 * h * qd, qd + 0.5 * h * a1
+    a2 = acceleration(q2, qd2)
+    q3, qd3 = q + 0.5 * h * qd2, qd + 0.5 * h * a2
+    a3 = acceleration(q3, qd3)
+    q4, qd4 = q + h * qd3, qd + h * a3
+    a4 = acceleration(q4, qd4)
+    q_next = q + (h / 6.0) * (qd + 2.0 * qd2 + 2.0 * qd3 + qd4)
+    qd_next = qd + (h / 6.0) * (a1 + 2.0 * a2 + 2.0 * a3 + a4)
+    return q_next, qd_next
+
+
+def euler_step(acceleration, q: Any, qd: Any, h: float) -> tuple[Any, Any]:
+    """One semi-implicit Euler step, the simulator's: the velocity first, then the position
+    with the new velocity."""
+    qd_next = qd + h * acceleration(q, qd)
+    return q + h * qd_next, qd_next
+
+
+# --- the body -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainBody:
+    """A cart on a slider carrying a planar chain of poles on hinges (axis +y, angle 0 up,
+    each hinge relative to the pole below): the mass properties its equations of motion need.
+    """
+
+    cart_mass: float
+    """kg, the cart body alone."""
+    masses: tuple[float, ...]
+    """kg, each pole."""
+    centres: tuple[float, ...]
+    """m, from each pole's hinge to its centre of mass, along the pole."""
+    inertias: tuple[float, ...]
+    """kg m^2, each pole's moment of inertia about its centre of mass, about the hinge axis."""
+    links: tuple[float, ...]
+    """m, from each hinge to the next one (one fewer than the poles)."""
+    gravity: float
+    """m/s^2, downward."""
+
+    @classmethod
+    def of_model(cls, model: mujoco.MjModel) -> ChainBody:
+        """The chain a testbed's MuJoCo model describes; refuses one that is not such a chain
+        (an off-axis centre of mass, a rotated inertia, armature or joint damping)."""
+        poles = pole_names(model)
+        ids = [model.body(name).id for name in poles]
+        for body in ids:
+            off_axis = np.abs(model.body_ipos[body, :2]).max()
+            frame = np.zeros(9)
+            mujoco.mju_quat2Mat(frame, model.body_iquat[body])
+            # The inertia's principal frame must keep the hinge axis y (a flip is fine).
+            rotated = 1.0 - abs(frame.reshape(3, 3)[1, 1])
+            if off_axis > 1e-12 or rotated > 1e-9:
+                raise ValueError(f"body {model.body(body).name!r} is not a pole along its axis")
+        if np.any(model.dof_armature) or np.any(model.dof_damping):
+            raise ValueError("the planar chain has no joint armature or damping")
+        return cls(
+            cart_mass=float(model.body_mass[model.body("cart").id]),
+            masses=tuple(float(model.body_mass[b]) for b in ids),
+            centres=tuple(float(model.body_ipos[b, 2]) for b in ids),
+            inertias=tuple(float(model.body_inertia[b, 1]) for b in ids),
+            links=tuple(float(model.body_pos[b, 2]) for b in ids[1:]),
+            gravity=float(-model.opt.gravity[2]),
+        )
+
+    def acceleration(self, q: Any, qd: Any, tau: Any, *, xp: Any) -> Any:
+        """Joint accelerations qdd with M(q) qdd + h(q, qd) = tau, in closed form.
+
+        In absolute pole angles phi_j (the sums of the hinge angles up to j), with
+        A_j = sum_i m_i r_ij and B_jk = sum_i m_i r_ij r_ik, where r_ij is pole i's lever on
+        phi_j (the link length L_j below pole i, its centre distance at j = i, 0 above):
+
+            M_xx = m_cart + sum_i m_i       M_xj = A_j cos phi_j
+            M_jk = B_jk cos(phi_j - phi_k) + I_j delta_jk
+            h_x  = -sum_j A_j sin(phi_j) phi_j'^2
+            h_j  = sum_k B_jk sin(phi_j - phi_k) phi_k'^2 - g A_j sin phi_j
+
+        and the hinge coordinates by phi = S theta (S lower-triangular ones): M_q = P^T M P,
+        h_q = P^T h with P = diag(1, S). A few dozen operations where a general rigid-body
+        pipeline takes hundreds: what makes RK4 at a fine step affordable.
+        """
+        n = len(self.masses)
+        lever = [
+            [self.links[j] if j < i else self.centres[i] if j == i else 0.0 for j in range(n)]
+            for i in range(n)
+        ]
+        a = [sum(self.masses[i] * lever[i][j] for i in range(n)) for j in range(n)]
+        b = [
+            [sum(self.masses[i] * lever[i][j] * lever[i][k] for i in range(n)) for k in range(n)]
+            for j in range(n)
+        ]
+        phi = xp.cumsum(q[1:])
+        phid = xp.cumsum(qd[1:])
+        sin, cos = xp.sin(phi), xp.cos(phi)
+        total = self.cart_mass + sum(self.masses)
+        rows = [[total] + [a[j] * cos[j] for j in range(n)]]
+        for j in range(n):
+            rows.append(
+                [a[j] * cos[j]]
+                + [
+                    b[j][k] * xp.cos(phi[j] - phi[k]) + (self.inertias[j] if j == k else 0.0)
+                    for k in range(n)
+                ]
+            )
+        bias = [-sum(a[j] * sin[j] * phid[j] ** 2 for j in range(n))]
+        for j in range(n):
+            centrifugal = sum(b[j][k] * xp.sin(phi[j] - phi[k]) * phid[k] ** 2 for k in range(n))
+            bias.append(centrifugal - self.gravity * a[j] * sin[j])
+
+        def entry(value):
+            return xp.asarray(value, dtype=q.dtype)
+
+        mass_abs = xp.stack([xp.stack([entry(m) for m in row]) for row in rows])
+        # P maps hinge coordinates to absolute ones; P^T maps absolute forces back.
+        p = np.tril(np.ones((n + 1, n + 1)))
+        p[1:, 0], p[0, 1:] = 0.0, 0.0
+        mass_q = p.T @ mass_abs @ p
+        force = tau - p.T @ xp.stack([entry(h) for h in bias])
+        return xp.linalg.solve(mass_q, force)
+
+
+def pole_names(model: mujoco.MjModel) -> list[str]:
+    """The pole bodies of a testbed model, from the cart outward."""
+    names = [model.body(i).name for i in range(model.nbody)]
+    return [n for n in names if n.startswith("pole")]
+
+
+def apply_body_mismatch(model: mujoco.MjModel, lab: LabEffects) -> mujoco.MjModel:
+    """A copy of a testbed's MuJoCo model with the lab's cart and pole masses, pole lengths
+    and centres of mass. Each pole's inertia about its centre of mass scales as a rod's,
+    with its mass and the square of its length; a pole's child hinge moves with its length;
+    the capsules are resized to match (they only draw). Derived constants are recomputed."""
+    model = copy.deepcopy(model)
+    cart = model.body("cart").id
+    model.body_mass[cart] *= lab.cart_mass_scale
+    model.body_inertia[cart] *= lab.cart_mass_scale
+    for name in pole_names(model):
+        body = model.body(name).id
+        model.body_mass[body] *= lab.pole_mass_scale
+        model.body_inertia[body] *= lab.pole_mass_scale * lab.pole_length_scale**2
+        model.body_ipos[body] *= lab.pole_com_scale
+        geom = model.geom(name).id
+        model.geom_size[geom, 1] *= lab.pole_length_scale
+        model.geom_pos[geom] *= lab.pole_length_scale
+        if model.body_parentid[body] != cart:
+            model.body_pos[body] *= lab.pole_length_scale
+    mujoco.mj_setConst(model, mujoco.MjData(model))
+    return model
+
+
+# --- the sensors ----------------------------------------------------------------------------
+
+
+def quantize(value: Any, resolution: float, *, xp: Any, straight_through: Any = None) -> Any:
+    """`value` rounded to multiples of `resolution` (0: unchanged), as an encoder reads it.
+    With `straight_through` (jax.lax.stop_gradient), the gradient passes as if unrounded:
+    the rounding's own derivative is zero almost everywhere and would hide the physics."""
+    if not resolution:
+        return value
+    rounded = xp.round(value / resolution) * resolution
+    if straight_through is None:
+        return rounded
+    return value + straight_through(rounded - value)
+
+
+__all__ = [
+    "LAB_INTEGRATORS",
+    "ChainBody",
+    "LabEffects",
+    "apply_body_mismatch",
+    "euler_step",
+    "hinge_torques",
+    "physics_steps",
+    "pole_names",
+    "quantize",
+    "rk4_step",
+    "slider_force",
+]
