@@ -29,7 +29,8 @@ from jaxtyping import Array, Float
 from pods.rollout import Policy, reset_batch, rollout_actions, rollout_policy
 
 DATASET_FORMAT = "dynamics_models.TransitionDataset"
-DATASET_VERSION = 1
+DATASET_VERSION = 2
+"""Version 2 adds the `valid` mask of episodes that ended early; version 1 files still load."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,6 +167,10 @@ class TransitionDataset:
     """The system's physical parameters, where known (`dataclasses.asdict(env.physics)`)."""
     dt: float | None = None
     """Control period in seconds."""
+    valid: np.ndarray | None = None
+    """[n_trajectories, horizon] bool: transition t was recorded. A real episode may end early
+    (a gymnasium env that terminates, a safety stop): its steps from then on are False, and
+    nothing learns from them. None: every transition is valid."""
 
     def __post_init__(self):
         obs, act = np.asarray(self.observations), np.asarray(self.actions)
@@ -187,6 +192,16 @@ class TransitionDataset:
             )
         object.__setattr__(self, "observations", obs)
         object.__setattr__(self, "actions", act)
+        if self.valid is not None:
+            valid = np.asarray(self.valid)
+            if valid.shape != act.shape[:2] or valid.dtype != np.bool_:
+                raise ValueError(
+                    f"TransitionDataset.valid must be a bool mask of shape {act.shape[:2]}, "
+                    f"got {valid.dtype} {valid.shape}"
+                )
+            if np.any(valid[:, 1:] & ~valid[:, :-1]):
+                raise ValueError("TransitionDataset.valid must end each episode once: no gaps")
+            object.__setattr__(self, "valid", None if valid.all() else valid)
 
     @property
     def n_trajectories(self) -> int:
@@ -197,8 +212,16 @@ class TransitionDataset:
         return self.actions.shape[1]
 
     @property
+    def mask(self) -> np.ndarray:
+        """[n_trajectories, horizon] bool: which transitions were recorded (see `valid`)."""
+        if self.valid is None:
+            return np.ones(self.actions.shape[:2], bool)
+        return self.valid
+
+    @property
     def n_transitions(self) -> int:
-        return self.n_trajectories * self.horizon
+        """Transitions recorded (those of episodes that ended early count up to their end)."""
+        return int(self.mask.sum())
 
     @property
     def obs_dim(self) -> int:
@@ -209,13 +232,14 @@ class TransitionDataset:
         return self.actions.shape[-1]
 
     def transitions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(s, a, s'), flattened over trajectories and time."""
-        s = self.observations[:, :-1].reshape(-1, self.obs_dim)
-        s_next = self.observations[:, 1:].reshape(-1, self.obs_dim)
-        return s, self.actions.reshape(-1, self.action_dim), s_next
+        """(s, a, s') of every recorded transition, flattened over trajectories and time."""
+        keep = self.mask.ravel()
+        s = self.observations[:, :-1].reshape(-1, self.obs_dim)[keep]
+        s_next = self.observations[:, 1:].reshape(-1, self.obs_dim)[keep]
+        return s, self.actions.reshape(-1, self.action_dim)[keep], s_next
 
     def windows(self, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every run of `length` consecutive steps: (s_t [M, obs], a [M, length, act],
+        """Every run of `length` consecutive recorded steps: (s_t [M, obs], a [M, length, act],
         s_{t+1..t+length} [M, length, obs])."""
         if not (isinstance(length, int) and 1 <= length <= self.horizon):
             raise ValueError(
@@ -223,28 +247,34 @@ class TransitionDataset:
             )
         starts = np.arange(self.horizon - length + 1)
         steps = starts[:, None] + np.arange(length)[None]
-        s0 = self.observations[:, starts].reshape(-1, self.obs_dim)
-        actions = self.actions[:, steps].reshape(-1, length, self.action_dim)
-        targets = self.observations[:, steps + 1].reshape(-1, length, self.obs_dim)
+        # A window is kept if its last step was recorded (an episode ends once: no gaps).
+        keep = self.mask[:, steps[:, -1]].ravel()
+        s0 = self.observations[:, starts].reshape(-1, self.obs_dim)[keep]
+        actions = self.actions[:, steps].reshape(-1, length, self.action_dim)[keep]
+        targets = self.observations[:, steps + 1].reshape(-1, length, self.obs_dim)[keep]
         return s0, actions, targets
 
     def select(self, trajectories: np.ndarray | list[int] | slice) -> TransitionDataset:
         """The dataset restricted to some trajectories."""
         idx = np.arange(self.n_trajectories)[trajectories]
         return dataclasses.replace(
-            self, observations=self.observations[idx], actions=self.actions[idx]
+            self,
+            observations=self.observations[idx],
+            actions=self.actions[idx],
+            valid=None if self.valid is None else self.valid[idx],
         )
 
     def first(self, n_transitions: int) -> TransitionDataset:
-        """The first trajectories holding `n_transitions` (a multiple of the horizon)."""
+        """The first n_transitions / horizon trajectories (a multiple of the horizon)."""
+        whole = self.n_trajectories * self.horizon
         if not (
             isinstance(n_transitions, int)
-            and 0 < n_transitions <= self.n_transitions
+            and 0 < n_transitions <= whole
             and n_transitions % self.horizon == 0
         ):
             raise ValueError(
                 f"n_transitions must be a multiple of the horizon {self.horizon} in "
-                f"(0, {self.n_transitions}], got {n_transitions!r}"
+                f"(0, {whole}], got {n_transitions!r}"
             )
         return self.select(slice(0, n_transitions // self.horizon))
 
@@ -287,10 +317,14 @@ class TransitionDataset:
                 f"{(self.obs_dim, self.action_dim, self.horizon)} and "
                 f"{(other.obs_dim, other.action_dim, other.horizon)}"
             )
+        valid = None
+        if self.valid is not None or other.valid is not None:
+            valid = np.concatenate([self.mask, other.mask])
         return dataclasses.replace(
             self,
             observations=np.concatenate([self.observations, other.observations]),
             actions=np.concatenate([self.actions, other.actions]),
+            valid=valid,
         )
 
     # ---------------------------------------------------------------------------- files
@@ -307,6 +341,7 @@ class TransitionDataset:
             "n_trajectories": self.n_trajectories,
             "horizon": self.horizon,
             "n_transitions": self.n_transitions,
+            "ended_early": 0 if self.valid is None else int((~self.valid[:, -1]).sum()),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -317,7 +352,10 @@ class TransitionDataset:
         header = np.frombuffer(json.dumps(self.header()).encode(), dtype=np.uint8)
 
         def write(f):
-            np.savez(f, header=header, observations=self.observations, actions=self.actions)
+            arrays = {"observations": self.observations, "actions": self.actions}
+            if self.valid is not None:
+                arrays["valid"] = self.valid
+            np.savez(f, header=header, **arrays)
 
         atomic_write(path, write)
         return path
@@ -340,14 +378,15 @@ def load_dataset(
         with np.load(path, allow_pickle=False) as f:
             header = json.loads(bytes(f["header"]).decode())
             observations, actions = f["observations"], f["actions"]
+            valid = f["valid"] if "valid" in f.files else None
     except FileNotFoundError:
         raise ValueError(f"dataset file {str(path)!r} does not exist") from None
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError, UnicodeDecodeError) as e:
         raise ValueError(f"{str(path)!r} is not a readable transition dataset ({e})") from None
-    if header.get("format") != DATASET_FORMAT or header.get("version") != DATASET_VERSION:
+    if header.get("format") != DATASET_FORMAT or header.get("version") not in (1, DATASET_VERSION):
         raise ValueError(
             f"{str(path)!r} has format {header.get('format')!r} version {header.get('version')!r}; "
-            f"this code reads {DATASET_FORMAT!r} version {DATASET_VERSION}"
+            f"this code reads {DATASET_FORMAT!r} versions 1 to {DATASET_VERSION}"
         )
     shape = (header["n_trajectories"], header["horizon"])
     if observations.shape != (*shape[:1], shape[1] + 1, header["obs_dim"]) or actions.shape != (
@@ -362,9 +401,12 @@ def load_dataset(
     for name, want in (("obs_dim", obs_dim), ("action_dim", action_dim), ("env_name", env_name)):
         if want is not None and header[name] != want:
             raise ValueError(f"{str(path)!r} has {name}={header[name]!r}, expected {want!r}")
-    return TransitionDataset(
-        observations, actions, header["env_name"], header["physics"], header["dt"]
-    )
+    try:
+        return TransitionDataset(
+            observations, actions, header["env_name"], header["physics"], header["dt"], valid
+        )
+    except ValueError as err:
+        raise ValueError(f"{str(path)!r} is corrupt: {err}") from None
 
 
 def atomic_write(path: Path, write: Callable[[Any], None]) -> None:

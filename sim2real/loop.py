@@ -142,7 +142,11 @@ class LoopResult(NamedTuple):
 
 def _as_dataset(trajectories: RealTrajectories, real: RealSystem) -> TransitionDataset:
     return TransitionDataset(
-        trajectories.observations, trajectories.actions, env_name=real.name, dt=real.dt
+        trajectories.observations,
+        trajectories.actions,
+        env_name=real.name,
+        dt=real.dt,
+        valid=trajectories.valid,
     )
 
 
@@ -173,6 +177,12 @@ def run_loop(
     """
     clock_start = time.perf_counter()
     horizon = real.episode_length
+    for name in ("observation_size", "action_size"):
+        if getattr(real, name) != getattr(sim_env, name):
+            raise ValueError(
+                f"the real system's {name} is {getattr(real, name)}, the simulator's "
+                f"{getattr(sim_env, name)}: map its layout with a GymAdapter"
+            )
     k_sim, k_model = config.group_sizes()
     rounds = loop.rounds(horizon) if k_model else 0
     if loop.initial_data == "policy" and initial_params is None and resume is None and k_model:

@@ -1,22 +1,37 @@
 """The real-system boundary: the one place where "real" transitions are produced.
 
-The `real` testbed is a simulator here, but HDS may only treat it as a physical system would
-let it: reset, step, observe. Nothing that leaves `RealSystem` carries a gradient (every
-output is a host numpy array), and every transition taken is counted against a budget
-fixed when the system is built. A request that would go past the budget is refused with a
-ValueError before any transition of it is taken.
+A real system is reached only as a physical one lets itself be: reset, step, observe. Nothing
+that leaves `RealSystem` carries a gradient (every output is a host numpy array), and every
+transition taken is counted against a budget fixed when the system is built. A request that
+would go past the budget is refused with a ValueError before any transition of it is taken.
+
+Two kinds of system stand behind it:
+- a Brax testbed (the differentiable twin of the `real` or `lab` profile), whose episodes
+  run batched in one jitted, vmapped rollout;
+- any `gymnasium.Env` (gymnasium 1.x): the MuJoCo C engine of `sim2real.mujoco_lab`, another
+  simulator, or a hardware driver, stepped one transition at a time, with a `GymAdapter`
+  mapping its observations and actions to the testbed's layout.
+
+An episode of a gymnasium env may end early (it terminates, or reports a non-finite
+observation, which ends the episode before that observation): its transitions up to there are
+kept and counted, the rest of the episode's record repeats its last observation with zero
+commands and is marked not `valid`, and nothing downstream learns from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import gymnasium
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pods.rollout import reset_batch, rollout_actions
+from pods.rollout import reset_batch, rollout_actions, rollout_policy
 from sim2real.testbeds import make_testbed
 
 
@@ -29,60 +44,283 @@ class RealTrajectories(NamedTuple):
     """[n, horizon, act_dim], as sent to the motor (before it saturates)."""
     rewards: np.ndarray
     """[n, horizon]: the task reward of each transition."""
+    valid: np.ndarray | None = None
+    """[n, horizon] bool: the transition was taken (False after an episode ended early);
+    None: every one was."""
 
     @property
     def transitions(self) -> int:
-        """Transitions held: n * horizon."""
-        return int(self.actions.shape[0] * self.actions.shape[1])
+        """Transitions taken."""
+        if self.valid is None:
+            return int(self.actions.shape[0] * self.actions.shape[1])
+        return int(self.valid.sum())
+
+
+def _whole(observations, actions, rewards) -> RealTrajectories:
+    """Trajectories none of which ended early."""
+    observations, actions, rewards = (np.asarray(x) for x in (observations, actions, rewards))
+    return RealTrajectories(observations, actions, rewards, np.ones(rewards.shape, bool))
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class GymAdapter:
+    """How a gymnasium env's observations and actions map to a testbed's layout.
+
+    The defaults are the identity, for an env that already speaks the testbed's layout (the
+    MuJoCo C cart-poles). For another env give the maps, e.g. for gymnasium's
+    `InvertedPendulum-v5` (observation [x, theta, xdot, thetadot], force in [-3, 3]):
+
+        GymAdapter(
+            observation=lambda o: np.array([o[0], np.cos(o[1]), np.sin(o[1]), o[2], o[3]]),
+            action=lambda u: 3.0 * u,
+            observation_size=5,
+        )
+    """
+
+    observation: Callable[[np.ndarray], np.ndarray] = _identity
+    """The env's observation -> the testbed's observation."""
+    action: Callable[[np.ndarray], np.ndarray] = _identity
+    """The testbed's command (in [-1, 1], beyond it saturating) -> the env's action."""
+    reward: Callable[[np.ndarray, np.ndarray, float], float] | None = None
+    """(testbed observation after the step, command, the env's reward) -> the reward
+    recorded; None records the env's own."""
+    observation_size: int | None = None
+    """The testbed layout's observation size; None: the env's observation space's."""
+    action_size: int = 1
+    """The testbed's command size."""
+
+
+class _BraxSystem:
+    """A Brax testbed as a real system: batched episodes in one jitted rollout each."""
+
+    def __init__(self, testbed: Any):
+        if getattr(testbed, "variant", None) not in ("real", "lab"):
+            raise ValueError(
+                "RealSystem wraps a `real` or `lab` testbed, got variant "
+                f"{getattr(testbed, 'variant', None)!r} ({getattr(testbed, 'name', testbed)!r})"
+            )
+        self.env = testbed
+        self.name, self.dtype = testbed.name, testbed.dtype
+        self.observation_size, self.action_size = testbed.observation_size, testbed.action_size
+        self.episode_length, self.dt = testbed.episode_length, float(testbed.dt)
+        self._reset, self._step = jax.jit(testbed.reset), jax.jit(testbed.step)
+        self._state = None
+        self.rollouts: dict[tuple, Callable] = {}
+
+    def reset(self, key: jax.Array) -> np.ndarray:
+        self._state = jax.lax.stop_gradient(self._reset(key))
+        return np.asarray(jax.device_get(self._state.obs))
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool]:
+        action = jnp.asarray(action, self.dtype)
+        self._state = jax.lax.stop_gradient(self._step(self._state, action))
+        return np.asarray(jax.device_get(self._state.obs)), float(self._state.reward), False
+
+    def collect(self, key, num_trajectories, horizon, make_policy, params, action_noise):
+        cache_key = (make_policy, num_trajectories, horizon)
+        if cache_key not in self.rollouts:
+            env, zeros = self.env, jnp.zeros((self.action_size,), self.dtype)
+
+            def rollouts(params, key, action_noise):
+                key_reset, key_noise = jax.random.split(key)
+                states = reset_batch(env, key_reset, num_trajectories)
+                policy = make_policy(params) if make_policy is not None else (lambda _: zeros)
+                trajectories = jax.vmap(
+                    lambda s, k: rollout_policy(
+                        env, s, policy, horizon, key=k, action_noise=action_noise
+                    )
+                )(states, jax.random.split(key_noise, num_trajectories))
+                return jax.lax.stop_gradient(tuple(trajectories))
+
+            self.rollouts[cache_key] = jax.jit(rollouts)
+        run = self.rollouts[cache_key]
+        return _whole(*jax.device_get(run(params, key, jnp.asarray(action_noise, self.dtype))))
+
+    def play(self, key: jax.Array, actions: np.ndarray) -> RealTrajectories:
+        if "play" not in self.rollouts:
+            env = self.env
+
+            def play(key, actions):
+                states = reset_batch(env, key, actions.shape[0])
+                trajectory = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, actions)
+                return jax.lax.stop_gradient(tuple(trajectory))
+
+            self.rollouts["play"] = jax.jit(play)
+        return _whole(*jax.device_get(self.rollouts["play"](key, jnp.asarray(actions, self.dtype))))
+
+
+def _seed(key: jax.Array) -> int:
+    """A gymnasium seed drawn from a JAX key."""
+    return int(jax.random.randint(key, (), 0, 2**31 - 1))
+
+
+class _GymSystem:
+    """A gymnasium env as a real system: one transition at a time, through a `GymAdapter`."""
+
+    def __init__(self, env: gymnasium.Env, adapter: GymAdapter, episode_length: int):
+        self.env, self.adapter = env, adapter
+        space = env.observation_space
+        sample = np.asarray(adapter.observation(np.asarray(space.sample())), np.float64)
+        size = adapter.observation_size
+        if size is None:
+            size = int(np.prod(sample.shape))
+        if sample.shape != (size,):
+            raise ValueError(
+                f"the gymnasium env's observations map to shape {sample.shape}, the testbed "
+                f"layout wants ({size},): give GymAdapter.observation / observation_size"
+            )
+        command = np.zeros(adapter.action_size)
+        mapped = np.asarray(adapter.action(command), dtype=env.action_space.dtype)
+        if not env.action_space.contains(mapped.reshape(env.action_space.shape or mapped.shape)):
+            raise ValueError(
+                f"the zero command maps to {mapped!r}, outside the gymnasium env's action space "
+                f"{env.action_space}: give GymAdapter.action"
+            )
+        self.observation_size, self.action_size = size, adapter.action_size
+        self.episode_length = episode_length
+        unwrapped = env.unwrapped
+        self.name = str(getattr(unwrapped, "name", None) or (env.spec.id if env.spec else "gym"))
+        self.dt = float(getattr(unwrapped, "dt", math.nan))
+        self.dtype = np.float64
+        self._observation: np.ndarray | None = None
+        self.rollouts: dict[Any, Callable] = {}
+
+    def _observe(self, raw: Any) -> np.ndarray:
+        return np.asarray(self.adapter.observation(np.asarray(raw)), np.float64).reshape(-1)
+
+    def reset(self, key: jax.Array) -> np.ndarray:
+        raw, _ = self.env.reset(seed=_seed(key))
+        self._observation = self._observe(raw)
+        if not np.all(np.isfinite(self._observation)):
+            raise ValueError(f"{self.name}: reset returned a non-finite observation")
+        return self._observation
+
+    def step(self, command: np.ndarray) -> tuple[np.ndarray, float, bool]:
+        """(s', r, ended): `ended` when the env terminated or truncated the episode."""
+        action = np.asarray(self.adapter.action(np.asarray(command)), self.env.action_space.dtype)
+        raw, reward, terminated, truncated, _ = self.env.step(action)
+        observation = self._observe(raw)
+        if self.adapter.reward is not None:
+            reward = self.adapter.reward(observation, command, float(reward))
+        self._observation = observation
+        return observation, float(reward), bool(terminated or truncated)
+
+    def _episodes(self, key, n, horizon, choose) -> RealTrajectories:
+        """n episodes; `choose(i, t, observation)` gives command t of episode i."""
+        obs = np.zeros((n, horizon + 1, self.observation_size))
+        actions = np.zeros((n, horizon, self.action_size))
+        rewards = np.zeros((n, horizon))
+        valid = np.zeros((n, horizon), bool)
+        for i, episode_key in enumerate(jax.random.split(key, n)):
+            obs[i, 0] = self.reset(episode_key)
+            for t in range(horizon):
+                command = np.asarray(choose(i, t, obs[i, t]), np.float64).reshape(-1)
+                observation, reward, ended = self.step(command)
+                if not np.all(np.isfinite(observation)):
+                    warnings.warn(
+                        f"{self.name}: non-finite observation at step {t + 1} of episode {i}; "
+                        "the episode ends before it",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                    obs[i, t + 1 :] = obs[i, t]
+                    break
+                obs[i, t + 1], actions[i, t], rewards[i, t], valid[i, t] = (
+                    observation,
+                    command,
+                    reward,
+                    True,
+                )
+                if ended and t + 1 < horizon:
+                    obs[i, t + 2 :] = observation
+                    break
+        return RealTrajectories(obs, actions, rewards, valid)
+
+    def collect(self, key, num_trajectories, horizon, make_policy, params, action_noise):
+        key_episodes, key_noise = jax.random.split(key)
+        noise = np.random.default_rng(_seed(key_noise))
+        policy = None
+        if make_policy is not None:
+            if make_policy not in self.rollouts:
+                self.rollouts[make_policy] = jax.jit(lambda p, o: make_policy(p)(o))
+            apply = self.rollouts[make_policy]
+
+            def policy(observation):
+                return np.asarray(apply(params, jnp.asarray(observation, jnp.result_type(float))))
+
+        def choose(i, t, observation):
+            command = np.zeros(self.action_size) if policy is None else policy(observation)
+            return command + action_noise * noise.standard_normal(self.action_size)
+
+        return self._episodes(key_episodes, num_trajectories, horizon, choose)
+
+    def play(self, key: jax.Array, actions: np.ndarray) -> RealTrajectories:
+        return self._episodes(key, actions.shape[0], actions.shape[1], lambda i, t, _: actions[i, t])
 
 
 class RealSystem:
-    """A `real` testbed behind the interface of a physical system, with a transition budget.
+    """A real system behind the interface of a physical one, with a transition budget.
+
+    `system`: a `real` or `lab` Brax testbed (or its registered name), or a `gymnasium.Env`
+    (then `adapter` maps its layout, and `episode_length` is the horizon of an episode).
 
     Step by step: `reset(key)` starts an episode and returns the first observation,
     `step(action)` applies one action and returns (observation, reward), `observe()` returns
     the current observation. In batches: `collect(...)` runs whole trajectories of a policy
-    plus Gaussian noise, one jitted vmapped rollout per call. `transitions` counts every
-    transition taken by either; `remaining` is what the budget still allows.
+    plus Gaussian noise, `play(...)` open-loop commands. `transitions` counts every transition
+    taken by either; `remaining` is what the budget still allows.
     """
 
-    def __init__(self, testbed: Any, budget: int):
-        if isinstance(testbed, str):
-            testbed = make_testbed(testbed)
-        if getattr(testbed, "variant", None) != "real":
-            raise ValueError(
-                "RealSystem wraps a `real` testbed, got variant "
-                f"{getattr(testbed, 'variant', None)!r} ({getattr(testbed, 'name', testbed)!r})"
-            )
+    def __init__(
+        self,
+        system: Any,
+        budget: int,
+        *,
+        adapter: GymAdapter | None = None,
+        episode_length: int | None = None,
+    ):
         if not (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0):
             raise ValueError(f"RealSystem budget must be an integer >= 0, got {budget!r}")
-        self._env = testbed
+        if isinstance(system, str):
+            system = make_testbed(system)
+        if isinstance(system, gymnasium.Env):
+            length = episode_length or getattr(system.unwrapped, "episode_length", None)
+            if not (isinstance(length, int) and length > 0):
+                raise ValueError(
+                    f"RealSystem of a gymnasium env needs a positive episode_length, got {length!r}"
+                )
+            self._system: Any = _GymSystem(system, adapter or GymAdapter(), length)
+        else:
+            if adapter is not None:
+                raise ValueError("a GymAdapter maps a gymnasium env; a Brax testbed needs none")
+            self._system = _BraxSystem(system)
         self.budget = budget
         self.transitions = 0
-        self._reset = jax.jit(testbed.reset)
-        self._step = jax.jit(testbed.step)
-        self._state = None
-        self._rollouts: dict[tuple, Callable] = {}
+        self._observation: np.ndarray | None = None
 
     @property
-    def name(self) -> str:
-        return self._env.name
+    def is_gym(self) -> bool:
+        """Whether a gymnasium env (not a Brax testbed) stands behind this system."""
+        return isinstance(self._system, _GymSystem)
 
     @property
-    def observation_size(self) -> int:
-        return self._env.observation_size
+    def env(self) -> Any:
+        """The testbed or gymnasium env behind the boundary (for evaluation, not training)."""
+        return self._system.env
 
     @property
-    def action_size(self) -> int:
-        return self._env.action_size
+    def _rollouts(self) -> dict:
+        return self._system.rollouts
 
-    @property
-    def episode_length(self) -> int:
-        return self._env.episode_length
-
-    @property
-    def dt(self) -> float:
-        return float(self._env.dt)
+    name = property(lambda self: self._system.name)
+    observation_size = property(lambda self: self._system.observation_size)
+    action_size = property(lambda self: self._system.action_size)
+    episode_length = property(lambda self: self._system.episode_length)
+    dt = property(lambda self: self._system.dt)
 
     @property
     def remaining(self) -> int:
@@ -97,61 +335,24 @@ class RealSystem:
 
     def reset(self, key: jax.Array) -> np.ndarray:
         """Starts an episode from the system's initial-state distribution; returns s_0."""
-        self._state = jax.lax.stop_gradient(self._reset(key))
+        self._observation = self._system.reset(key)
         return self.observe()
 
     def observe(self) -> np.ndarray:
-        if self._state is None:
+        if self._observation is None:
             raise ValueError("RealSystem.observe before reset: no episode is running")
-        return np.asarray(jax.device_get(self._state.obs))
+        return self._observation.copy()
 
     def step(self, action: Any) -> tuple[np.ndarray, float]:
         """Applies one action (a counted transition); returns (s_{t+1}, r_t)."""
-        if self._state is None:
+        if self._observation is None:
             raise ValueError("RealSystem.step before reset: no episode is running")
         self._reserve(1)
-        action = jnp.asarray(
-            np.asarray(action, np.float64).reshape(self.action_size), self._env.dtype
-        )
-        self._state = jax.lax.stop_gradient(self._step(self._state, action))
+        action = np.asarray(action, np.float64).reshape(self.action_size)
+        observation, reward, _ = self._system.step(action)
         self.transitions += 1
-        return self.observe(), float(self._state.reward)
-
-    def _rollout_fn(self, make_policy: Callable | None, num_trajectories: int, horizon: int):
-        cache_key = (make_policy, num_trajectories, horizon)
-        if cache_key not in self._rollouts:
-            env = self._env
-
-            def rollouts(params, key, action_noise):
-                key_reset, key_noise = jax.random.split(key)
-                states = jax.vmap(env.reset)(jax.random.split(key_reset, num_trajectories))
-
-                def one(state, key):
-                    policy = make_policy(params) if make_policy is not None else None
-
-                    def env_step(state, step_key):
-                        obs = state.obs
-                        action = (
-                            policy(obs)
-                            if policy is not None
-                            else jnp.zeros((env.action_size,), obs.dtype)
-                        )
-                        action = action + action_noise * jax.random.normal(
-                            step_key, action.shape, action.dtype
-                        )
-                        next_state = env.step(state, action)
-                        return next_state, (obs, action, next_state.reward)
-
-                    final, (obs, actions, rewards) = jax.lax.scan(
-                        env_step, state, jax.random.split(key, horizon)
-                    )
-                    return jnp.concatenate([obs, final.obs[None]]), actions, rewards
-
-                out = jax.vmap(one)(states, jax.random.split(key_noise, num_trajectories))
-                return jax.lax.stop_gradient(out)
-
-            self._rollouts[cache_key] = jax.jit(rollouts)
-        return self._rollouts[cache_key]
+        self._observation = observation
+        return self.observe(), reward
 
     def collect(
         self,
@@ -166,10 +367,10 @@ class RealSystem:
         """`num_trajectories` whole trajectories of `make_policy(params)` plus N(0, noise^2).
 
         Without `make_policy` the actions are the noise alone (a random-exploration dataset).
-        Every trajectory starts from a fresh reset; all run in one jitted vmapped rollout,
-        compiled once per (make_policy, num_trajectories, horizon): new params or noise reuse
-        it. The num_trajectories * horizon transitions are checked against the budget before
-        any is taken, and counted exactly.
+        Every trajectory starts from a fresh reset. On a Brax testbed all run in one jitted
+        vmapped rollout, compiled once per (make_policy, num_trajectories, horizon): new params
+        or noise reuse it. The num_trajectories * horizon transitions are checked against the
+        budget before any is taken; those taken are counted exactly.
         """
         horizon = self.episode_length if horizon is None else horizon
         for name, value in (("num_trajectories", num_trajectories), ("horizon", horizon)):
@@ -182,12 +383,8 @@ class RealSystem:
         if (make_policy is None) != (params is None):
             raise ValueError("RealSystem.collect needs make_policy and params together, or neither")
         self._reserve(num_trajectories * horizon)
-        rollouts = self._rollout_fn(make_policy, num_trajectories, horizon)
-        observations, actions, rewards = jax.device_get(
-            rollouts(params, key, jnp.asarray(action_noise, self._env.dtype))
-        )
-        trajectories = RealTrajectories(
-            np.asarray(observations), np.asarray(actions), np.asarray(rewards)
+        trajectories = self._system.collect(
+            key, num_trajectories, horizon, make_policy, params, action_noise
         )
         self.transitions += trajectories.transitions
         return trajectories
@@ -204,25 +401,10 @@ class RealSystem:
             )
         if not np.all(np.isfinite(actions)):
             raise ValueError("RealSystem.play got non-finite actions")
-        n, horizon = actions.shape[:2]
-        self._reserve(n * horizon)
-        if "play" not in self._rollouts:
-            env = self._env
-
-            def play(key, actions):
-                states = reset_batch(env, key, actions.shape[0])
-                trajectory = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, actions)
-                return jax.lax.stop_gradient(tuple(trajectory))
-
-            self._rollouts["play"] = jax.jit(play)
-        observations, played, rewards = jax.device_get(
-            self._rollouts["play"](key, jnp.asarray(actions, self._env.dtype))
-        )
-        trajectories = RealTrajectories(
-            np.asarray(observations), np.asarray(played), np.asarray(rewards)
-        )
+        self._reserve(actions.shape[0] * actions.shape[1])
+        trajectories = self._system.play(key, actions)
         self.transitions += trajectories.transitions
         return trajectories
 
 
-__all__ = ["RealSystem", "RealTrajectories"]
+__all__ = ["GymAdapter", "RealSystem", "RealTrajectories"]

@@ -97,7 +97,9 @@ def as_dataset(trajectories: RealTrajectories | TransitionDataset) -> Transition
     if isinstance(trajectories, TransitionDataset):
         return trajectories
     return TransitionDataset(
-        np.asarray(trajectories.observations), np.asarray(trajectories.actions)
+        np.asarray(trajectories.observations),
+        np.asarray(trajectories.actions),
+        valid=trajectories.valid,
     )
 
 

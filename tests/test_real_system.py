@@ -1,13 +1,15 @@
 """The real-system boundary: budget, exact transition counts, no gradients, one compile."""
 
+import gymnasium
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dynamics_models import TransitionDataset
 from pods.networks import PolicyNetwork, init_policy_params, make_policy_factory
 from sim2real import make_testbed
-from sim2real.real_system import RealSystem, RealTrajectories
+from sim2real.real_system import GymAdapter, RealSystem, RealTrajectories
 
 HORIZON = 4
 
@@ -113,3 +115,137 @@ def test_bad_requests_raise_clear_errors(testbed, make, message):
     with pytest.raises(ValueError, match=message) as error:
         make(testbed)
     assert "\n" not in str(error.value)
+
+
+# --- a gymnasium env behind the boundary -------------------------------------------------------
+
+
+class _Ramp(gymnasium.Env):
+    """A toy system in the single cart-pole's layout: the cart position counts the steps plus
+    the commands sent; it can be told to terminate, or to report a non-finite observation, at
+    a given step of every episode."""
+
+    def __init__(self, terminate_at=None, nan_at=None, obs_size=5):
+        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (obs_size,), np.float64)
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.terminate_at, self.nan_at = terminate_at, nan_at
+        self.dt = 0.05
+
+    def _obs(self):
+        return np.array([self.x, 1.0, 0.0, 0.0, 0.0])[: self.observation_space.shape[0]]
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.x = 0, float(self.np_random.uniform(-0.1, 0.1))
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        self.x += 1.0 + float(np.clip(action[0], -1, 1))
+        obs = self._obs()
+        if self.t == self.nan_at:
+            obs[0] = np.nan
+        return obs, -abs(self.x), self.t == self.terminate_at, False, {}
+
+
+def test_a_gymnasium_env_is_a_real_system_with_the_same_budget():
+    system = RealSystem(_Ramp(), budget=20, episode_length=HORIZON)
+    assert system.is_gym and system.observation_size == 5 and system.dt == 0.05
+    data = system.play(jax.random.PRNGKey(0), np.full((2, HORIZON, 1), 0.5))
+    assert data.observations.shape == (2, HORIZON + 1, 5) and data.valid.all()
+    np.testing.assert_allclose(np.diff(data.observations[:, :, 0], axis=1), 1.5)
+    np.testing.assert_allclose(data.rewards, -np.abs(data.observations[:, 1:, 0]))
+    assert system.transitions == data.transitions == 8
+    with pytest.raises(ValueError, match="budget of 20 transitions exceeded: 16 requested"):
+        system.play(jax.random.PRNGKey(1), np.zeros((4, HORIZON, 1)))
+    assert system.transitions == 8
+    # The same key resets to the same initial state: episodes are reproducible.
+    again = RealSystem(_Ramp(), budget=8, episode_length=HORIZON)
+    np.testing.assert_array_equal(
+        again.play(jax.random.PRNGKey(0), data.actions).observations, data.observations
+    )
+
+
+def test_a_gymnasium_policy_collection_plays_the_policy(policy):
+    make_policy, params = policy
+    system = RealSystem(_Ramp(), budget=40, episode_length=HORIZON)
+    data = system.collect(jax.random.PRNGKey(2), 3, make_policy=make_policy, params=params)
+    played = jax.vmap(jax.vmap(make_policy(params)))(jnp.asarray(data.observations[:, :-1]))
+    np.testing.assert_allclose(data.actions, played, rtol=1e-5, atol=1e-6)
+    assert system.transitions == 12
+
+
+def test_an_episode_that_ends_early_keeps_its_transitions_and_nothing_learns_past_its_end():
+    system = RealSystem(_Ramp(terminate_at=2), budget=40, episode_length=HORIZON)
+    data = system.play(jax.random.PRNGKey(0), np.zeros((3, HORIZON, 1)))
+    np.testing.assert_array_equal(data.valid, np.array([[True, True, False, False]] * 3))
+    assert system.transitions == data.transitions == 6
+    # The record after the end repeats the last observation, with zero commands.
+    np.testing.assert_array_equal(data.observations[:, 3], data.observations[:, 2])
+    dataset = TransitionDataset(data.observations, data.actions, valid=data.valid)
+    assert dataset.n_transitions == 6 and len(dataset.transitions()[0]) == 6
+    s0, _, targets = dataset.windows(2)
+    assert len(s0) == 3  # one 2-step window per episode: steps 0-1
+    np.testing.assert_allclose(targets[:, -1, 0] - s0[:, 0], 2.0)
+
+
+def test_a_non_finite_observation_ends_the_episode_before_it_with_a_warning():
+    system = RealSystem(_Ramp(nan_at=3), budget=40, episode_length=HORIZON)
+    with pytest.warns(RuntimeWarning) as record:
+        data = system.play(jax.random.PRNGKey(0), np.zeros((2, HORIZON, 1)))
+    assert [str(w.message).split(";")[0] for w in record] == [
+        f"gym: non-finite observation at step 3 of episode {i}" for i in range(2)
+    ]
+    np.testing.assert_array_equal(data.valid[0], [True, True, False, False])
+    assert np.all(np.isfinite(data.observations))
+    assert system.transitions == 4
+    # Saved and loaded, the dataset keeps its mask; files without one (version 1) still load.
+    dataset = TransitionDataset(data.observations, data.actions, valid=data.valid)
+    assert dataset.header()["ended_early"] == 2
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: RealSystem(
+                _Ramp(obs_size=3), 5, episode_length=4, adapter=GymAdapter(observation_size=5)
+            ),
+            r"shape \(3,\)",
+        ),
+        (
+            lambda: RealSystem(
+                _Ramp(), budget=5, episode_length=4, adapter=GymAdapter(action=lambda u: 5 + u)
+            ),
+            "outside the gymnasium env's action space",
+        ),
+        (lambda: RealSystem(_Ramp(), budget=5), "episode_length"),
+        (
+            lambda: RealSystem(make_testbed("cartpole_balance_real"), 5, adapter=GymAdapter()),
+            "needs none",
+        ),
+    ],
+)
+def test_a_gymnasium_env_whose_spaces_do_not_match_is_refused_before_any_transition(make, message):
+    with pytest.raises(ValueError, match=message) as error:
+        make()
+    assert "\n" not in str(error.value)
+
+
+def test_gymnasiums_own_inverted_pendulum_through_an_adapter():
+    """A third-party env: gymnasium's MuJoCo InvertedPendulum-v5, whose observation is
+    [x, theta, xdot, thetadot] and whose force lies in [-3, 3], mapped to the cart-pole's
+    layout. Its episodes terminate once the pole leans past 0.2 rad."""
+    adapter = GymAdapter(
+        observation=lambda o: np.array([o[0], np.cos(o[1]), np.sin(o[1]), o[2], o[3]]),
+        action=lambda u: 3.0 * np.clip(u, -1, 1),
+        observation_size=5,
+    )
+    system = RealSystem(
+        gymnasium.make("InvertedPendulum-v5"), 400, adapter=adapter, episode_length=50
+    )
+    data = system.play(jax.random.PRNGKey(0), np.ones((4, 50, 1)))
+    lengths = data.valid.sum(axis=1)
+    assert np.all(lengths < 50) and np.all(lengths > 0)
+    assert system.transitions == int(lengths.sum())
+    np.testing.assert_allclose(np.hypot(data.observations[..., 1], data.observations[..., 2]), 1.0)
