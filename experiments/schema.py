@@ -22,9 +22,10 @@ from baselines.lqr import LQRConfig
 from dynamics_models.factory import ModelConfig
 from pods.hds import HDSConfig
 from pods.train import PODSConfig
+from sim2real.lab import LabEffects
 from sim2real.loop import LoopConfig
 from sim2real.sysid import SysIDConfig
-from sim2real.testbeds import SYSTEMS, Physics
+from sim2real.testbeds import PHYSICS_FIELDS, REAL_PROFILES, SYSTEMS, Physics
 
 
 class ConfigError(ValueError):
@@ -59,8 +60,26 @@ def schema_of(library_config: type, name: str, extra: dict[str, Any] | None = No
             spec = dataclasses.field(default=default)
         fields.append((f.name, _omegaconf_type(hints[f.name]), spec))
     for key, (hint, default) in (extra or {}).items():
-        fields.append((key, hint, dataclasses.field(default=default)))
+        spec = (
+            default
+            if isinstance(default, dataclasses.Field)
+            else dataclasses.field(default=default)
+        )
+        fields.append((key, hint, spec))
     return dataclasses.make_dataclass(name, fields)
+
+
+def merged_schema(name: str, *schemas: type) -> type:
+    """One schema with the fields of each of `schemas` (whose field names must differ)."""
+
+    def copy(f: dataclasses.Field) -> dataclasses.Field:
+        if f.default is not dataclasses.MISSING:
+            return dataclasses.field(default=f.default)
+        return dataclasses.field(default_factory=f.default_factory)
+
+    return dataclasses.make_dataclass(
+        name, [(f.name, f.type, copy(f)) for schema in schemas for f in dataclasses.fields(schema)]
+    )
 
 
 def to_library_config(library_config: type, node: DictConfig | dict, key: str, skip=()) -> Any:
@@ -83,20 +102,33 @@ def to_library_config(library_config: type, node: DictConfig | dict, key: str, s
 
 
 PhysicsSchema = schema_of(Physics, "PhysicsSchema")
+LabSchema = merged_schema("LabSchema", PhysicsSchema, schema_of(LabEffects, "LabEffectsSchema"))
+"""The lab profile in one flat node: `Physics`'s fields (the lab's in-family part) and
+`LabEffects`'s (the rest), e.g. env.lab.latency_steps=2 env.lab.slider_friction=0.5."""
+
+ENGINES = ("brax", "mujoco", "gym")
+"""What stands for the physical system: the Brax twin of the profile, the same rig in MuJoCo C
+(`sim2real.mujoco_lab`), or a user's gymnasium env (`real.gym_id`, `real.gym_adapter`)."""
 
 
 @dataclasses.dataclass
 class EnvSchema:
-    """A testbed: which system and task, and the physics of its `sim` and `real` variants."""
+    """A testbed: which system and task, the physics of its `sim`, and the real system's
+    profile: `friction` (the `real` node, inside the simulator's family) or `lab` (the
+    `lab` node: a lab rig's physics, beyond it)."""
 
     system: str = "cartpole"
     task: str = "swingup"
     episode_length: int = 100
     backend: str = "generalized"
+    real_profile: str = "friction"
     sim: Any = dataclasses.field(
         default_factory=lambda: PhysicsSchema(**dataclasses.asdict(Physics.nominal()))
     )
     real: Any = dataclasses.field(default_factory=PhysicsSchema)
+    lab: Any = dataclasses.field(
+        default_factory=lambda: LabSchema(**dataclasses.asdict(Physics.lab()))
+    )
 
 
 PODSSchema = schema_of(PODSConfig, "PODSSchema", extra={"name": (str, "pods")})
@@ -105,7 +137,18 @@ APGSchema = schema_of(APGConfig, "APGSchema", extra={"name": (str, "apg")})
 PPOSchema = schema_of(PPOConfig, "PPOSchema", extra={"name": (str, "ppo")})
 LQRSchema = schema_of(LQRConfig, "LQRSchema", extra={"name": (str, "lqr")})
 ModelSchema = schema_of(ModelConfig, "ModelSchema")
-LoopSchema = schema_of(LoopConfig, "LoopSchema")
+LOOP_EXTRAS = ("engine", "gym_id", "gym_adapter", "gym_kwargs")
+"""Keys of the `real` node that choose the real system rather than how its data is spent."""
+LoopSchema = schema_of(
+    LoopConfig,
+    "LoopSchema",
+    extra={
+        "engine": (str, "brax"),
+        "gym_id": (Optional[str], None),  # noqa: UP045 (OmegaConf needs Optional)
+        "gym_adapter": (Optional[str], None),  # noqa: UP045
+        "gym_kwargs": (Any, dataclasses.field(default_factory=dict)),
+    },
+)
 SysIDSchema = schema_of(SysIDConfig, "SysIDSchema")
 
 
@@ -154,6 +197,24 @@ def register_schemas(store: ConfigStore | None = None) -> None:
 
 def build_physics(node: DictConfig, key: str) -> Physics:
     return to_library_config(Physics, node, key)
+
+
+def build_lab(node: DictConfig, key: str = "env.lab") -> tuple[Physics, LabEffects]:
+    """The lab profile's `Physics` and `LabEffects` from its flat node."""
+    values = OmegaConf.to_container(node, resolve=True)
+    physics = to_library_config(Physics, {k: values[k] for k in PHYSICS_FIELDS}, key)
+    effects = {k: v for k, v in values.items() if k not in PHYSICS_FIELDS}
+    return physics, to_library_config(LabEffects, effects, key)
+
+
+def check_real_profile(node: DictConfig) -> str:
+    """The testbed variant of `env.real_profile`."""
+    if node.real_profile not in REAL_PROFILES:
+        raise ConfigError(
+            f"env.real_profile: unknown profile {node.real_profile!r}; "
+            f"expected one of {tuple(REAL_PROFILES)}"
+        )
+    return REAL_PROFILES[node.real_profile]
 
 
 def check_env(node: DictConfig) -> None:

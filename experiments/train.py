@@ -24,8 +24,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from dynamics_models import ModelConfig
+from experiments.real import RealSpec, build_real
 from experiments.run_dir import RunDirectory
-from experiments.schema import ConfigError, build_physics, register_schemas, to_library_config
+from experiments.schema import (
+    LOOP_EXTRAS,
+    ConfigError,
+    build_physics,
+    register_schemas,
+    to_library_config,
+)
 from experiments.trainers import TRAINERS, RunContext, algo_config
 from pods.runtime import configure_jax
 from sim2real.evaluation import evaluate_sim_and_real, gap_closure, normalized_score, seed_streams
@@ -43,22 +50,21 @@ def config_fingerprint(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_envs(cfg: DictConfig, dtype) -> tuple[CartPole, CartPole]:
-    """The sim and real testbeds the config describes."""
+def build_envs(cfg: DictConfig, dtype) -> tuple[CartPole, RealSpec]:
+    """The sim testbed and the real system the config describes."""
     env = cfg.env
     common = dict(episode_length=env.episode_length, backend=env.backend, dtype=dtype)
     try:
         sim = make_testbed(
             f"{env.system}_{env.task}_sim", physics=build_physics(env.sim, "env.sim"), **common
         )
-        real = make_testbed(
-            f"{env.system}_{env.task}_real", physics=build_physics(env.real, "env.real"), **common
-        )
-    except ConfigError:
-        raise
     except ValueError as err:
         raise ConfigError(f"env: {err}") from None
-    return sim, real
+    return sim, build_real(cfg, common)
+
+
+NEEDS_TWIN = ("oracle",)
+"""Algorithms that train on the real system's differentiable twin."""
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -77,8 +83,16 @@ def check_config(cfg: DictConfig) -> None:
             )
     algo_config(cfg)
     to_library_config(ModelConfig, cfg.model, "model")
-    to_library_config(LoopConfig, cfg.real, "real")
+    to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS)
     to_library_config(SysIDConfig, cfg.sysid, "sysid")
+    if cfg.real.engine == "gym":
+        for name in (cfg.algo.name, *cfg.run.compare):
+            if name in NEEDS_TWIN:
+                raise ConfigError(
+                    f"algo {name!r} trains on the real system's differentiable twin, and "
+                    f"real.engine=gym ({cfg.real.gym_id}) has none"
+                )
+    build_envs(cfg, jnp.float32)
 
 
 def write_animation(run_dir: RunDirectory, env: CartPole, observations: dict) -> Path:
@@ -106,13 +120,15 @@ def run_experiment(cfg: DictConfig, output_dir: Path) -> dict:
     n_eval = cfg.run.eval_trajectories
     # The same held-out initial states (and random commands) in both variants.
     returns = evaluate_sim_and_real(
-        trained.make_policy, trained.params, sim, real, eval_key, n_eval
+        trained.make_policy, trained.params, sim, real.evaluation_env(n_eval), eval_key, n_eval
     )
     records = run_dir.read_metrics()
     last = records[-1] if records else {}
     summary = {
         "algo": cfg.algo.name,
         "env": f"{sim.system_name}_{sim.task}",
+        "real/profile": cfg.env.real_profile,
+        "real/engine": cfg.real.engine,
         "seed": cfg.seed,
         "eval/return_sim": returns["sim"].policy,
         "eval/return_real": returns["real"].policy,

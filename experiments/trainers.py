@@ -32,14 +32,14 @@ from baselines.lqr import LQRConfig
 from baselines.lqr import train as train_lqr_gain
 from dynamics_models import ModelConfig, load_dataset, load_model, random_actions, save_model
 from dynamics_models.checkpoint import read_sidecar
+from experiments.real import RealSpec
 from experiments.run_dir import RunDirectory, atomic_write_json
-from experiments.schema import ConfigError, to_library_config
+from experiments.schema import LOOP_EXTRAS, ConfigError, to_library_config
 from pods.hds import HDSConfig, make_hds
 from pods.rollout import Policy
 from pods.train import PODSConfig, TrainingState, init_training_state, make_pods
 from pods.train import train as train_pods
 from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop
-from sim2real.real_system import RealSystem
 from sim2real.sysid import SysIDConfig, identify
 from sim2real.testbeds import CartPole, Physics
 
@@ -50,7 +50,8 @@ class RunContext:
 
     cfg: DictConfig
     sim: CartPole
-    real: CartPole
+    real: RealSpec
+    """The real system: its differentiable twin, and what stands for the physical one."""
     key: jax.Array
     """The training stream of the seed (evaluation draws from another)."""
     run_dir: RunDirectory
@@ -133,13 +134,13 @@ def train_pods_in_sim(ctx: RunContext) -> Trained:
 
 
 def train_oracle(ctx: RunContext) -> Trained:
-    return _pods(ctx, ctx.real)
+    return _pods(ctx, ctx.real.twin)
 
 
 def train_hds(ctx: RunContext) -> Trained:
     cfg = ctx.cfg
     config: HDSConfig = algo_config(cfg)
-    loop_config: LoopConfig = to_library_config(LoopConfig, cfg.real, "real")
+    loop_config: LoopConfig = to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS)
     model_config: ModelConfig = to_library_config(ModelConfig, cfg.model, "model")
     try:
         loop_config.rounds(ctx.real.episode_length)  # the budget holds the initial data
@@ -172,7 +173,7 @@ def train_hds(ctx: RunContext) -> Trained:
         loop_config,
         model_config,
         ctx.sim,
-        RealSystem(ctx.real, budget=loop_config.budget),
+        ctx.real.system(loop_config.budget),
         ctx.key,
         initial_state=loop.initial_state,
         resume=resume,
@@ -198,7 +199,7 @@ def train_pods_sysid(ctx: RunContext) -> Trained:
     then trains PODS in the identified simulator. The identified physics is saved before
     PODS starts, so a resumed run neither collects nor fits again."""
     cfg = ctx.cfg
-    loop_config: LoopConfig = to_library_config(LoopConfig, cfg.real, "real")
+    loop_config: LoopConfig = to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS)
     sysid_config: SysIDConfig = to_library_config(SysIDConfig, cfg.sysid, "sysid")
     horizon = ctx.real.episode_length
     episodes = loop_config.budget // horizon
@@ -213,12 +214,12 @@ def train_pods_sysid(ctx: RunContext) -> Trained:
         record = json.loads(identified_path.read_text())
     else:
         key_data, key_fit = jax.random.split(jax.random.fold_in(ctx.key, 1))
-        real = RealSystem(ctx.real, budget=loop_config.budget)
+        real = ctx.real.system(loop_config.budget)
         commands = random_actions(
             key_data,
             episodes,
             horizon,
-            ctx.real.action_size,
+            real.action_size,
             correlation=loop_config.random_correlation,
         )
         data = real.play(jax.random.fold_in(key_data, 1), commands)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pods.rollout import Policy, reset_batch, rollout_actions, rollout_policy
+from sim2real.real_system import RealSystem
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 
@@ -76,12 +77,36 @@ def evaluate(
     num_trajectories: int,
 ) -> Evaluation:
     """Mean returns of the policy `make_policy(params)` and of random commands over
-    `num_trajectories` initial states drawn from `key`, for `env.episode_length` steps."""
+    `num_trajectories` initial states drawn from `key`, for `env.episode_length` steps.
+
+    `env` is a Brax env (all episodes in one jitted rollout) or a `RealSystem` (one step at a
+    time: a gymnasium env, whose initial states come from its own reset, seeded by `key`).
+    """
     if not (isinstance(num_trajectories, int) and num_trajectories > 0):
         raise ValueError(f"num_trajectories must be a positive integer, got {num_trajectories!r}")
+    if isinstance(env, RealSystem):
+        return _evaluate_real_system(env, make_policy, params, key, num_trajectories)
     run = _evaluator(env, make_policy, num_trajectories)
     policy_return, random_return, observations = jax.device_get(run(params, key))
     return Evaluation(float(policy_return), float(random_return), np.asarray(observations))
+
+
+def _evaluate_real_system(
+    system: RealSystem, make_policy, params, key: jax.Array, num_trajectories: int
+) -> Evaluation:
+    key_reset, key_actions = jax.random.split(key)
+    horizon = system.episode_length
+    shape = (num_trajectories, horizon, system.action_size)
+    random_actions = np.asarray(jax.random.uniform(key_actions, shape, minval=-1.0, maxval=1.0))
+    learned = system.collect(key_reset, num_trajectories, make_policy=make_policy, params=params)
+    # `collect` resets episode i from split(split(key)[0], n)[i]; `play` from split(key, n)[i]:
+    # the random commands start from the policy's initial states.
+    random = system.play(jax.random.split(key_reset)[0], random_actions)
+    return Evaluation(
+        float(np.mean(np.sum(learned.rewards, axis=1))),
+        float(np.mean(np.sum(random.rewards, axis=1))),
+        learned.observations[0],
+    )
 
 
 def evaluate_sim_and_real(
@@ -93,7 +118,9 @@ def evaluate_sim_and_real(
     num_trajectories: int,
 ) -> dict[str, Evaluation]:
     """`evaluate` in `sim` and in `real` from the same key: the same held-out initial states
-    (the variants share the initial-state distribution) and the same random commands."""
+    (the variants share the initial-state distribution) and the same random commands. A
+    `real` that is a gymnasium env behind a `RealSystem` draws its own initial states, from
+    the same distribution where it implements the testbed's (the MuJoCo C engine does)."""
     return {
         "sim": evaluate(sim, make_policy, params, key, num_trajectories),
         "real": evaluate(real, make_policy, params, key, num_trajectories),

@@ -259,7 +259,9 @@ class _GymSystem:
         return self._episodes(key_episodes, num_trajectories, horizon, choose)
 
     def play(self, key: jax.Array, actions: np.ndarray) -> RealTrajectories:
-        return self._episodes(key, actions.shape[0], actions.shape[1], lambda i, t, _: actions[i, t])
+        return self._episodes(
+            key, actions.shape[0], actions.shape[1], lambda i, t, _: actions[i, t]
+        )
 
 
 class RealSystem:

@@ -1,0 +1,138 @@
+"""The run's real system, as the config describes it: a profile and an engine.
+
+    env.real_profile   friction: the `real` testbed (the `env.real` node: inside the
+                       simulator's family, where system identification must be exact)
+                       lab: the `lab` testbed (the `env.lab` node: a lab rig's physics)
+    real.engine        brax: the differentiable Brax twin of the profile itself
+                       mujoco: the same rig in MuJoCo C (`sim2real.mujoco_lab`)
+                       gym: a user's gymnasium env, `real.gym_id` (made with `real.gym_kwargs`),
+                       mapped to the testbed's layout by `real.gym_adapter` ("module:name" of a
+                       `sim2real.real_system.GymAdapter`, or of a function returning one)
+
+The oracle trains on the profile's Brax twin; with `real.engine=gym` there is none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.schema import (
+    ENGINES,
+    ConfigError,
+    build_lab,
+    build_physics,
+    check_real_profile,
+)
+from sim2real.real_system import GymAdapter, RealSystem
+from sim2real.testbeds import CartPole, make_testbed
+
+
+@dataclasses.dataclass
+class RealSpec:
+    """What stands for the physical system in a run, and its differentiable twin."""
+
+    engine: str
+    twin: CartPole | None
+    """The Brax testbed of the profile (the oracle's env); None for `engine=gym`."""
+    episode_length: int
+    make_env: Callable[[], gymnasium.Env] | None = None
+    """A fresh gymnasium env of the real system (engines `mujoco` and `gym`)."""
+    adapter: GymAdapter | None = None
+
+    @property
+    def name(self) -> str:
+        if self.twin is not None and self.engine == "brax":
+            return self.twin.name
+        env = self.make_env()
+        return str(getattr(env.unwrapped, "name", None) or env.spec.id)
+
+    def system(self, budget: int) -> RealSystem:
+        """The real system behind the budgeted boundary."""
+        if self.engine == "brax":
+            return RealSystem(self.twin, budget)
+        return RealSystem(
+            self.make_env(), budget, adapter=self.adapter, episode_length=self.episode_length
+        )
+
+    def evaluation_env(self, num_trajectories: int) -> Any:
+        """What evaluation plays on: the Brax twin (batched, the same initial states as
+        `sim`), or a real system of its own whose budget holds the evaluation's episodes
+        (evaluation never spends a run's training budget)."""
+        if self.engine == "brax":
+            return self.twin
+        return self.system(2 * num_trajectories * self.episode_length)
+
+
+def _import(path: str, key: str) -> Any:
+    module, _, attribute = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{key}: cannot import {path!r} ({err})") from None
+
+
+def _gym_adapter(path: str | None) -> GymAdapter:
+    if path is None:
+        return GymAdapter()
+    adapter = _import(path, "real.gym_adapter")
+    if not isinstance(adapter, GymAdapter) and callable(adapter):
+        adapter = adapter()
+    if not isinstance(adapter, GymAdapter):
+        raise ConfigError(
+            f"real.gym_adapter: {path!r} is a {type(adapter).__name__}, not a GymAdapter"
+        )
+    return adapter
+
+
+def build_real(cfg: DictConfig, common: dict) -> RealSpec:
+    """The real system of `cfg` (see the module docstring); `common` holds the testbed
+    arguments the sim was built with (episode length, backend, dtype)."""
+    env, real = cfg.env, cfg.real
+    variant = check_real_profile(env)
+    if real.engine not in ENGINES:
+        raise ConfigError(f"real.engine: unknown engine {real.engine!r}; expected one of {ENGINES}")
+    name = f"{env.system}_{env.task}_{variant}"
+    if variant == "lab":
+        physics, lab = build_lab(env.lab)
+        profile = dict(physics=physics, lab=lab)
+    else:
+        profile = dict(physics=build_physics(env.real, "env.real"))
+    try:
+        twin = make_testbed(name, **profile, **common) if real.engine != "gym" else None
+    except ValueError as err:
+        raise ConfigError(f"env: {err}") from None
+    spec = RealSpec(real.engine, twin, env.episode_length)
+    if real.engine == "mujoco":
+        from sim2real.mujoco_lab import MujocoCartPole
+
+        def make_mujoco() -> gymnasium.Env:
+            return MujocoCartPole(
+                env.system, env.task, variant, episode_length=env.episode_length, **profile
+            )
+
+        spec.make_env = make_mujoco
+    elif real.engine == "gym":
+        if real.gym_id is None:
+            raise ConfigError("real.gym_id: engine=gym needs the gymnasium id of the real system")
+        kwargs = OmegaConf.to_container(real.gym_kwargs, resolve=True)
+        try:
+            gymnasium.spec(real.gym_id)
+        except gymnasium.error.Error as err:
+            raise ConfigError(f"real.gym_id: {err}") from None
+        spec.make_env = lambda: gymnasium.make(real.gym_id, **kwargs)
+        spec.adapter = _gym_adapter(real.gym_adapter)
+    elif real.gym_id is not None or real.gym_adapter is not None:
+        raise ConfigError(
+            f"real.gym_id / real.gym_adapter are set, but real.engine={real.engine!r} "
+            "(they choose the env of engine=gym)"
+        )
+    return spec
+
+
+__all__ = ["RealSpec", "build_real"]
