@@ -134,6 +134,8 @@ def run_experiment(cfg: DictConfig, output_dir: Path) -> dict:
         "eval/return_real": returns["real"].policy,
         "eval/return_random_sim": returns["sim"].random,
         "eval/return_random_real": returns["real"].random,
+        "eval/solved_sim": returns["sim"].solved,
+        "eval/solved_real": returns["real"].solved,
         # Normalized against the oracle (PODS trained on `real`): filled in where the run
         # compares with one (`run.compare`); paper_figures computes it across a sweep.
         "eval/score_real": None,
@@ -195,7 +197,8 @@ def format_table(summaries: list[dict]) -> str:
     lines = [
         f"\n{first['env']}, seed {first['seed']}: mean return over "
         f"{first['eval/trajectories']} held-out initial states",
-        f"{'policy':>10} {'sim':>9} {'real':>9} {'score':>7} {'gap':>7} {'real data':>10}",
+        f"{'policy':>10} {'sim':>9} {'real':>9} {'solved sim':>11} {'solved real':>12} "
+        f"{'score':>7} {'gap':>7} {'real data':>10}",
     ]
 
     def number(value, width: int, digits: int) -> str:
@@ -204,12 +207,13 @@ def format_table(summaries: list[dict]) -> str:
     for s in summaries:
         lines.append(
             f"{s['algo']:>10} {s['eval/return_sim']:9.2f} {s['eval/return_real']:9.2f} "
+            f"{s['eval/solved_sim']:11.0%} {s['eval/solved_real']:12.0%} "
             f"{number(s['eval/score_real'], 7, 2)} {number(s.get('eval/gap_closure'), 7, 2)} "
             f"{s['real/transitions']:10d}"
         )
     lines.append(
         f"{'random':>10} {first['eval/return_random_sim']:9.2f} "
-        f"{first['eval/return_random_real']:9.2f} {0.0:7.2f} {'':>7} {'':>10}"
+        f"{first['eval/return_random_real']:9.2f} {'':>11} {'':>12} {0.0:7.2f} {'':>7} {'':>10}"
     )
     if any(s["eval/score_real"] is not None for s in summaries):
         lines.append(

@@ -1,6 +1,11 @@
 """Sim-vs-real evaluation: returns on held-out initial states, the normalized real score and
 the sim2real gap closure.
 
+A task is *solved* from a start when every pole ends upright and stays there: within 0.2 rad
+of upright over the last half of a single-pole swing-up (50 of 100 steps), the last 30% of a
+double-pole one, and the whole episode of a balance task (`Solved`). The share of held-out
+starts solved is reported beside the return: a return says how much, solved whether.
+
 Every seed has two independent random streams: training draws only from the first, and
 evaluation only from the second, so no policy is ever scored on an initial state (or a real
 episode) it was trained on. `seed_streams` is the one place that splits them.
@@ -16,6 +21,7 @@ The oracle is PODS trained directly on the differentiable `real` testbed: fair h
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -37,6 +43,46 @@ def seed_streams(seed: int) -> tuple[jax.Array, jax.Array]:
     return jax.random.fold_in(key, TRAIN_STREAM), jax.random.fold_in(key, EVAL_STREAM)
 
 
+@dataclasses.dataclass(frozen=True)
+class Solved:
+    """Whether a trajectory solved its task: every pole within `tolerance` of upright at each
+    step of the episode's last `window` (a share of its steps; 1: every step)."""
+
+    n_poles: int
+    window: float
+    tolerance: float = 0.2
+    """rad, on each pole's absolute angle."""
+
+    @classmethod
+    def of_task(cls, task: str, n_poles: int) -> Solved:
+        if task == "balance":
+            return cls(n_poles, 1.0)
+        return cls(n_poles, 0.5 if n_poles == 1 else 0.3)
+
+    def steps(self, horizon: int) -> int:
+        """How many of the episode's last steps must be upright."""
+        return max(1, math.ceil(self.window * horizon - 1e-9))
+
+    def __call__(self, observations: Any, valid: Any = None, *, xp: Any = jnp) -> Any:
+        """[n] bool from observations [n, horizon + 1, obs] in the testbeds' layout (and the
+        `valid` mask [n, horizon] of episodes that ended early: those are not solved)."""
+        after = observations[:, 1:]
+        window = self.steps(after.shape[1])
+        cos = after[:, -window:, 1 : 1 + 2 * self.n_poles : 2]
+        sin = after[:, -window:, 2 : 2 + 2 * self.n_poles : 2]
+        absolute = xp.cumsum(xp.arctan2(sin, cos), axis=-1)
+        deviation = xp.abs(xp.arctan2(xp.sin(absolute), xp.cos(absolute)))
+        upright = xp.all(deviation <= self.tolerance, axis=(1, 2))
+        if valid is not None:
+            upright = upright & xp.all(valid, axis=1)
+        return upright
+
+
+def solved_criterion(env: Any) -> Solved:
+    """The `Solved` criterion of a testbed's task."""
+    return Solved.of_task(env.task, env.n_poles)
+
+
 class Evaluation(NamedTuple):
     """Mean returns on one env over n held-out initial states."""
 
@@ -46,10 +92,14 @@ class Evaluation(NamedTuple):
     """Uniform random commands' mean return, from the same initial states."""
     observations: np.ndarray
     """[horizon + 1, obs_dim]: the policy's first trajectory (for an animation)."""
+    solved: float = math.nan
+    """The share of the initial states from which the policy solved the task (`Solved`)."""
 
 
 @functools.lru_cache(maxsize=32)
-def _evaluator(env: Any, make_policy: Callable[[Any], Policy], num_trajectories: int):
+def _evaluator(
+    env: Any, make_policy: Callable[[Any], Policy], num_trajectories: int, criterion: Solved
+):
     """The jitted evaluation of one (env, policy family, batch): the parameters are an
     argument, not constants baked into the program, so every policy of the family reuses
     one compile (and the persistent cache serves other runs of the same shapes)."""
@@ -64,7 +114,8 @@ def _evaluator(env: Any, make_policy: Callable[[Any], Policy], num_trajectories:
         random = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, random_actions)
         policy = make_policy(params)
         learned = jax.vmap(lambda s: rollout_policy(env, s, policy, horizon))(states)
-        return jnp.mean(learned.value), jnp.mean(random.value), learned.observations[0]
+        solved = jnp.mean(criterion(learned.observations).astype(learned.value.dtype))
+        return jnp.mean(learned.value), jnp.mean(random.value), learned.observations[0], solved
 
     return run
 
@@ -75,24 +126,37 @@ def evaluate(
     params: Any,
     key: jax.Array,
     num_trajectories: int,
+    *,
+    criterion: Solved | None = None,
 ) -> Evaluation:
     """Mean returns of the policy `make_policy(params)` and of random commands over
-    `num_trajectories` initial states drawn from `key`, for `env.episode_length` steps.
+    `num_trajectories` initial states drawn from `key`, for `env.episode_length` steps, and
+    the share of them from which the policy solved the task (`criterion`, by default the
+    testbed's own).
 
     `env` is a Brax env (all episodes in one jitted rollout) or a `RealSystem` (one step at a
     time: a gymnasium env, whose initial states come from its own reset, seeded by `key`).
     """
     if not (isinstance(num_trajectories, int) and num_trajectories > 0):
         raise ValueError(f"num_trajectories must be a positive integer, got {num_trajectories!r}")
+    if criterion is None:
+        criterion = solved_criterion(env)
     if isinstance(env, RealSystem):
-        return _evaluate_real_system(env, make_policy, params, key, num_trajectories)
-    run = _evaluator(env, make_policy, num_trajectories)
-    policy_return, random_return, observations = jax.device_get(run(params, key))
-    return Evaluation(float(policy_return), float(random_return), np.asarray(observations))
+        return _evaluate_real_system(env, make_policy, params, key, num_trajectories, criterion)
+    run = _evaluator(env, make_policy, num_trajectories, criterion)
+    policy_return, random_return, observations, solved = jax.device_get(run(params, key))
+    return Evaluation(
+        float(policy_return), float(random_return), np.asarray(observations), float(solved)
+    )
 
 
 def _evaluate_real_system(
-    system: RealSystem, make_policy, params, key: jax.Array, num_trajectories: int
+    system: RealSystem,
+    make_policy,
+    params,
+    key: jax.Array,
+    num_trajectories: int,
+    criterion: Solved,
 ) -> Evaluation:
     key_reset, key_actions = jax.random.split(key)
     horizon = system.episode_length
@@ -106,6 +170,7 @@ def _evaluate_real_system(
         float(np.mean(np.sum(learned.rewards, axis=1))),
         float(np.mean(np.sum(random.rewards, axis=1))),
         learned.observations[0],
+        float(np.mean(criterion(learned.observations, learned.valid, xp=np))),
     )
 
 
@@ -121,9 +186,10 @@ def evaluate_sim_and_real(
     (the variants share the initial-state distribution) and the same random commands. A
     `real` that is a gymnasium env behind a `RealSystem` draws its own initial states, from
     the same distribution where it implements the testbed's (the MuJoCo C engine does)."""
+    criterion = solved_criterion(sim)
     return {
-        "sim": evaluate(sim, make_policy, params, key, num_trajectories),
-        "real": evaluate(real, make_policy, params, key, num_trajectories),
+        "sim": evaluate(sim, make_policy, params, key, num_trajectories, criterion=criterion),
+        "real": evaluate(real, make_policy, params, key, num_trajectories, criterion=criterion),
     }
 
 
@@ -149,9 +215,11 @@ __all__ = [
     "EVAL_STREAM",
     "TRAIN_STREAM",
     "Evaluation",
+    "Solved",
     "evaluate",
     "evaluate_sim_and_real",
     "gap_closure",
     "normalized_score",
     "seed_streams",
+    "solved_criterion",
 ]

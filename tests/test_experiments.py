@@ -85,6 +85,7 @@ def test_physics_is_overridable_field_by_field():
 
     cfg = compose_config(["env.real.slider_damping=2.5", "env.sim.actuator_gain=0.9"])
     sim, real = entry.build_envs(cfg, None)
+    real = real.twin
     assert real.physics.slider_damping == 2.5 and real.physics.slider_friction == 1.0
     assert sim.physics.actuator_gain == 0.9 and sim.physics.slider_damping == 0.0
 

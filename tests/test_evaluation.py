@@ -1,0 +1,56 @@
+"""The solved criterion: every pole upright over the end of the episode (or all of it)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sim2real.evaluation import Solved, solved_criterion
+from sim2real.testbeds import make_testbed
+
+
+def _observations(angles: np.ndarray) -> np.ndarray:
+    """Observations [n, T + 1, obs] in the testbeds' layout from hinge angles [n, T + 1, poles]."""
+    n, steps, poles = angles.shape
+    obs = np.zeros((n, steps, 2 + 3 * poles))
+    obs[..., 1 : 1 + 2 * poles : 2] = np.cos(angles)
+    obs[..., 2 : 2 + 2 * poles : 2] = np.sin(angles)
+    return obs
+
+
+def test_swingup_is_solved_when_the_pole_stays_up_over_the_last_half():
+    criterion = solved_criterion(make_testbed("cartpole_swingup_sim"))
+    assert criterion == Solved(1, 0.5) and criterion.steps(100) == 50
+    angles = np.full((4, 101, 1), np.pi)
+    angles[0, 51:] = 0.15  # up from step 50 on, within 0.2 rad
+    angles[1, 52:] = 2 * np.pi - 0.1  # up one step too late; angles wrap
+    angles[2, 51:] = 0.1
+    angles[2, 80] = 0.25  # up, but one step beyond the tolerance
+    angles[3, 51:] = -2 * np.pi + 0.05  # a full turn round, then up
+    solved = criterion(jnp.asarray(_observations(angles)))
+    np.testing.assert_array_equal(solved, [True, False, False, True])
+    np.testing.assert_array_equal(criterion(_observations(angles), xp=np), solved)
+
+
+def test_balance_is_solved_only_if_the_pole_never_leaves_the_top():
+    criterion = solved_criterion(make_testbed("cartpole_balance_sim"))
+    angles = np.full((2, 101, 1), 0.05)
+    angles[1, 3] = -0.21
+    np.testing.assert_array_equal(criterion(_observations(angles), xp=np), [True, False])
+
+
+def test_double_pole_counts_absolute_angles_over_the_last_30_percent():
+    criterion = solved_criterion(make_testbed("double_cartpole_swingup_sim"))
+    assert criterion.steps(100) == 30
+    angles = np.zeros((3, 101, 2))
+    angles[1, -10, 1] = 0.3  # the second pole bends at its hinge
+    angles[2, -10] = [0.15, -0.15]  # each hinge tilts, but the second pole is upright
+    np.testing.assert_array_equal(criterion(_observations(angles), xp=np), [True, False, True])
+
+
+@pytest.mark.parametrize("ended", [50, 99])
+def test_an_episode_that_ended_early_is_not_solved(ended):
+    criterion = Solved(1, 0.5)
+    obs = _observations(np.zeros((1, 101, 1)))
+    valid = np.arange(100)[None] < ended
+    assert not criterion(obs, valid, xp=np)[0]
+    assert criterion(obs, np.ones((1, 100), bool), xp=np)[0]
