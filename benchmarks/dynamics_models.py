@@ -3,7 +3,8 @@ cart-pole, as a function of how many real transitions they were trained on. Prin
 
     .venv/bin/python benchmarks/dynamics_models.py [--sizes 500 2000 10000] [--out FILE]
 
-Data: `cartpole_swingup_real` from its swing-up start, driven by random commands with lag-1
+Data: `cartpole_swingup_real` (`--profile friction`, the default) or `cartpole_swingup_lab`
+(`--profile lab`: its observations are what the lab's sensors read) from its swing-up start, driven by random commands with lag-1
 correlation 0.8 (white noise barely moves the cart); 100-step trajectories. Training sets are
 the first 500 / 2,000 / 10,000 transitions of one collection (split 80/20 by trajectory for
 early stopping); the test set is 20 further trajectories from other seeds. k-step RMSE is over
@@ -46,7 +47,7 @@ from dynamics_models import (  # noqa: E402
     train,
 )
 from pods.runtime import configure_jax  # noqa: E402
-from sim2real import make_testbed  # noqa: E402
+from sim2real import REAL_PROFILES, make_testbed  # noqa: E402
 
 KS = (1, 10, 50)
 MODELS = ("mlp", "mlp_obs_delta", "mlp_rollout_loss", "ensemble", "residual")
@@ -77,13 +78,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--test-trajectories", type=int, default=20)
     parser.add_argument("--max-steps", type=int, default=5000, help="gradient steps at most")
     parser.add_argument("--ensemble-size", type=int, default=5)
+    parser.add_argument(
+        "--profile",
+        choices=("friction", "lab"),
+        default="friction",
+        help="the real system: the in-family friction profile (the control) or the lab rig",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
     configure_jax()
 
     horizon = 100
-    real = make_testbed("cartpole_swingup_real", episode_length=horizon)
+    real = make_testbed(f"cartpole_swingup_{REAL_PROFILES[args.profile]}", episode_length=horizon)
     sim = make_testbed("cartpole_swingup_sim", episode_length=horizon)
     layout = ObsLayout.of_env(real)
     key = jax.random.PRNGKey(args.seed)
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "command": "python benchmarks/dynamics_models.py " + " ".join(argv or sys.argv[1:]),
         "testbed": real.name,
+        "profile": args.profile,
         "physics_real": real.physics.__dict__,
         "state_coordinates": ["x", "theta", "xdot", "thetadot"],
         "test": {"trajectories": test.n_trajectories, "horizon": horizon, "start_stride": 5},

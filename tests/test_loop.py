@@ -150,3 +150,30 @@ def test_beta_zero_takes_no_real_transition():
     result = run_loop(config, LOOP, MODEL, sim, real, jax.random.PRNGKey(0))
     assert real.transitions == 0 and result.dataset is None
     assert result.metrics[0]["real/transitions"] == 0
+
+
+def test_the_loop_runs_against_a_gymnasium_real_system_whose_episodes_end_early():
+    """gymnasium's MuJoCo InvertedPendulum-v5 as the real system, mapped to the cart-pole's
+    layout: its episodes terminate once the pole leans past 0.2 rad, so the real data holds
+    episodes that ended early. Their transitions are counted and kept, the model learns from
+    them, and HDS runs its epochs (the sim env is the tiny loop's: its epoch is compiled)."""
+    import gymnasium
+
+    from sim2real.real_system import GymAdapter
+
+    adapter = GymAdapter(
+        observation=lambda o: np.array([o[0], np.cos(o[1]), np.sin(o[1]), o[2], o[3]]),
+        action=lambda u: 3.0 * np.clip(u, -1, 1),
+        observation_size=5,
+    )
+    real = RealSystem(
+        gymnasium.make("InvertedPendulum-v5"), LOOP.budget, adapter=adapter, episode_length=HORIZON
+    )
+    sim = make_testbed("cartpole_balance_sim", episode_length=HORIZON)
+    result = run_loop(CONFIG, LOOP, MODEL, sim, real, seed_streams(0)[0])
+    data = result.dataset
+    assert data.valid is not None and not data.valid.all()  # some episodes ended early
+    assert real.transitions == data.n_transitions < LOOP.budget
+    assert len(result.metrics) == CONFIG.num_epochs
+    assert all(math.isfinite(m["model/validation_loss"]) for m in result.metrics)
+    assert all(math.isfinite(m["train/return"]) for m in result.metrics)
