@@ -153,7 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("overrides", nargs="*", help="env.* / real.* key=value")
     parser.add_argument("--episodes", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0, help="of the episodes' initial states")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="of the episodes' initial states (default: the run's seed, whose held-out "
+        "evaluation states a Brax twin then replays)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="the dataset file (.npz)")
     args = parser.parse_args(argv)
     try:
@@ -167,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = deploy(loaded, cfg, args.episodes, args.seed)
+    seed = loaded.config.seed if args.seed is None else args.seed
+    result = deploy(loaded, cfg, args.episodes, seed)
     out = args.out or (
         args.run_dir / "artifacts" / f"deploy_{cfg.env.real_profile}_{cfg.real.engine}.npz"
     )
