@@ -64,8 +64,9 @@ class MujocoCartPole(gymnasium.Env):
     read for the `lab` variant, the true state otherwise. Action: one motor command; beyond
     [-1, 1] it saturates as in the twin (the gain first, then the motor's control range).
     The reward is the task's on the true state. `info` holds the true `qpos` and `qvel` and
-    the command the motor delivers now (`motor`, after latency and lag). An episode truncates
-    after `episode_length` steps; it never terminates.
+    the command driving the motor now (`motor`: after the gain, latency and lag, before the
+    motor's range clips it). An episode truncates after `episode_length` steps; it never
+    terminates.
 
     `reset(options={"qpos": q, "qvel": qd})` starts at that state instead of a random one
     (to pair a run with the twin's).
