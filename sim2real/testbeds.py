@@ -222,6 +222,91 @@ class InitialStateNoise:
     """m."""
 
 
+def task_reward(obs: Any, action: Any, n_poles: int, weights: RewardWeights, *, xp: Any) -> Any:
+    """The task reward (module docstring) for arriving at observation `obs` by command
+    `action`, in the array module `xp` (numpy or jax.numpy): the Brax testbeds and the
+    MuJoCo C engine (`sim2real.mujoco_lab`) score with this one formula."""
+    cos_sin = obs[1 : 1 + 2 * n_poles].reshape(n_poles, 2)
+    # Absolute pole angles are cumulative sums of the relative hinge angles. arctan2 also
+    # accepts (cos, sin) pairs off the unit circle, as a learned model may predict them.
+    absolute = xp.cumsum(xp.arctan2(cos_sin[:, 1], cos_sin[:, 0]))
+    upright = xp.mean(0.5 * (1.0 + xp.cos(absolute)))
+    cart_x, pole_velocities = obs[0], obs[2 + 2 * n_poles :]
+    return (
+        upright
+        - weights.cart_position * cart_x**2
+        - weights.angular_velocity * xp.sum(pole_velocities**2)
+        - weights.action * xp.sum(action**2)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class CartPoleSpec:
+    """A testbed's constructor arguments checked and resolved (the variant's physics, the lab's
+    effects, step and physics steps per control period): what every engine builds from."""
+
+    system: str
+    task: str
+    variant: str
+    physics: Physics
+    lab: LabEffects | None
+    """The `lab` variant's effects; None for the others."""
+    timestep: float
+    """s, one physics step."""
+    n_frames: int
+    """Physics steps per control period."""
+    episode_length: int
+
+    @property
+    def n_poles(self) -> int:
+        return SYSTEMS[self.system]
+
+
+def resolve_testbed(
+    system: str,
+    task: str,
+    variant: str,
+    *,
+    physics: Physics | None = None,
+    lab: LabEffects | None = None,
+    episode_length: int = 100,
+    timestep: float | None = None,
+    n_frames: int | None = None,
+) -> CartPoleSpec:
+    """The rules of `CartPole`'s arguments (see its constructor), engine aside: the system's
+    step unless overridden, the lab's own step (`LabEffects.timestep`) dividing the control
+    period, lab effects only on the `lab` variant (`LabEffects()` by default)."""
+    if system not in SYSTEMS:
+        raise ValueError(f"unknown testbed system {system!r}; expected one of {tuple(SYSTEMS)}")
+    if task not in TASKS:
+        raise ValueError(f"unknown testbed task {task!r}; expected one of {TASKS}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown testbed variant {variant!r}; expected one of {VARIANTS}")
+    if not (isinstance(episode_length, int) and episode_length > 0):
+        raise ValueError(f"episode_length must be a positive integer, got {episode_length!r}")
+    timestep = PHYSICS_STEP[system][0] if timestep is None else timestep
+    n_frames = PHYSICS_STEP[system][1] if n_frames is None else n_frames
+    if not (timestep > 0 and isinstance(n_frames, int) and n_frames > 0):
+        raise ValueError(f"timestep and n_frames must be positive, got {timestep!r}, {n_frames!r}")
+    if lab is not None and variant != "lab":
+        raise ValueError(f"lab effects belong to the `lab` variant, not {variant!r}")
+    if variant == "lab":
+        lab = LabEffects() if lab is None else lab
+        if lab.timestep is not None:
+            n_frames = lab_physics.physics_steps(timestep * n_frames, lab.timestep)
+            timestep = lab.timestep
+    return CartPoleSpec(
+        system=system,
+        task=task,
+        variant=variant,
+        physics=Physics.of_variant(variant) if physics is None else physics,
+        lab=lab,
+        timestep=timestep,
+        n_frames=n_frames,
+        episode_length=episode_length,
+    )
+
+
 def _cast_floats(tree: Any, dtype: Any) -> Any:
     def cast(leaf):
         if isinstance(leaf, jax.Array | np.ndarray) and jnp.issubdtype(leaf.dtype, jnp.floating):
@@ -281,7 +366,7 @@ class CartPole(PipelineEnv):
         Args:
           system: `cartpole` or `double_cartpole`.
           task: `balance` (start near upright) or `swingup` (start hanging down).
-          variant: `sim` or `real`; chooses the default `physics`.
+          variant: `sim`, `real` or `lab`; chooses the default `physics`.
           physics: overrides the variant's physics.
           lab: the `lab` variant's effects (default `LabEffects()`); only that variant has them.
           reward_weights: penalties of the task reward.
@@ -292,44 +377,31 @@ class CartPole(PipelineEnv):
           n_frames: physics steps per env step; the control period is timestep * n_frames.
           dtype: float dtype of the system (jnp.float64 needs `jax.enable_x64`).
         """
-        if system not in SYSTEMS:
-            raise ValueError(f"unknown testbed system {system!r}; expected one of {tuple(SYSTEMS)}")
-        if task not in TASKS:
-            raise ValueError(f"unknown testbed task {task!r}; expected one of {TASKS}")
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown testbed variant {variant!r}; expected one of {VARIANTS}")
         if backend not in BACKENDS:
             raise ValueError(
                 f"unsupported Brax backend {backend!r} for the testbeds; expected one of {BACKENDS}"
             )
-        if not (isinstance(episode_length, int) and episode_length > 0):
-            raise ValueError(f"episode_length must be a positive integer, got {episode_length!r}")
-        timestep = PHYSICS_STEP[system][0] if timestep is None else timestep
-        n_frames = PHYSICS_STEP[system][1] if n_frames is None else n_frames
-        if not (timestep > 0 and isinstance(n_frames, int) and n_frames > 0):
+        spec = resolve_testbed(
+            system,
+            task,
+            variant,
+            physics=physics,
+            lab=lab,
+            episode_length=episode_length,
+            timestep=timestep,
+            n_frames=n_frames,
+        )
+        lab = spec.lab
+        if lab is not None and lab.integrator == "rk4" and backend != "generalized":
             raise ValueError(
-                f"timestep and n_frames must be positive, got {timestep!r}, {n_frames!r}"
+                f"the lab's RK4 integrator runs on the generalized backend, not {backend!r}"
             )
-
-        if lab is not None and variant != "lab":
-            raise ValueError(f"lab effects belong to the `lab` variant, not {variant!r}")
-        if variant == "lab":
-            lab = LabEffects() if lab is None else lab
-            if lab.integrator == "rk4" and backend != "generalized":
-                raise ValueError(
-                    f"the lab's RK4 integrator runs on the generalized backend, not {backend!r}"
-                )
-            if lab.timestep is not None:
-                n_frames = lab_physics.physics_steps(timestep * n_frames, lab.timestep)
-                timestep = lab.timestep
-
         self.system_name, self.task, self.variant = system, task, variant
-        self.physics = Physics.of_variant(variant) if physics is None else physics
-        self.lab = lab
+        self.physics, self.lab = spec.physics, lab
         self.reward_weights = reward_weights
         self.initial_noise = initial_noise
         self.episode_length = episode_length
-        self.n_poles = SYSTEMS[system]
+        self.n_poles = spec.n_poles
 
         with warnings.catch_warnings():
             # Brax's notice that its pipelines are unmaintained: known, and the reason the
@@ -342,11 +414,11 @@ class CartPole(PipelineEnv):
         # An exact mass-matrix solve instead of Brax's 10-iteration approximate inverse: the
         # matrix is at most 3x3, and exact dynamics keep gradients and finite differences
         # consistent.
-        sys = sys.tree_replace({"opt.timestep": timestep, "matrix_inv_iterations": 0})
+        sys = sys.tree_replace({"opt.timestep": spec.timestep, "matrix_inv_iterations": 0})
         if dtype is not None:
             sys = _cast_floats(sys, dtype)
         sys = physics_to_sys(sys, self.physics)
-        super().__init__(sys=sys, backend=backend, n_frames=n_frames, **kwargs)
+        super().__init__(sys=sys, backend=backend, n_frames=spec.n_frames, **kwargs)
         self._chain = lab_physics.ChainBody.of_model(sys.mj_model) if lab is not None else None
 
     @property
@@ -547,19 +619,7 @@ class CartPole(PipelineEnv):
 
     def task_reward(self, obs: Float[Array, " obs"], action: Float[Array, 1]) -> Float[Array, ""]:
         """The reward for arriving at observation `obs` by command `action`."""
-        n, w = self.n_poles, self.reward_weights
-        cos_sin = obs[1 : 1 + 2 * n].reshape(n, 2)
-        # Absolute pole angles are cumulative sums of the relative hinge angles. arctan2 also
-        # accepts (cos, sin) pairs off the unit circle, as a learned model may predict them.
-        absolute = jnp.cumsum(jnp.arctan2(cos_sin[:, 1], cos_sin[:, 0]))
-        upright = jnp.mean(0.5 * (1.0 + jnp.cos(absolute)))
-        cart_x, pole_velocities = obs[0], obs[2 + 2 * n :]
-        return (
-            upright
-            - w.cart_position * cart_x**2
-            - w.angular_velocity * jnp.sum(pole_velocities**2)
-            - w.action * jnp.sum(action**2)
-        )
+        return task_reward(obs, action, self.n_poles, self.reward_weights, xp=jnp)
 
 
 _LAB_STREAM = 7
