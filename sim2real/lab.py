@@ -67,7 +67,7 @@ class LabEffects:
     cogging_amplitude: float = 0.2
     """N: the motor's cogging, seen at the cart as a force periodic in its position."""
     cogging_period: float = 0.04
-    """m: one motor revolution on a 6.4 mm pinion moves the cart 4 cm."""
+    """m: one motor revolution moves the cart 4 cm (a pinion of 6.4 mm radius)."""
     # --- the body ---------------------------------------------------------------------------
     cart_mass_scale: float = 1.15
     """Cart mass / the MJCF's (1 kg): the motor, belt clamps and encoder ride on the cart."""
@@ -80,9 +80,9 @@ class LabEffects:
     """Distance from each hinge to its pole's centre of mass / the MJCF's (half the nominal
     length): a pivot block, a tip weight or a clamp moves it outward."""
     # --- the sensors ------------------------------------------------------------------------
-    position_resolution: float = 2.5e-5
-    """m: the cart position as a 4096-count encoder on a 16 mm-diameter pinion reads it
-    (50 mm / 4096 / 0.5 with quadrature). 0: exact."""
+    position_resolution: float = 1e-5
+    """m: the cart position as a 4096-count (1024-line, quadrature) encoder on the motor
+    reads it: 40 mm per revolution / 4096. 0: exact."""
     angle_resolution: float = 2 * math.pi / 4096
     """rad: each hinge angle as a 4096-count (1024-line, quadrature) encoder reads it. 0: exact."""
     linear_velocity_noise: float = 0.01
