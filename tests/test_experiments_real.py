@@ -120,6 +120,11 @@ def test_the_deploy_command_plays_records_and_reports(lab_run, tmp_path):
     data = load_dataset(out)
     assert data.n_trajectories == 3 and data.n_transitions == 3 * 8
     assert data.env_name == "cartpole_balance_real"
+    # The same policy on the MuJoCo C engine of the run's lab profile.
+    result = deploy(str(lab_run), "real.engine=mujoco", "--episodes", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[lab, mujoco]" in result.stdout
+    assert load_dataset(out).n_transitions == 2 * 8
 
 
 @pytest.mark.parametrize(
