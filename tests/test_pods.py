@@ -25,7 +25,7 @@ from pods.improve import (
     line_search,
     step_size_grid,
 )
-from pods.rollout import Trajectory, reset_batch, rollout_actions
+from pods.rollout import Episode, Trajectory, reset_batch, rollout_actions
 from pods.train import (
     Improvement,
     PODSConfig,
@@ -359,9 +359,12 @@ def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages()
         accepted=jnp.ones(k, bool),
         nonfinite=jnp.zeros(k, bool),
         observations=observations,
+        active=jnp.ones((k, horizon)),
     )
     steps = jax.tree.map(lambda x: x[None], steps)  # one improvement step
-    data = Trajectory(observations, actions, jnp.zeros((k, horizon)))
+    data = Episode(
+        Trajectory(observations, actions, jnp.zeros((k, horizon))), jnp.ones((k, horizon))
+    )
 
     def distilled_actions(fraction):
         improvement = Improvement(data, data, steps, elite(values, fraction), jnp.zeros(()))
