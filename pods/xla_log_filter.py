@@ -18,9 +18,9 @@ Dropped, and only these (see the README's Development section for why each is fa
   host lists them among its CPU features, so the check fails on every hit (jax-ml/jax#38445).
   A line naming any other feature (a real instruction set the host lacks) is kept.
 
-Every other byte passes through unchanged, and as soon as it can: a partial line (a
-progress bar's carriage-return update) is held only while it could still become one of
-those lines.
+Every other byte passes through unchanged, and as soon as it can: a known line is recognized
+wherever it starts (XLA's line may follow a progress bar's carriage-return update on the same
+line), and only a tail that could still begin one is held back.
 """
 
 import os
@@ -37,24 +37,37 @@ KNOWN = re.compile(
     rb")",
     re.DOTALL,
 )
-HEADER = re.compile(rb"[WE]\d{4} [\d:.]+ +\d+ ([\w.-]+):\d+\] ")
-KNOWN_SOURCES = (b"pjrt_executable.cc", b"cpu_aot_loader.cc")
+"""A whole known line, from its log header to its newline."""
+HEADER = re.compile(rb"[WE]\d{4} [\d:.]+ +\d+ (?:pjrt_executable|cpu_aot_loader)\.cc:\d+\] ")
+"""The start of a line that may be a known one."""
+PARTIAL_HEADER = re.compile(
+    rb"[WE](?:\d{0,3}|\d{4}(?: (?:[\d:.]*|[\d:.]+ +(?:\d*|\d+ (?:[\w.-]*|[\w.-]+:\d*\]?))))?)"
+)
+"""What the first bytes of HEADER may be, up to its last character."""
 HOLD_LIMIT = 1 << 20
-"""A partial line longer than this is passed on, whatever it may still become."""
+"""A line longer than this is passed on, whatever it may still become."""
 
 
-def could_be_known(partial: bytes) -> bool:
-    """Whether a line that starts with `partial` (no newline yet) could be a KNOWN line."""
-    digits = partial[1:5]
-    if partial[:1] not in (b"W", b"E") or (digits and not digits.isdigit()):
-        return False
-    if len(partial) > HOLD_LIMIT:
-        return False
-    header = HEADER.match(partial)
-    if header is None:
-        # Until the header is complete, it may still name a known source.
-        return b"] " not in partial
-    return header.group(1) in KNOWN_SOURCES
+def drop_known(buffer: bytes) -> tuple[bytes, bytes]:
+    """(what to write now, what to hold until more comes) for the bytes read so far, known
+    lines left out."""
+    out = []
+    while (header := HEADER.search(buffer)) is not None:
+        out.append(buffer[: header.start()])
+        end = buffer.find(b"\n", header.start())
+        if end < 0:
+            if len(buffer) - header.start() > HOLD_LIMIT:
+                return b"".join(out) + buffer[header.start() :], b""
+            return b"".join(out), buffer[header.start() :]
+        line = buffer[header.start() : end + 1]
+        if not KNOWN.fullmatch(line):
+            out.append(line)
+        buffer = buffer[end + 1 :]
+    # No header: hold back a tail that could begin one, pass on the rest.
+    for start in range(max(0, len(buffer) - 128), len(buffer)):
+        if buffer[start : start + 1] in (b"W", b"E") and PARTIAL_HEADER.fullmatch(buffer, start):
+            return b"".join(out) + buffer[:start], buffer[start:]
+    return b"".join(out) + buffer, b""
 
 
 def main() -> None:
@@ -67,27 +80,11 @@ def main() -> None:
         while data:
             data = data[os.write(out, data) :]
 
-    pending = b""  # the start of a line held back
-    passing = False  # the current line is being passed on as it comes
+    held = b""
     while chunk := os.read(0, 1 << 16):
-        while chunk:
-            end = chunk.find(b"\n")
-            piece, chunk = (chunk, b"") if end < 0 else (chunk[: end + 1], chunk[end + 1 :])
-            if passing:
-                write(piece)
-                passing = end < 0
-                continue
-            line = pending + piece
-            pending = b""
-            if end >= 0:
-                if not KNOWN.fullmatch(line):
-                    write(line)
-            elif could_be_known(line):
-                pending = line
-            else:
-                write(line)
-                passing = True
-    write(pending)
+        ready, held = drop_known(held + chunk)
+        write(ready)
+    write(held)
 
 
 if __name__ == "__main__":

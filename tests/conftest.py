@@ -3,7 +3,7 @@
 import pytest
 
 from pods.runtime import configure_jax
-from pods.xla_log_filter import KNOWN
+from pods.xla_log_filter import drop_known
 
 configure_jax()
 
@@ -20,5 +20,4 @@ def pytest_runtest_logreport(report):
 
 
 def _without_known_lines(text: str) -> str:
-    lines = text.splitlines(keepends=True)
-    return "".join(line for line in lines if not KNOWN.fullmatch(line.encode()))
+    return b"".join(drop_known(text.encode())).decode()

@@ -6,8 +6,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 HEADER = "W1201 08:48:19.798108    3868 "
 CACHE_HIT = f"{HEADER}pjrt_executable.cc:642] Assume version compatibility. PjRt-IFRT does not track XLA executable versions.\n"
@@ -55,6 +53,7 @@ def test_known_lines_are_dropped_and_every_other_byte_kept():
         write({AOT.format(feature="+prefer-no-scatter")!r})
         write({real_isa!r})
         sys.stderr.write("epoch 1/2\\r"); sys.stderr.flush()
+        write({CACHE_HIT!r})  # on the progress bar's line
         write("W is for warning, not a log header\\n")
         write({HEADER + "other.cc:1] an XLA warning of another kind"!r} + "\\n")
         print("a traceback would go here", file=sys.stderr)
@@ -88,10 +87,26 @@ def test_pods_xla_logs_all_leaves_stderr_alone():
     assert result.stderr == CACHE_HIT
 
 
-@pytest.mark.parametrize("partial", ["W", "W1201 08:4", HEADER + "pjrt_exec"])
-def test_a_partial_line_that_may_become_a_known_one_is_held(partial):
-    from pods.xla_log_filter import could_be_known
+def test_a_known_line_is_dropped_wherever_it_starts_and_however_it_is_cut():
+    from pods.xla_log_filter import drop_known
 
-    assert could_be_known(partial.encode())
-    assert not could_be_known(b"Wow")
-    assert not could_be_known((HEADER + "other.cc:1] x").encode())
+    other = HEADER + "other.cc:1] kept\n"
+    stream = (
+        "pods cartpole:   0%|     | 0/20 [00:00<?, ?it/s]"  # a progress bar's partial line
+        + CACHE_HIT
+        + "\rpods cartpole:   5%|     | 1/20"
+        + AOT.format(feature="+prefer-no-scatter")
+        + "E=mc2\n"
+        + other
+    ).encode()
+    expected = (
+        "pods cartpole:   0%|     | 0/20 [00:00<?, ?it/s]\rpods cartpole:   5%|     | 1/20"
+        + "E=mc2\n"
+        + other
+    ).encode()
+    for size in (1, 3, 64, 4096, len(stream)):
+        written, held = b"", b""
+        for start in range(0, len(stream), size):
+            ready, held = drop_known(held + stream[start : start + size])
+            written += ready
+        assert written + held == expected, size
