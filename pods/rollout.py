@@ -158,32 +158,6 @@ def rollout_actions(
     return episode_of_actions(env, state, actions, gradient_window=gradient_window).trajectory
 
 
-def rollout_policy(
-    env: Env,
-    state: State,
-    policy: Policy,
-    horizon: int,
-    *,
-    key: jax.Array | None = None,
-    action_noise: float | jax.Array = 0.0,
-    gradient_window: int | None = None,
-) -> Trajectory:
-    """Runs `policy` closed loop for `horizon` steps from `state`.
-
-    With `key`, Gaussian noise of standard deviation `action_noise` is added to every action
-    (exploration); the noisy action is the one recorded and played.
-    """
-    return episode_of_policy(
-        env,
-        state,
-        policy,
-        horizon,
-        key=key,
-        action_noise=action_noise,
-        gradient_window=gradient_window,
-    ).trajectory
-
-
 def episode_of_policy(
     env: Env,
     state: State,
@@ -194,7 +168,11 @@ def episode_of_policy(
     action_noise: float | jax.Array = 0.0,
     gradient_window: int | None = None,
 ) -> Episode:
-    """`rollout_policy`, with the mask of the steps taken before the episode ended."""
+    """Runs `policy` closed loop for `horizon` steps from `state`; the episode and its mask.
+
+    With `key`, Gaussian noise of standard deviation `action_noise` is added to every action
+    (exploration); the noisy action is the one recorded and played.
+    """
 
     def choose_action(state, step_key):
         action = policy(state.obs)
@@ -204,6 +182,12 @@ def episode_of_policy(
 
     keys = None if key is None else jax.random.split(key, horizon)
     return _rollout(env, state, choose_action, keys, horizon, gradient_window)[1]
+
+
+def rollout_policy(env: Env, state: State, policy: Policy, horizon: int, **options) -> Trajectory:
+    """The trajectory of `episode_of_policy` (same options: `key`, `action_noise`,
+    `gradient_window`)."""
+    return episode_of_policy(env, state, policy, horizon, **options).trajectory
 
 
 def reset_batch(env: Env, key: jax.Array, batch_size: int) -> State:

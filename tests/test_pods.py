@@ -330,11 +330,9 @@ def test_elite_is_the_top_fraction_and_never_a_non_finite_value():
     assert int(jnp.sum(elite(jnp.array([1.0, 2.0, 2.0, 0.0]), 0.25))) == 2  # ties kept
 
 
-def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages():
-    """Two optima visit the same states with opposite actions; the better one scores higher.
-    Distilling every trajectory regresses onto their mean (about 0); the elite onto its own."""
-    env = LinearQuadraticEnv()
-    k, horizon = 8, env.episode_length
+def distillation_learner(env, k: int):
+    """A small policy that distillation fits within one call: (config, network, optimizer,
+    initial state)."""
     config = PODSConfig(
         num_trajectories=k,
         hidden_sizes=(16,),
@@ -343,8 +341,17 @@ def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages()
         learning_rate=1e-2,
         normalize_observations=False,
     )
-    network, _, optimizer, _ = policy_learner(config, [env], horizon)
+    network, _, optimizer, _ = policy_learner(config, [env], env.episode_length)
     state = init_training_state(config, env, network, jax.random.PRNGKey(0))
+    return config, network, optimizer, state
+
+
+def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages():
+    """Two optima visit the same states with opposite actions; the better one scores higher.
+    Distilling every trajectory regresses onto their mean (about 0); the elite onto its own."""
+    env = LinearQuadraticEnv()
+    k, horizon = 8, env.episode_length
+    config, network, optimizer, state = distillation_learner(env, k)
     states = jax.random.uniform(jax.random.PRNGKey(1), (k // 2, horizon + 1, 2), minval=-1)
     observations = jnp.concatenate([states, states])
     better = jnp.arange(k) < k // 2
@@ -387,16 +394,7 @@ def test_steps_after_termination_are_not_distilled():
     for -0.8, at the same states: only the first half is learned."""
     env = LinearQuadraticEnv()
     k, horizon = 8, env.episode_length
-    config = PODSConfig(
-        num_trajectories=k,
-        hidden_sizes=(16,),
-        minibatch_size=16,
-        distill_passes=60,
-        learning_rate=1e-2,
-        normalize_observations=False,
-    )
-    network, _, optimizer, _ = policy_learner(config, [env], horizon)
-    state = init_training_state(config, env, network, jax.random.PRNGKey(0))
+    config, network, optimizer, state = distillation_learner(env, k)
     points = jax.random.uniform(jax.random.PRNGKey(1), (k, 1, 2), minval=-1)
     observations = jnp.broadcast_to(points, (k, horizon + 1, 2))
     first_half = jnp.arange(horizon) < horizon // 2
