@@ -335,44 +335,27 @@ BRAX_TINY = [
     "algo.num_evals=2",
     "algo.num_eval_envs=4",
 ]
+APG_TINY = ["algo=apg", "algo.policy_updates=2", "algo.num_envs=4", "algo.horizon_length=4"]
+PPO_TINY = [
+    "algo.num_timesteps=2000",
+    "algo.num_envs=8",
+    "algo.batch_size=8",
+    "algo.num_minibatches=2",
+    "algo.unroll_length=4",
+    "algo.policy_hidden_sizes=[8]",
+    "algo.value_hidden_sizes=[8]",
+]
 
 
 @pytest.mark.slow  # Brax's agents compile for minutes, even this small
 @pytest.mark.parametrize(
     "overrides",
     [
-        ["algo=apg", "algo.policy_updates=2", "algo.num_envs=4", "algo.horizon_length=4"],
-        [
-            "algo=ppo_dr",
-            "algo.num_timesteps=2000",
-            "algo.num_envs=8",
-            "algo.batch_size=8",
-            "algo.num_minibatches=2",
-            "algo.unroll_length=4",
-            "algo.policy_hidden_sizes=[8]",
-            "algo.value_hidden_sizes=[8]",
-        ],
+        APG_TINY,
+        ["algo=ppo_dr", *PPO_TINY],
         # Brax's own envs, sim only, for the Brax agents too.
-        [
-            "algo=apg",
-            "algo.policy_updates=2",
-            "algo.num_envs=4",
-            "algo.horizon_length=4",
-            "env=brax",
-            "env.name=reacher",
-        ],
-        [
-            "algo=ppo",
-            "algo.num_timesteps=2000",
-            "algo.num_envs=8",
-            "algo.batch_size=8",
-            "algo.num_minibatches=2",
-            "algo.unroll_length=4",
-            "algo.policy_hidden_sizes=[8]",
-            "algo.value_hidden_sizes=[8]",
-            "env=brax",
-            "env.name=inverted_pendulum",
-        ],
+        [*APG_TINY, "env=brax", "env.name=reacher"],
+        ["algo=ppo", *PPO_TINY, "env=brax", "env.name=inverted_pendulum"],
     ],
 )
 def test_brax_agent_runs_write_their_directory(tmp_path, overrides):
