@@ -4,9 +4,6 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-# XLA logs a warning on every persistent-compilation-cache hit; keep its C++ logs to errors.
-export TF_CPP_MIN_LOG_LEVEL ?= 2
-
 .PHONY: run report test test-slow benchmarks lint clean
 
 $(INSTALLED): pyproject.toml

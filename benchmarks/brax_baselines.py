@@ -33,7 +33,7 @@ import time
 import jax
 import numpy as np
 
-from pods.runtime import configure_jax
+from pods.runtime import configure_jax, filter_known_xla_logs
 
 ALGOS = ("apg", "ppo", "ppo_dr")
 DR_RANGES = {
@@ -208,6 +208,7 @@ def main():
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args()
 
+    filter_known_xla_logs()
     cache = configure_jax(cache_dir=tempfile.mkdtemp() if args.cold_cache else None)
     overrides = parse_overrides(args.set)
     runs = []

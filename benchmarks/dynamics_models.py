@@ -28,7 +28,6 @@ import platform
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Run as a script, this file's folder comes first on sys.path, and this file's name would
 # shadow the `dynamics_models` package it benchmarks.
 _here = os.path.dirname(os.path.abspath(__file__))
@@ -46,7 +45,7 @@ from dynamics_models import (  # noqa: E402
     k_step_error,
     train,
 )
-from pods.runtime import configure_jax  # noqa: E402
+from pods.runtime import configure_jax, filter_known_xla_logs  # noqa: E402
 from sim2real import REAL_PROFILES, make_testbed  # noqa: E402
 
 KS = (1, 10, 50)
@@ -87,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
+    filter_known_xla_logs()
     configure_jax()
 
     horizon = 100

@@ -30,15 +30,13 @@ import sys
 import time
 from contextlib import nullcontext
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from pods.rollout import reset_batch, rollout_actions  # noqa: E402
-from pods.runtime import configure_jax  # noqa: E402
-from sim2real import make_testbed  # noqa: E402
+from pods.rollout import reset_batch, rollout_actions
+from pods.runtime import configure_jax, filter_known_xla_logs
+from sim2real import make_testbed
 
 DTYPES = ("float32", "float64")
 
@@ -95,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if min(args.horizons) <= 0 or args.batch <= 0 or any(k <= 0 for k in args.windows):
         parser.error("horizons, batch and windows must be positive")
+    filter_known_xla_logs()
     configure_jax()
 
     horizons = sorted(set(args.horizons))

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Run as a script, this file's folder comes first on sys.path, where benchmarks/dynamics_models.py
 # would shadow the `dynamics_models` package.
 _here = os.path.dirname(os.path.abspath(__file__))
@@ -32,7 +31,7 @@ import jax  # noqa: E402
 from dynamics_models import ModelConfig, collect_transitions, make_model  # noqa: E402
 from dynamics_models import train as fit_model  # noqa: E402
 from dynamics_models.training import capacity  # noqa: E402
-from pods.runtime import configure_jax  # noqa: E402
+from pods.runtime import configure_jax, filter_known_xla_logs  # noqa: E402
 from sim2real import make_testbed  # noqa: E402
 
 HORIZON = 100
@@ -48,6 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     if sorted(args.episodes) != args.episodes or args.episodes[0] < 5:
         parser.error(f"--episodes must be increasing and at least 5, got {args.episodes}")
 
+    filter_known_xla_logs()
     cache = configure_jax(cache_dir=tempfile.mkdtemp(prefix="model_refits_cache_"))
     real = make_testbed("cartpole_swingup_real", episode_length=HORIZON)
     sim = make_testbed("cartpole_swingup_sim", episode_length=HORIZON)

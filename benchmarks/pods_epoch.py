@@ -25,7 +25,7 @@ import time
 
 import jax
 
-from pods.runtime import configure_jax
+from pods.runtime import configure_jax, filter_known_xla_logs
 
 
 def time_calls(fn, args_for_call, repeats: int) -> list[float]:
@@ -98,6 +98,7 @@ def main():
     )
     args = parser.parse_args()
 
+    filter_known_xla_logs()
     if args.warm_cache:
         cache = configure_jax()
     else:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pods.runtime import configure_jax
+from pods.runtime import configure_jax, filter_known_xla_logs
 
 PRESETS = {
     # PODS as in the paper: one first-order step per epoch, no exploration.
@@ -233,6 +233,7 @@ def main():
     )
     args = parser.parse_args()
 
+    filter_known_xla_logs()
     cache = configure_jax()
     overrides = {}
     for item in args.set:

@@ -30,7 +30,6 @@ import platform
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Run as a script, this file's folder comes first on sys.path, where benchmarks/dynamics_models.py
 # would shadow the `dynamics_models` package.
 _here = os.path.dirname(os.path.abspath(__file__))
@@ -40,7 +39,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dynamics_models import collect_transitions, k_step_error  # noqa: E402
-from pods.runtime import configure_jax  # noqa: E402
+from pods.runtime import configure_jax, filter_known_xla_logs  # noqa: E402
 from sim2real import REAL_PROFILES, make_testbed  # noqa: E402
 from sim2real.sysid import SysIDConfig, identify  # noqa: E402
 
@@ -67,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
+    filter_known_xla_logs()
     configure_jax()
 
     horizon = 100

@@ -94,14 +94,17 @@ def load_policy(run_dir: str | Path) -> LoadedPolicy:
     horizon = config.horizon or sim.episode_length
     network, make_policy, _, _ = policy_learner(config, [sim], horizon)
     template = init_training_state(config, sim, network, jax.random.PRNGKey(0))
-    run = RunDirectory(run_dir)
+    run = RunDirectory(run_dir, create=False)
     try:
-        restored = run.load_checkpoint(template)
+        checkpoint = run.read_checkpoint()
+        if checkpoint is None:
+            raise ConfigError(
+                f"{run_dir}: no checkpoint to load a policy from ({run.checkpoint_path})"
+            )
+        state = run.restore(checkpoint, template)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if restored is None:
-        raise ConfigError(f"{run_dir}: no checkpoint to load a policy from ({run.checkpoint_path})")
-    state, info = restored
+    info = checkpoint.info
     params = state.params
     apply = jax.jit(lambda observation: make_policy(params)(observation))
     return LoadedPolicy(apply, make_policy, params, cfg, int(info["epoch"]))

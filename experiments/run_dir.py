@@ -1,7 +1,7 @@
 """A run directory that describes itself: metrics, TensorBoard events, checkpoints, summary.
 
     run_dir/
-      .hydra/            resolved config (written by hydra)
+      .hydra/            resolved config (written by the run once its checks pass)
       metrics.jsonl      one JSON object per epoch: {"epoch": e, "train/return": ..., ...}
       tensorboard/       the same scalars as TensorBoard events
       checkpoints/       latest.msgpack (+ latest.json: epoch, format), written atomically
@@ -20,7 +20,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from flax import serialization
@@ -50,12 +50,23 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+class Checkpoint(NamedTuple):
+    """A checkpoint file as read back: the state as a state dict, and its info."""
+
+    state: dict
+    """`flax.serialization.to_state_dict` of the training state; `from_state_dict` restores
+    it into a template of the same structure."""
+    info: dict
+    """`format`, `epoch` and what the run added (its config, its wall-clock)."""
+
+
 class RunDirectory:
     """Writes (and on resume, reads back) one run's outputs."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, create: bool = True):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
         self.summary_path = self.path / "summary.json"
         self.checkpoint_path = self.path / "checkpoints" / "latest.msgpack"
@@ -121,9 +132,9 @@ class RunDirectory:
         atomic_write_bytes(self.checkpoint_path, serialization.msgpack_serialize(record))
         atomic_write_json(self.checkpoint_info_path, info)
 
-    def load_checkpoint(self, template: Any) -> tuple[Any, dict] | None:
-        """(state, info) of the latest checkpoint, restored into `template`'s structure, or
-        None if the run has none. A corrupt or mismatched file raises one clear error."""
+    def read_checkpoint(self) -> Checkpoint | None:
+        """The latest checkpoint, or None if the run has none. A corrupt file raises one
+        ValueError line naming it; nothing is written either way."""
         if not self.checkpoint_path.exists():
             return None
         try:
@@ -131,10 +142,21 @@ class RunDirectory:
             info = json.loads(record["info"])
             if info.get("format") != CHECKPOINT_FORMAT:
                 raise ValueError(f"format {info.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-            state = serialization.from_state_dict(template, record["state"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"cannot resume from {self.checkpoint_path}: {err}") from None
-        return state, info
+            if not isinstance(record["state"], dict) or not isinstance(info.get("epoch"), int):
+                raise ValueError("no training state or epoch in it")
+        except Exception as err:  # msgpack raises its own types for cut or garbled bytes
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"cannot resume from {self.checkpoint_path}: {message}") from None
+        return Checkpoint(record["state"], info)
+
+    def restore(self, checkpoint: Checkpoint, template: Any) -> Any:
+        """`checkpoint`'s state in `template`'s structure; one ValueError line if it does
+        not fit."""
+        try:
+            return serialization.from_state_dict(template, checkpoint.state)
+        except (ValueError, KeyError, TypeError) as err:
+            message = str(err).splitlines()[0]
+            raise ValueError(f"cannot resume from {self.checkpoint_path}: {message}") from None
 
     # -- summary ---------------------------------------------------------------------------
     def write_summary(self, summary: Mapping[str, Any]) -> None:

@@ -131,6 +131,24 @@ class EnvSchema:
     )
 
 
+@dataclasses.dataclass
+class BraxEnvSchema:
+    """Any env of Brax's registry (`env=brax env.name=reacher`): sim only, no `real` variant."""
+
+    system: str = "brax"
+    name: str = "reacher"
+    """The name `brax.envs.get_environment` takes."""
+    task: str = "${.name}"
+    """What run directories and tables call the task: the env's name."""
+    episode_length: int = 100
+    """The horizon PODS rolls out and Brax's trainers end episodes at."""
+    backend: Optional[str] = None  # noqa: UP045 (OmegaConf needs Optional)
+    """Brax's physics pipeline; None keeps the env's own default."""
+    reward: Optional[str] = None  # noqa: UP045 (OmegaConf needs Optional)
+    """`module:function` of a differentiable reward r(obs_next, action) that replaces the
+    env's own (needed where that has no gradient, and by PODS's second order)."""
+
+
 PODSSchema = schema_of(PODSConfig, "PODSSchema", extra={"name": (str, "pods")})
 HDSSchema = schema_of(HDSConfig, "HDSSchema", extra={"name": (str, "hds")})
 APGSchema = schema_of(APGConfig, "APGSchema", extra={"name": (str, "apg")})
@@ -184,15 +202,19 @@ class Config:
 
 
 def register_schemas(store: ConfigStore | None = None) -> None:
+    """Stores the schemas under `schema/`, which the option files of `env/`, `algo/` and
+    `model/` extend (`- /schema/env/testbed@_here_`): stored in those groups, a schema would
+    be listed among their options."""
     store = store or ConfigStore.instance()
     store.store(name="config_schema", node=Config)
-    store.store(group="env", name="env_schema", node=EnvSchema)
-    store.store(group="algo", name="pods_schema", node=PODSSchema)
-    store.store(group="algo", name="hds_schema", node=HDSSchema)
-    store.store(group="algo", name="apg_schema", node=APGSchema)
-    store.store(group="algo", name="ppo_schema", node=PPOSchema)
-    store.store(group="algo", name="lqr_schema", node=LQRSchema)
-    store.store(group="model", name="model_schema", node=ModelSchema)
+    store.store(group="schema/env", name="testbed", node=EnvSchema)
+    store.store(group="schema/env", name="brax", node=BraxEnvSchema)
+    store.store(group="schema/algo", name="pods", node=PODSSchema)
+    store.store(group="schema/algo", name="hds", node=HDSSchema)
+    store.store(group="schema/algo", name="apg", node=APGSchema)
+    store.store(group="schema/algo", name="ppo", node=PPOSchema)
+    store.store(group="schema/algo", name="lqr", node=LQRSchema)
+    store.store(group="schema/model", name="model", node=ModelSchema)
 
 
 def build_physics(node: DictConfig, key: str) -> Physics:

@@ -7,7 +7,11 @@
 
 Every run writes a self-describing directory (see experiments.run_dir). Started again on a
 directory that holds a checkpoint of the same config, a run continues from it and ends with
-the same metrics as a run that was never interrupted.
+the same metrics as a run that was never interrupted; with a larger `algo.num_epochs`, a
+finished run trains on (experiments.resume).
+
+A config that cannot run stops before any compute with one `error: ...` line (exit status 2)
+and writes nothing: the run writes its `.hydra/` itself, once every check has passed.
 """
 
 from __future__ import annotations
@@ -17,15 +21,19 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import jax.numpy as jnp
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from dynamics_models import ModelConfig
 from experiments.real import RealSpec, build_real
-from experiments.run_dir import RunDirectory
+from experiments.resume import read_resume, resolved_config
+from experiments.run_dir import RunDirectory, atomic_write_bytes
 from experiments.schema import (
     LOOP_EXTRAS,
     ConfigError,
@@ -33,26 +41,50 @@ from experiments.schema import (
     register_schemas,
     to_library_config,
 )
-from experiments.trainers import TRAINERS, RunContext, algo_config
-from pods.runtime import configure_jax
-from sim2real.evaluation import evaluate_sim_and_real, gap_closure, normalized_score, seed_streams
+from experiments.trainers import TRAINERS, RunContext, check_algo
+from pods.runtime import configure_jax, filter_known_xla_logs
+from sim2real.evaluation import (
+    evaluate,
+    evaluate_sim_and_real,
+    gap_closure,
+    normalized_score,
+    seed_streams,
+)
 from sim2real.loop import LoopConfig
 from sim2real.sysid import SysIDConfig
 from sim2real.testbeds import CartPole, make_testbed
+
+if TYPE_CHECKING:
+    from brax.envs.base import Env
 
 register_schemas()
 
 
 def config_fingerprint(cfg: DictConfig) -> str:
     """A hash of everything that determines a run's results (not where it writes)."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved.pop("run", None)
+    resolved = resolved_config(cfg)
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_envs(cfg: DictConfig, dtype) -> tuple[CartPole, RealSpec]:
-    """The sim testbed and the real system the config describes."""
+def build_brax_env(cfg: DictConfig) -> Env:
+    """`env=brax`: the Brax registry env the config names (sim only)."""
+    from sim2real.brax_envs import make_brax_env
+
     env = cfg.env
+    try:
+        return make_brax_env(
+            env.name, episode_length=env.episode_length, backend=env.backend, reward=env.reward
+        )
+    except ValueError as err:
+        raise ConfigError(f"env: {err}") from None
+
+
+def build_envs(cfg: DictConfig, dtype) -> tuple[Env, RealSpec | None]:
+    """The sim testbed and the real system the config describes; on `env=brax`, the Brax env
+    and None (there is no real variant)."""
+    env = cfg.env
+    if env.system == "brax":
+        return build_brax_env(cfg), None
     common = dict(episode_length=env.episode_length, backend=env.backend, dtype=dtype)
     try:
         sim = make_testbed(
@@ -81,7 +113,7 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"run.compare: unknown algorithm {name!r}; expected any of {tuple(TRAINERS)}"
             )
-    algo_config(cfg)
+    check_algo(cfg)
     to_library_config(ModelConfig, cfg.model, "model")
     to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS)
     to_library_config(SysIDConfig, cfg.sysid, "sysid")
@@ -104,38 +136,54 @@ def write_animation(run_dir: RunDirectory, env: CartPole, observations: dict) ->
     return write_gif(run_dir.artifacts / "rollout_sim_vs_real.gif", frames, float(env.dt))
 
 
-def run_experiment(cfg: DictConfig, output_dir: Path) -> dict:
-    """Trains, evaluates and writes the run directory; returns the summary."""
+def prepare_run(cfg: DictConfig, output_dir: Path) -> RunContext:
+    """Every check of a run that needs no compute (the config, the envs it builds, what its
+    directory holds to resume from); writes nothing. Returns what the trainer gets."""
     check_config(cfg)
     float64 = bool(cfg.algo.get("float64", False))
-    configure_jax(float64=float64)
     sim, real = build_envs(cfg, jnp.float64 if float64 else jnp.float32)
-    run_dir = RunDirectory(output_dir)
     fingerprint = config_fingerprint(cfg)
-    train_key, eval_key = seed_streams(cfg.seed)
+    resume = read_resume(cfg, output_dir, fingerprint)
+    train_key, _ = seed_streams(cfg.seed)
+    run_dir = RunDirectory(output_dir, create=False)
+    return RunContext(cfg, sim, real, train_key, run_dir, fingerprint, resume)
 
-    trained = TRAINERS[cfg.algo.name](RunContext(cfg, sim, real, train_key, run_dir, fingerprint))
+
+def run_experiment(ctx: RunContext) -> dict:
+    """Trains, evaluates and writes the run directory of a prepared run; returns the summary."""
+    cfg, sim, real = ctx.cfg, ctx.sim, ctx.real
+    configure_jax(float64=bool(cfg.algo.get("float64", False)))
+    run_dir = ctx.run_dir
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    _, eval_key = seed_streams(cfg.seed)
+
+    trained = TRAINERS[cfg.algo.name](ctx)
     run_dir.close()
 
     n_eval = cfg.run.eval_trajectories
-    # The same held-out initial states (and random commands) in both variants.
-    returns = evaluate_sim_and_real(
-        trained.make_policy, trained.params, sim, real.evaluation_env(n_eval), eval_key, n_eval
-    )
+    if real is None:
+        returns = {"sim": evaluate(sim, trained.make_policy, trained.params, eval_key, n_eval)}
+    else:
+        # The same held-out initial states (and random commands) in both variants.
+        returns = evaluate_sim_and_real(
+            trained.make_policy, trained.params, sim, real.evaluation_env(n_eval), eval_key, n_eval
+        )
+    real_returns = returns.get("real")
     records = run_dir.read_metrics()
     last = records[-1] if records else {}
     summary = {
         "algo": cfg.algo.name,
         "env": f"{sim.system_name}_{sim.task}",
-        "real/profile": cfg.env.real_profile,
-        "real/engine": cfg.real.engine,
+        "real/profile": None if real is None else cfg.env.real_profile,
+        "real/engine": None if real is None else cfg.real.engine,
         "seed": cfg.seed,
         "eval/return_sim": returns["sim"].policy,
-        "eval/return_real": returns["real"].policy,
+        # No real variant on env=brax: its real figures are null.
+        "eval/return_real": None if real_returns is None else real_returns.policy,
         "eval/return_random_sim": returns["sim"].random,
-        "eval/return_random_real": returns["real"].random,
+        "eval/return_random_real": None if real_returns is None else real_returns.random,
         "eval/solved_sim": returns["sim"].solved,
-        "eval/solved_real": returns["real"].solved,
+        "eval/solved_real": None if real_returns is None else real_returns.solved,
         # Normalized against the oracle (PODS trained on `real`): filled in where the run
         # compares with one (`run.compare`); paper_figures computes it across a sweep.
         "eval/score_real": None,
@@ -145,9 +193,9 @@ def run_experiment(cfg: DictConfig, output_dir: Path) -> dict:
         "train/sim_steps": last.get("train/sim_steps"),
         "train/final_return": last.get("train/return"),
         **trained.summary,
-        "config_fingerprint": fingerprint,
+        "config_fingerprint": ctx.fingerprint,
     }
-    if cfg.run.animation:
+    if cfg.run.animation and real is not None:  # the animation draws cart-poles
         gif = write_animation(run_dir, sim, {v: r.observations for v, r in returns.items()})
         summary["artifacts/animation"] = str(gif.relative_to(run_dir.path))
     run_dir.write_summary(summary)
@@ -160,7 +208,7 @@ def compare(summaries: list[dict]) -> list[dict]:
     by_algo = {s["algo"]: s for s in summaries}
     oracle, pods = by_algo.get("oracle"), by_algo.get("pods")
     for s in summaries:
-        if oracle is not None:
+        if oracle is not None and s["eval/return_real"] is not None:
             s["eval/score_real"] = normalized_score(
                 s["eval/return_real"], s["eval/return_random_real"], oracle["eval/return_real"]
             )
@@ -171,19 +219,43 @@ def compare(summaries: list[dict]) -> list[dict]:
     return summaries
 
 
-def run_with_comparisons(cfg: DictConfig, output_dir: Path, overrides: list[str]) -> list[dict]:
+def prepare_comparisons(
+    cfg: DictConfig, output_dir: Path, overrides: list[str]
+) -> list[RunContext]:
     """The run, then each algorithm of `run.compare` with the same env, seed and overrides
-    in a subfolder of the same run directory; summaries rewritten with the scores."""
-    summaries = [run_experiment(cfg, output_dir)]
-    directories = [output_dir]
+    in a subfolder of the same run directory: every one checked before any of them runs."""
+    runs = [prepare_run(cfg, output_dir)]
     for name in cfg.run.compare:
         from hydra import compose
 
-        sub_cfg = compose(
-            config_name="config", overrides=[*overrides, f"algo={name}", "run.compare=[]"]
-        )
-        summaries.append(run_experiment(sub_cfg, output_dir / name))
-        directories.append(output_dir / name)
+        try:
+            sub_cfg = compose(
+                config_name="config", overrides=[*overrides, f"algo={name}", "run.compare=[]"]
+            )
+            runs.append(prepare_run(sub_cfg, output_dir / name))
+        except (ConfigError, HydraException, OmegaConfBaseException) as err:
+            # An override of the run's own algorithm that the compared one lacks, say.
+            raise ConfigError(f"run.compare={name}: {str(err).splitlines()[0]}") from None
+    return runs
+
+
+def save_hydra_config(cfg: DictConfig, output_dir: Path) -> None:
+    """`.hydra/` as hydra writes it (config, hydra, overrides), written once the run has
+    passed its checks (the config sets `hydra.output_subdir: null`)."""
+    hydra_cfg = HydraConfig.instance().cfg
+    for name, node in (
+        ("config.yaml", cfg),
+        ("hydra.yaml", hydra_cfg),
+        ("overrides.yaml", hydra_cfg.hydra.overrides.task),
+    ):
+        atomic_write_bytes(output_dir / ".hydra" / name, OmegaConf.to_yaml(node).encode())
+
+
+def run_with_comparisons(runs: list[RunContext]) -> list[dict]:
+    """Runs the prepared runs in order; with several, rewrites their summaries with the
+    scores (see `compare`)."""
+    summaries = [run_experiment(run) for run in runs]
+    directories = [run.run_dir.path for run in runs]
     if len(summaries) > 1:
         for summary, directory in zip(compare(summaries), directories):
             RunDirectory(directory).write_summary(summary)
@@ -204,16 +276,20 @@ def format_table(summaries: list[dict]) -> str:
     def number(value, width: int, digits: int) -> str:
         return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
 
+    def share(value, width: int) -> str:
+        missing = value is None or value != value
+        return f"{'-':>{width}}" if missing else f"{value:{width}.0%}"
+
     for s in summaries:
         lines.append(
-            f"{s['algo']:>10} {s['eval/return_sim']:9.2f} {s['eval/return_real']:9.2f} "
-            f"{s['eval/solved_sim']:11.0%} {s['eval/solved_real']:12.0%} "
+            f"{s['algo']:>10} {s['eval/return_sim']:9.2f} {number(s['eval/return_real'], 9, 2)} "
+            f"{share(s['eval/solved_sim'], 11)} {share(s['eval/solved_real'], 12)} "
             f"{number(s['eval/score_real'], 7, 2)} {number(s.get('eval/gap_closure'), 7, 2)} "
             f"{s['real/transitions']:10d}"
         )
     lines.append(
         f"{'random':>10} {first['eval/return_random_sim']:9.2f} "
-        f"{first['eval/return_random_real']:9.2f} {'':>11} {'':>12} {0.0:7.2f} {'':>7} {'':>10}"
+        f"{number(first['eval/return_random_real'], 9, 2)} {'':>11} {'':>12} {0.0:7.2f} {'':>7} {'':>10}"
     )
     if any(s["eval/score_real"] is not None for s in summaries):
         lines.append(
@@ -225,17 +301,28 @@ def format_table(summaries: list[dict]) -> str:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    filter_known_xla_logs()
     start = time.perf_counter()
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        summaries = run_with_comparisons(cfg, output_dir, list(HydraConfig.get().overrides.task))
+        runs = prepare_comparisons(cfg, output_dir, list(HydraConfig.get().overrides.task))
+        save_hydra_config(cfg, output_dir)
+        summaries = run_with_comparisons(runs)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        # Hydra made the run directory; a refused run leaves no empty one behind.
+        if output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()
         sys.exit(2)
     print(format_table(summaries))
     print(f"done in {time.perf_counter() - start:.0f} s: {output_dir}")
-    # The sweep objective (optuna maximizes it): the return in real.
-    return summaries[0]["eval/return_real"]
+    # The sweep objective (optuna maximizes it): the return in real, in sim without a real.
+    first = summaries[0]
+    return (
+        first["eval/return_real"]
+        if first["eval/return_real"] is not None
+        else first["eval/return_sim"]
+    )
 
 
 if __name__ == "__main__":

@@ -13,16 +13,19 @@ its entries for `summary.json`.
 
 Brax's agents cannot resume mid-training: an APG/PPO run started again trains from the start
 (its final params are checkpointed for reuse, not for resuming).
+
+On `env=brax` (Brax's registry envs, sim only) `pods`, `apg` and `ppo` run; the others need
+the `real` testbed or the testbeds' physics (NEEDS_TESTBED), and are refused before any
+compute.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 from omegaconf import DictConfig
@@ -30,9 +33,9 @@ from omegaconf import DictConfig
 from baselines.brax_agents import APGConfig, PPOConfig, train_apg, train_ppo
 from baselines.lqr import LQRConfig
 from baselines.lqr import train as train_lqr_gain
-from dynamics_models import ModelConfig, load_dataset, load_model, random_actions, save_model
-from dynamics_models.checkpoint import read_sidecar
+from dynamics_models import ModelConfig, random_actions, save_model
 from experiments.real import RealSpec
+from experiments.resume import Resume, resolved_config
 from experiments.run_dir import RunDirectory, atomic_write_json
 from experiments.schema import LOOP_EXTRAS, ConfigError, to_library_config
 from pods.hds import HDSConfig, make_hds
@@ -41,7 +44,10 @@ from pods.train import PODSConfig, TrainingState, init_training_state, make_pods
 from pods.train import train as train_pods
 from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop
 from sim2real.sysid import SysIDConfig, identify
-from sim2real.testbeds import CartPole, Physics
+from sim2real.testbeds import Physics
+
+if TYPE_CHECKING:
+    from brax.envs.base import Env
 
 
 @dataclasses.dataclass
@@ -49,14 +55,18 @@ class RunContext:
     """What every trainer gets: the config, the testbeds, its key and its run directory."""
 
     cfg: DictConfig
-    sim: CartPole
-    real: RealSpec
-    """The real system: its differentiable twin, and what stands for the physical one."""
+    sim: Env
+    """A testbed (`CartPole`) or, on `env=brax`, a Brax registry env (`BraxTask`)."""
+    real: RealSpec | None
+    """The real system: its differentiable twin, and what stands for the physical one; None
+    on `env=brax`, which has no real variant."""
     key: jax.Array
     """The training stream of the seed (evaluation draws from another)."""
     run_dir: RunDirectory
     fingerprint: str
-    """Hash of the config: a checkpoint of another config is never resumed."""
+    """Hash of the config, stored with every checkpoint."""
+    resume: Resume = dataclasses.field(default_factory=Resume)
+    """What the run directory holds to continue from, checked against the config already."""
 
 
 class Trained(NamedTuple):
@@ -66,23 +76,35 @@ class Trained(NamedTuple):
     """Entries for summary.json beyond the common ones (`real/transitions`, ...)."""
 
 
+def checkpoint_info(ctx: RunContext, wall_clock_s: float) -> dict:
+    """What a checkpoint stores beside the state: the config (so a resumed run can say what
+    differs) and the wall-clock spent."""
+    return {
+        "config": ctx.fingerprint,
+        "resolved_config": resolved_config(ctx.cfg),
+        "wall_clock_s": wall_clock_s,
+    }
+
+
 class EpochLoop:
     """Resume, logging, progress bar and checkpoints around a library `train` call."""
 
     def __init__(self, ctx: RunContext, template: TrainingState, num_epochs: int):
         self.ctx, self.num_epochs = ctx, num_epochs
         self.initial_state, self.elapsed = None, 0.0
-        restored = ctx.run_dir.load_checkpoint(template)
-        if restored is not None:
-            state, info = restored
-            if info.get("config") != ctx.fingerprint:
-                raise ConfigError(
-                    f"{ctx.run_dir.path} holds a run of another config (fingerprint "
-                    f"{info.get('config')}, this one {ctx.fingerprint}); start it in a new directory"
-                )
-            self.initial_state, self.elapsed = state, info["wall_clock_s"]
-            ctx.run_dir.truncate_metrics(info["epoch"] - 1)
-            print(f"resuming {ctx.run_dir.path} after epoch {info['epoch']}", file=sys.stderr)
+        self.checked_gradient = False
+        checkpoint = ctx.resume.checkpoint
+        if checkpoint is not None:
+            try:
+                self.initial_state = ctx.run_dir.restore(checkpoint, template)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            self.elapsed = checkpoint.info["wall_clock_s"]
+            ctx.run_dir.truncate_metrics(checkpoint.info["epoch"] - 1)
+            print(
+                f"resuming {ctx.run_dir.path} after epoch {checkpoint.info['epoch']}",
+                file=sys.stderr,
+            )
         self.progress = None
         if ctx.cfg.run.progress_bar:
             from tqdm import tqdm
@@ -98,14 +120,24 @@ class EpochLoop:
     def log(self, epoch: int, metrics: dict) -> None:
         metrics = {**metrics, "train/wall_clock_s": self._wall_clock(metrics)}
         self.ctx.run_dir.log_metrics(epoch, metrics)
+        if not self.checked_gradient:
+            self.checked_gradient = True
+            if metrics.get("train/grad_norm") == 0.0:
+                self._warn(zero_gradient_warning(self.ctx))
         if self.progress is not None:
             self.progress.update(1)
             self.progress.set_postfix(ret=f"{metrics['train/return']:.1f}")
 
+    def _warn(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr)
+
     def checkpoint(self, state: TrainingState, metrics: dict) -> None:
         epoch = int(state.epoch)
         if epoch % self.ctx.cfg.run.checkpoint_every == 0 or epoch == self.num_epochs:
-            info = {"config": self.ctx.fingerprint, "wall_clock_s": self._wall_clock(metrics)}
+            info = checkpoint_info(self.ctx, self._wall_clock(metrics))
             self.ctx.run_dir.save_checkpoint(state, epoch, info)
 
     def close(self) -> None:
@@ -113,7 +145,25 @@ class EpochLoop:
             self.progress.close()
 
 
-def _pods(ctx: RunContext, env: CartPole) -> Trained:
+def zero_gradient_warning(ctx: RunContext) -> str:
+    """The warning for a return whose gradient with respect to the actions is zero."""
+    env = ctx.cfg.env
+    message = (
+        f"warning: {ctx.sim.name}: the return has no gradient with respect to the actions "
+        "(train/grad_norm is 0 in the first epoch), so PODS cannot improve them"
+    )
+    if env.system != "brax":
+        return message
+    if env.get("reward") is not None:
+        return f"{message}; env.reward={env.reward} is not differentiable in them either"
+    return (
+        f"{message}; give a differentiable reward r(obs_next, action) as "
+        "env.reward=module:function (for inverted_pendulum: "
+        "env.reward=sim2real.brax_envs:inverted_pendulum_upright)"
+    )
+
+
+def _pods(ctx: RunContext, env: Env) -> Trained:
     config: PODSConfig = algo_config(ctx.cfg)
     network, _, _, _ = make_pods(config, env)
     loop = EpochLoop(ctx, init_training_state(config, env, network, ctx.key), config.num_epochs)
@@ -142,10 +192,6 @@ def train_hds(ctx: RunContext) -> Trained:
     config: HDSConfig = algo_config(cfg)
     loop_config: LoopConfig = to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS)
     model_config: ModelConfig = to_library_config(ModelConfig, cfg.model, "model")
-    try:
-        loop_config.rounds(ctx.real.episode_length)  # the budget holds the initial data
-    except ValueError as err:
-        raise ConfigError(f"real: {err}") from None
 
     artifacts = ctx.run_dir.artifacts
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -154,13 +200,8 @@ def train_hds(ctx: RunContext) -> Trained:
     network, _, _ = make_hds(dataclasses.replace(config, beta=0.0), ctx.sim)
     loop = EpochLoop(ctx, init_training_state(config, ctx.sim, network, ctx.key), config.num_epochs)
     resume = None
-    if loop.initial_state is not None and data_path.exists():
-        dataset = load_dataset(data_path)
-        model = model_info = None
-        if model_path.with_suffix(".json").exists():
-            model = load_model(model_path)
-            model_info = read_sidecar(model_path)["metadata"]
-        resume = LoopCheckpoint(dataset, model, model_info)
+    if loop.initial_state is not None and ctx.resume.dataset is not None:
+        resume = LoopCheckpoint(ctx.resume.dataset, ctx.resume.model, ctx.resume.model_info)
 
     def save_data(dataset) -> None:
         dataset.save(data_path)
@@ -203,16 +244,11 @@ def train_pods_sysid(ctx: RunContext) -> Trained:
     sysid_config: SysIDConfig = to_library_config(SysIDConfig, cfg.sysid, "sysid")
     horizon = ctx.real.episode_length
     episodes = loop_config.budget // horizon
-    if episodes < 1:
-        raise ConfigError(
-            f"real.budget={loop_config.budget} holds no episode of {horizon} steps for sysid"
-        )
     artifacts = ctx.run_dir.artifacts
     artifacts.mkdir(parents=True, exist_ok=True)
     identified_path = artifacts / "sysid.json"
-    if identified_path.exists():
-        record = json.loads(identified_path.read_text())
-    else:
+    record = ctx.resume.sysid
+    if record is None:
         key_data, key_fit = jax.random.split(jax.random.fold_in(ctx.key, 1))
         real = ctx.real.system(loop_config.budget)
         commands = random_actions(
@@ -246,10 +282,6 @@ def train_pods_sysid(ctx: RunContext) -> Trained:
 
 def train_lqr(ctx: RunContext) -> Trained:
     config: LQRConfig = algo_config(ctx.cfg)
-    if ctx.sim.task != "balance":
-        raise ConfigError(
-            f"algo=lqr stabilizes the upright: it runs on balance tasks, not {ctx.sim.task!r}"
-        )
     ctx.run_dir.truncate_metrics(-1)
     make_policy, gain, _ = train_lqr_gain(
         config, ctx.sim, ctx.key, progress_fn=ctx.run_dir.log_metrics
@@ -260,13 +292,6 @@ def train_lqr(ctx: RunContext) -> Trained:
 def _brax_agent(ctx: RunContext, train_fn: Callable) -> Trained:
     config = algo_config(ctx.cfg)
     run_dir = ctx.run_dir
-    if run_dir.checkpoint_info_path.exists():
-        info = json.loads(run_dir.checkpoint_info_path.read_text())
-        if info.get("config") != ctx.fingerprint:
-            raise ConfigError(
-                f"{run_dir.path} holds a run of another config (fingerprint "
-                f"{info.get('config')}, this one {ctx.fingerprint}); start it in a new directory"
-            )
     run_dir.truncate_metrics(-1)  # Brax's agents cannot resume: a restarted run starts over
     progress = None
     if ctx.cfg.run.progress_bar:
@@ -285,9 +310,7 @@ def _brax_agent(ctx: RunContext, train_fn: Callable) -> Trained:
         progress.close()
     # The final params, for whoever wants the policy back (restore with Brax's structure).
     wall_clock = metrics[-1]["train/wall_clock_s"] if metrics else 0.0
-    run_dir.save_checkpoint(
-        params, len(metrics), {"config": ctx.fingerprint, "wall_clock_s": wall_clock}
-    )
+    run_dir.save_checkpoint(params, len(metrics), checkpoint_info(ctx, wall_clock))
     return Trained(make_policy, params, {"real/transitions": 0})
 
 
@@ -324,10 +347,103 @@ ALGO_CONFIGS: dict[str, type] = {
 """`algo.name` -> the library config its `algo` group builds."""
 
 
+NEEDS_TESTBED: dict[str, str] = {
+    "oracle": "trains on the real testbed",
+    "hds": "collects transitions of the real testbed",
+    "pods_sysid": "identifies the testbed's physics from real transitions",
+    "ppo_dr": "randomizes the testbed's physics",
+    "lqr": "linearizes the cart-pole at the upright",
+}
+"""The algorithms a Brax registry env (`env=brax`, sim only) cannot run, and why."""
+
+
 def algo_config(cfg: DictConfig) -> Any:
     """The library config of `cfg.algo` (ALGO_CONFIGS), validated: a bad value raises
     ConfigError naming the key and the value."""
     return to_library_config(ALGO_CONFIGS[cfg.algo.name], cfg.algo, "algo", skip=("name",))
 
 
-__all__ = ["ALGO_CONFIGS", "TRAINERS", "RunContext", "Trained", "algo_config"]
+def check_algo(cfg: DictConfig) -> None:
+    """What the trainer of `cfg.algo.name` would find wrong only once training, found from
+    the config alone: one ConfigError line naming the keys and values."""
+    name, env = cfg.algo.name, cfg.env
+    config = algo_config(cfg)
+    if env.system == "brax":
+        if name in NEEDS_TESTBED:
+            raise ConfigError(
+                f"algo={name} {NEEDS_TESTBED[name]}: env=brax (env.name={env.name}) has none; "
+                f"there, run one of {tuple(a for a in TRAINERS if a not in NEEDS_TESTBED)}"
+            )
+        if getattr(config, "randomization", None) is not None:
+            raise ConfigError(
+                "algo.randomization varies the testbed's physics: env=brax has none to vary"
+            )
+        if getattr(config, "float64", False):
+            raise ConfigError("algo.float64=true: Brax's registry envs simulate in float32")
+        if getattr(config, "order", 1) == 2 and env.get("reward") is None:
+            raise ConfigError(
+                f"algo.order=2 differentiates the reward in the observation, which "
+                f"env.name={env.name}'s own reward is not: give one as "
+                "env.reward=module:function, r(obs_next, action), or use algo.order=1"
+            )
+    if isinstance(config, PODSConfig):
+        horizon = config.horizon or env.episode_length
+        pairs = config.num_trajectories * horizon
+        if config.minibatch_size > pairs:
+            source = "algo.horizon" if config.horizon else "env.episode_length"
+            raise ConfigError(
+                f"algo.minibatch_size={config.minibatch_size} is more than the "
+                f"{pairs} (state, action) pairs an epoch distills (algo.num_trajectories="
+                f"{config.num_trajectories} x {source}={horizon}): lower it to <= {pairs}"
+            )
+    if name in ("hds", "pods_sysid"):
+        _check_real_data(cfg, config)
+    if name == "lqr" and env.task != "balance":
+        raise ConfigError(
+            f"algo=lqr stabilizes the upright: it runs on balance tasks, not env.task={env.task}"
+        )
+
+
+def _check_real_data(cfg: DictConfig, config: Any) -> None:
+    """HDS's and pods_sysid's use of `real.budget` for episodes of env.episode_length."""
+    loop: LoopConfig = to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS)
+    horizon = cfg.env.episode_length
+    if cfg.algo.name == "pods_sysid":
+        sysid: SysIDConfig = to_library_config(SysIDConfig, cfg.sysid, "sysid")
+        if loop.budget < horizon:
+            raise ConfigError(
+                f"real.budget={loop.budget} holds no episode of env.episode_length={horizon} "
+                "steps for sysid"
+            )
+        if sysid.window > horizon:
+            raise ConfigError(
+                f"sysid.window={sysid.window} is longer than an episode "
+                f"(env.episode_length={horizon})"
+            )
+        return
+    try:
+        loop.rounds(horizon)  # the budget holds the initial data
+    except ValueError as err:
+        raise ConfigError(f"real: {err}") from None
+    model: ModelConfig = to_library_config(ModelConfig, cfg.model, "model")
+    if model.rollout_horizon > horizon:
+        raise ConfigError(
+            f"model.rollout_horizon={model.rollout_horizon} is longer than an episode "
+            f"(env.episode_length={horizon})"
+        )
+    if loop.initial_data == "policy" and config.group_sizes()[1] > 0:
+        raise ConfigError(
+            "real.initial_data=policy collects with a warm-start policy, which the command "
+            "line does not provide: use real.initial_data=random"
+        )
+
+
+__all__ = [
+    "ALGO_CONFIGS",
+    "NEEDS_TESTBED",
+    "TRAINERS",
+    "RunContext",
+    "Trained",
+    "algo_config",
+    "check_algo",
+]

@@ -182,11 +182,6 @@ def plan(names: Sequence[str], session: Session) -> list[Job]:
     return jobs
 
 
-def _subprocess_env() -> dict[str, str]:
-    # XLA logs a warning on every persistent-compilation-cache hit unless told not to.
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-
-
 def execute(jobs: Sequence[Job], session: Session) -> list[Job]:
     """Runs `jobs`, `session.jobs` at a time, from the repository root; each one's output
     goes to `<root>/logs/<job>.log`, and a line per start and end to our stderr (our stdout
@@ -208,9 +203,7 @@ def execute(jobs: Sequence[Job], session: Session) -> list[Job]:
         job_start = time.perf_counter()
         job.folder.mkdir(parents=True, exist_ok=True)
         with log.open("w") as out:
-            result = subprocess.run(
-                job.command, cwd=REPO, env=_subprocess_env(), stdout=out, stderr=out, check=False
-            )
+            result = subprocess.run(job.command, cwd=REPO, stdout=out, stderr=out, check=False)
         seconds = time.perf_counter() - job_start
         if result.returncode != 0:
             print(

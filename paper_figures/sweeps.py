@@ -121,6 +121,31 @@ class Preset:
     def overrides_for(self, method: Method) -> tuple[str, ...]:
         return (*self.every_run, *self.sizes_by_algo.get(method.algo, self.sizes))
 
+    @property
+    def episode_length(self) -> int:
+        """The horizon every run has (the testbeds' 100 unless `every_run` sets one)."""
+        for override in self.every_run:
+            key, _, value = override.partition("=")
+            if key == "env.episode_length":
+                return int(value)
+        return 100
+
+
+INITIAL_TRAJECTORIES = 20
+"""HDS's default number of random-command episodes before its first epoch (LoopConfig)."""
+
+
+def at_budget(method: Method, budget: int, preset: Preset) -> Method:
+    """`method` at `budget` real transitions. HDS with a budget smaller than its default
+    initial data starts with the episodes the budget holds (and then collects no more)."""
+    point = method.at("real.budget", budget)
+    held = budget // preset.episode_length
+    if method.algo == "hds" and held < INITIAL_TRAJECTORIES:
+        # Not a swept key: the run's facts, and so its folder, stay those of its budget.
+        overrides = (*point.overrides, f"real.initial_trajectories={held}")
+        point = dataclasses.replace(point, overrides=overrides)
+    return point
+
 
 # Progress bars in a subprocess's captured output are noise; GIFs cost time nobody looks at.
 _QUIET = ("run.animation=false", "run.progress_bar=false")
@@ -207,7 +232,7 @@ class FigureSweep:
 def figure_sweeps(preset: Preset) -> dict[str, FigureSweep]:
     """Every run-based figure's sweep at this preset, in drawing order."""
     betas = [m.at("algo.beta", b) for m in (HDS_MLP, HDS_RESIDUAL) for b in preset.betas]
-    budgets = [m.at("real.budget", b) for m in (HDS_RESIDUAL, PODS_SYSID) for b in preset.budgets]
+    budgets = [at_budget(m, b, preset) for m in (HDS_RESIDUAL, PODS_SYSID) for b in preset.budgets]
     every_method = (PODS_1, PODS_2, HDS_RESIDUAL, HDS_MLP, APG, PPO, PPO_DR, PODS_SYSID, LQR)
     sweeps = [
         FigureSweep(

@@ -22,21 +22,33 @@ from pods.improve import (
     step_size_grid,
 )
 from pods.networks import PolicyNetwork, PolicyParams
-from pods.rollout import Policy, Trajectory, reset_batch, rollout_actions, rollout_policy
+from pods.rollout import (
+    Episode,
+    Policy,
+    Trajectory,
+    episode_of_actions,
+    episode_of_policy,
+    reset_batch,
+    rollout_actions,
+    rollout_policy,
+)
 from pods.train import PODSConfig, TrainingState, evaluate_policy, make_pods, train
 
 __all__ = [
     "DistillationResult",
+    "Episode",
     "ImprovedActions",
     "LineSearchResult",
     "PODSConfig",
     "Policy",
     "PolicyNetwork",
     "PolicyParams",
-    "Trajectory",
     "TrainingState",
+    "Trajectory",
     "action_gradient",
     "distill_policy",
+    "episode_of_actions",
+    "episode_of_policy",
     "evaluate_policy",
     "gauss_newton_matrix",
     "improve_actions",

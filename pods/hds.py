@@ -37,7 +37,7 @@ from pods.improve import (
     newton_direction,
 )
 from pods.networks import PolicyParams
-from pods.rollout import Policy, rollout_actions
+from pods.rollout import Policy, episode_of_actions
 from pods.train import (
     Improvement,
     PODSConfig,
@@ -271,6 +271,7 @@ def improve_actions_annealed(
     damping: float = 1e-3,
     gradient_window: int | None = None,
     action_bounds: tuple[float, float] = (-1.0, 1.0),
+    active: Float[Array, "k horizon"] | None = None,
 ) -> ImprovedActions:
     """`improve_actions` with alpha from simulated annealing instead of the grid line search.
 
@@ -313,10 +314,10 @@ def improve_actions_annealed(
         return jnp.clip(actions + alphas[:, None, None] * direction, low, high)
 
     def objective(alphas):
-        trajectories = jax.vmap(lambda state, a: rollout_actions(env, state, a))(
+        episodes = jax.vmap(lambda state, a: episode_of_actions(env, state, a))(
             states, candidates(alphas)
         )
-        return trajectories.value, trajectories.observations
+        return episodes.value, (episodes.observations, episodes.active)
 
     search = anneal_step_size(
         objective,
@@ -331,6 +332,9 @@ def improve_actions_annealed(
         dtype=actions.dtype,
     )
     accepted = finite & (search.value > value)
+    search_observations, search_active = search.aux
+    if active is None:
+        active = jnp.ones(actions.shape[:2], actions.dtype)
     return ImprovedActions(
         actions=jnp.where(
             accepted[:, None, None], candidates(search.step_size), jnp.clip(actions, low, high)
@@ -341,7 +345,8 @@ def improve_actions_annealed(
         step_size=jnp.where(accepted, search.step_size, 0.0),
         accepted=accepted,
         nonfinite=~finite,
-        observations=jnp.where(accepted[:, None, None], search.aux, observations),
+        observations=jnp.where(accepted[:, None, None], search_observations, observations),
+        active=jnp.where(accepted[:, None], search_active, active),
     )
 
 
@@ -398,13 +403,14 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
     network, make_policy, optimizer, step_sizes = policy_learner(config, envs, horizon)
     default_model_env = model_env
 
-    def search_step(env, states, actions, observations, key) -> ImprovedActions:
+    def search_step(env, states, actions, observations, active, key) -> ImprovedActions:
         shared = dict(
             order=config.order,
             gradient_normalization=config.gradient_normalization,
             max_gradient_norm=config.max_gradient_norm,
             damping=config.damping,
             gradient_window=config.gradient_window,
+            active=active,
         )
         if config.step_size_search == "line_search":
             return improve_actions(env, states, actions, observations, step_sizes, **shared)

@@ -26,7 +26,7 @@ from brax.envs.base import Env, State, Wrapper
 from flax import struct
 from jaxtyping import Array, Bool, Float
 
-from pods.rollout import rollout_actions
+from pods.rollout import episode_of_actions, rollout_actions
 
 RewardFn = Callable[[Float[Array, " obs_dim"], Float[Array, " act_dim"]], Float[Array, ""]]
 """r(s_{t+1}, a_t): the reward for arriving at observation s_{t+1} by action a_t."""
@@ -54,6 +54,9 @@ class ImprovedActions:
     observations: Float[Array, "k horizon+1 obs_dim"]
     """The states the returned actions visit: the candidate's rollout where accepted, else the
     rollout of the original actions."""
+    active: Float[Array, "k horizon"]
+    """1 for the steps of `actions` taken before their episode ended (see `pods.rollout`):
+    distillation learns only from those."""
 
 
 def step_size_grid(largest: float, smallest: float, count: int) -> Float[Array, " count"]:
@@ -111,7 +114,8 @@ def gauss_newton_factor(
     The Jacobian ds/da comes from forward mode, one tangent per action coordinate: n is small
     (100 for a 100-step cart-pole) while the states are larger, and one vmapped JVP rollout is
     cheaper than n reverse passes. dV/da is assembled from the same Jacobian, so the second-order
-    path needs no reverse pass at all.
+    path needs no reverse pass at all. Steps after the episode ended add nothing to V, to its
+    gradient or to H, as in the rollout's return.
     """
     reward_fn = reward_fn if reward_fn is not None else getattr(env, "task_reward", None)
     if reward_fn is None:
@@ -120,15 +124,16 @@ def gauss_newton_factor(
     n = horizon * act_dim
 
     def next_observations(a):
-        return rollout_actions(
+        episode = episode_of_actions(
             env, state, a.reshape(horizon, act_dim), gradient_window=gradient_window
-        ).observations[1:]
+        )
+        return episode.observations[1:], episode.active
 
     flat = actions.reshape(n)
     basis = jnp.eye(n, dtype=actions.dtype)
-    obs, d_obs = jax.vmap(lambda t: jax.jvp(next_observations, (flat,), (t,)), out_axes=(None, 0))(
-        basis
-    )
+    (obs, active), (d_obs, _) = jax.vmap(
+        lambda t: jax.jvp(next_observations, (flat,), (t,)), out_axes=((None, None), 0)
+    )(basis)
     obs_dim = obs.shape[-1]
     # dz_t/da for z_t = (s_{t+1}, a_t): the rollout's Jacobian stacked on the selector of a_t.
     d_obs = jnp.moveaxis(d_obs, 0, -1)  # (horizon, obs_dim, n)
@@ -139,9 +144,13 @@ def gauss_newton_factor(
     def reward_of_z(z_t):
         return reward_fn(z_t[:obs_dim], z_t[obs_dim:])
 
-    rewards = jax.vmap(reward_of_z)(z)
-    reward_grads = jax.vmap(jax.grad(reward_of_z))(z)
+    # Selects, not products, for the steps after termination: their states may be non-finite.
+    live = active > 0
+    rewards = jnp.where(live, jax.vmap(reward_of_z)(z), 0.0)
+    reward_grads = jnp.where(live[:, None], jax.vmap(jax.grad(reward_of_z))(z), 0.0)
     curvature = jax.vmap(jax.hessian(lambda z_t: -reward_of_z(z_t)))(z)
+    curvature = jnp.where(live[:, None, None], curvature, 0.0)
+    dz = jnp.where(live[:, None, None], dz, 0.0)
     eigenvalues, eigenvectors = jnp.linalg.eigh(curvature)
     # (-d2r/dz2)_+ = L L^T with the negative eigenvalues dropped; B stacks L_t^T dz_t/da.
     roots = eigenvectors * jnp.sqrt(jnp.maximum(eigenvalues, 0.0))[:, None, :]
@@ -217,6 +226,8 @@ class LineSearchResult:
     accepted: Bool[Array, " k"]
     observations: Float[Array, "k horizon+1 obs_dim"]
     """The states the accepted candidate visits (NaN rows where none was accepted)."""
+    active: Float[Array, "k horizon"]
+    """The accepted candidate's steps before its episode ended (0 where none was accepted)."""
 
 
 def line_search(
@@ -241,22 +252,24 @@ def line_search(
     )
 
     def candidate_rollouts(state, candidates_of_state):
-        trajectories = jax.vmap(lambda a: rollout_actions(env, state, a))(candidates_of_state)
-        return trajectories.value, trajectories.observations
+        episodes = jax.vmap(lambda a: episode_of_actions(env, state, a))(candidates_of_state)
+        return episodes.value, episodes.observations, episodes.active
 
-    returns, observations = jax.vmap(candidate_rollouts)(states, candidates)
+    returns, observations, active = jax.vmap(candidate_rollouts)(states, candidates)
     returns = jnp.where(jnp.isfinite(returns), returns, -jnp.inf)
     best = jnp.argmax(returns, axis=1)
     best_return = jnp.take_along_axis(returns, best[:, None], axis=1)[:, 0]
     accepted = best_return > value
     best_actions = jnp.take_along_axis(candidates, best[:, None, None, None], axis=1)[:, 0]
     best_observations = jnp.take_along_axis(observations, best[:, None, None, None], axis=1)[:, 0]
+    best_active = jnp.take_along_axis(active, best[:, None, None], axis=1)[:, 0]
     return LineSearchResult(
         actions=jnp.where(accepted[:, None, None], best_actions, jnp.clip(actions, low, high)),
         value=jnp.where(accepted, best_return, value),
         step_size=jnp.where(accepted, step_sizes[best], 0.0),
         accepted=accepted,
         observations=jnp.where(accepted[:, None, None], best_observations, jnp.nan),
+        active=jnp.where(accepted[:, None], best_active, 0.0),
     )
 
 
@@ -274,12 +287,14 @@ def improve_actions(
     gradient_window: int | None = None,
     reward_fn: RewardFn | None = None,
     action_bounds: tuple[float, float] = (-1.0, 1.0),
+    active: Float[Array, "k horizon"] | None = None,
 ) -> ImprovedActions:
     """One first- or second-order improvement step with a batched line search, for k rollouts.
 
-    `observations` are those of the rollouts of `actions` from `states`; they are returned for
-    the trajectories the line search leaves alone, so that distillation can regress on the
-    states each returned action sequence actually visits.
+    `observations` (and `active`, the steps before each episode ended; all of them if None)
+    are those of the rollouts of `actions` from `states`; they are returned for the
+    trajectories the line search leaves alone, so that distillation can regress on the states
+    each returned action sequence actually visits, while its episode runs.
     """
     if order == 1:
 
@@ -320,4 +335,10 @@ def improve_actions(
         accepted=accepted,
         nonfinite=~finite,
         observations=jnp.where(accepted[:, None, None], search.observations, observations),
+        active=jnp.where(accepted[:, None], search.active, _all_active(actions, active)),
     )
+
+
+def _all_active(actions: jax.Array, active: jax.Array | None) -> jax.Array:
+    """`active`, or every step of `actions` where it is None."""
+    return jnp.ones(actions.shape[:2], actions.dtype) if active is None else active

@@ -8,6 +8,13 @@ Gradients through long rollouts of unstable systems explode (the state Jacobian 
 exp(lambda t)). `gradient_window=K` stops the gradient of the env state every K steps, so an
 action's gradient only sees the rewards of the window it acts in; the forward pass is
 unchanged.
+
+Rollouts are done-aware: PODS rolls out a fixed horizon from a reset, but an env that ends its
+episode (Brax's `state.done`, e.g. a pole past its limit) keeps stepping. From the step whose
+`done` is 1 on, every later reward is masked out of the return (the terminating step's own
+reward counts, as in Brax's evaluation), with a select on a constant mask, so the return stays
+differentiable in the actions of the episode and a return never counts what happens after it
+ended. Envs that never set `done` (the testbeds) get exactly the unmasked numbers.
 """
 
 from __future__ import annotations
@@ -32,16 +39,37 @@ class Trajectory(NamedTuple):
     actions: Float[Array, "horizon act_dim"]
     """a_0 .. a_{N-1}, as passed to `env.step`."""
     rewards: Float[Array, " horizon"]
-    """r_t, the reward `env.step` returned for taking a_t in s_t."""
+    """r_t, the reward `env.step` returned for taking a_t in s_t; 0 after the episode ended."""
 
     @property
     def value(self) -> Float[Array, ""]:
-        """The return V = sum_t r_t (undiscounted, as PODS optimizes it)."""
+        """The return V = sum_t r_t (undiscounted, as PODS optimizes it), up to termination."""
         return jnp.sum(self.rewards, axis=-1)
 
     @property
     def horizon(self) -> int:
         return self.actions.shape[-2]
+
+
+class Episode(NamedTuple):
+    """A rollout and which of its steps belong to the episode. The trajectory's fields are
+    also readable directly (`episode.observations`, `episode.value`, ...)."""
+
+    trajectory: Trajectory
+    active: Float[Array, " horizon"]
+    """1 for the steps taken while the episode ran (the one that ended it included), 0 after;
+    all 1 for an env that never sets `done`."""
+
+    observations = property(lambda self: self.trajectory.observations)
+    actions = property(lambda self: self.trajectory.actions)
+    rewards = property(lambda self: self.trajectory.rewards)
+    value = property(lambda self: self.trajectory.value)
+    horizon = property(lambda self: self.trajectory.horizon)
+
+    @property
+    def steps(self) -> Float[Array, ""]:
+        """Steps the episode lasted within the horizon."""
+        return jnp.sum(self.active, axis=-1)
 
 
 def _check_window(gradient_window: int | None) -> int:
@@ -68,6 +96,11 @@ def _window_cut(state: State, t: jax.Array, gradient_window: int) -> State:
     return jax.tree.map(maybe_stop, state)
 
 
+def _ended(state: State) -> jax.Array:
+    """1 where `state` ends its episode; a constant for differentiation."""
+    return jax.lax.stop_gradient(jnp.asarray(state.done) > 0)
+
+
 def _rollout(
     env: Env,
     state: State,
@@ -75,23 +108,43 @@ def _rollout(
     xs: Any,
     horizon: int,
     gradient_window: int | None,
-) -> tuple[State, Trajectory]:
+) -> tuple[State, Episode]:
     window = _check_window(gradient_window)
     if not (isinstance(horizon, int) and horizon > 0):
         raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
 
-    def env_step(state, x):
+    def env_step(carry, x):
+        state, active = carry
         t, x = x
         state = _window_cut(state, t, window)
         action = choose_action(state, x)
         next_state = env.step(state, action)
-        return next_state, (state.obs, action, next_state.reward)
+        reward = jnp.asarray(next_state.reward)
+        # A select, not a product: after termination the physics may run off to inf or NaN,
+        # and 0 * NaN would poison the whole return. The gradient is the same either way.
+        reward = jnp.where(active, reward, jnp.zeros_like(reward))
+        carry = (next_state, active & ~_ended(next_state))
+        return carry, (state.obs, action, reward, active)
 
-    final, (obs, actions, rewards) = jax.lax.scan(
-        env_step, state, (jnp.arange(horizon), xs), length=horizon
+    (final, _), (obs, actions, rewards, active) = jax.lax.scan(
+        env_step, (state, ~_ended(state)), (jnp.arange(horizon), xs), length=horizon
     )
     observations = jnp.concatenate([obs, final.obs[None]], axis=0)
-    return final, Trajectory(observations, actions, rewards)
+    trajectory = Trajectory(observations, actions, rewards)
+    return final, Episode(trajectory, active.astype(rewards.dtype))
+
+
+def episode_of_actions(
+    env: Env,
+    state: State,
+    actions: Float[Array, "horizon act_dim"],
+    *,
+    gradient_window: int | None = None,
+) -> Episode:
+    """`rollout_actions`, with the mask of the steps taken before the episode ended."""
+    return _rollout(
+        env, state, lambda _, action: action, actions, actions.shape[0], gradient_window
+    )[1]
 
 
 def rollout_actions(
@@ -102,12 +155,10 @@ def rollout_actions(
     gradient_window: int | None = None,
 ) -> Trajectory:
     """Plays a fixed action sequence open loop from `state`; differentiable in `actions`."""
-    return _rollout(
-        env, state, lambda _, action: action, actions, actions.shape[0], gradient_window
-    )[1]
+    return episode_of_actions(env, state, actions, gradient_window=gradient_window).trajectory
 
 
-def rollout_policy(
+def episode_of_policy(
     env: Env,
     state: State,
     policy: Policy,
@@ -116,8 +167,8 @@ def rollout_policy(
     key: jax.Array | None = None,
     action_noise: float | jax.Array = 0.0,
     gradient_window: int | None = None,
-) -> Trajectory:
-    """Runs `policy` closed loop for `horizon` steps from `state`.
+) -> Episode:
+    """Runs `policy` closed loop for `horizon` steps from `state`; the episode and its mask.
 
     With `key`, Gaussian noise of standard deviation `action_noise` is added to every action
     (exploration); the noisy action is the one recorded and played.
@@ -131,6 +182,12 @@ def rollout_policy(
 
     keys = None if key is None else jax.random.split(key, horizon)
     return _rollout(env, state, choose_action, keys, horizon, gradient_window)[1]
+
+
+def rollout_policy(env: Env, state: State, policy: Policy, horizon: int, **options) -> Trajectory:
+    """The trajectory of `episode_of_policy` (same options: `key`, `action_noise`,
+    `gradient_window`)."""
+    return episode_of_policy(env, state, policy, horizon, **options).trajectory
 
 
 def reset_batch(env: Env, key: jax.Array, batch_size: int) -> State:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -16,13 +19,9 @@ def configure_jax(*, cache_dir: str | os.PathLike | None = None, float64: bool =
     Compiling a gradient through a Brax rollout takes tens of seconds on a small CPU; the
     cache makes every later process that compiles the same function load it instead. The
     folder comes from `cache_dir`, else $PODS_JAX_CACHE, else `.jax_cache` at the repo root.
-    (XLA logs a warning on every cache hit; TF_CPP_MIN_LOG_LEVEL=2, set before jax is
-    imported, silences it. The Makefile and the tests do so. On some CPUs jaxlib 0.9 also
-    logs an error-level line per hit, "Target machine feature +prefer-no-gather is not
-    supported on the host machine" (jax-ml/jax#38445): those are tuning hints, not
-    instruction sets, and the entry is used all the same: a Brax rollout gradient measured
-    17.7 s to compile cold, 7.1 s with the hit, of which 0.8 s XLA. Level 3 would hide the
-    line, and every other error with it.)
+    Every cache hit makes XLA log one or two false alarms: `filter_known_xla_logs` drops
+    exactly those. (The entry is used all the same: a Brax rollout gradient measured 17.7 s
+    to compile cold, 7.1 s with the hit, of which 0.8 s XLA.)
     """
     path = Path(cache_dir or os.environ.get("PODS_JAX_CACHE") or DEFAULT_CACHE_DIR)
     path.mkdir(parents=True, exist_ok=True)
@@ -32,3 +31,45 @@ def configure_jax(*, cache_dir: str | os.PathLike | None = None, float64: bool =
     if float64:
         jax.config.update("jax_enable_x64", True)
     return path
+
+
+_log_filter: subprocess.Popen | None = None
+
+
+def filter_known_xla_logs() -> None:
+    """Drops, from this process's stderr, the two XLA log lines that every persistent-cache
+    hit prints and that are false here (see `pods/xla_log_filter.py`); everything else
+    passes. For entry points (the CLI, reports): call it once, before the first compile.
+    `PODS_XLA_LOGS=all` leaves stderr alone.
+
+    XLA's C++ logging writes to file descriptor 2 directly, so the filter sits there: fd 2
+    becomes a pipe to a filter process, which writes to the original stderr. The filter is a
+    process of its own so that what this one writes before a crash is never lost; at exit
+    this process restores fd 2 and waits for the filter to drain.
+    """
+    global _log_filter
+    if _log_filter is not None or os.environ.get("PODS_XLA_LOGS") == "all":
+        return
+    sys.stderr.flush()
+    original = os.dup(2)
+    script = Path(__file__).with_name("xla_log_filter.py")
+    _log_filter = subprocess.Popen(
+        [sys.executable, "-S", str(script)],
+        stdin=subprocess.PIPE,
+        stdout=original,
+        stderr=original,
+        start_new_session=True,
+    )
+    os.dup2(_log_filter.stdin.fileno(), 2)
+    _log_filter.stdin.close()  # fd 2 is the pipe's one write end here now
+    atexit.register(_stop_log_filter, original)
+
+
+def _stop_log_filter(original: int) -> None:
+    sys.stderr.flush()
+    os.dup2(original, 2)
+    try:
+        # A child process of ours that outlives us may keep the pipe open: do not hang on it.
+        _log_filter.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass

@@ -38,7 +38,7 @@ from pods.networks import (
     make_policy_factory,
     policy_apply,
 )
-from pods.rollout import Policy, Trajectory, reset_batch, rollout_policy
+from pods.rollout import Episode, Policy, episode_of_policy, reset_batch, rollout_policy
 
 Metrics = dict[str, float]
 
@@ -220,7 +220,7 @@ def make_pods(config: PODSConfig, env: Env):
     k = config.num_trajectories
     network, make_policy, optimizer, step_sizes = policy_learner(config, [env], horizon)
 
-    def search_step(env, states, actions, observations, _key) -> ImprovedActions:
+    def search_step(env, states, actions, observations, active, _key) -> ImprovedActions:
         return improve_actions(
             env,
             states,
@@ -232,6 +232,7 @@ def make_pods(config: PODSConfig, env: Env):
             max_gradient_norm=config.max_gradient_norm,
             damping=config.damping,
             gradient_window=config.gradient_window,
+            active=active,
         )
 
     def improve(params: PolicyParams, epoch: jax.Array, key: jax.Array):
@@ -253,9 +254,9 @@ def make_pods(config: PODSConfig, env: Env):
 class Improvement:
     """PODS steps 1-2 on a batch of k trajectories: what distillation and the metrics need."""
 
-    data: Trajectory
+    data: Episode
     """The rollouts the actions were improved from (with exploration noise, if any)."""
-    evaluation: Trajectory
+    evaluation: Episode
     """The deterministic policy's rollouts from the same initial states."""
     steps: ImprovedActions
     """Every improvement step, stacked on a leading axis (trajectories second)."""
@@ -286,8 +287,9 @@ class Improvement:
         )
 
 
-SearchStep = Callable[[Env, State, jax.Array, jax.Array, jax.Array], ImprovedActions]
-"""(env, states, actions, observations, key) -> one improvement step of every trajectory."""
+SearchStep = Callable[[Env, State, jax.Array, jax.Array, jax.Array, jax.Array], ImprovedActions]
+"""(env, states, actions, observations, active, key) -> one improvement step of every
+trajectory (`active`: the steps before each episode ended)."""
 
 
 def roll_out_and_improve(
@@ -307,23 +309,23 @@ def roll_out_and_improve(
     states = reset_batch(env, key_reset, size)
     policy = make_policy(params)
     # train/return is always the deterministic policy's, comparable across configs.
-    evaluation = jax.vmap(lambda s: rollout_policy(env, s, policy, horizon))(states)
+    evaluation = jax.vmap(lambda s: episode_of_policy(env, s, policy, horizon))(states)
     noise = config.exploration_noise * config.exploration_decay ** epoch.astype(dtype)
     if config.exploration_noise > 0:
         data = jax.vmap(
-            lambda s, key: rollout_policy(env, s, policy, horizon, key=key, action_noise=noise)
+            lambda s, key: episode_of_policy(env, s, policy, horizon, key=key, action_noise=noise)
         )(states, jax.random.split(key_noise, size))
     else:
         data = evaluation
 
     def improvement_step(trajectories, step_key):
-        actions, observations = trajectories
-        step = search_step(env, states, actions, observations, step_key)
-        return (step.actions, step.observations), step
+        actions, observations, active = trajectories
+        step = search_step(env, states, actions, observations, active, step_key)
+        return (step.actions, step.observations, step.active), step
 
     _, steps = jax.lax.scan(
         improvement_step,
-        (data.actions, data.observations),
+        (data.actions, data.observations, data.active),
         jax.random.split(jax.random.fold_in(key, 2), config.improve_iterations),
     )
     return Improvement(
@@ -349,14 +351,17 @@ def distill_improved(
     improved, selected = improvement.improved, improvement.selected
     k, horizon = improved.actions.shape[:2]
     dtype = improved.actions.dtype
-    states_visited = (
-        improved.observations if config.distill_states == "improved" else data.observations
-    )
+    if config.distill_states == "improved":
+        states_visited, active = improved.observations, improved.active
+    else:
+        states_visited, active = data.observations, data.active * improved.active
     observations = states_visited[:, :-1].reshape(k * horizon, -1)
     targets = improved.actions.reshape(k * horizon, -1)
     # A trajectory whose derivatives went non-finite is in a regime the numerics cannot
-    # be trusted in: it teaches nothing, not even its own (unimproved) actions.
+    # be trusted in: it teaches nothing, not even its own (unimproved) actions. Steps after
+    # the episode ended teach nothing either: no reward judged them.
     trusted = jnp.repeat(~jnp.any(steps.nonfinite, axis=0) & selected, horizon)
+    trusted = trusted & (active.reshape(k * horizon) > 0)
     usable = trusted & jnp.all(jnp.isfinite(observations), -1) & jnp.all(jnp.isfinite(targets), -1)
     normalizer = state.params.normalizer
     if config.normalize_observations:
@@ -396,6 +401,7 @@ def distill_improved(
         "train/accept_rate": jnp.mean(accepted),
         "train/rejected_nonfinite": jnp.sum(steps.nonfinite) + distilled.skipped_updates,
         "train/exploration_noise": improvement.noise,
+        "train/episode_steps": jnp.mean(evaluation.steps),
     }
     return new_state, metrics
 

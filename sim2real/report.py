@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pods.rollout import reset_batch
-from pods.runtime import configure_jax
+from pods.runtime import configure_jax, filter_known_xla_logs
 from sim2real.mujoco_lab import MujocoCartPole, rollout_actions
 from sim2real.testbeds import SYSTEMS, TASKS, make_testbed
 
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.trajectories <= 0:
         parser.error(f"--trajectories must be positive, got {args.trajectories}")
 
+    filter_known_xla_logs()
     configure_jax()
     report = build_report(args.trajectories, args.seed, args.tasks)
     print(format_report(report))

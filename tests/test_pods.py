@@ -25,7 +25,7 @@ from pods.improve import (
     line_search,
     step_size_grid,
 )
-from pods.rollout import Trajectory, reset_batch, rollout_actions
+from pods.rollout import Episode, Trajectory, episode_of_actions, reset_batch, rollout_actions
 from pods.train import (
     Improvement,
     PODSConfig,
@@ -330,11 +330,9 @@ def test_elite_is_the_top_fraction_and_never_a_non_finite_value():
     assert int(jnp.sum(elite(jnp.array([1.0, 2.0, 2.0, 0.0]), 0.25))) == 2  # ties kept
 
 
-def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages():
-    """Two optima visit the same states with opposite actions; the better one scores higher.
-    Distilling every trajectory regresses onto their mean (about 0); the elite onto its own."""
-    env = LinearQuadraticEnv()
-    k, horizon = 8, env.episode_length
+def distillation_learner(env, k: int):
+    """A small policy that distillation fits within one call: (config, network, optimizer,
+    initial state)."""
     config = PODSConfig(
         num_trajectories=k,
         hidden_sizes=(16,),
@@ -343,8 +341,17 @@ def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages()
         learning_rate=1e-2,
         normalize_observations=False,
     )
-    network, _, optimizer, _ = policy_learner(config, [env], horizon)
+    network, _, optimizer, _ = policy_learner(config, [env], env.episode_length)
     state = init_training_state(config, env, network, jax.random.PRNGKey(0))
+    return config, network, optimizer, state
+
+
+def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages():
+    """Two optima visit the same states with opposite actions; the better one scores higher.
+    Distilling every trajectory regresses onto their mean (about 0); the elite onto its own."""
+    env = LinearQuadraticEnv()
+    k, horizon = 8, env.episode_length
+    config, network, optimizer, state = distillation_learner(env, k)
     states = jax.random.uniform(jax.random.PRNGKey(1), (k // 2, horizon + 1, 2), minval=-1)
     observations = jnp.concatenate([states, states])
     better = jnp.arange(k) < k // 2
@@ -359,9 +366,12 @@ def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages()
         accepted=jnp.ones(k, bool),
         nonfinite=jnp.zeros(k, bool),
         observations=observations,
+        active=jnp.ones((k, horizon)),
     )
     steps = jax.tree.map(lambda x: x[None], steps)  # one improvement step
-    data = Trajectory(observations, actions, jnp.zeros((k, horizon)))
+    data = Episode(
+        Trajectory(observations, actions, jnp.zeros((k, horizon))), jnp.ones((k, horizon))
+    )
 
     def distilled_actions(fraction):
         improvement = Improvement(data, data, steps, elite(values, fraction), jnp.zeros(()))
@@ -377,6 +387,66 @@ def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages()
     assert np.max(np.abs(all_outputs)) < 0.3
     assert float(elite_metrics["train/return_distilled"]) == 10.0
     assert float(all_metrics["train/return_distilled"]) == 7.5
+
+
+def test_steps_after_termination_are_not_distilled():
+    """Each trajectory's first half asks for +0.8, its second half, after the episode ended,
+    for -0.8, at the same states: only the first half is learned."""
+    env = LinearQuadraticEnv()
+    k, horizon = 8, env.episode_length
+    config, network, optimizer, state = distillation_learner(env, k)
+    points = jax.random.uniform(jax.random.PRNGKey(1), (k, 1, 2), minval=-1)
+    observations = jnp.broadcast_to(points, (k, horizon + 1, 2))
+    first_half = jnp.arange(horizon) < horizon // 2
+    actions = jnp.where(first_half, 0.8, -0.8)[None, :, None] * jnp.ones((k, horizon, 1))
+    active = jnp.broadcast_to(first_half.astype(jnp.float32), (k, horizon))
+    steps = ImprovedActions(
+        actions=actions,
+        value=jnp.zeros(k),
+        value_improved=jnp.ones(k),
+        gradient_norm=jnp.ones(k),
+        step_size=jnp.ones(k),
+        accepted=jnp.ones(k, bool),
+        nonfinite=jnp.zeros(k, bool),
+        observations=observations,
+        active=active,
+    )
+    steps = jax.tree.map(lambda x: x[None], steps)
+    data = Episode(Trajectory(observations, actions, jnp.zeros((k, horizon))), active)
+    improvement = Improvement(data, data, steps, jnp.ones(k, bool), jnp.zeros(()))
+    new_state, _ = distill_improved(
+        config, network, optimizer, state, improvement, jax.random.PRNGKey(2)
+    )
+    outputs = network.apply(new_state.params.network, points[:, 0])
+    np.testing.assert_allclose(outputs, 0.8, atol=0.1)
+
+
+def test_improvement_of_terminating_episodes_keeps_each_returned_mask():
+    """On an env that ends episodes, the actions returned come with the steps their own
+    episode lasts, and a return that counts only those."""
+    from test_rollout import FallingPoint
+
+    env = FallingPoint()
+    k = 8
+    states = reset_batch(env, jax.random.PRNGKey(3), k)
+    actions = jax.random.uniform(jax.random.PRNGKey(4), (k, env.episode_length, 1), minval=0.1)
+    start = jax.vmap(lambda s, a: episode_of_actions(env, s, a))(states, actions)
+    assert np.all(np.asarray(start.steps) < env.episode_length)  # every episode ends
+    for order in (1, 2):
+        step = improve_actions(
+            env,
+            states,
+            actions,
+            start.observations,
+            step_size_grid(1.0, 1e-3, 8),
+            order=order,
+            active=start.active,
+        )
+        replay = jax.vmap(lambda s, a: episode_of_actions(env, s, a))(states, step.actions)
+        np.testing.assert_array_equal(step.active, replay.active)
+        np.testing.assert_allclose(step.value_improved, replay.value, rtol=1e-5)
+        assert np.all(np.asarray(step.value_improved) >= np.asarray(step.value))
+        assert np.any(np.asarray(step.accepted))
 
 
 # ---------------------------------------------------------------- config and params

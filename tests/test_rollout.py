@@ -2,8 +2,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from brax.envs.base import State
 
-from pods.rollout import reset_batch, rollout_actions, rollout_policy
+from pods.improve import gauss_newton_factor
+from pods.rollout import episode_of_actions, reset_batch, rollout_actions, rollout_policy
 from sim2real import SYSTEMS, TASKS, make_testbed
 
 
@@ -42,7 +44,10 @@ def test_scan_rollout_equals_a_python_loop_of_env_steps():
     env = make_testbed("cartpole_swingup_real")
     state = env.reset(jax.random.PRNGKey(0))
     actions = jnp.linspace(-1, 1, 15)[:, None]
-    traj = jax.jit(lambda s, a: rollout_actions(env, s, a))(state, actions)
+    episode = jax.jit(lambda s, a: episode_of_actions(env, s, a))(state, actions)
+    traj = episode.trajectory
+    # A testbed never ends an episode: every step is counted.
+    np.testing.assert_array_equal(episode.active, jnp.ones(15))
     step = jax.jit(env.step)
     observations, rewards = [state.obs], []
     for action in actions:
@@ -105,3 +110,72 @@ def test_bad_horizon_or_window_raises_naming_the_value(bad):
         rollout_policy(env, state, lambda o: jnp.zeros(1), bad)
     with pytest.raises(ValueError, match=f"gradient_window.*{bad}" if bad else "horizon"):
         rollout_actions(env, state, jnp.zeros((5 if bad else 0, 1)), gradient_window=bad or None)
+
+
+class FallingPoint:
+    """A point on a line that ends its episode once |x| passes 1: x' = x + a, reward
+    r = 1 - x'^2 + a (the action term keeps every step's reward sensitive to its action)."""
+
+    observation_size, action_size, episode_length = 1, 1, 8
+
+    def reset(self, rng):
+        x = jax.random.uniform(rng, (1,), minval=-0.1, maxval=0.1)
+        zero = jnp.zeros(())
+        return State(pipeline_state=None, obs=x, reward=zero, done=zero)
+
+    def step(self, state, action):
+        x = state.obs + action
+        return state.replace(
+            obs=x, reward=1.0 - x[0] ** 2 + action[0], done=(jnp.abs(x[0]) > 1).astype(x.dtype)
+        )
+
+    def task_reward(self, obs, action):
+        return 1.0 - obs[0] ** 2 + action[0]
+
+
+def test_rewards_after_done_are_masked_as_a_python_loop_masks_them():
+    env = FallingPoint()
+    state = env.reset(jax.random.PRNGKey(0))
+    actions = jnp.full((8, 1), 0.3)  # |x| passes 1 on the 4th step: done from then on
+    episode = jax.jit(lambda s, a: episode_of_actions(env, s, a))(state, actions)
+    rewards, active, running = [], [], True
+    for action in actions:
+        state = env.step(state, action)
+        rewards.append(float(state.reward) if running else 0.0)
+        active.append(float(running))
+        running = running and not bool(state.done)
+    np.testing.assert_allclose(episode.rewards, rewards, rtol=1e-6)
+    np.testing.assert_array_equal(episode.active, active)
+    assert active == [1, 1, 1, 1, 0, 0, 0, 0] and float(episode.steps) == 4
+    # The ended episode's later rewards are not zero: the mask, not the env, drops them.
+    assert float(state.reward) != 0.0
+    np.testing.assert_allclose(episode.value, sum(rewards), rtol=1e-6)
+
+
+def test_return_gradient_stops_at_termination_and_matches_finite_differences():
+    env = FallingPoint()
+    state = env.reset(jax.random.PRNGKey(0))
+    actions = jnp.full((8, 1), 0.3)
+
+    def value(a):
+        return rollout_actions(env, state, a).value
+
+    analytic = jax.jit(jax.grad(value))(actions)
+    # Actions after the terminating step (the 4th) change nothing that is counted.
+    assert jnp.all(analytic[4:] == 0) and jnp.all(analytic[:4] != 0)
+    # Small bumps keep the termination step where it is, so finite differences agree.
+    numeric = _central_differences(value, actions, 1e-3)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-2, atol=1e-3)
+
+
+def test_second_order_terms_ignore_the_steps_after_termination():
+    env = FallingPoint()
+    state = env.reset(jax.random.PRNGKey(0))
+    actions = jnp.full((8, 1), 0.3)
+    value, gradient, factor = jax.jit(lambda a: gauss_newton_factor(env, state, a))(actions)
+    np.testing.assert_allclose(value, rollout_actions(env, state, actions).value, rtol=1e-6)
+    np.testing.assert_allclose(
+        gradient, jax.grad(lambda a: rollout_actions(env, state, a).value)(actions)[:, 0], rtol=1e-5
+    )
+    matrix = factor.T @ factor
+    assert jnp.all(matrix[4:] == 0) and jnp.all(matrix[:, 4:] == 0) and jnp.all(matrix[:4, :4] != 0)
