@@ -32,9 +32,8 @@ from pods.improve import (
     ImprovedActions,
     action_gradient,
     first_order_direction,
-    gauss_newton_factor,
     improve_actions,
-    newton_direction,
+    newton_step,
 )
 from pods.networks import PolicyParams
 from pods.rollout import Policy, episode_of_actions
@@ -293,11 +292,7 @@ def improve_actions_annealed(
     elif order == 2:
 
         def direction_of(state, a):
-            value, gradient, factor = gauss_newton_factor(
-                env, state, a, gradient_window=gradient_window
-            )
-            direction = newton_direction(gradient, factor, damping)
-            return value, gradient.reshape(a.shape), direction.reshape(a.shape)
+            return newton_step(env, state, a, damping=damping, gradient_window=gradient_window)
 
     else:
         raise ValueError(f"order must be 1 or 2, got {order!r}")

@@ -7,7 +7,7 @@ batch them with `jax.vmap` over initial states (and action sequences or noise ke
 Gradients through long rollouts of unstable systems explode (the state Jacobian grows like
 exp(lambda t)). `gradient_window=K` stops the gradient of the env state every K steps, so an
 action's gradient only sees the rewards of the window it acts in; the forward pass is
-unchanged.
+unchanged. The recorded observations keep the gradient of the window that reached them.
 
 Rollouts are done-aware: PODS rolls out a fixed horizon from a reset, but an env that ends its
 episode (Brax's `state.done`, e.g. a pole past its limit) keeps stepping. From the step whose
@@ -114,9 +114,12 @@ def _rollout(
         raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
 
     def env_step(carry, x):
-        state, active = carry
+        arrived, active = carry
         t, x = x
-        state = _window_cut(state, t, window)
+        # The window starts from the cut state, but the recorded s_t keeps its gradient: it
+        # is where the previous window's last action led, and r(s_t, a_{t-1}) belongs to
+        # that window (the second-order terms differentiate the recorded states).
+        state = _window_cut(arrived, t, window)
         action = choose_action(state, x)
         next_state = env.step(state, action)
         reward = jnp.asarray(next_state.reward)
@@ -124,7 +127,7 @@ def _rollout(
         # and 0 * NaN would poison the whole return. The gradient is the same either way.
         reward = jnp.where(active, reward, jnp.zeros_like(reward))
         carry = (next_state, active & ~_ended(next_state))
-        return carry, (state.obs, action, reward, active)
+        return carry, (arrived.obs, action, reward, active)
 
     (final, _), (obs, actions, rewards, active) = jax.lax.scan(
         env_step, (state, ~_ended(state)), (jnp.arange(horizon), xs), length=horizon

@@ -19,10 +19,12 @@ from pods.distill import distill_policy
 from pods.improve import (
     ImprovedActions,
     action_gradient,
+    gauss_newton,
     gauss_newton_factor,
     gauss_newton_matrix,
     improve_actions,
     line_search,
+    newton_direction,
     step_size_grid,
 )
 from pods.rollout import Episode, Trajectory, episode_of_actions, reset_batch, rollout_actions
@@ -172,6 +174,78 @@ def swingup():
 def cartpole_line_search(swingup):
     """The batched line search, compiled once for the module (forward rollouts only)."""
     return jax.jit(lambda *args: line_search(swingup, *args))
+
+
+class CoupledPendulumEnv(Env):
+    """A nonlinear two-input test double: a pendulum and a cart coupled through sin and a
+    squared input, with a reward whose Hessian is indefinite (its cosine term), so the
+    Gauss-Newton terms take the PSD projection."""
+
+    episode_length = 10
+
+    def reset(self, rng):
+        s0 = jax.random.uniform(rng, (3,), jnp.float64, -1.0, 1.0)
+        zero = jnp.zeros((), jnp.float64)
+        return State(None, s0, zero, zero)
+
+    def step(self, state, action):
+        x, angle, rate = state.obs
+        rate = rate + 0.1 * (jnp.sin(angle) + action[0] - 0.5 * action[1] ** 2 + 0.3 * x)
+        obs = jnp.stack([x + 0.1 * action[1], angle + 0.1 * rate, rate])
+        return state.replace(obs=obs, reward=self.task_reward(obs, action))
+
+    def task_reward(self, obs, action):
+        return jnp.cos(obs[1]) - 0.1 * obs[0] ** 2 - 0.05 * obs[2] ** 2 - 0.01 * action @ action
+
+    @property
+    def observation_size(self):
+        return 3
+
+    @property
+    def action_size(self):
+        return 2
+
+    @property
+    def backend(self):
+        return "test"
+
+
+@pytest.mark.parametrize("window", [4, 5])
+def test_windowed_gauss_newton_equals_one_tangent_per_action(window):
+    """W tangents shared by all windows give the Jacobian of one tangent per action, and the
+    block-wise Newton solve equals the dense one; 10 steps in windows of 4 leave a padded
+    last block, in windows of 5 none."""
+    with jax.enable_x64(True):
+        env = CoupledPendulumEnv()
+        state = env.reset(jax.random.PRNGKey(5))
+        actions = 0.5 * jax.random.normal(jax.random.PRNGKey(6), (10, 2), jnp.float64)
+        shared = gauss_newton(env, state, actions, gradient_window=window)
+        reference = gauss_newton(env, state, actions, gradient_window=window, tangent_period=10)
+        assert shared.blocks.shape[0] == -(-10 // window) and reference.blocks.shape[0] == 1
+
+        np.testing.assert_allclose(shared.value, reference.value, rtol=1e-14)
+        np.testing.assert_allclose(shared.gradient, reference.gradient, rtol=1e-12, atol=1e-14)
+        _, gradient_rev = action_gradient(env, state, actions, gradient_window=window)
+        np.testing.assert_allclose(shared.gradient, gradient_rev.reshape(-1), rtol=1e-10)
+        matrix = reference.dense_factor().T @ reference.dense_factor()
+        np.testing.assert_allclose(
+            shared.dense_factor().T @ shared.dense_factor(), matrix, rtol=1e-12, atol=1e-14
+        )
+        # The window's cut makes H block-diagonal: nothing couples actions of two windows.
+        steps = jnp.arange(20) // 2
+        across = (steps[:, None] // window) != (steps[None, :] // window)
+        assert jnp.all(jnp.where(across, matrix, 0.0) == 0.0)
+        assert jnp.any(jnp.where(~across, matrix, 0.0) != 0.0)
+
+        damping = 1e-2
+        damped = matrix + damping * jnp.mean(jnp.diag(matrix)) * jnp.eye(20)
+        dense_direction = jnp.linalg.solve(damped, reference.gradient)
+        np.testing.assert_allclose(
+            newton_direction(shared, damping), dense_direction, rtol=1e-10, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            newton_direction(reference, damping), dense_direction, rtol=1e-10, atol=1e-12
+        )
 
 
 def test_line_search_never_returns_a_lower_return(swingup, cartpole_line_search):
