@@ -219,6 +219,40 @@ def compare(summaries: list[dict]) -> list[dict]:
     return summaries
 
 
+def _override_key(override: str) -> str:
+    """`algo.beta` of `algo.beta=0.5`, `+algo.beta=0.5` or `~algo.beta`."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def compose_compared(name: str, overrides: list[str]) -> DictConfig:
+    """The config of compared algorithm `name`: the run's overrides, less the run's own
+    algorithm and the `algo.` fields that `name` does not have (HDS's `algo.beta`, compared
+    with PODS), which are left out with a line saying so; the shared ones (`algo.num_epochs`,
+    say) apply to both."""
+    from hydra import compose
+
+    def composed(extra: list[str]) -> DictConfig:
+        return compose(config_name="config", overrides=[*extra, f"algo={name}", "run.compare=[]"])
+
+    others = [o for o in overrides if not _override_key(o).startswith("algo")]
+    fields = [o for o in overrides if _override_key(o).startswith("algo.")]
+    bare = composed(others)
+    missing = object()
+    kept = [
+        o
+        for o in fields
+        if OmegaConf.select(bare, _override_key(o), default=missing) is not missing
+    ]
+    left_out = [o for o in fields if o not in kept]
+    if left_out:
+        print(
+            f"run.compare={name}: {name} has no {', '.join(map(_override_key, left_out))}; "
+            "left out of its run",
+            file=sys.stderr,
+        )
+    return composed([*others, *kept])
+
+
 def prepare_comparisons(
     cfg: DictConfig, output_dir: Path, overrides: list[str]
 ) -> list[RunContext]:
@@ -226,12 +260,8 @@ def prepare_comparisons(
     in a subfolder of the same run directory: every one checked before any of them runs."""
     runs = [prepare_run(cfg, output_dir)]
     for name in cfg.run.compare:
-        from hydra import compose
-
         try:
-            sub_cfg = compose(
-                config_name="config", overrides=[*overrides, f"algo={name}", "run.compare=[]"]
-            )
+            sub_cfg = compose_compared(name, overrides)
             runs.append(prepare_run(sub_cfg, output_dir / name))
         except (ConfigError, HydraException, OmegaConfBaseException) as err:
             # An override of the run's own algorithm that the compared one lacks, say.

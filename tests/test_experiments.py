@@ -37,6 +37,14 @@ PODS_TINY = [
     "algo.minibatch_size=16",
     "algo.hidden_sizes=[8]",
     "algo.num_step_sizes=3",
+    # First order, as the library's PODSConfig defaults: the solving settings' second-order
+    # epoch compiles for a minute, which the subprocess runs here would each pay.
+    "algo.order=1",
+    "algo.elite_fraction=1.0",
+    "algo.gradient_window=null",
+    "algo.exploration_noise=0.0",
+    "algo.exploration_decay=1.0",
+    "algo.distill_passes=4",
 ]
 PODS_FAMILY = ("pods", "oracle", "hds", "pods_sysid")
 TIMING_KEYS = ("train/wall_clock_s",)
@@ -68,6 +76,12 @@ def test_every_env_and_algo_composes_and_builds(env, algo):
         # Brax's registry envs have no real variant, nor the testbeds' physics.
         with pytest.raises(ConfigError, match=f"algo={algo} .*env=brax"):
             build_library_configs(cfg)
+        return
+    if env == "brax" and algo == "pods":
+        # The solving settings' second order needs a differentiable reward; reacher's is not.
+        with pytest.raises(ConfigError, match="algo.order=2 .* or use algo.order=1"):
+            build_library_configs(cfg)
+        build_library_configs(compose_config([f"env={env}", f"algo={algo}", "algo.order=1"]))
         return
     if algo == "lqr" and env.endswith("swingup"):
         with pytest.raises(ConfigError, match="balance tasks"):
@@ -389,3 +403,18 @@ def test_pods_sysid_run_identifies_then_trains(tmp_path):
     assert summary["real/transitions"] == 80 and summary["train/epochs"] == 300
     identified = json.loads((run_dir / "artifacts" / "sysid.json").read_text())
     assert summary["sysid/slider_damping"] == identified["physics"]["slider_damping"] > 0
+
+
+def test_compared_runs_take_only_the_overrides_their_algorithm_has(capsys):
+    from experiments.train import compose_compared
+
+    overrides = ["algo=hds", "algo.beta=0.25", "algo.num_epochs=3", "seed=4"]
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="experiments.conf", version_base="1.3"):
+        pods = compose_compared("pods", overrides)
+        oracle = compose_compared("oracle", overrides)
+    for cfg, name in ((pods, "pods"), (oracle, "oracle")):
+        assert cfg.algo.name == name and "beta" not in cfg.algo
+        assert cfg.algo.num_epochs == 3 and cfg.seed == 4 and cfg.run.compare == []
+        build_library_configs(cfg)
+    assert "run.compare=pods: pods has no algo.beta; left out of its run" in capsys.readouterr().err
