@@ -1,6 +1,8 @@
 """PODS epoch time against its simulation work alone; prints JSON.
 
-For each order (1, 2) on `cartpole_swingup_sim` with k=64 rollouts of 100 steps:
+For each order (1, 2) on `cartpole_swingup_sim` with k=64 rollouts of 100 steps (or the
+PODSConfig fields `--set` gives, e.g. the solving settings' `--set num_trajectories=128
+elite_fraction=0.125 gradient_window=10 exploration_noise=0.3 distill_passes=16`):
 - `compile_s`: lowering + compiling the whole epoch, cold (a fresh compilation cache unless
   --warm-cache);
 - `epoch_s`: median wall time of an epoch (rollouts, improvement, line search, distillation,
@@ -11,6 +13,7 @@ For each order (1, 2) on `cartpole_swingup_sim` with k=64 rollouts of 100 steps:
 - `epoch_over_simulation`: the ratio (target <= 1.5).
 
     .venv/bin/python benchmarks/pods_epoch.py [--epochs 7] [--orders 1 2] [--warm-cache]
+        [--backend generalized|mjx|chain] [--set FIELD=VALUE ...]
 """
 
 from __future__ import annotations
@@ -38,12 +41,22 @@ def time_calls(fn, args_for_call, repeats: int) -> list[float]:
     return times
 
 
-def benchmark(order: int, epochs: int, num_trajectories: int, horizon: int, env_name: str) -> dict:
+def benchmark(
+    order: int,
+    epochs: int,
+    num_trajectories: int,
+    horizon: int,
+    env_name: str,
+    backend: str,
+    fields: dict,
+) -> dict:
     from pods.train import PODSConfig, init_training_state, make_pods
     from sim2real import make_testbed
 
-    env = make_testbed(env_name)
-    config = PODSConfig(num_trajectories=num_trajectories, horizon=horizon, order=order)
+    env = make_testbed(env_name, backend=backend)
+    config = PODSConfig(
+        **{"num_trajectories": num_trajectories, **fields, "horizon": horizon, "order": order}
+    )
     network, _, improve, epoch = make_pods(config, env)
     state = init_training_state(config, env, network, jax.random.PRNGKey(0))
     keys = jax.random.split(jax.random.PRNGKey(1), epochs + 1)
@@ -91,6 +104,14 @@ def main():
     parser.add_argument("--num-trajectories", type=int, default=64)
     parser.add_argument("--horizon", type=int, default=100)
     parser.add_argument("--env", default="cartpole_swingup_sim")
+    parser.add_argument("--backend", default="generalized", help="the testbed's backend")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="PODSConfig fields, VALUE as JSON (gradient_window=10)",
+    )
     parser.add_argument(
         "--warm-cache",
         action="store_true",
@@ -103,8 +124,14 @@ def main():
         cache = configure_jax()
     else:
         cache = configure_jax(cache_dir=tempfile.mkdtemp(prefix="pods_bench_cache_"))
+    fields = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        fields[name] = json.loads(value)
     results = [
-        benchmark(o, args.epochs, args.num_trajectories, args.horizon, args.env)
+        benchmark(
+            o, args.epochs, args.num_trajectories, args.horizon, args.env, args.backend, fields
+        )
         for o in args.orders
     ]
     print(
@@ -112,6 +139,8 @@ def main():
             {
                 "benchmark": "pods_epoch",
                 "env": args.env,
+                "testbed_backend": args.backend,
+                "fields": fields,
                 "num_trajectories": args.num_trajectories,
                 "horizon": args.horizon,
                 "compile_cache": "warm" if args.warm_cache else f"cold ({cache})",

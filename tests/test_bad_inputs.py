@@ -60,7 +60,7 @@ def assert_refused(result, message: str) -> str:
         (["algo=pods_sysid", "real.budget=5"], "real.budget=5"),
         (["algo=pods_sysid", "sysid.window=20"], "sysid.window=20"),
         # The compared runs are checked too, before the first one trains.
-        (["run.compare=[lqr]"], "run.compare=lqr"),
+        (["env=cartpole_swingup", "run.compare=[lqr]"], "run.compare=lqr"),
         (["env=brax", "env.name=no_such_env"], "'no_such_env'"),
         (["env=brax", "env.name=cartpole_swingup_sim"], "'cartpole_swingup_sim'"),
         (["env=brax", "env.backend=warp"], "'warp'"),

@@ -179,29 +179,32 @@ def test_mjx_backend_matches_generalized(play_actions):
     )
 
 
-@pytest.mark.parametrize("name", ["cartpole_swingup_real", "double_cartpole_swingup_sim"])
-def test_chain_backend_steps_and_differentiates_like_generalized_to_rounding(name):
+@pytest.mark.parametrize(
+    "name, gradient", [("cartpole_swingup_real", True), ("double_cartpole_swingup_sim", False)]
+)
+def test_chain_backend_steps_and_differentiates_like_generalized_to_rounding(name, gradient):
     """The closed-form backend against Brax's generalized pipeline in float64: the same states
     over 100 steps of a swing-up (the real's passive forces included) and the same return
-    gradient through a 20-step window."""
+    gradient through 20-step windows (the double's equations are checked against Brax's term
+    by term in test_lab; its gradient compile here would cost a minute)."""
     with jax.enable_x64(True):
         generalized = make_testbed(name, dtype=jnp.float64)
         chain = make_testbed(name, dtype=jnp.float64, backend="chain")
         key = jax.random.PRNGKey(3)
         actions = 0.8 * jax.random.normal(jax.random.PRNGKey(4), (100, 1), jnp.float64)
 
-        def play(env):
-            state = env.reset(key)
-            rollout = jax.jit(lambda a: rollout_actions(env, state, a))(actions)
-            gradient = jax.jit(
-                jax.grad(lambda a: rollout_actions(env, state, a, gradient_window=20).value)
-            )(actions)
-            return rollout, gradient
+        def value(env, a):
+            return rollout_actions(env, env.reset(key), a, gradient_window=20).value
 
-        (expected, expected_gradient), (got, got_gradient) = play(generalized), play(chain)
+        def observations(env):
+            return jax.jit(lambda a: rollout_actions(env, env.reset(key), a).observations)(actions)
+
         assert isinstance(chain.reset(key).pipeline_state, ChainState)
-        np.testing.assert_allclose(got.observations, expected.observations, atol=1e-12)
-        np.testing.assert_allclose(got_gradient, expected_gradient, rtol=1e-9, atol=1e-11)
+        np.testing.assert_allclose(observations(chain), observations(generalized), atol=1e-12)
+        if gradient:
+            expected = jax.jit(jax.grad(lambda a: value(generalized, a)))(actions)
+            got = jax.jit(jax.grad(lambda a: value(chain, a)))(actions)
+            np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-11)
 
 
 def test_physics_round_trips_through_the_system_and_rejects_unknown_names():
