@@ -25,7 +25,8 @@ Brax's own evaluations: with brax 0.14.2 on jax 0.9 Brax's evaluator recompiles 
 evaluation of APG, which APG's times therefore include). A time is null where the run never
 got there. Per method, the medians over seeds count a run that never got there as infinitely
 late, so a median is null when half the seeds or more never did;
-`pods_over_ppo_time_to_90pct` is the ratio of the two medians.
+`pods_over_ppo_time_to_90pct` is the ratio of the two medians (0 where PPO's is never and
+PODS's is not).
 
 The settings are the experiments' defaults, composed from `experiments/conf` as
 `python -m experiments.train algo=METHOD env=ENV` composes them (PODS: `solving/pods.yaml`;
@@ -384,9 +385,17 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def ratio(summary: dict, key: str) -> float | None:
-    """pods' median `key` over ppo's; None where either is missing."""
-    pods, ppo = (summary.get(method, {}).get(key) for method in ("pods", "ppo"))
-    return None if pods is None or ppo is None or ppo == 0 else round(pods / ppo, 3)
+    """pods' median `key` over ppo's: 0 where PODS's median is a time and PPO's is never
+    (a finite time over an infinitely late one); None where PODS's is never, or a method
+    was not run."""
+    if "pods" not in summary or "ppo" not in summary:
+        return None
+    pods, ppo = summary["pods"][key], summary["ppo"][key]
+    if pods is None:
+        return None
+    if ppo is None:
+        return 0.0
+    return round(pods / ppo, 3) if ppo > 0 else None
 
 
 def report(args: argparse.Namespace, configs: dict, measured: list[dict]) -> dict:
