@@ -50,7 +50,7 @@ from brax.io import mjcf
 from flax import struct
 from jaxtyping import Array, Float
 
-from sim2real import lab as lab_physics
+import sim2real.lab as lab_physics
 from sim2real.lab import LabEffects
 
 SYSTEMS = {"cartpole": 1, "double_cartpole": 2}
@@ -442,6 +442,12 @@ class CartPole(PipelineEnv):
             self._chain = lab_physics.ChainBody.of_model(sys.mj_model)
         else:
             self._chain = None
+
+    @property
+    def backend(self) -> str:
+        """`chain`, or the Brax pipeline's name: what rebuilds this env (a saved residual
+        model's simulator, say)."""
+        return "chain" if self._closed_form else super().backend
 
     @property
     def name(self) -> str:

@@ -200,6 +200,7 @@ def test_chain_backend_steps_and_differentiates_like_generalized_to_rounding(nam
             return jax.jit(lambda a: rollout_actions(env, env.reset(key), a).observations)(actions)
 
         assert isinstance(chain.reset(key).pipeline_state, ChainState)
+        assert chain.backend == "chain" and generalized.backend == "generalized"
         np.testing.assert_allclose(observations(chain), observations(generalized), atol=1e-12)
         if gradient:
             expected = jax.jit(jax.grad(lambda a: value(generalized, a)))(actions)
