@@ -48,6 +48,7 @@ FACTS: dict[str, Fact] = {
     "order": Fact("algo.order", "algo/order", ("algo.order",)),
     "beta": Fact("algo.beta", "hds/beta", ("algo.beta",)),
     "model": Fact("model", "model/kind", ("model.kind",)),
+    "prediction": Fact("model.prediction", "model/prediction", ("model.prediction",)),
     "budget": Fact("real.budget", "real/budget", ("real.budget",)),
 }
 FACT_OF_OVERRIDE = {fact.override: name for name, fact in FACTS.items()}
