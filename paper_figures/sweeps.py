@@ -133,6 +133,9 @@ class Preset:
     """Names of the HDS methods whose beta is swept; the others appear at `HDS_BETA` only."""
     left_out: tuple[str, ...]
     """Names of methods this preset does not run (to fit its time)."""
+    profiles: Mapping[str, tuple[str, ...]]
+    """The real profiles (`env.real_profile`) each task is scored against; a task not named
+    keeps its config's default (`friction`)."""
     every_run: tuple[str, ...]
     """Overrides every run gets (evaluation, logging, the task's horizon)."""
     sizes: tuple[str, ...]
@@ -196,6 +199,7 @@ PRESETS: dict[str, Preset] = {
         budgets=(1000, REAL_BUDGET),
         beta_models=("hds_residual", "hds_mlp"),
         left_out=("hds_ensemble",),
+        profiles={},
         # 8 trajectories x 32 steps: exactly one of PODS's default 256-pair minibatches.
         every_run=(*_QUIET, "env.episode_length=32", "run.eval_trajectories=8"),
         sizes=_PODS_SMOKE,
@@ -224,7 +228,8 @@ PRESETS: dict[str, Preset] = {
         # PPO + DR at half its default steps (it needs 2M to solve swing-up in sim on one
         # seed of three: a cost this preset cannot pay three times over).
         left_out=("pods_order1", "ppo"),
-        every_run=(*_QUIET, "env.real_profile=lab", "run.eval_trajectories=32"),
+        profiles={"cartpole_swingup": ("lab",)},
+        every_run=(*_QUIET, "run.eval_trajectories=32"),
         sizes=(),
         sizes_by_algo={"ppo_dr": ("algo.num_timesteps=1000000",)},
         dynamics_models_args=("--profile", "lab", "--sizes", "1000", "5000"),
@@ -240,7 +245,8 @@ PRESETS: dict[str, Preset] = {
         budgets=(1000, 2000, REAL_BUDGET, 10000, 20000),
         beta_models=tuple(m.name for m in HDS_MODELS),
         left_out=(),
-        every_run=(*_QUIET, "env.real_profile=lab", "run.eval_trajectories=64"),
+        profiles={"cartpole_swingup": ("lab", "friction"), "cartpole_balance": ("lab",)},
+        every_run=(*_QUIET, "run.eval_trajectories=64"),
         sizes=(),
         sizes_by_algo={},
         dynamics_models_args=(),
@@ -263,14 +269,17 @@ class FigureSweep:
     normalizer: Method | None = None
     """The oracle, where the figure plots normalized real scores. A run's own
     `eval/score_real` can stand in for it, so it is required only where runs lack one."""
+    profiles: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """The real profiles of each task (`Preset.profiles`): one panel per task and profile."""
 
     def specs(self) -> list[RunSpec]:
         methods = self.methods
         if self.normalizer is not None and self.normalizer not in methods:
             methods = (*methods, self.normalizer)
         return [
-            RunSpec(method, task, seed)
+            RunSpec(method, task, seed, profile)
             for task in self.tasks
+            for profile in self.profiles.get(task, (None,))
             for method in methods
             if method.runs_on(task)
             for seed in self.seeds
@@ -307,7 +316,10 @@ def figure_sweeps(preset: Preset) -> dict[str, FigureSweep]:
         ),
     ]
     kept = lambda sweep: tuple(m for m in sweep.methods if m.name not in preset.left_out)
-    return {sweep.name: dataclasses.replace(sweep, methods=kept(sweep)) for sweep in sweeps}
+    return {
+        sweep.name: dataclasses.replace(sweep, methods=kept(sweep), profiles=preset.profiles)
+        for sweep in sweeps
+    }
 
 
 # -- Measurements that are not training runs ----------------------------------------------
