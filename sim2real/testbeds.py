@@ -35,7 +35,7 @@ import dataclasses
 import functools
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -700,8 +700,12 @@ def parse_testbed_name(name: str) -> tuple[str, str, str]:
 
 
 def make_testbed(name: str, **kwargs) -> CartPole:
-    """The testbed registered as `name`, with constructor overrides (physics, backend, ...)."""
+    """The testbed registered as `name`, with constructor overrides (physics, backend, ...).
+    `physics` may also be a mapping of `Physics`'s fields, as a saved model's sidecar stores it
+    (so this is the `make_sim` that `dynamics_models.load_model` takes)."""
     system, task, variant = parse_testbed_name(name)
+    if isinstance(kwargs.get("physics"), Mapping):
+        kwargs["physics"] = Physics(**kwargs["physics"])
     return CartPole(system, task, variant, **kwargs)
 
 
