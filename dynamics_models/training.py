@@ -207,7 +207,7 @@ def _train_chunk(
         loss, grads = jax.value_and_grad(loss_of)(params, train_data, idx)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = eqx.apply_updates(params, updates)
-        # A non-finite step is rejected rather than applied (see DESIGN: numerics).
+        # A non-finite step is rejected rather than applied: one NaN would ruin the weights.
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_params, params)
         opt_state = jax.tree.map(

@@ -191,7 +191,7 @@ def _fit(
             minibatch = (obs0, actions, targets)
         value, grad = jax.value_and_grad(loss)(log_theta, *minibatch)
         updates, new_opt_state = optimizer.update(grad, opt_state)
-        # A non-finite loss or gradient is dropped, never applied (see DESIGN.md, Numerics).
+        # A non-finite loss or gradient is dropped, never applied: one NaN would ruin theta.
         finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
         carry = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old),
