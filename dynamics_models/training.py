@@ -36,6 +36,7 @@ import optax
 
 from dynamics_models.data import TransitionDataset
 from dynamics_models.models import EnsembleDynamics, base_states
+from pods.validation import require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +72,13 @@ class TrainingConfig:
             "evals_per_call",
         ):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
-                raise ValueError(f"TrainingConfig.{name} must be a positive integer, got {value!r}")
+            require(isinstance(value, int) and value > 0, self, name, "a positive integer")
         for name in ("learning_rate", "gradient_clip"):
             value = getattr(self, name)
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"TrainingConfig.{name} must be a positive number, got {value!r}")
-        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"TrainingConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+            require(np.isfinite(value) and value > 0, self, name, "a positive number")
+        require(
+            np.isfinite(self.weight_decay) and self.weight_decay >= 0, self, "weight_decay", ">= 0"
+        )
 
 
 class TrainingState(eqx.Module):

@@ -48,6 +48,7 @@ from pods.train import (
     roll_out_and_improve,
     run_epochs,
 )
+from pods.validation import is_integer, is_number, require
 
 Metrics = dict[str, float]
 
@@ -76,50 +77,39 @@ class HDSConfig(PODSConfig):
     """Std of the Gaussian random walk on log(alpha); 1.0 moves alpha by a factor e."""
 
     def __post_init__(self):
-        try:
-            super().__post_init__()
-        except ValueError as error:
-            raise ValueError(str(error).replace("PODSConfig.", "HDSConfig.", 1)) from None
-
-        def require(ok: bool, name: str, expected: str):
-            if not ok:
-                raise ValueError(
-                    f"HDSConfig.{name} must be {expected}, got {getattr(self, name)!r}"
-                )
+        super().__post_init__()  # `require` names type(self): HDSConfig
 
         def number(name: str) -> bool:
-            value = getattr(self, name)
-            return (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            )
+            return is_number(getattr(self, name))
 
-        require(number("beta") and 0 <= self.beta <= 1, "beta", "a number in [0, 1]")
+        require(number("beta") and 0 <= self.beta <= 1, self, "beta", "a number in [0, 1]")
         require(
             self.step_size_search in STEP_SIZE_SEARCHES,
+            self,
             "step_size_search",
             f"one of {STEP_SIZE_SEARCHES}",
         )
         require(
-            isinstance(self.annealing_iterations, int)
-            and not isinstance(self.annealing_iterations, bool)
-            and self.annealing_iterations > 0,
+            is_integer(self.annealing_iterations),
+            self,
             "annealing_iterations",
             "a positive integer",
         )
         require(
             number("annealing_temperature") and self.annealing_temperature > 0,
+            self,
             "annealing_temperature",
             "a finite number > 0",
         )
         require(
             number("annealing_cooling") and 0 < self.annealing_cooling <= 1,
+            self,
             "annealing_cooling",
             "in (0, 1]",
         )
         require(
             number("annealing_proposal_scale") and self.annealing_proposal_scale > 0,
+            self,
             "annealing_proposal_scale",
             "a finite number > 0",
         )

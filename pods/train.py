@@ -39,6 +39,7 @@ from pods.networks import (
     policy_apply,
 )
 from pods.rollout import Episode, Policy, episode_of_policy, reset_batch, rollout_policy
+from pods.validation import is_integer, require
 
 Metrics = dict[str, float]
 
@@ -99,24 +100,14 @@ class PODSConfig:
     """Train in double precision (the env must be built with dtype=jnp.float64)."""
 
     def __post_init__(self):
-        def require(ok: bool, name: str, expected: str):
-            if not ok:
-                raise ValueError(
-                    f"PODSConfig.{name} must be {expected}, got {getattr(self, name)!r}"
-                )
-
         def positive_int(name: str):
-            value = getattr(self, name)
-            require(
-                isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                name,
-                "a positive integer",
-            )
+            require(is_integer(getattr(self, name)), self, name, "a positive integer")
 
         def positive_float(name: str):
             value = getattr(self, name)
             require(
                 isinstance(value, int | float) and math.isfinite(value) and value > 0,
+                self,
                 name,
                 "a finite number > 0",
             )
@@ -134,37 +125,45 @@ class PODSConfig:
             positive_int("horizon")
         if self.gradient_window is not None:
             positive_int("gradient_window")
-        require(self.order in (1, 2), "order", "1 or 2")
+        require(self.order in (1, 2), self, "order", "1 or 2")
         for name in ("step_size_max", "step_size_min", "max_gradient_norm", "learning_rate"):
             positive_float(name)
         require(
             self.step_size_min <= self.step_size_max,
+            self,
             "step_size_min",
             f"<= step_size_max ({self.step_size_max})",
         )
         require(
             self.gradient_normalization in GRADIENT_NORMALIZATIONS,
+            self,
             "gradient_normalization",
             f"one of {GRADIENT_NORMALIZATIONS}",
         )
         require(
-            math.isfinite(self.damping) and self.damping >= 0, "damping", "a finite number >= 0"
+            math.isfinite(self.damping) and self.damping >= 0,
+            self,
+            "damping",
+            "a finite number >= 0",
         )
         require(
             math.isfinite(self.exploration_noise) and self.exploration_noise >= 0,
+            self,
             "exploration_noise",
             "a finite number >= 0",
         )
-        require(0 < self.exploration_decay <= 1, "exploration_decay", "in (0, 1]")
-        require(0 < self.elite_fraction <= 1, "elite_fraction", "in (0, 1]")
+        require(0 < self.exploration_decay <= 1, self, "exploration_decay", "in (0, 1]")
+        require(0 < self.elite_fraction <= 1, self, "elite_fraction", "in (0, 1]")
         require(
             self.distill_states in ("improved", "original"),
+            self,
             "distill_states",
             "'improved' or 'original'",
         )
         require(
             isinstance(self.hidden_sizes, tuple)
             and all(isinstance(w, int) and w > 0 for w in self.hidden_sizes),
+            self,
             "hidden_sizes",
             "a tuple of positive integers",
         )

@@ -43,6 +43,7 @@ from pods.hds import HDSConfig, make_hds, step_counters
 from pods.networks import PolicyParams
 from pods.rollout import Policy
 from pods.train import TrainingState, init_training_state, policy_learner, run_epochs
+from pods.validation import is_integer, require
 from sim2real.real_system import RealSystem, RealTrajectories
 
 Metrics = dict[str, float]
@@ -76,28 +77,24 @@ class LoopConfig:
     """Share of the real episodes held out to early-stop each model fit."""
 
     def __post_init__(self):
-        def require(ok: bool, name: str, expected: str):
-            if not ok:
-                raise ValueError(
-                    f"LoopConfig.{name} must be {expected}, got {getattr(self, name)!r}"
-                )
-
         def integer(name: str, low: int) -> bool:
-            value = getattr(self, name)
-            return isinstance(value, int) and not isinstance(value, bool) and value >= low
+            return is_integer(getattr(self, name), low)
 
-        require(integer("budget", 1), "budget", "a positive integer")
-        require(integer("initial_trajectories", 2), "initial_trajectories", "an integer >= 2")
-        require(integer("collect_every", 1), "collect_every", "a positive integer")
-        require(integer("collect_trajectories", 1), "collect_trajectories", "a positive integer")
-        require(self.initial_data in INITIAL_DATA, "initial_data", f"one of {INITIAL_DATA}")
-        require(0 <= self.random_correlation < 1, "random_correlation", "a number in [0, 1)")
+        require(integer("budget", 1), self, "budget", "a positive integer")
+        require(integer("initial_trajectories", 2), self, "initial_trajectories", "an integer >= 2")
+        require(integer("collect_every", 1), self, "collect_every", "a positive integer")
+        require(
+            integer("collect_trajectories", 1), self, "collect_trajectories", "a positive integer"
+        )
+        require(self.initial_data in INITIAL_DATA, self, "initial_data", f"one of {INITIAL_DATA}")
+        require(0 <= self.random_correlation < 1, self, "random_correlation", "a number in [0, 1)")
         require(
             math.isfinite(self.collect_noise) and self.collect_noise >= 0,
+            self,
             "collect_noise",
             "a finite number >= 0",
         )
-        require(0 < self.validation_fraction < 1, "validation_fraction", "a number in (0, 1)")
+        require(0 < self.validation_fraction < 1, self, "validation_fraction", "a number in (0, 1)")
 
     def rounds(self, horizon: int) -> int:
         """Collections after the initial data that fit in the budget, for episodes of

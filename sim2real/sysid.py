@@ -35,6 +35,7 @@ from jaxtyping import Array, Float
 from dynamics_models.data import ObsLayout, TransitionDataset
 from dynamics_models.evaluation import state_at
 from pods.rollout import rollout_actions
+from pods.validation import is_integer, require
 from sim2real.real_system import RealTrajectories
 from sim2real.testbeds import PHYSICS_FIELDS, CartPole, Physics
 
@@ -76,20 +77,21 @@ class SysIDConfig:
                 f"got {parameters!r}"
             )
         for name in ("window", "num_steps"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-                raise ValueError(f"SysIDConfig.{name} must be a positive integer, got {value!r}")
-        batch = self.batch_size
-        if batch is not None and not (
-            isinstance(batch, int) and not isinstance(batch, bool) and batch > 0
-        ):
-            raise ValueError(
-                f"SysIDConfig.batch_size must be a positive integer or None, got {batch!r}"
-            )
+            require(is_integer(getattr(self, name)), self, name, "a positive integer")
+        require(
+            self.batch_size is None or is_integer(self.batch_size),
+            self,
+            "batch_size",
+            "a positive integer or None",
+        )
         for name in ("learning_rate", "initial_floor"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"SysIDConfig.{name} must be a finite number > 0, got {value!r}")
+            require(
+                isinstance(value, int | float) and math.isfinite(value) and value > 0,
+                self,
+                name,
+                "a finite number > 0",
+            )
 
 
 def as_dataset(trajectories: RealTrajectories | TransitionDataset) -> TransitionDataset:

@@ -51,6 +51,7 @@ from flax import struct
 from jaxtyping import Array, Float
 
 import sim2real.lab as lab_physics
+from pods.validation import require
 from sim2real.lab import LabEffects
 
 SYSTEMS = {"cartpole": 1, "double_cartpole": 2}
@@ -96,12 +97,10 @@ class Physics:
     def __post_init__(self):
         for name in ("slider_damping", "hinge_damping", "slider_friction"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"Physics.{name} must be a finite number >= 0, got {value!r}")
+            require(math.isfinite(value) and value >= 0, self, name, "a finite number >= 0")
         for name in ("friction_velocity", "actuator_gain"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"Physics.{name} must be a finite number > 0, got {value!r}")
+            require(math.isfinite(value) and value > 0, self, name, "a finite number > 0")
 
     @classmethod
     def nominal(cls) -> Physics:
