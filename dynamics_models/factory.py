@@ -15,6 +15,7 @@ from dynamics_models.training import TrainingConfig
 from pods.validation import require
 
 MODEL_KINDS = ("mlp", "ensemble", "residual")
+PREDICTIONS = ("mean", "member")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +33,9 @@ class ModelConfig:
     """Ensemble size (`ensemble` only)."""
     member: str = "mlp"
     """Kind of each ensemble member, `mlp` or `residual` (`ensemble` only)."""
+    prediction: str = "mean"
+    """How an ensemble steps a rollout (`ensemble` only): `mean`, with its members' mean;
+    `member`, with one member drawn per rollout at its reset (`LearnedEnv.sample_member`)."""
     learning_rate: float = 1e-3
     batch_size: int = 256
     max_steps: int = 3000
@@ -48,6 +52,13 @@ class ModelConfig:
 
         require(self.kind in MODEL_KINDS, self, "kind", f"one of {MODEL_KINDS}")
         require(self.member in ("mlp", "residual"), self, "member", "'mlp' or 'residual'")
+        require(self.prediction in PREDICTIONS, self, "prediction", f"one of {PREDICTIONS}")
+        require(
+            self.prediction == "mean" or self.kind == "ensemble",
+            self,
+            "prediction",
+            "'mean' unless kind is 'ensemble' (only an ensemble has members to draw)",
+        )
         for name in ("width", "depth", "batch_size", "max_steps", "eval_every", "patience"):
             require(positive_int(name), self, name, "a positive integer")
         require(
@@ -96,4 +107,4 @@ def make_model(
     return EnsembleDynamics.for_dataset(key, train_data, config.n_members, layout=layout, **shape)
 
 
-__all__ = ["MODEL_KINDS", "ModelConfig", "make_model"]
+__all__ = ["MODEL_KINDS", "PREDICTIONS", "ModelConfig", "make_model"]

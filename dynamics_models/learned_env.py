@@ -22,15 +22,33 @@ class LearnedEnv(Env):
     Without a testbed the env can still be placed at an observation (`state_at`) and rolled
     out, with zero reward: that is how `k_step_error` replays real actions through a model.
 
+    With `sample_member`, an ensemble steps each episode with one of its members, drawn at
+    the episode's reset and kept in `state.info["member"]`, rather than with the members'
+    mean: the rollouts then see the spread of models the data allows (as in PETS or MBPO),
+    not one averaged model. A state placed with `state_at` uses the mean.
+
     The env is a pytree whose leaves are the model's arrays (the testbed and the model's
     static fields are its structure). Passed to a jitted function as an argument rather than
     closed over, a refitted model of the same architecture reuses the compiled code, which
     matters when HDS refits the model every few epochs.
     """
 
-    def __init__(self, model: Any, testbed: Any = None, *, episode_length: int | None = None):
+    def __init__(
+        self,
+        model: Any,
+        testbed: Any = None,
+        *,
+        episode_length: int | None = None,
+        sample_member: bool = False,
+    ):
+        if sample_member and not hasattr(model, "n_members"):
+            raise ValueError(
+                f"sample_member needs an ensemble; got a {type(model).__name__}, which has no "
+                "members to draw from"
+            )
         self.model = model
         self.testbed = testbed
+        self.sample_member = sample_member
         if testbed is not None and int(testbed.observation_size) != model.layout.obs_dim:
             raise ValueError(
                 f"model predicts obs_dim {model.layout.obs_dim} but testbed {testbed.name!r} "
@@ -42,14 +60,14 @@ class LearnedEnv(Env):
         # Only arrays are leaves; the rest of the model (activation functions, static fields)
         # goes into the structure, so `jax.jit` accepts the env as an argument.
         arrays, rest = eqx.partition(self.model, eqx.is_array)
-        return (arrays,), (rest, self.testbed, self.episode_length)
+        return (arrays,), (rest, self.testbed, self.episode_length, self.sample_member)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        rest, testbed, episode_length = aux
+        rest, testbed, episode_length, sample_member = aux
         env = object.__new__(cls)
         env.model = eqx.combine(children[0], rest)
-        env.testbed, env.episode_length = testbed, episode_length
+        env.testbed, env.episode_length, env.sample_member = testbed, episode_length, sample_member
         return env
 
     @property
@@ -85,10 +103,17 @@ class LearnedEnv(Env):
     def reset(self, rng: jax.Array) -> State:
         if self.testbed is None:
             raise ValueError("LearnedEnv.reset needs a testbed to draw initial states from")
-        return self.state_at(self.testbed.reset(rng).obs)
+        state = self.state_at(self.testbed.reset(rng).obs)
+        if self.sample_member:
+            # A key of its own: the initial state is the one the mean model would start from.
+            member = jax.random.randint(jax.random.fold_in(rng, 1), (), 0, self.model.n_members)
+            state = state.replace(info={"member": member})
+        return state
 
     def step(self, state: State, action: Float[Array, " act"]) -> State:
-        obs = self.model(state.obs, action)
+        member = state.info.get("member") if self.sample_member else None
+        model = self.model if member is None else self.model.member(member)
+        obs = model(state.obs, action)
         return state.replace(obs=obs, reward=self.task_reward(obs, action))
 
     def task_reward(self, obs: Float[Array, " obs"], action: Float[Array, " act"]) -> Array:

@@ -229,6 +229,7 @@ def train_hds(ctx: RunContext) -> Trained:
         "algo/order": config.order,
         "hds/beta": config.beta,
         "model/kind": model_config.kind,
+        "model/prediction": model_config.prediction,
         "real/transitions": transitions,
         "real/budget": loop_config.budget,
     }

@@ -39,7 +39,7 @@ def _groups(found: Found) -> dict[str, dict[Any, list[tuple[RunSpec, Run]]]]:
     """task -> method -> [(spec, run)] over seeds, in the sweep's order."""
     groups: dict[str, dict[Any, list[tuple[RunSpec, Run]]]] = {}
     for spec, run in found.items():
-        groups.setdefault(spec.env, {}).setdefault(spec.method, []).append((spec, run))
+        groups.setdefault(spec.task, {}).setdefault(spec.method, []).append((spec, run))
     return groups
 
 

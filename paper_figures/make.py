@@ -125,25 +125,26 @@ def sweep_jobs(sweep: FigureSweep, specs: list[RunSpec], session: Session) -> li
     run's directory does not depend on which other runs were still missing when it started,
     and a killed run is resumed in place by the next `make`.
     """
-    seeds: dict[tuple, list[int]] = {}
+    seeds: dict[tuple, list[RunSpec]] = {}
     for spec in specs:
-        seeds.setdefault((spec.method, spec.env), []).append(spec.seed)
+        seeds.setdefault((spec.method, spec.env, spec.profile), []).append(spec)
     jobs = []
-    for (method, env), method_seeds in seeds.items():
+    for (method, env, profile), method_specs in seeds.items():
+        first = method_specs[0]
+        name = f"{method.slug}_{env}" + ("" if profile is None else f"_{profile}")
         command = (
             sys.executable,
             "-m",
             "experiments.train",
             "-m",
-            *method.overrides,
-            f"env={env}",
-            "seed=" + ",".join(map(str, method_seeds)),
+            *first.overrides,
+            "seed=" + ",".join(str(spec.seed) for spec in method_specs),
             *session.preset.overrides_for(method),
             *session.extra,
             f"hydra.sweep.dir={session.root / sweep.name}",
-            f"hydra.sweep.subdir={method.slug}_{env}_seed${{seed}}",
+            f"hydra.sweep.subdir={name}_seed${{seed}}",
         )
-        jobs.append(Job(f"{sweep.name}-{method.slug}_{env}", command, session.root / sweep.name))
+        jobs.append(Job(f"{sweep.name}-{name}", command, session.root / sweep.name))
     return jobs
 
 
@@ -232,7 +233,7 @@ def gather_runs(sweep: FigureSweep, session: Session) -> dict[RunSpec, Run]:
         for spec in selection.missing
         if not (
             spec.method == sweep.normalizer
-            and scored_without_oracle(selection.found, spec.env, spec.seed)
+            and scored_without_oracle(selection.found, spec.task, spec.seed)
         )
     ]
     if missing:

@@ -48,6 +48,8 @@ FACTS: dict[str, Fact] = {
     "order": Fact("algo.order", "algo/order", ("algo.order",)),
     "beta": Fact("algo.beta", "hds/beta", ("algo.beta",)),
     "model": Fact("model", "model/kind", ("model.kind",)),
+    "profile": Fact("env.real_profile", "real/profile", ("env.real_profile",)),
+    "prediction": Fact("model.prediction", "model/prediction", ("model.prediction",)),
     "budget": Fact("real.budget", "real/budget", ("real.budget",)),
 }
 FACT_OF_OVERRIDE = {fact.override: name for name, fact in FACTS.items()}
@@ -177,18 +179,32 @@ class RunSpec:
     method: Method
     env: str
     seed: int
+    profile: str | None = None
+    """The real's profile (`env.real_profile`), where the figure pins one."""
+
+    @property
+    def task(self) -> str:
+        """The env, and the real it is scored against where pinned: a figure's panel."""
+        return self.env if self.profile is None else f"{self.env} ({self.profile} real)"
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """What makes the run, seed aside: the method's overrides, the env, the profile."""
+        profile = () if self.profile is None else (f"env.real_profile={self.profile}",)
+        return (*self.method.overrides, f"env={self.env}", *profile)
 
     @property
     def facts(self) -> dict[str, str]:
-        return {**self.method.facts, "env": self.env, "seed": str(self.seed)}
+        profile = {} if self.profile is None else {"profile": self.profile}
+        return {**self.method.facts, "env": self.env, **profile, "seed": str(self.seed)}
 
     def matches(self, run: Run) -> bool:
         return all(same_value(value, run.fact(name)) for name, value in self.facts.items())
 
     def describe(self) -> str:
         """One line naming the run and how to make it."""
-        overrides = " ".join((*self.method.overrides, f"env={self.env}", f"seed={self.seed}"))
-        return f"{self.method.label} on {self.env}, seed {self.seed}  [{overrides}]"
+        overrides = " ".join((*self.overrides, f"seed={self.seed}"))
+        return f"{self.method.label} on {self.task}, seed {self.seed}  [{overrides}]"
 
 
 @dataclasses.dataclass(frozen=True)

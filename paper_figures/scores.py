@@ -32,11 +32,12 @@ def normalized_score(value: float, random: float, ceiling: float) -> float:
     return numerator / denominator
 
 
-def ceiling_run(found: Mapping[RunSpec, Run], testbed: str, env: str, seed: int) -> Run | None:
-    """The ceiling run for `testbed` scores of a task and seed, if the sweep has it."""
+def ceiling_run(found: Mapping[RunSpec, Run], testbed: str, task: str, seed: int) -> Run | None:
+    """The ceiling run for `testbed` scores of a task (`RunSpec.task`) and seed, if the sweep
+    has it."""
     ceiling = CEILINGS[testbed]
     for spec, run in found.items():
-        if spec.method.facts == ceiling.facts and spec.env == env and spec.seed == seed:
+        if spec.method.facts == ceiling.facts and spec.task == task and spec.seed == seed:
             return run
     return None
 
@@ -44,7 +45,7 @@ def ceiling_run(found: Mapping[RunSpec, Run], testbed: str, env: str, seed: int)
 def score(found: Mapping[RunSpec, Run], spec: RunSpec, testbed: str) -> float:
     """The normalized `testbed` score of the run found for `spec` (NaN where it has none)."""
     run = found[spec]
-    ceiling = ceiling_run(found, testbed, spec.env, spec.seed)
+    ceiling = ceiling_run(found, testbed, spec.task, spec.seed)
     if ceiling is None:
         if testbed == "real":
             return run.number("eval/score_real")
@@ -56,8 +57,8 @@ def score(found: Mapping[RunSpec, Run], spec: RunSpec, testbed: str) -> float:
     )
 
 
-def scored_without_oracle(found: Mapping[RunSpec, Run], env: str, seed: int) -> bool:
+def scored_without_oracle(found: Mapping[RunSpec, Run], task: str, seed: int) -> bool:
     """Whether every run found for a task and seed carries its own real score, so that the
     oracle run of that task and seed is not needed to score them."""
-    runs = [run for spec, run in found.items() if spec.env == env and spec.seed == seed]
+    runs = [run for spec, run in found.items() if spec.task == task and spec.seed == seed]
     return bool(runs) and all(run.summary.get("eval/score_real") is not None for run in runs)

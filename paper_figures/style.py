@@ -40,6 +40,7 @@ COLORS = {
     "pods_order2": "#0072B2",
     "hds_residual": "#D55E00",
     "hds_mlp": "#E69F00",
+    "hds_ensemble": "#882255",
     "apg": "#CC79A7",
     "ppo": "#009E73",
     "ppo_dr": "#7F7F7F",

@@ -6,10 +6,17 @@ are `python -m experiments.train -m <method overrides> env=<task> seed=<seeds> <
 `paper_figures.make` launches the missing ones and `paper_figures.runs` finds them again by
 the facts the overrides pin (algorithm, order, beta, model, budget, task, seed).
 
-Presets: `smoke` checks the whole pipeline (one task, two seeds, three tiny epochs: the
-figures are meaningless, the plumbing is not; 15 min on 2 CPU cores from an empty compilation
-cache, mostly compiling); `paper` leaves sizes to the algorithms' own configs
-(`experiments/conf/algo/*.yaml`), which define the paper's runs.
+Presets:
+- `smoke` checks the whole pipeline (one task, two seeds, three tiny epochs: the figures are
+  meaningless, the plumbing is not; 15 min on 2 CPU cores from an empty compilation cache,
+  mostly compiling);
+- `cpu` is the study at the solving sizes, cut to fit an hour of a 2-core CPU: swing-up
+  against the lab real, 3 seeds, HDS's beta swept with the residual model only, the MLP and
+  the member-sampled ensemble at the headline beta, two real budgets;
+- `paper` is the whole study (5 seeds, every model at every beta, five budgets, balance
+  too), for longer runs, bigger machines and SLURM (`--set launcher=slurm`).
+Every preset but `smoke` leaves the training sizes to the algorithms' own configs
+(`experiments/conf/algo/*.yaml`, the solving settings of `experiments/conf/solving/`).
 """
 
 from __future__ import annotations
@@ -72,16 +79,30 @@ REAL_BUDGET = 5000
 
 PODS_1 = Method("pods_order1", "PODS (1st order)", ("algo=pods", "algo.order=1"))
 PODS_2 = Method("pods_order2", "PODS (2nd order)", ("algo=pods", "algo.order=2"))
+HDS_BETA = 0.5
+"""HDS's share of model rollouts wherever a figure does not sweep it (algo/hds.yaml's)."""
 HDS_RESIDUAL = Method(
     "hds_residual",
     "HDS (residual)",
-    ("algo=hds", "model=residual", f"real.budget={REAL_BUDGET}", "algo.beta=0.25"),
+    ("algo=hds", "model=residual", f"real.budget={REAL_BUDGET}", f"algo.beta={HDS_BETA}"),
 )
 HDS_MLP = Method(
     "hds_mlp",
     "HDS (MLP)",
-    ("algo=hds", "model=mlp", f"real.budget={REAL_BUDGET}", "algo.beta=0.25"),
+    ("algo=hds", "model=mlp", f"real.budget={REAL_BUDGET}", f"algo.beta={HDS_BETA}"),
 )
+HDS_ENSEMBLE = Method(
+    "hds_ensemble",
+    "HDS (ensemble, a member per rollout)",
+    (
+        "algo=hds",
+        "model=ensemble",
+        "model.prediction=member",
+        f"real.budget={REAL_BUDGET}",
+        f"algo.beta={HDS_BETA}",
+    ),
+)
+HDS_MODELS = (HDS_RESIDUAL, HDS_MLP, HDS_ENSEMBLE)
 APG = Method("apg", "APG", ("algo=apg",))
 PPO = Method("ppo", "PPO", ("algo=ppo",))
 PPO_DR = Method("ppo_dr", "PPO + DR", ("algo=ppo_dr",))
@@ -108,6 +129,13 @@ class Preset:
     """Tasks of the figures that sweep HDS (beta, real budget): the costly ones."""
     betas: tuple[float, ...]
     budgets: tuple[int, ...]
+    beta_models: tuple[str, ...]
+    """Names of the HDS methods whose beta is swept; the others appear at `HDS_BETA` only."""
+    left_out: tuple[str, ...]
+    """Names of methods this preset does not run (to fit its time)."""
+    profiles: Mapping[str, tuple[str, ...]]
+    """The real profiles (`env.real_profile`) each task is scored against; a task not named
+    keeps its config's default (`friction`)."""
     every_run: tuple[str, ...]
     """Overrides every run gets (evaluation, logging, the task's horizon)."""
     sizes: tuple[str, ...]
@@ -169,6 +197,9 @@ PRESETS: dict[str, Preset] = {
         real_tasks=("cartpole_balance",),
         betas=(0.25, 0.75),
         budgets=(1000, REAL_BUDGET),
+        beta_models=("hds_residual", "hds_mlp"),
+        left_out=("hds_ensemble",),
+        profiles={},
         # 8 trajectories x 32 steps: exactly one of PODS's default 256-pair minibatches.
         every_run=(*_QUIET, "env.episode_length=32", "run.eval_trajectories=8"),
         sizes=_PODS_SMOKE,
@@ -185,6 +216,26 @@ PRESETS: dict[str, Preset] = {
         sysid_args=("--sizes", "500", "--test-trajectories", "4"),
         gradient_norms_args=("--horizons", "10", "50", "100", "200", "--batch", "8"),
     ),
+    "cpu": Preset(
+        name="cpu",
+        seeds=(0, 1, 2),
+        tasks=("cartpole_swingup",),
+        real_tasks=("cartpole_swingup",),
+        betas=(0.25, HDS_BETA, 1.0),
+        budgets=(1000, REAL_BUDGET),
+        beta_models=("hds_residual",),
+        # PODS's first order and PPO without randomization say nothing the others do not;
+        # PPO + DR at half its default steps (it needs 2M to solve swing-up in sim on one
+        # seed of three: a cost this preset cannot pay three times over).
+        left_out=("pods_order1", "ppo"),
+        profiles={"cartpole_swingup": ("lab",)},
+        every_run=(*_QUIET, "run.eval_trajectories=32"),
+        sizes=(),
+        sizes_by_algo={"ppo_dr": ("algo.num_timesteps=1000000",)},
+        dynamics_models_args=("--profile", "lab", "--sizes", "1000", "5000"),
+        sysid_args=("--profile", "lab", "--sizes", "1000", "5000"),
+        gradient_norms_args=(),
+    ),
     "paper": Preset(
         name="paper",
         seeds=(0, 1, 2, 3, 4),
@@ -192,6 +243,9 @@ PRESETS: dict[str, Preset] = {
         real_tasks=("cartpole_swingup",),
         betas=(0.0, 0.25, 0.5, 0.75, 1.0),
         budgets=(1000, 2000, REAL_BUDGET, 10000, 20000),
+        beta_models=tuple(m.name for m in HDS_MODELS),
+        left_out=(),
+        profiles={"cartpole_swingup": ("lab", "friction"), "cartpole_balance": ("lab",)},
         every_run=(*_QUIET, "run.eval_trajectories=64"),
         sizes=(),
         sizes_by_algo={},
@@ -215,14 +269,17 @@ class FigureSweep:
     normalizer: Method | None = None
     """The oracle, where the figure plots normalized real scores. A run's own
     `eval/score_real` can stand in for it, so it is required only where runs lack one."""
+    profiles: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    """The real profiles of each task (`Preset.profiles`): one panel per task and profile."""
 
     def specs(self) -> list[RunSpec]:
         methods = self.methods
         if self.normalizer is not None and self.normalizer not in methods:
             methods = (*methods, self.normalizer)
         return [
-            RunSpec(method, task, seed)
+            RunSpec(method, task, seed, profile)
             for task in self.tasks
+            for profile in self.profiles.get(task, (None,))
             for method in methods
             if method.runs_on(task)
             for seed in self.seeds
@@ -231,9 +288,13 @@ class FigureSweep:
 
 def figure_sweeps(preset: Preset) -> dict[str, FigureSweep]:
     """Every run-based figure's sweep at this preset, in drawing order."""
-    betas = [m.at("algo.beta", b) for m in (HDS_MLP, HDS_RESIDUAL) for b in preset.betas]
+    betas = [
+        m.at("algo.beta", b) if m.name in preset.beta_models else m
+        for m in HDS_MODELS
+        for b in (preset.betas if m.name in preset.beta_models else (HDS_BETA,))
+    ]
     budgets = [at_budget(m, b, preset) for m in (HDS_RESIDUAL, PODS_SYSID) for b in preset.budgets]
-    every_method = (PODS_1, PODS_2, HDS_RESIDUAL, HDS_MLP, APG, PPO, PPO_DR, PODS_SYSID, LQR)
+    every_method = (PODS_1, PODS_2, *HDS_MODELS, APG, PPO, PPO_DR, PODS_SYSID, LQR)
     sweeps = [
         FigureSweep(
             "learning_curves",
@@ -254,7 +315,11 @@ def figure_sweeps(preset: Preset) -> dict[str, FigureSweep]:
             "sample_efficiency", preset.real_tasks, (*budgets, PPO_DR, ORACLE), preset.seeds, ORACLE
         ),
     ]
-    return {sweep.name: sweep for sweep in sweeps}
+    kept = lambda sweep: tuple(m for m in sweep.methods if m.name not in preset.left_out)
+    return {
+        sweep.name: dataclasses.replace(sweep, methods=kept(sweep), profiles=preset.profiles)
+        for sweep in sweeps
+    }
 
 
 # -- Measurements that are not training runs ----------------------------------------------

@@ -2,8 +2,9 @@
 
     python -m paper_figures.table outputs/hds_report [--json FILE]
 
-Rows are methods (algorithm, order, beta, model, real budget) per task; columns the mean
-(and the spread over seeds) of the return in sim and in real, the normalized real score
+Rows are methods (algorithm, order, beta, model, real budget) per task and real profile;
+columns the mean over seeds, with its 95% Student-t interval, of the return and the solved
+share (of held-out starts) in sim and in real, the normalized real score
 (R - R_random) / (R_oracle - R_random) and the gap closure (R - R_pods) / (R_oracle - R_pods),
 each computed per seed against the oracle and PODS-in-sim runs of the same task and seed,
 then averaged; plus the real transitions, the training wall-clock, and the wall-clock at which
@@ -23,10 +24,12 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import scipy.stats
+
 from paper_figures.runs import Run, find_runs
 from paper_figures.scores import normalized_score
 
-METHOD_FACTS = ("algo", "order", "beta", "model", "budget")
+METHOD_FACTS = ("algo", "order", "beta", "model", "prediction", "budget")
 
 
 def method_of(run: Run) -> tuple:
@@ -35,6 +38,8 @@ def method_of(run: Run) -> tuple:
     facts = {"algo": algo, "order": run.fact("order")}
     if algo in ("hds",):
         facts |= {"beta": run.fact("beta"), "model": run.fact("model")}
+        if run.fact("model") == "ensemble":
+            facts["prediction"] = run.fact("prediction") or "mean"
     if algo in ("hds", "pods_sysid"):
         facts["budget"] = run.fact("budget")
     return tuple((name, facts.get(name)) for name in METHOD_FACTS)
@@ -49,6 +54,8 @@ def label(method: tuple) -> str:
         parts.append(f"beta {facts['beta']}")
     if facts["model"] is not None:
         parts.append(str(facts["model"]))
+    if facts["prediction"] == "member":
+        parts[-1] += " (a member per rollout)"
     if facts["budget"] is not None:
         parts.append(f"budget {facts['budget']}")
     return ", ".join(parts)
@@ -60,11 +67,21 @@ def gap_closure(value: float, sim_only: float, oracle: float) -> float:
 
 
 def _stats(values: list[float]) -> dict:
+    """Mean, standard deviation and the half-width of the mean's 95% Student-t interval
+    (`ci95`, None for one value: a single seed says nothing about the spread)."""
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
-        return {"mean": None, "std": None, "n": 0}
-    std = statistics.stdev(finite) if len(finite) > 1 else 0.0
-    return {"mean": statistics.fmean(finite), "std": std, "n": len(finite)}
+        return {"mean": None, "std": None, "ci95": None, "n": 0}
+    n = len(finite)
+    std = statistics.stdev(finite) if n > 1 else 0.0
+    ci95 = float(scipy.stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else None
+    return {"mean": statistics.fmean(finite), "std": std, "ci95": ci95, "n": n}
+
+
+def task_of(run: Run) -> str:
+    """The env and the real it is scored against (`cartpole_swingup (lab real)`)."""
+    profile = run.fact("profile")
+    return run.fact("env") if profile is None else f"{run.fact('env')} ({profile} real)"
 
 
 TARGET_FRACTION = 0.9
@@ -90,7 +107,7 @@ def curve_targets(runs: list[Run]) -> dict[str, float]:
     best: dict[str, float] = {}
     random: dict[str, list[float]] = defaultdict(list)
     for run in runs:
-        env = run.fact("env")
+        env = task_of(run)
         random[env].append(run.number("eval/return_random_sim"))
         logged = [v for _, v in sim_curve(run) if math.isfinite(v)]
         if logged:
@@ -119,10 +136,10 @@ def rows(runs: list[Run]) -> list[dict]:
     for run in runs:
         algo = run.fact("algo")
         if algo in ("oracle", "pods"):
-            by_task_seed[(run.fact("env"), run.fact("seed"))].setdefault(algo, run)
+            by_task_seed[(task_of(run), run.fact("seed"))].setdefault(algo, run)
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
-        groups[(run.fact("env"), method_of(run))].append(run)
+        groups[(task_of(run), method_of(run))].append(run)
 
     table = []
     for (env, method), members in sorted(groups.items(), key=lambda x: (x[0][0], label(x[0][1]))):
@@ -134,6 +151,8 @@ def rows(runs: list[Run]) -> list[dict]:
             real, random = run.number("eval/return_real"), run.number("eval/return_random_real")
             columns["return_sim"].append(run.number("eval/return_sim"))
             columns["return_real"].append(real)
+            columns["solved_sim"].append(run.number("eval/solved_sim"))
+            columns["solved_real"].append(run.number("eval/solved_real"))
             columns["real_transitions"].append(run.number("real/transitions"))
             columns["wall_clock_s"].append(run.number("train/wall_clock_s"))
             oracle, pods = references.get("oracle"), references.get("pods")
@@ -160,19 +179,21 @@ def markdown(table: list[dict]) -> str:
     def cell(stats: dict, digits: int = 2) -> str:
         if stats["mean"] is None:
             return "-"
-        if stats["n"] < 2:
+        if stats["ci95"] is None:
             return f"{stats['mean']:.{digits}f}"
-        return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+        return f"{stats['mean']:.{digits}f} ± {stats['ci95']:.{digits}f}"
 
     header = (
-        "| task | method | seeds | return sim | return real | real score | gap closure "
+        "| task | method | seeds | return sim | return real | solved sim | solved real "
+        "| real score | gap closure "
         f"| real transitions | wall-clock (s) | time to {TARGET_FRACTION:.0%} (s) | reached |"
     )
-    lines = [header, "|" + " --- |" * 11]
+    lines = [header, "|" + " --- |" * 13]
     for row in table:
         lines.append(
             f"| {row['env']} | {row['method']} | {len(row['seeds'])} | {cell(row['return_sim'], 1)} "
-            f"| {cell(row['return_real'], 1)} | {cell(row['score_real'])} "
+            f"| {cell(row['return_real'], 1)} | {cell(row['solved_sim'])} "
+            f"| {cell(row['solved_real'])} | {cell(row['score_real'])} "
             f"| {cell(row['gap_closure'])} | {cell(row['real_transitions'], 0)} "
             f"| {cell(row['wall_clock_s'], 0)} | {cell(row['time_to_target_s'], 0)} "
             f"| {row['reached_target']} |"
@@ -191,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     table = rows(runs)
     print(markdown(table))
-    print("\n± is the standard deviation over seeds; scores per seed against that seed's oracle")
+    print(
+        "\n± is the half-width of the 95% Student-t interval of the mean over seeds; scores "
+        "and gap closures per seed against that seed's oracle and PODS"
+    )
     for env, target in sorted(curve_targets(runs).items()):
         print(f"{env}: time to {TARGET_FRACTION:.0%} = first train/return >= {target:.2f}")
     if args.json:

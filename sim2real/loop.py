@@ -181,6 +181,7 @@ def run_loop(
                 f"{getattr(sim_env, name)}: map its layout with a GymAdapter"
             )
     k_sim, k_model = config.group_sizes()
+    sample_member = model_config.prediction == "member"
     rounds = loop.rounds(horizon) if k_model else 0
     if loop.initial_data == "policy" and initial_params is None and resume is None and k_model:
         raise ValueError("LoopConfig.initial_data='policy' needs initial_params to collect with")
@@ -252,7 +253,7 @@ def run_loop(
             else:
                 model = fit(done, dataset)
 
-        model_env = LearnedEnv(model, sim_env) if k_model else None
+        model_env = LearnedEnv(model, sim_env, sample_member=sample_member) if k_model else None
         network, make_policy, epoch = make_hds(config, sim_env, model_env)
         compiled = jax.jit(epoch)
         key_init, key_epochs = jax.random.split(key_epochs_root)
@@ -284,7 +285,7 @@ def run_loop(
                     if data_fn is not None:
                         data_fn(dataset)
                 model = fit(rounds_in(dataset), dataset)
-                model_env = LearnedEnv(model, sim_env)
+                model_env = LearnedEnv(model, sim_env, sample_member=sample_member)
             # Run up to the next collection (or to the end).
             next_round = first // loop.collect_every + 1
             last = config.num_epochs

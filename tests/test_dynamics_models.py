@@ -18,6 +18,7 @@ from dynamics_models import (
     EnsembleDynamics,
     LearnedEnv,
     MLPDynamics,
+    ModelConfig,
     ObsLayout,
     ResidualDynamics,
     TrainingConfig,
@@ -405,6 +406,37 @@ def test_learned_env_runs_pods_rollouts_like_the_simulator(cartpole, ensemble):
     assert env.dt == cartpole["real"].dt and env.episode_length == HORIZON
     with pytest.raises(ValueError, match="testbed"):
         LearnedEnv(ensemble).reset(jax.random.PRNGKey(0))
+
+
+def test_a_sampled_member_steps_each_rollout_of_the_ensemble(cartpole, ensemble):
+    sampled = LearnedEnv(ensemble, cartpole["real"], sample_member=True)
+    mean = LearnedEnv(ensemble, cartpole["real"])
+    policy = lambda obs: jnp.tanh(-obs[3:4])
+
+    @jax.jit
+    def play(env, key):
+        states = reset_batch(env, key, 64)
+        return states, jax.vmap(lambda s: rollout_policy(env, s, policy, 6))(states)
+
+    key = jax.random.PRNGKey(3)
+    states, trajectories = play(sampled, key)
+    _, mean_trajectories = play(mean, key)
+    members = np.asarray(states.info["member"])
+    # Every member is drawn; the initial states are those the mean model starts from.
+    assert set(members.tolist()) == set(range(ensemble.n_members))
+    np.testing.assert_array_equal(
+        trajectories.observations[:, 0], mean_trajectories.observations[:, 0]
+    )
+    # Each rollout is its member's own, start to end, and not the mean's.
+    for i in (0, 1):
+        alone = LearnedEnv(ensemble.member(int(members[i])), cartpole["real"])
+        own = rollout_policy(alone, alone.state_at(states.obs[i]), policy, 6)
+        np.testing.assert_allclose(trajectories.observations[i], own.observations, atol=1e-6)
+    assert not np.allclose(trajectories.observations, mean_trajectories.observations)
+    with pytest.raises(ValueError, match="sample_member needs an ensemble"):
+        LearnedEnv(ensemble.member(0), cartpole["real"], sample_member=True)
+    with pytest.raises(ValueError, match="ModelConfig.prediction"):
+        ModelConfig(kind="mlp", prediction="member")
 
 
 def test_a_refitted_model_reuses_the_compiled_rollout(cartpole, ensemble):

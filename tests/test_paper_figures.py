@@ -510,3 +510,34 @@ def test_every_run_a_preset_launches_composes_and_passes_the_config_checks(prese
             overrides = [o for o in command[command.index("-m", 2) + 1 :] if "hydra." not in o]
             first_seed = [o.split(",")[0] if o.startswith("seed=") else o for o in overrides]
             check_config(compose(config_name="config", overrides=first_seed))
+
+
+def test_a_task_scored_against_two_reals_is_two_panels_of_its_own_runs(tmp_path):
+    profiles = {TASK: ("lab", "friction")}
+    sweep = FigureSweep("sim_vs_real", (TASK,), (PODS_2, ORACLE), SEEDS, ORACLE, profiles)
+    for profile, oracle in (("lab", 42.0), ("friction", 22.0)):
+        for seed in SEEDS:
+            for method, real in ((PODS_2, 12.0), (ORACLE, oracle)):
+                path = write_run(
+                    tmp_path / "runs" / profile,
+                    method,
+                    seed,
+                    {**scored_summary(sim=50.0, real=real), "real/profile": profile},
+                )
+                assert Run.load(path).fact("profile") == profile
+    found = found_for(tmp_path / "runs", sweep)
+    assert {spec.profile for spec in found} == {"lab", "friction"}
+    assert all(run.summary["real/profile"] == spec.profile for spec, run in found.items())
+    paths = figures.sim_vs_real(found, tmp_path / "out")
+    rows = {
+        (r["task"], r["method"], r["testbed"]): r
+        for r in read_table(outputs_written(paths, "sim_vs_real"))
+    }
+    # Each panel scores against its own real's oracle: (12 - 2) / (42 - 2) and / (22 - 2).
+    check_row(rows[f"{TASK} (lab real)", "pods_order2", "real"], [10.0 / 40.0] * 3)
+    check_row(rows[f"{TASK} (friction real)", "pods_order2", "real"], [10.0 / 20.0] * 3)
+    # The job that makes a missing one names the profile on its command and in its folder.
+    spec = RunSpec(PODS_2, TASK, 1, "friction")
+    (job,) = make.sweep_jobs(sweep, [spec], make.Session(PRESETS["cpu"], tmp_path, tmp_path))
+    assert "env.real_profile=friction" in job.command
+    assert f"hydra.sweep.subdir=pods_order2_{TASK}_friction_seed${{seed}}" in job.command

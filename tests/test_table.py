@@ -78,3 +78,40 @@ def test_time_to_90_percent_of_the_best_curve_in_sim(tmp_path):
     assert table["ppo"]["reached_target"] == "2/2"
     assert table["pods"]["time_to_target_s"]["n"] == 0 and table["pods"]["reached_target"] == "0/1"
     assert table["oracle"]["reached_target"] == "-" and table["lqr"]["reached_target"] == "-"
+
+
+def test_each_real_profile_is_its_own_task_with_student_t_intervals(tmp_path, capsys):
+    # Three seeds on each real; the oracle of the lab must not score the friction runs.
+    for seed, real in enumerate([1.0, 2.0, 3.0]):
+        for profile, oracle in (("lab", 10.0), ("friction", 5.0)):
+            common = {"seed": seed, "real/profile": profile, "eval/solved_real": 0.5}
+            write_run(
+                tmp_path,
+                f"o_{profile}{seed}",
+                algo="oracle",
+                **common,
+                **{"eval/return_real": oracle},
+            )
+            write_run(
+                tmp_path,
+                f"h_{profile}{seed}",
+                algo="hds",
+                **common,
+                **{
+                    "eval/return_real": real,
+                    "hds/beta": 0.5,
+                    "model/kind": "ensemble",
+                    "model/prediction": "member",
+                },
+            )
+    table = {(row["env"], row["method"]): row for row in rows(find_runs(tmp_path))}
+    method = "hds, beta 0.5, ensemble (a member per rollout)"
+    lab = table["cartpole_swingup (lab real)", method]
+    friction = table["cartpole_swingup (friction real)", method]
+    assert lab["score_real"]["mean"] == pytest.approx(0.2)
+    assert friction["score_real"]["mean"] == pytest.approx(0.4)
+    # Mean 2, standard deviation 1 over 3 seeds: t(0.975, 2) = 4.3027 times 1 / sqrt(3).
+    assert lab["return_real"]["ci95"] == pytest.approx(4.302653 / 3**0.5, rel=1e-6)
+    assert lab["solved_real"]["mean"] == 0.5
+    assert main([str(tmp_path)]) == 0
+    assert "| 2.0 ± 2.5 |" in capsys.readouterr().out
