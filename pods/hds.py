@@ -30,10 +30,10 @@ from jaxtyping import Array, Bool, Float
 
 from pods.improve import (
     ImprovedActions,
-    action_gradient,
-    first_order_direction,
+    LineSearchResult,
+    RewardFn,
     improve_actions,
-    newton_step,
+    improve_along_direction,
 )
 from pods.networks import PolicyParams
 from pods.rollout import Policy, episode_of_actions
@@ -259,6 +259,7 @@ def improve_actions_annealed(
     max_gradient_norm: float = 1.0,
     damping: float = 1e-3,
     gradient_window: int | None = None,
+    reward_fn: RewardFn | None = None,
     action_bounds: tuple[float, float] = (-1.0, 1.0),
     active: Float[Array, "k horizon"] | None = None,
 ) -> ImprovedActions:
@@ -272,66 +273,53 @@ def improve_actions_annealed(
     above V(a); otherwise it keeps its actions.
     """
     low, high = action_bounds
-    if order == 1:
 
-        def direction_of(state, a):
-            value, gradient = action_gradient(env, state, a, gradient_window=gradient_window)
-            direction = first_order_direction(gradient, gradient_normalization, max_gradient_norm)
-            return value, gradient, direction
+    def search(direction, value) -> LineSearchResult:
+        def candidates(alphas):
+            return jnp.clip(actions + alphas[:, None, None] * direction, low, high)
 
-    elif order == 2:
+        def objective(alphas):
+            episodes = jax.vmap(lambda state, a: episode_of_actions(env, state, a))(
+                states, candidates(alphas)
+            )
+            return episodes.value, (episodes.observations, episodes.active)
 
-        def direction_of(state, a):
-            return newton_step(env, state, a, damping=damping, gradient_window=gradient_window)
-
-    else:
-        raise ValueError(f"order must be 1 or 2, got {order!r}")
-
-    value, gradient, direction = jax.vmap(direction_of)(states, actions)
-    finite = (
-        jnp.all(jnp.isfinite(direction), axis=(1, 2))
-        & jnp.all(jnp.isfinite(gradient), axis=(1, 2))
-        & jnp.isfinite(value)
-    )
-    direction = jnp.where(finite[:, None, None], direction, 0.0)
-
-    def candidates(alphas):
-        return jnp.clip(actions + alphas[:, None, None] * direction, low, high)
-
-    def objective(alphas):
-        episodes = jax.vmap(lambda state, a: episode_of_actions(env, state, a))(
-            states, candidates(alphas)
+        annealed = anneal_step_size(
+            objective,
+            key,
+            actions.shape[0],
+            step_size_min=step_size_min,
+            step_size_max=step_size_max,
+            iterations=iterations,
+            initial_temperature=initial_temperature,
+            cooling=cooling,
+            proposal_scale=proposal_scale,
+            dtype=actions.dtype,
         )
-        return episodes.value, (episodes.observations, episodes.active)
+        observations_seen, active_seen = annealed.aux
+        return LineSearchResult(
+            actions=candidates(annealed.step_size),
+            value=annealed.value,
+            step_size=annealed.step_size,
+            accepted=annealed.value > value,
+            observations=observations_seen,
+            active=active_seen,
+        )
 
-    search = anneal_step_size(
-        objective,
-        key,
-        actions.shape[0],
-        step_size_min=step_size_min,
-        step_size_max=step_size_max,
-        iterations=iterations,
-        initial_temperature=initial_temperature,
-        cooling=cooling,
-        proposal_scale=proposal_scale,
-        dtype=actions.dtype,
-    )
-    accepted = finite & (search.value > value)
-    search_observations, search_active = search.aux
-    if active is None:
-        active = jnp.ones(actions.shape[:2], actions.dtype)
-    return ImprovedActions(
-        actions=jnp.where(
-            accepted[:, None, None], candidates(search.step_size), jnp.clip(actions, low, high)
-        ),
-        value=value,
-        value_improved=jnp.where(accepted, search.value, value),
-        gradient_norm=jax.vmap(jnp.linalg.norm)(gradient),
-        step_size=jnp.where(accepted, search.step_size, 0.0),
-        accepted=accepted,
-        nonfinite=~finite,
-        observations=jnp.where(accepted[:, None, None], search_observations, observations),
-        active=jnp.where(accepted[:, None], search_active, active),
+    return improve_along_direction(
+        env,
+        states,
+        actions,
+        observations,
+        search,
+        order=order,
+        gradient_normalization=gradient_normalization,
+        max_gradient_norm=max_gradient_norm,
+        damping=damping,
+        gradient_window=gradient_window,
+        reward_fn=reward_fn,
+        action_bounds=action_bounds,
+        active=active,
     )
 
 
