@@ -123,14 +123,11 @@ class HDSConfig(PODSConfig):
         model = math.floor(self.beta * self.num_trajectories + 0.5)
         return self.num_trajectories - model, model
 
-    def steps_per_trajectory(self, horizon: int) -> int:
-        """Env steps one trajectory costs per epoch (forward passes; derivatives not counted)."""
+    def step_size_candidates(self) -> int:
+        """The line search's grid, or annealing's start and proposals."""
         if self.step_size_search == "line_search":
-            candidates = self.num_step_sizes
-        else:
-            candidates = self.annealing_iterations + 1
-        rollouts = 1 + (self.exploration_noise > 0) + self.improve_iterations * (1 + candidates)
-        return rollouts * horizon
+            return self.num_step_sizes
+        return self.annealing_iterations + 1
 
 
 # --- simulated annealing over the step size ---------------------------------------------------

@@ -168,12 +168,24 @@ class PODSConfig:
             "a tuple of positive integers",
         )
 
-    def sim_steps_per_epoch(self, horizon: int) -> int:
-        """Env steps evaluated per epoch (forward passes; derivative passes not counted)."""
+    def step_size_candidates(self) -> int:
+        """Rollouts one improvement step's step-size search takes per trajectory."""
+        return self.num_step_sizes
+
+    def steps_per_trajectory(self, horizon: int) -> int:
+        """Env steps one trajectory costs per epoch (forward passes; derivative passes not
+        counted): the evaluation rollout, the noisy data rollout if any, and per improvement
+        step the derivative rollout and the step-size search's candidates."""
         rollouts = (
-            1 + (self.exploration_noise > 0) + self.improve_iterations * (1 + self.num_step_sizes)
+            1
+            + (self.exploration_noise > 0)
+            + self.improve_iterations * (1 + self.step_size_candidates())
         )
-        return rollouts * self.num_trajectories * horizon
+        return rollouts * horizon
+
+    def sim_steps_per_epoch(self, horizon: int) -> int:
+        """Env steps evaluated per epoch, over all k trajectories."""
+        return self.num_trajectories * self.steps_per_trajectory(horizon)
 
 
 @struct.dataclass
@@ -181,6 +193,12 @@ class TrainingState:
     params: PolicyParams
     optimizer_state: optax.OptState
     epoch: jax.Array
+
+
+def policy_optimizer(config: PODSConfig) -> optax.GradientTransformation:
+    """Distillation's Adam: the one that updates the policy and the one whose state
+    `init_training_state` creates (and checkpoints hold), so the two always agree."""
+    return optax.adam(config.learning_rate)
 
 
 def policy_learner(config: PODSConfig, envs: list[Env], horizon: int):
@@ -201,7 +219,7 @@ def policy_learner(config: PODSConfig, envs: list[Env], horizon: int):
             )
     network = PolicyNetwork(envs[0].action_size, config.hidden_sizes, param_dtype=dtype)
     make_policy = make_policy_factory(network, normalize=config.normalize_observations)
-    optimizer = optax.adam(config.learning_rate)
+    optimizer = policy_optimizer(config)
     step_sizes = step_size_grid(
         config.step_size_max, config.step_size_min, config.num_step_sizes
     ).astype(dtype)
@@ -421,7 +439,7 @@ def init_training_state(
     params = init_policy_params(network, env.observation_size, key, dtype)
     return TrainingState(
         params=params,
-        optimizer_state=optax.adam(config.learning_rate).init(params.network),
+        optimizer_state=policy_optimizer(config).init(params.network),
         epoch=jnp.zeros((), jnp.int32),
     )
 
