@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from brax.envs.base import Env, State
+from doubles import LinearEnv
 
 from dynamics_models import (
     EnsembleDynamics,
@@ -37,40 +37,25 @@ from pods.rollout import reset_batch, rollout_actions, rollout_policy
 from sim2real import make_testbed
 
 
-class LinearSystem(Env):
+def _squared_distance_cost(obs, action):
+    return -jnp.sum(obs**2)
+
+
+class LinearSystem(LinearEnv):
     """s' = A s + B a: a lightly damped oscillator, the simplest thing a model must fit."""
 
     A = np.array([[1.0, 0.05], [-0.05, 0.99]])
     B = np.array([[0.0], [0.05]])
 
     def __init__(self, dtype=jnp.float32):
-        self.dtype = dtype
-        self.episode_length = 60
-
-    def reset(self, rng):
-        obs = jax.random.uniform(rng, (2,), self.dtype, -1.0, 1.0)
-        zero = jnp.zeros((), self.dtype)
-        return State(None, obs, zero, zero)
-
-    def step(self, state, action):
-        obs = jnp.asarray(self.A, self.dtype) @ state.obs + jnp.asarray(self.B, self.dtype) @ action
-        return state.replace(obs=obs, reward=-jnp.sum(obs**2))
-
-    def state_at(self, obs):
-        zero = jnp.zeros((), self.dtype)
-        return State(None, obs, zero, zero)
-
-    @property
-    def observation_size(self):
-        return 2
-
-    @property
-    def action_size(self):
-        return 1
-
-    @property
-    def backend(self):
-        return "linear"
+        super().__init__(
+            LinearSystem.A,
+            LinearSystem.B,
+            reward=_squared_distance_cost,
+            episode_length=60,
+            dtype=dtype,
+            backend="linear",
+        )
 
 
 # ------------------------------------------------------------------------------ data
