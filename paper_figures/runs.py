@@ -21,12 +21,20 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import yaml
 
-if TYPE_CHECKING:  # sweeps imports this module
-    from paper_figures.sweeps import Method
+
+class MethodLike(Protocol):
+    """What a spec needs of a method (`paper_figures.sweeps.Method`, which imports this
+    module): its legend label, its hydra overrides and the facts they pin."""
+
+    label: str
+    overrides: tuple[str, ...]
+
+    @property
+    def facts(self) -> dict[str, str]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +184,7 @@ def find_runs(root: str | Path) -> list[Run]:
 class RunSpec:
     """One run a figure needs: a method (a set of overrides) on a task with a seed."""
 
-    method: Method
+    method: MethodLike
     env: str
     seed: int
     profile: str | None = None
