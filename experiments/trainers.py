@@ -165,7 +165,7 @@ def zero_gradient_warning(ctx: RunContext) -> str:
 
 def _pods(ctx: RunContext, env: Env) -> Trained:
     config: PODSConfig = algo_config(ctx.cfg)
-    network, _, _, _ = make_pods(config, env)
+    network = make_pods(config, env).network
     loop = EpochLoop(ctx, init_training_state(config, env, network, ctx.key), config.num_epochs)
     make_policy, params, _ = train_pods(
         config,
@@ -197,7 +197,7 @@ def train_hds(ctx: RunContext) -> Trained:
     artifacts.mkdir(parents=True, exist_ok=True)
     data_path, model_path = artifacts / "real_transitions.npz", artifacts / "model"
     # The policy's structure does not depend on the model: the sim env alone builds it.
-    network, _, _ = make_hds(dataclasses.replace(config, beta=0.0), ctx.sim)
+    network = make_hds(dataclasses.replace(config, beta=0.0), ctx.sim).network
     loop = EpochLoop(ctx, init_training_state(config, ctx.sim, network, ctx.key), config.num_epochs)
     resume = None
     if loop.initial_state is not None and ctx.resume.dataset is not None:

@@ -20,7 +20,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ from pods.improve import (
     improve_actions,
     improve_along_direction,
 )
-from pods.networks import PolicyParams
+from pods.networks import PolicyNetwork, PolicyParams
 from pods.rollout import Policy, episode_of_actions
 from pods.train import (
     Improvement,
@@ -329,14 +329,19 @@ def _is_pytree(env: Any) -> bool:
     return not (len(leaves) == 1 and leaves[0] is env)
 
 
-def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
-    """Builds HDS's pure pieces for one config and pair of envs.
+class HDSProgram(NamedTuple):
+    """HDS's pure pieces for one config and pair of envs; the epoch is not jitted."""
 
-    Returns (network, make_policy, epoch) with `epoch(state, key, model_env=None)`, not jitted.
-    `model_env=None` uses the env given here; passing a model env (a pytree such as
-    `LearnedEnv`, same structure) as the argument of the jitted epoch runs that model instead,
-    so a refitted model reuses the compiled epoch.
-    """
+    network: PolicyNetwork
+    make_policy: Callable[[PolicyParams], Policy]
+    epoch: Callable[..., tuple[TrainingState, dict[str, jax.Array]]]
+    """`epoch(state, key, model_env=None)`: `model_env=None` uses the env given to `make_hds`;
+    passing a model env (a pytree such as `LearnedEnv`, same structure) as the argument of
+    the jitted epoch runs that model instead, so a refitted model reuses the compiled epoch."""
+
+
+def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None) -> HDSProgram:
+    """Builds HDS's pure pieces for one config and pair of envs."""
     horizon = config.horizon or sim_env.episode_length
     k = config.num_trajectories
     k_sim, k_model = config.group_sizes()
@@ -355,10 +360,10 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
 
     if k_model == 0 and config.step_size_search == "line_search":
         # No model rollouts: the epoch is PODS's, so beta = 0 reproduces PODS bit for bit.
-        network, make_policy, _, pods_epoch = make_pods(config.pods_config(), sim_env)
+        pods = make_pods(config.pods_config(), sim_env)
 
         def epoch(state: TrainingState, key: jax.Array, model_env: Env | None = None):
-            state, metrics = pods_epoch(state, key)
+            state, metrics = pods.epoch(state, key)
             return state, {
                 **metrics,
                 "train/beta": jnp.zeros_like(metrics["train/return"]),
@@ -366,11 +371,11 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
                 "train/return_model": jnp.full_like(metrics["train/return"], jnp.nan),
             }
 
-        return network, make_policy, epoch
+        return HDSProgram(pods.network, pods.make_policy, epoch)
 
     dtype = jnp.float64 if config.float64 else jnp.float32
     envs = [sim_env, model_env] if k_model else [sim_env]
-    network, make_policy, optimizer, step_sizes = policy_learner(config, envs, horizon)
+    learner = policy_learner(config, envs, horizon)
     default_model_env = model_env
 
     def search_step(env, states, actions, observations, active, key) -> ImprovedActions:
@@ -383,7 +388,7 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
             active=active,
         )
         if config.step_size_search == "line_search":
-            return improve_actions(env, states, actions, observations, step_sizes, **shared)
+            return improve_actions(env, states, actions, observations, learner.step_sizes, **shared)
         return improve_actions_annealed(
             env,
             states,
@@ -402,7 +407,7 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
     def improve_group(env: Env, size: int, params: PolicyParams, epoch: jax.Array, key):
         """PODS steps 1-2 for one group, in its own env."""
         return roll_out_and_improve(
-            config, env, make_policy, search_step, size, horizon, params, epoch, key
+            config, env, learner.make_policy, search_step, size, horizon, params, epoch, key
         )
 
     def epoch(state: TrainingState, key: jax.Array, model_env: Env | None = None):
@@ -420,7 +425,7 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
         # 3. Distill the improved actions of both groups into the one policy, as PODS does.
         improvement = Improvement.concatenate(groups)
         new_state, metrics = distill_improved(
-            config, network, optimizer, state, improvement, key_distill
+            config, learner.network, learner.optimizer, state, improvement, key_distill
         )
         evaluation = improvement.evaluation
         nan = jnp.full((), jnp.nan, dtype)
@@ -433,7 +438,7 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
         )
         return new_state, metrics
 
-    return network, make_policy, epoch
+    return HDSProgram(learner.network, learner.make_policy, epoch)
 
 
 def step_counters(config: HDSConfig, sim_env: Env) -> dict[str, int]:
@@ -466,17 +471,17 @@ def train(
     """
     sim_env, model_env = envs if isinstance(envs, tuple | list) else (envs, None)
     with jax.enable_x64(True) if config.float64 else nullcontext():
-        network, make_policy, epoch = make_hds(config, sim_env, model_env)
+        hds = make_hds(config, sim_env, model_env)
         key_init, key_epochs = jax.random.split(key)
         state = initial_state
         if state is None:
-            state = init_training_state(config, sim_env, network, key_init)
+            state = init_training_state(config, sim_env, hds.network, key_init)
             if initial_params is not None:
                 state = state.replace(params=initial_params)
         # A pytree model (LearnedEnv) rides as an argument; any other env is closed over.
         model_argument = model_env if _is_pytree(model_env) else None
         history = run_epochs(
-            jax.jit(epoch),
+            jax.jit(hds.epoch),
             state,
             key_epochs,
             config.num_epochs,
@@ -485,13 +490,14 @@ def train(
             progress_fn=progress_fn,
             checkpoint_fn=checkpoint_fn,
         )
-        return make_policy, history.state.params, history.metrics
+        return hds.make_policy, history.state.params, history.metrics
 
 
 __all__ = [
     "STEP_SIZE_SEARCHES",
     "AnnealingResult",
     "HDSConfig",
+    "HDSProgram",
     "anneal_step_size",
     "improve_actions_annealed",
     "make_hds",

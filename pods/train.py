@@ -201,9 +201,20 @@ def policy_optimizer(config: PODSConfig) -> optax.GradientTransformation:
     return optax.adam(config.learning_rate)
 
 
-def policy_learner(config: PODSConfig, envs: list[Env], horizon: int):
+class PolicyLearner(NamedTuple):
+    """The pieces every epoch of PODS (or HDS) is built from."""
+
+    network: PolicyNetwork
+    make_policy: Callable[[PolicyParams], Policy]
+    optimizer: optax.GradientTransformation
+    """Distillation's Adam (`policy_optimizer`)."""
+    step_sizes: jax.Array
+    """The line search's candidate alphas, in the config's dtype."""
+
+
+def policy_learner(config: PODSConfig, envs: list[Env], horizon: int) -> PolicyLearner:
     """Checks `config` against the envs it will roll out in; returns the pieces every epoch
-    of PODS (or HDS) is built from: (network, make_policy, optimizer, step_sizes)."""
+    of PODS (or HDS) is built from."""
     name, k = type(config).__name__, config.num_trajectories
     if config.minibatch_size > k * horizon:
         raise ValueError(
@@ -223,19 +234,26 @@ def policy_learner(config: PODSConfig, envs: list[Env], horizon: int):
     step_sizes = step_size_grid(
         config.step_size_max, config.step_size_min, config.num_step_sizes
     ).astype(dtype)
-    return network, make_policy, optimizer, step_sizes
+    return PolicyLearner(network, make_policy, optimizer, step_sizes)
 
 
-def make_pods(config: PODSConfig, env: Env):
-    """Builds PODS's pure pieces for one config and env.
+class PODSProgram(NamedTuple):
+    """PODS's pure pieces for one config and env; neither function is jitted."""
 
-    Returns (network, make_policy, improve, epoch): `improve(params, epoch, key)` is the
-    epoch's simulation work alone (rollouts, derivatives, line searches), `epoch(state, key)`
-    the whole PODS epoch. Neither is jitted here.
-    """
+    network: PolicyNetwork
+    make_policy: Callable[[PolicyParams], Policy]
+    improve: Callable[[PolicyParams, jax.Array, jax.Array], Improvement]
+    """`improve(params, epoch, key)`: the epoch's simulation work alone (rollouts,
+    derivatives, line searches)."""
+    epoch: Callable[[TrainingState, jax.Array], tuple[TrainingState, dict[str, jax.Array]]]
+    """`epoch(state, key)`: the whole PODS epoch."""
+
+
+def make_pods(config: PODSConfig, env: Env) -> PODSProgram:
+    """Builds PODS's pure pieces for one config and env."""
     horizon = config.horizon or env.episode_length
     k = config.num_trajectories
-    network, make_policy, optimizer, step_sizes = policy_learner(config, [env], horizon)
+    learner = policy_learner(config, [env], horizon)
 
     def search_step(env, states, actions, observations, active, _key) -> ImprovedActions:
         return improve_actions(
@@ -243,7 +261,7 @@ def make_pods(config: PODSConfig, env: Env):
             states,
             actions,
             observations,
-            step_sizes,
+            learner.step_sizes,
             order=config.order,
             gradient_normalization=config.gradient_normalization,
             max_gradient_norm=config.max_gradient_norm,
@@ -254,7 +272,7 @@ def make_pods(config: PODSConfig, env: Env):
 
     def improve(params: PolicyParams, epoch: jax.Array, key: jax.Array):
         return roll_out_and_improve(
-            config, env, make_policy, search_step, k, horizon, params, epoch, key
+            config, env, learner.make_policy, search_step, k, horizon, params, epoch, key
         )
 
     def epoch(state: TrainingState, key: jax.Array) -> tuple[TrainingState, dict[str, jax.Array]]:
@@ -262,9 +280,11 @@ def make_pods(config: PODSConfig, env: Env):
         # 1-2. Roll out and improve the actions.
         improvement = improve(state.params, state.epoch, key_improve)
         # 3. Distill the improved actions (of the elite, if asked) into the policy.
-        return distill_improved(config, network, optimizer, state, improvement, key_distill)
+        return distill_improved(
+            config, learner.network, learner.optimizer, state, improvement, key_distill
+        )
 
-    return network, make_policy, improve, epoch
+    return PODSProgram(learner.network, learner.make_policy, improve, epoch)
 
 
 @struct.dataclass
@@ -464,17 +484,17 @@ def train(
     `fold_in(key, e)`, a function of the epoch alone. `wall_clock_s` counts from this call.
     """
     with jax.enable_x64(True) if config.float64 else nullcontext():
-        network, make_policy, _, epoch = make_pods(config, env)
+        pods = make_pods(config, env)
         key_init, key_epochs = jax.random.split(key)
         state = initial_state
         if state is None:
-            state = init_training_state(config, env, network, key_init)
+            state = init_training_state(config, env, pods.network, key_init)
             if initial_params is not None:
                 state = state.replace(params=initial_params)
         horizon = config.horizon or env.episode_length
         counters = {"train/sim_steps": config.sim_steps_per_epoch(horizon)}
         history = run_epochs(
-            jax.jit(epoch),
+            jax.jit(pods.epoch),
             state,
             key_epochs,
             config.num_epochs,
@@ -482,7 +502,7 @@ def train(
             progress_fn=progress_fn,
             checkpoint_fn=checkpoint_fn,
         )
-        return make_policy, history.state.params, history.metrics
+        return pods.make_policy, history.state.params, history.metrics
 
 
 class EpochHistory(NamedTuple):
@@ -536,6 +556,8 @@ def evaluate_policy(
 
 __all__ = [
     "PODSConfig",
+    "PODSProgram",
+    "PolicyLearner",
     "TrainingState",
     "init_training_state",
     "make_pods",

@@ -189,7 +189,7 @@ def run_loop(
     key_data, key_fit = jax.random.fold_in(key, _DATA_STREAM), jax.random.fold_in(key, _FIT_STREAM)
 
     with jax.enable_x64(True) if config.float64 else nullcontext():
-        _, make_policy, _, _ = policy_learner(config, [sim_env], config.horizon or horizon)
+        make_policy = policy_learner(config, [sim_env], config.horizon or horizon).make_policy
         dataset = resume.dataset if resume is not None else None
         model, validation_loss = None, math.nan
 
@@ -254,12 +254,12 @@ def run_loop(
                 model = fit(done, dataset)
 
         model_env = LearnedEnv(model, sim_env, sample_member=sample_member) if k_model else None
-        network, make_policy, epoch = make_hds(config, sim_env, model_env)
-        compiled = jax.jit(epoch)
+        hds = make_hds(config, sim_env, model_env)
+        make_policy, compiled = hds.make_policy, jax.jit(hds.epoch)
         key_init, key_epochs = jax.random.split(key_epochs_root)
         state = initial_state
         if state is None:
-            state = init_training_state(config, sim_env, network, key_init)
+            state = init_training_state(config, sim_env, hds.network, key_init)
             if initial_params is not None:
                 state = state.replace(params=initial_params)
 

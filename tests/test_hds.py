@@ -139,9 +139,9 @@ def test_beta_one_never_calls_sim_in_the_data_rollouts():
 def mixed_epoch():
     """The jitted two-group epoch (beta = 0.5, annealing) with the model as a jit argument."""
     config = HDSConfig(**TINY, beta=0.5, step_size_search="annealing", annealing_iterations=3)
-    network, _, epoch = make_hds(config, sim_env(), model_env())
-    state = init_training_state(config, sim_env(), network, jax.random.PRNGKey(1))
-    return config, state, jax.jit(epoch)
+    hds = make_hds(config, sim_env(), model_env())
+    state = init_training_state(config, sim_env(), hds.network, jax.random.PRNGKey(1))
+    return config, state, jax.jit(hds.epoch)
 
 
 def test_mixed_epoch_reports_both_groups(mixed_epoch):
@@ -182,9 +182,9 @@ def test_the_elite_is_chosen_within_each_group():
     """With the model's returns ~500 and the simulator's ~0, an elite across the groups would
     distill model trajectories only (mean ~500); within each group it takes one of each."""
     config = HDSConfig(**TINY, beta=0.5, elite_fraction=0.25)
-    network, _, epoch = make_hds(config, sim_env(), GenerousModel(*model_leaves()))
-    state = init_training_state(config, sim_env(), network, jax.random.PRNGKey(1))
-    _, metrics = jax.jit(epoch)(state, jax.random.PRNGKey(2))
+    hds = make_hds(config, sim_env(), GenerousModel(*model_leaves()))
+    state = init_training_state(config, sim_env(), hds.network, jax.random.PRNGKey(1))
+    _, metrics = jax.jit(hds.epoch)(state, jax.random.PRNGKey(2))
     model_return, sim_return = (
         float(metrics["train/return_model"]),
         float(metrics["train/return_sim"]),

@@ -384,9 +384,9 @@ def distillation_learner(env, k: int):
         learning_rate=1e-2,
         normalize_observations=False,
     )
-    network, _, optimizer, _ = policy_learner(config, [env], env.episode_length)
-    state = init_training_state(config, env, network, jax.random.PRNGKey(0))
-    return config, network, optimizer, state
+    learner = policy_learner(config, [env], env.episode_length)
+    state = init_training_state(config, env, learner.network, jax.random.PRNGKey(0))
+    return config, learner.network, learner.optimizer, state
 
 
 def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages():
