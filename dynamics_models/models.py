@@ -94,7 +94,7 @@ class _StepModel(eqx.Module):
         return self.normalizer.obs_mean.dtype
 
 
-def _network(key, in_size, out_size, width, depth, dtype) -> eqx.nn.MLP:
+def _network(key, in_size, out_size, *, width, depth, dtype) -> eqx.nn.MLP:
     for name, value in (("width", width), ("depth", depth)):
         if not (isinstance(value, int) and value > 0):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -145,7 +145,12 @@ class MLPDynamics(_StepModel):
         self.layout, self.width, self.depth, self.action_limit = layout, width, depth, action_limit
         self.normalizer = Normalizer.from_stats(stats, dtype)
         self.network = _network(
-            key, layout.obs_dim + action_dim, layout.state_dim, width, depth, dtype
+            key,
+            layout.obs_dim + action_dim,
+            layout.state_dim,
+            width=width,
+            depth=depth,
+            dtype=dtype,
         )
 
     @classmethod
@@ -206,7 +211,12 @@ class ResidualDynamics(_StepModel):
         self.width, self.depth, self.action_limit = width, depth, action_limit
         self.normalizer = Normalizer.from_stats(stats, dtype)
         self.network = _network(
-            key, layout.obs_dim + action_dim, layout.state_dim, width, depth, dtype
+            key,
+            layout.obs_dim + action_dim,
+            layout.state_dim,
+            width=width,
+            depth=depth,
+            dtype=dtype,
         )
 
     @classmethod

@@ -31,11 +31,11 @@ def distill_policy(
     network_params: Any,
     optimizer: optax.GradientTransformation,
     optimizer_state: optax.OptState,
+    key: jax.Array,
+    *,
     observations: Float[Array, "n obs_dim"],
     targets: Float[Array, "n act_dim"],
     weights: Float[Array, " n"],
-    key: jax.Array,
-    *,
     minibatch_size: int,
     passes: int,
 ) -> DistillationResult:

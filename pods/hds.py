@@ -407,7 +407,15 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None) -> H
     def improve_group(env: Env, size: int, params: PolicyParams, epoch: jax.Array, key):
         """PODS steps 1-2 for one group, in its own env."""
         return roll_out_and_improve(
-            config, env, learner.make_policy, search_step, size, horizon, params, epoch, key
+            config,
+            env,
+            params,
+            epoch,
+            key,
+            make_policy=learner.make_policy,
+            search_step=search_step,
+            size=size,
+            horizon=horizon,
         )
 
     def epoch(state: TrainingState, key: jax.Array, model_env: Env | None = None):
@@ -425,7 +433,12 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None) -> H
         # 3. Distill the improved actions of both groups into the one policy, as PODS does.
         improvement = Improvement.concatenate(groups)
         new_state, metrics = distill_improved(
-            config, learner.network, learner.optimizer, state, improvement, key_distill
+            config,
+            state,
+            improvement,
+            key_distill,
+            network=learner.network,
+            optimizer=learner.optimizer,
         )
         evaluation = improvement.evaluation
         nan = jnp.full((), jnp.nan, dtype)

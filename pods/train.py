@@ -272,7 +272,15 @@ def make_pods(config: PODSConfig, env: Env) -> PODSProgram:
 
     def improve(params: PolicyParams, epoch: jax.Array, key: jax.Array):
         return roll_out_and_improve(
-            config, env, learner.make_policy, search_step, k, horizon, params, epoch, key
+            config,
+            env,
+            params,
+            epoch,
+            key,
+            make_policy=learner.make_policy,
+            search_step=search_step,
+            size=k,
+            horizon=horizon,
         )
 
     def epoch(state: TrainingState, key: jax.Array) -> tuple[TrainingState, dict[str, jax.Array]]:
@@ -281,7 +289,12 @@ def make_pods(config: PODSConfig, env: Env) -> PODSProgram:
         improvement = improve(state.params, state.epoch, key_improve)
         # 3. Distill the improved actions (of the elite, if asked) into the policy.
         return distill_improved(
-            config, learner.network, learner.optimizer, state, improvement, key_distill
+            config,
+            state,
+            improvement,
+            key_distill,
+            network=learner.network,
+            optimizer=learner.optimizer,
         )
 
     return PODSProgram(learner.network, learner.make_policy, improve, epoch)
@@ -332,13 +345,14 @@ trajectory (`active`: the steps before each episode ended)."""
 def roll_out_and_improve(
     config: PODSConfig,
     env: Env,
+    params: PolicyParams,
+    epoch: jax.Array,
+    key: jax.Array,
+    *,
     make_policy: Callable[[PolicyParams], Policy],
     search_step: SearchStep,
     size: int,
     horizon: int,
-    params: PolicyParams,
-    epoch: jax.Array,
-    key: jax.Array,
 ) -> Improvement:
     """PODS steps 1-2 from `size` fresh initial states of `env`, and the elite among them."""
     dtype = jnp.float64 if config.float64 else jnp.float32
@@ -376,11 +390,12 @@ def roll_out_and_improve(
 
 def distill_improved(
     config: PODSConfig,
-    network: PolicyNetwork,
-    optimizer: optax.GradientTransformation,
     state: TrainingState,
     improvement: Improvement,
     key: jax.Array,
+    *,
+    network: PolicyNetwork,
+    optimizer: optax.GradientTransformation,
 ) -> tuple[TrainingState, dict[str, jax.Array]]:
     """PODS step 3 and the epoch's metrics, for k trajectories of any origin: HDS calls this
     with its two env groups' `Improvement`s concatenated."""
@@ -410,10 +425,10 @@ def distill_improved(
         state.params.network,
         optimizer,
         state.optimizer_state,
-        observations,
-        targets,
-        usable.astype(dtype),
         key,
+        observations=observations,
+        targets=targets,
+        weights=usable.astype(dtype),
         minibatch_size=config.minibatch_size,
         passes=config.distill_passes,
     )

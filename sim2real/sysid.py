@@ -141,11 +141,11 @@ def identify(
         config,
         sim_env,
         log_theta,
-        jnp.asarray(obs0, dtype),
-        jnp.asarray(actions, dtype),
-        layout.to_state(jnp.asarray(targets, dtype)),
-        jnp.asarray(data.normalization(layout).delta_std, dtype),
         key,
+        obs0=jnp.asarray(obs0, dtype),
+        actions=jnp.asarray(actions, dtype),
+        targets=layout.to_state(jnp.asarray(targets, dtype)),
+        scale=jnp.asarray(data.normalization(layout).delta_std, dtype),
     )
     fitted = np.exp(np.asarray(log_theta, np.float64))
     physics = dataclasses.replace(
@@ -159,11 +159,12 @@ def _fit(
     config: SysIDConfig,
     sim_env: CartPole,
     log_theta: Float[Array, " n_params"],
+    key: jax.Array,
+    *,
     obs0: Float[Array, "windows obs"],
     actions: Float[Array, "windows window act"],
     targets: Float[Array, "windows window state"],
     scale: Float[Array, " state"],
-    key: jax.Array,
 ) -> tuple[Float[Array, " n_params"], dict[str, Array]]:
     """The whole optimization, one scan over Adam steps. The data are arguments, not closure
     constants, so datasets of one shape share a compilation."""

@@ -318,10 +318,10 @@ def test_nan_in_distillation_skips_the_update_and_counts_it():
         params,
         optimizer,
         opt_state,
-        obs,
-        targets,
-        weights,
         jax.random.PRNGKey(0),
+        observations=obs,
+        targets=targets,
+        weights=weights,
         minibatch_size=32,
         passes=3,
     )
@@ -332,10 +332,10 @@ def test_nan_in_distillation_skips_the_update_and_counts_it():
         params,
         optimizer,
         opt_state,
-        obs,
-        targets.at[5, 0].set(jnp.nan),
-        weights,
         jax.random.PRNGKey(0),
+        observations=obs,
+        targets=targets.at[5, 0].set(jnp.nan),
+        weights=weights,
         minibatch_size=32,
         passes=3,
     )
@@ -350,10 +350,10 @@ def test_nan_in_distillation_skips_the_update_and_counts_it():
         params,
         optimizer,
         opt_state,
-        obs,
-        targets.at[5, 0].set(jnp.nan),
-        weights.at[5].set(0.0),
         jax.random.PRNGKey(0),
+        observations=obs,
+        targets=targets.at[5, 0].set(jnp.nan),
+        weights=weights.at[5].set(0.0),
         minibatch_size=32,
         passes=3,
     )
@@ -419,7 +419,12 @@ def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages()
     def distilled_actions(fraction):
         improvement = Improvement(data, data, steps, elite(values, fraction), jnp.zeros(()))
         new_state, metrics = distill_improved(
-            config, network, optimizer, state, improvement, jax.random.PRNGKey(2)
+            config,
+            state,
+            improvement,
+            jax.random.PRNGKey(2),
+            network=network,
+            optimizer=optimizer,
         )
         outputs = network.apply(new_state.params.network, observations[: k // 2, :-1])
         return np.asarray(outputs), metrics
@@ -458,7 +463,12 @@ def test_steps_after_termination_are_not_distilled():
     data = Episode(Trajectory(observations, actions, jnp.zeros((k, horizon))), active)
     improvement = Improvement(data, data, steps, jnp.ones(k, bool), jnp.zeros(()))
     new_state, _ = distill_improved(
-        config, network, optimizer, state, improvement, jax.random.PRNGKey(2)
+        config,
+        state,
+        improvement,
+        jax.random.PRNGKey(2),
+        network=network,
+        optimizer=optimizer,
     )
     outputs = network.apply(new_state.params.network, points[:, 0])
     np.testing.assert_allclose(outputs, 0.8, atol=0.1)
