@@ -1,16 +1,14 @@
 """PODS: Policy Optimization via Differentiable Simulation (Mora et al., ICML 2021).
 
-Algorithm 1, one epoch (`epoch` below, one jitted pure function):
-  1. sample k initial states s_0; roll out the deterministic policy pi_theta for N steps
+Algorithm 1, one epoch (`make_pods(...).epoch`, one jitted pure function):
+  1. roll out the deterministic policy pi_theta for N steps from k fresh initial states
      (with Gaussian exploration noise on the actions, if asked) -> s[0..N], a[0..N-1], V;
-  2. improve the action sequences with the simulator's derivatives (`improve_actions`):
-     first order a' = a + alpha dV/da, or second order a' = a + alpha H^-1 dV/da, alpha from
-     a batched line search that never accepts a worse return;
-  3. distill: Adam on 0.5 ||pi_theta(s_t) - a'_t||^2 over the improved trajectories
-     (`distill_policy`): all of them, as in the paper, or the elite with the highest
-     improved return (`elite_fraction`).
-
-Everything that is not one of those steps is bookkeeping: observation statistics, metrics.
+  2. improve the actions with the simulator's derivatives: a' = a + alpha dV/da (first order)
+     or a' = a + alpha H^-1 dV/da (second), alpha from a batched line search that never
+     accepts a worse return (`roll_out_and_improve`, with `pods.improve`);
+  3. distill: Adam on 0.5 ||pi_theta(s_t) - a'_t||^2 over the improved trajectories, all of
+     them as in the paper or the elite (`distill_improved`, with `pods.distill`).
+Then the loop (`train`, `run_epochs`), then the helpers HDS (`pods.hds`) builds on as well.
 """
 
 from __future__ import annotations
@@ -42,6 +40,9 @@ from pods.rollout import Episode, Policy, episode_of_policy, reset_batch, rollou
 from pods.validation import is_integer, require
 
 Metrics = dict[str, float]
+
+
+# --- the configuration ------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,51 +191,15 @@ class PODSConfig:
 
 @struct.dataclass
 class TrainingState:
+    """What one epoch hands the next: the policy's parameters, distillation's Adam state and
+    the count of epochs done (which also picks each epoch's key and exploration noise)."""
+
     params: PolicyParams
     optimizer_state: optax.OptState
     epoch: jax.Array
 
 
-def policy_optimizer(config: PODSConfig) -> optax.GradientTransformation:
-    """Distillation's Adam: the one that updates the policy and the one whose state
-    `init_training_state` creates (and checkpoints hold), so the two always agree."""
-    return optax.adam(config.learning_rate)
-
-
-class PolicyLearner(NamedTuple):
-    """The pieces every epoch of PODS (or HDS) is built from."""
-
-    network: PolicyNetwork
-    make_policy: Callable[[PolicyParams], Policy]
-    optimizer: optax.GradientTransformation
-    """Distillation's Adam (`policy_optimizer`)."""
-    step_sizes: jax.Array
-    """The line search's candidate alphas, in the config's dtype."""
-
-
-def policy_learner(config: PODSConfig, envs: list[Env], horizon: int) -> PolicyLearner:
-    """Checks `config` against the envs it will roll out in; returns the pieces every epoch
-    of PODS (or HDS) is built from."""
-    name, k = type(config).__name__, config.num_trajectories
-    if config.minibatch_size > k * horizon:
-        raise ValueError(
-            f"{name}.minibatch_size must be <= num_trajectories * horizon = {k * horizon}, "
-            f"got {config.minibatch_size}"
-        )
-    dtype = jnp.float64 if config.float64 else jnp.float32
-    for env in envs:
-        env_dtype = getattr(env, "dtype", None)
-        if env_dtype is not None and jnp.dtype(env_dtype) != jnp.dtype(dtype):
-            raise ValueError(
-                f"{name}.float64={config.float64} but an env simulates in {jnp.dtype(env_dtype)}"
-            )
-    network = PolicyNetwork(envs[0].action_size, config.hidden_sizes, param_dtype=dtype)
-    make_policy = make_policy_factory(network, normalize=config.normalize_observations)
-    optimizer = policy_optimizer(config)
-    step_sizes = step_size_grid(
-        config.step_size_max, config.step_size_min, config.num_step_sizes
-    ).astype(dtype)
-    return PolicyLearner(network, make_policy, optimizer, step_sizes)
+# --- one epoch: roll out, improve, distill ----------------------------------------------------
 
 
 class PODSProgram(NamedTuple):
@@ -298,6 +263,9 @@ def make_pods(config: PODSConfig, env: Env) -> PODSProgram:
         )
 
     return PODSProgram(learner.network, learner.make_policy, improve, epoch)
+
+
+# --- steps 1-2: roll out and improve ----------------------------------------------------------
 
 
 @struct.dataclass
@@ -388,6 +356,9 @@ def roll_out_and_improve(
     )
 
 
+# --- step 3: distill --------------------------------------------------------------------------
+
+
 def distill_improved(
     config: PODSConfig,
     state: TrainingState,
@@ -458,25 +429,7 @@ def distill_improved(
     return new_state, metrics
 
 
-def elite(values: Float[Array, " k"], fraction: float) -> Bool[Array, " k"]:
-    """The top `fraction` of `values`: round(fraction * k) of them, at least one, more where
-    values tie at the threshold. Non-finite values count as the lowest."""
-    count = max(1, round(fraction * values.shape[0]))
-    values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
-    threshold = jnp.sort(values)[-count]
-    return values >= threshold
-
-
-def init_training_state(
-    config: PODSConfig, env: Env, network: PolicyNetwork, key: jax.Array
-) -> TrainingState:
-    dtype = jnp.float64 if config.float64 else jnp.float32
-    params = init_policy_params(network, env.observation_size, key, dtype)
-    return TrainingState(
-        params=params,
-        optimizer_state=policy_optimizer(config).init(params.network),
-        epoch=jnp.zeros((), jnp.int32),
-    )
+# --- the loop ---------------------------------------------------------------------------------
 
 
 def train(
@@ -558,6 +511,72 @@ def run_epochs(
         if checkpoint_fn is not None:
             checkpoint_fn(state, metrics)
     return EpochHistory(state, metrics_history)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+class PolicyLearner(NamedTuple):
+    """The pieces every epoch of PODS (or HDS) is built from."""
+
+    network: PolicyNetwork
+    make_policy: Callable[[PolicyParams], Policy]
+    optimizer: optax.GradientTransformation
+    """Distillation's Adam (`policy_optimizer`)."""
+    step_sizes: jax.Array
+    """The line search's candidate alphas, in the config's dtype."""
+
+
+def policy_learner(config: PODSConfig, envs: list[Env], horizon: int) -> PolicyLearner:
+    """Checks `config` against the envs it will roll out in; returns the pieces every epoch
+    of PODS (or HDS) is built from."""
+    name, k = type(config).__name__, config.num_trajectories
+    if config.minibatch_size > k * horizon:
+        raise ValueError(
+            f"{name}.minibatch_size must be <= num_trajectories * horizon = {k * horizon}, "
+            f"got {config.minibatch_size}"
+        )
+    dtype = jnp.float64 if config.float64 else jnp.float32
+    for env in envs:
+        env_dtype = getattr(env, "dtype", None)
+        if env_dtype is not None and jnp.dtype(env_dtype) != jnp.dtype(dtype):
+            raise ValueError(
+                f"{name}.float64={config.float64} but an env simulates in {jnp.dtype(env_dtype)}"
+            )
+    network = PolicyNetwork(envs[0].action_size, config.hidden_sizes, param_dtype=dtype)
+    make_policy = make_policy_factory(network, normalize=config.normalize_observations)
+    optimizer = policy_optimizer(config)
+    step_sizes = step_size_grid(
+        config.step_size_max, config.step_size_min, config.num_step_sizes
+    ).astype(dtype)
+    return PolicyLearner(network, make_policy, optimizer, step_sizes)
+
+
+def policy_optimizer(config: PODSConfig) -> optax.GradientTransformation:
+    """Distillation's Adam: the one that updates the policy and the one whose state
+    `init_training_state` creates (and checkpoints hold), so the two always agree."""
+    return optax.adam(config.learning_rate)
+
+
+def init_training_state(
+    config: PODSConfig, env: Env, network: PolicyNetwork, key: jax.Array
+) -> TrainingState:
+    dtype = jnp.float64 if config.float64 else jnp.float32
+    params = init_policy_params(network, env.observation_size, key, dtype)
+    return TrainingState(
+        params=params,
+        optimizer_state=policy_optimizer(config).init(params.network),
+        epoch=jnp.zeros((), jnp.int32),
+    )
+
+
+def elite(values: Float[Array, " k"], fraction: float) -> Bool[Array, " k"]:
+    """The top `fraction` of `values`: round(fraction * k) of them, at least one, more where
+    values tie at the threshold. Non-finite values count as the lowest."""
+    count = max(1, round(fraction * values.shape[0]))
+    values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
+    threshold = jnp.sort(values)[-count]
+    return values >= threshold
 
 
 def evaluate_policy(
