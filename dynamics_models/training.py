@@ -208,6 +208,8 @@ def _train_chunk(
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = eqx.apply_updates(params, updates)
         # A non-finite step is rejected rather than applied: one NaN would ruin the weights.
+        # Not optax.apply_if_finite: it nests the optimizer state (a new checkpoint layout) and
+        # counts skipped steps in its state.
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_params, params)
         opt_state = jax.tree.map(

@@ -69,6 +69,8 @@ def distill_policy(
         loss, grads = jax.value_and_grad(loss_fn)(
             params, observations[indices], targets[indices], weights[indices]
         )
+        # Not optax.apply_if_finite: it nests the optimizer state (a new checkpoint layout) and
+        # checks only the updates, not the loss (nor here the minibatch's weight).
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
         )

@@ -195,6 +195,8 @@ def _fit(
         value, grad = jax.value_and_grad(loss)(log_theta, *minibatch)
         updates, new_opt_state = optimizer.update(grad, opt_state)
         # A non-finite loss or gradient is dropped, never applied: one NaN would ruin theta.
+        # Not optax.apply_if_finite: it nests the optimizer state (a new checkpoint layout) and
+        # checks only the updates, not the loss.
         finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
         carry = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old),
