@@ -5,4 +5,6 @@ Each module follows the library convention: a frozen config dataclass and a pure
 `train(config, env, key, *, progress_fn=None)` returning `(make_policy, params, metrics)`.
 """
 
-import pods  # noqa: F401  (imports brax with its stdout chatter silenced)
+from pods.runtime import import_brax_quietly
+
+import_brax_quietly()

@@ -36,6 +36,7 @@ from brax.training.agents.ppo import networks as ppo_networks
 from brax.training.agents.ppo import train as ppo
 
 from pods.rollout import Policy
+from pods.validation import is_integer, is_number, require
 from sim2real.testbeds import physics_randomization
 
 Metrics = dict[str, float]
@@ -43,28 +44,12 @@ ProgressFn = Callable[[int, Metrics], None]
 RandomizationFn = Callable[[base.System, jax.Array], tuple[base.System, Any]]
 
 
-def _require(ok: bool, config: Any, name: str, expected: str) -> None:
-    if not ok:
-        raise ValueError(
-            f"{type(config).__name__}.{name} must be {expected}, got {getattr(config, name)!r}"
-        )
-
-
-def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def _is_positive_float(value: Any) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
+    return is_number(value) and value > 0
 
 
 def _is_layer_sizes(value: Any) -> bool:
-    return isinstance(value, tuple) and len(value) > 0 and all(map(_is_positive_int, value))
+    return isinstance(value, tuple) and len(value) > 0 and all(map(is_integer, value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +78,7 @@ class PhysicsRanges:
                 bounds = tuple(bounds)
                 object.__setattr__(self, field.name, bounds)
             positive = field.name == "actuator_gain"
-            _require(
+            require(
                 isinstance(bounds, tuple)
                 and len(bounds) == 2
                 and all(isinstance(b, int | float) and math.isfinite(b) for b in bounds)
@@ -150,22 +135,22 @@ class APGConfig:
 
     def __post_init__(self):
         for name in ("policy_updates", "num_evals", "num_envs", "horizon_length", "num_eval_envs"):
-            _require(_is_positive_int(getattr(self, name)), self, name, "a positive integer")
-        _require(
+            require(is_integer(getattr(self, name)), self, name, "a positive integer")
+        require(
             self.policy_updates >= self.num_evals - 1,
             self,
             "policy_updates",
             f">= num_evals - 1 = {self.num_evals - 1} (at least one update between evaluations)",
         )
         for name in ("learning_rate", "max_gradient_norm"):
-            _require(_is_positive_float(getattr(self, name)), self, name, "a finite number > 0")
-        _require(
+            require(_is_positive_float(getattr(self, name)), self, name, "a finite number > 0")
+        require(
             _is_positive_float(self.learning_rate_decay) and self.learning_rate_decay <= 1,
             self,
             "learning_rate_decay",
             "in (0, 1]",
         )
-        _require(
+        require(
             isinstance(self.adam_betas, tuple)
             and len(self.adam_betas) == 2
             and all(_is_positive_float(b) and b < 1 for b in self.adam_betas),
@@ -173,10 +158,10 @@ class APGConfig:
             "adam_betas",
             "a pair (b1, b2) in (0, 1)",
         )
-        _require(
+        require(
             _is_layer_sizes(self.hidden_sizes), self, "hidden_sizes", "a tuple of positive integers"
         )
-        _require(
+        require(
             isinstance(self.normalize_observations, bool), self, "normalize_observations", "a bool"
         )
 
@@ -255,16 +240,16 @@ class PPOConfig:
             "num_updates_per_batch",
             "num_eval_envs",
         ):
-            _require(_is_positive_int(getattr(self, name)), self, name, "a positive integer")
-        _require(
+            require(is_integer(getattr(self, name)), self, name, "a positive integer")
+        require(
             self.batch_size * self.num_minibatches % self.num_envs == 0,
             self,
             "num_envs",
             f"a divisor of batch_size * num_minibatches = {self.batch_size * self.num_minibatches}",
         )
         for name in ("learning_rate", "clipping_epsilon", "reward_scaling"):
-            _require(_is_positive_float(getattr(self, name)), self, name, "a finite number > 0")
-        _require(
+            require(_is_positive_float(getattr(self, name)), self, name, "a finite number > 0")
+        require(
             isinstance(self.entropy_cost, int | float)
             and math.isfinite(self.entropy_cost)
             and self.entropy_cost >= 0,
@@ -274,26 +259,26 @@ class PPOConfig:
         )
         for name in ("discounting", "gae_lambda"):
             value = getattr(self, name)
-            _require(_is_positive_float(value) and value <= 1, self, name, "in (0, 1]")
+            require(_is_positive_float(value) and value <= 1, self, name, "in (0, 1]")
         if self.max_grad_norm is not None:
-            _require(_is_positive_float(self.max_grad_norm), self, "max_grad_norm", "None or > 0")
-        _require(
+            require(_is_positive_float(self.max_grad_norm), self, "max_grad_norm", "None or > 0")
+        require(
             isinstance(self.normalize_observations, bool), self, "normalize_observations", "a bool"
         )
         for name in ("policy_hidden_sizes", "value_hidden_sizes"):
-            _require(
+            require(
                 _is_layer_sizes(getattr(self, name)), self, name, "a tuple of positive integers"
             )
         if isinstance(self.randomization, Mapping):
             names = {f.name for f in dataclasses.fields(PhysicsRanges)}
-            _require(
+            require(
                 set(self.randomization) <= names,
                 self,
                 "randomization",
                 f"a PhysicsRanges or a mapping with keys in {sorted(names)}",
             )
             object.__setattr__(self, "randomization", PhysicsRanges(**self.randomization))
-        _require(
+        require(
             self.randomization is None or isinstance(self.randomization, PhysicsRanges),
             self,
             "randomization",
@@ -377,7 +362,7 @@ class _MetricsHistory:
 
 def _check_env(env: Env, config: Any) -> int:
     episode_length = getattr(env, "episode_length", None)
-    if not _is_positive_int(episode_length):
+    if not is_integer(episode_length):
         raise ValueError(
             f"{type(config).__name__} trains on envs with a positive `episode_length`; "
             f"{type(env).__name__} has {episode_length!r}"

@@ -23,7 +23,6 @@ damping that only holds below a few cm/s (its LQR balances worse in `real` than 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +34,7 @@ import scipy.linalg
 from jaxtyping import Array, Float
 
 from pods.rollout import Policy
+from pods.validation import is_number, require
 
 Metrics = dict[str, float]
 ProgressFn = Callable[[int, Metrics], None]
@@ -65,16 +65,12 @@ class LQRConfig:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             positive = field.name == "action"
-            if not (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-                and (value > 0 if positive else value >= 0)
-            ):
-                bound = "> 0" if positive else ">= 0"
-                raise ValueError(
-                    f"LQRConfig.{field.name} must be a finite number {bound}, got {value!r}"
-                )
+            require(
+                is_number(value) and (value > 0 if positive else value >= 0),
+                self,
+                field.name,
+                f"a finite number {'> 0' if positive else '>= 0'}",
+            )
 
 
 def step_state(

@@ -57,8 +57,9 @@ def benchmark(
     config = PODSConfig(
         **{"num_trajectories": num_trajectories, **fields, "horizon": horizon, "order": order}
     )
-    network, _, improve, epoch = make_pods(config, env)
-    state = init_training_state(config, env, network, jax.random.PRNGKey(0))
+    pods = make_pods(config, env)
+    improve, epoch = pods.improve, pods.epoch
+    state = init_training_state(config, env, pods.network, jax.random.PRNGKey(0))
     keys = jax.random.split(jax.random.PRNGKey(1), epochs + 1)
 
     start = time.perf_counter()

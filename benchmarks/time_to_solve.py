@@ -155,7 +155,7 @@ def train_pods(spec: dict, env, train_key, held_out_key, curve: Curve) -> dict:
     from pods.train import PODSConfig, make_pods, train
 
     config = library_config(PODSConfig, spec["config"])
-    _, make_policy, _, _ = make_pods(config, env)
+    make_policy = make_pods(config, env).make_policy
     evaluate = held_out_evaluator(env, make_policy, held_out_key, spec["eval_states"])
 
     def after_epoch(state, metrics):

@@ -1,5 +1,6 @@
 """Dynamics models learned from real transitions: data, models, training, k-step evaluation,
-and the env that steps a learned model (see DESIGN.md, layer `dynamics_models/`)."""
+and the env that steps a learned model. A simulator is taken as an argument (an env, or
+`load_model`'s `make_sim`): this package never imports the testbeds of `sim2real/`."""
 
 from dynamics_models.checkpoint import load_model, save_model
 from dynamics_models.data import (

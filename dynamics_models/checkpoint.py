@@ -7,6 +7,10 @@ model the simulator testbed it steps, and the SHA-256 of the weights file, so a 
 paired with the wrong or a damaged weights file is caught rather than loaded. Both writes
 are atomic; the weights are written first, so the sidecar never names weights that are not
 there.
+
+A residual model's simulator is not pickled: the sidecar describes it (testbed name, physics,
+backend, timestep, frames, dtype) and `load_model` rebuilds it with the `make_sim` it is
+given (`sim2real.testbeds.make_testbed` for the testbeds); this package never imports them.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +55,21 @@ def _sim_description(sim_env: Any) -> dict:
     }
 
 
-def _make_sim(description: dict) -> Any:
-    # Imported here: only residual models need the testbeds (and their Brax assets).
-    from sim2real.testbeds import Physics, make_testbed
+SimBuilder = Callable[..., Any]
+"""Rebuilds a residual model's simulator: `make_sim(name, *, physics, backend, timestep,
+n_frames, dtype) -> Env`, with `physics` the mapping of physical parameters the sidecar stored
+(`sim2real.testbeds.make_testbed` is one)."""
 
-    return make_testbed(
+
+def _make_sim(description: dict, make_sim: SimBuilder | None) -> Any:
+    if make_sim is None:
+        raise ValueError(
+            f"it is a residual model over the simulator {description['testbed']!r}; "
+            "pass make_sim= (e.g. sim2real.testbeds.make_testbed) to rebuild it"
+        )
+    return make_sim(
         description["testbed"],
-        physics=Physics(**description["physics"]),
+        physics=dict(description["physics"]),
         backend=description["backend"],
         timestep=description["timestep"],
         n_frames=description["n_frames"],
@@ -121,7 +134,7 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     return description
 
 
-def _skeleton(description: dict) -> Any:
+def _skeleton(description: dict, make_sim: SimBuilder | None) -> Any:
     layout = ObsLayout.from_json(description["layout"])
     stats = NormalizationStats(
         **{k: np.asarray(v) for k, v in description["normalization"].items()}
@@ -139,7 +152,7 @@ def _skeleton(description: dict) -> Any:
         def make(k):
             return MLPDynamics(k, stats, layout, **kwargs)
     else:
-        sim_env = _make_sim(description["sim"])
+        sim_env = _make_sim(description["sim"], make_sim)
         if ObsLayout.of_env(sim_env) != layout:
             raise ValueError(
                 f"the sidecar's layout {layout} does not match its simulator {sim_env.name}"
@@ -155,10 +168,16 @@ def _skeleton(description: dict) -> Any:
 
 
 def load_model(
-    path: str | os.PathLike, *, obs_dim: int | None = None, action_dim: int | None = None
+    path: str | os.PathLike,
+    *,
+    make_sim: SimBuilder | None = None,
+    obs_dim: int | None = None,
+    action_dim: int | None = None,
 ) -> Any:
-    """Rebuilds a model saved by `save_model`. Raises one ValueError for a missing, corrupt or
-    mismatched pair of files, or dims other than the expected `obs_dim` / `action_dim`."""
+    """Rebuilds a model saved by `save_model`; a residual model (or an ensemble of them) needs
+    `make_sim` to rebuild the simulator it steps (see `SimBuilder`). Raises one ValueError for a
+    missing, corrupt or mismatched pair of files, dims other than the expected `obs_dim` /
+    `action_dim`, or a simulator `make_sim` is missing for or cannot make."""
     weights_path, sidecar_path = _paths(path)
     description = read_sidecar(path)
     got = {"obs_dim": description["layout"]["obs_dim"], "action_dim": description["action_dim"]}
@@ -175,7 +194,7 @@ def load_model(
             "(checksum differs: wrong pairing or a damaged file)"
         )
     try:
-        skeleton = _skeleton(description)
+        skeleton = _skeleton(description, make_sim)
         return eqx.tree_deserialise_leaves(io.BytesIO(weights), skeleton)
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
         raise ValueError(f"cannot rebuild the model in {str(sidecar_path)!r}: {e}") from None

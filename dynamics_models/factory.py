@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from dynamics_models.data import ObsLayout, TransitionDataset
 from dynamics_models.models import EnsembleDynamics, MLPDynamics, ResidualDynamics
 from dynamics_models.training import TrainingConfig
+from pods.validation import require
 
 MODEL_KINDS = ("mlp", "ensemble", "residual")
 PREDICTIONS = ("mean", "member")
@@ -45,35 +46,35 @@ class ModelConfig:
     """Open-loop steps of the fitting loss (1: one-step regression)."""
 
     def __post_init__(self):
-        def require(ok: bool, name: str, expected: str):
-            if not ok:
-                raise ValueError(
-                    f"ModelConfig.{name} must be {expected}, got {getattr(self, name)!r}"
-                )
-
         def positive_int(name: str) -> bool:
             value = getattr(self, name)
             return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
-        require(self.kind in MODEL_KINDS, "kind", f"one of {MODEL_KINDS}")
-        require(self.member in ("mlp", "residual"), "member", "'mlp' or 'residual'")
-        require(self.prediction in PREDICTIONS, "prediction", f"one of {PREDICTIONS}")
+        require(self.kind in MODEL_KINDS, self, "kind", f"one of {MODEL_KINDS}")
+        require(self.member in ("mlp", "residual"), self, "member", "'mlp' or 'residual'")
+        require(self.prediction in PREDICTIONS, self, "prediction", f"one of {PREDICTIONS}")
         require(
             self.prediction == "mean" or self.kind == "ensemble",
+            self,
             "prediction",
             "'mean' unless kind is 'ensemble' (only an ensemble has members to draw)",
         )
         for name in ("width", "depth", "batch_size", "max_steps", "eval_every", "patience"):
-            require(positive_int(name), name, "a positive integer")
-        require(positive_int("n_members") and self.n_members >= 2, "n_members", "an integer >= 2")
-        require(positive_int("rollout_horizon"), "rollout_horizon", "a positive integer")
+            require(positive_int(name), self, name, "a positive integer")
+        require(
+            positive_int("n_members") and self.n_members >= 2, self, "n_members", "an integer >= 2"
+        )
+        require(positive_int("rollout_horizon"), self, "rollout_horizon", "a positive integer")
         require(
             isinstance(self.learning_rate, int | float) and self.learning_rate > 0,
+            self,
             "learning_rate",
             "a number > 0",
         )
         # Early stopping must get to evaluate at least once.
-        require(self.max_steps >= self.eval_every, "max_steps", f">= eval_every={self.eval_every}")
+        require(
+            self.max_steps >= self.eval_every, self, "max_steps", f">= eval_every={self.eval_every}"
+        )
 
     def training_config(self) -> TrainingConfig:
         return TrainingConfig(

@@ -16,8 +16,6 @@ Models are equinox modules; hyperparameters are static fields. An ensemble stack
 along a leading axis (built and evaluated with `eqx.filter_vmap`).
 """
 
-from __future__ import annotations
-
 import abc
 import dataclasses
 import functools
@@ -28,6 +26,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from equinox import AbstractVar
 from jaxtyping import Array, Float
 
 from dynamics_models.data import NormalizationStats, ObsLayout, TransitionDataset, mean_and_std
@@ -46,7 +45,7 @@ class Normalizer(eqx.Module):
     target_std: Array
 
     @classmethod
-    def from_stats(cls, stats: NormalizationStats, dtype: Any = jnp.float32) -> Normalizer:
+    def from_stats(cls, stats: NormalizationStats, dtype: Any = jnp.float32) -> "Normalizer":
         return cls(*(jnp.asarray(np.asarray(x), dtype) for x in dataclasses.astuple(stats)))
 
     def inputs(self, obs: Array, action: Array) -> Array:
@@ -59,8 +58,14 @@ class Normalizer(eqx.Module):
 
 
 class _StepModel(eqx.Module):
-    """Shared prediction logic; concrete models hold `network`, `normalizer`, `layout`,
-    `action_limit` and define `base_state`."""
+    """Shared prediction logic; concrete models declare these fields and define `base_state`."""
+
+    # Annotations equinox reads at class creation: this module does without
+    # `from __future__ import annotations`, which equinox cannot take for AbstractVar.
+    network: AbstractVar[eqx.nn.MLP]
+    normalizer: AbstractVar[Normalizer]
+    layout: AbstractVar[ObsLayout]
+    action_limit: AbstractVar[float | None]
 
     @abc.abstractmethod
     def base_state(self, obs: Array, action: Array) -> Array:
@@ -94,7 +99,7 @@ class _StepModel(eqx.Module):
         return self.normalizer.obs_mean.dtype
 
 
-def _network(key, in_size, out_size, width, depth, dtype) -> eqx.nn.MLP:
+def _network(key, in_size, out_size, *, width, depth, dtype) -> eqx.nn.MLP:
     for name, value in (("width", width), ("depth", depth)):
         if not (isinstance(value, int) and value > 0):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -145,13 +150,18 @@ class MLPDynamics(_StepModel):
         self.layout, self.width, self.depth, self.action_limit = layout, width, depth, action_limit
         self.normalizer = Normalizer.from_stats(stats, dtype)
         self.network = _network(
-            key, layout.obs_dim + action_dim, layout.state_dim, width, depth, dtype
+            key,
+            layout.obs_dim + action_dim,
+            layout.state_dim,
+            width=width,
+            depth=depth,
+            dtype=dtype,
         )
 
     @classmethod
     def for_dataset(
         cls, key: jax.Array, dataset: TransitionDataset, layout: ObsLayout | None = None, **kwargs
-    ) -> MLPDynamics:
+    ) -> "MLPDynamics":
         """A fresh model normalized by `dataset` (use the training split)."""
         layout = layout or ObsLayout(dataset.obs_dim)
         return cls(key, dataset.normalization(layout), layout, **kwargs)
@@ -206,13 +216,18 @@ class ResidualDynamics(_StepModel):
         self.width, self.depth, self.action_limit = width, depth, action_limit
         self.normalizer = Normalizer.from_stats(stats, dtype)
         self.network = _network(
-            key, layout.obs_dim + action_dim, layout.state_dim, width, depth, dtype
+            key,
+            layout.obs_dim + action_dim,
+            layout.state_dim,
+            width=width,
+            depth=depth,
+            dtype=dtype,
         )
 
     @classmethod
     def for_dataset(
         cls, key: jax.Array, dataset: TransitionDataset, sim_env: Any, **kwargs
-    ) -> ResidualDynamics:
+    ) -> "ResidualDynamics":
         """A fresh model normalized by `dataset`; the target statistics are those of the
         simulator's one-step error on it."""
         stats = residual_stats(dataset, sim_env, kwargs.get("action_limit", 1.0))
@@ -221,7 +236,7 @@ class ResidualDynamics(_StepModel):
     def base_state(self, obs, action):
         return sim_step_state(self.sim_env, obs, self.saturate(action))
 
-    def with_sim_env(self, sim_env: Any) -> ResidualDynamics:
+    def with_sim_env(self, sim_env: Any) -> "ResidualDynamics":
         """The same weights over another simulator, e.g. a float64 build of the same testbed
         (the simulator is static, so `cast_model` cannot change its dtype)."""
         fresh = ResidualDynamics(
@@ -324,7 +339,7 @@ class EnsembleDynamics(eqx.Module):
         layout: ObsLayout | None = None,
         sim_env: Any = None,
         **kwargs,
-    ) -> EnsembleDynamics:
+    ) -> "EnsembleDynamics":
         """M fresh `member` (`mlp` or `residual`) models normalized by `dataset`."""
         if member == "mlp":
             layout = layout or ObsLayout(dataset.obs_dim)
@@ -345,7 +360,7 @@ class EnsembleDynamics(eqx.Module):
         return self.members.layout
 
     @property
-    def normalizer(self) -> Normalizer:
+    def normalizer(self) -> "Normalizer":
         return self.member(0).normalizer
 
     @property

@@ -36,6 +36,7 @@ import optax
 
 from dynamics_models.data import TransitionDataset
 from dynamics_models.models import EnsembleDynamics, base_states
+from pods.validation import require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +72,13 @@ class TrainingConfig:
             "evals_per_call",
         ):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
-                raise ValueError(f"TrainingConfig.{name} must be a positive integer, got {value!r}")
+            require(isinstance(value, int) and value > 0, self, name, "a positive integer")
         for name in ("learning_rate", "gradient_clip"):
             value = getattr(self, name)
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"TrainingConfig.{name} must be a positive number, got {value!r}")
-        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"TrainingConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+            require(np.isfinite(value) and value > 0, self, name, "a positive number")
+        require(
+            np.isfinite(self.weight_decay) and self.weight_decay >= 0, self, "weight_decay", ">= 0"
+        )
 
 
 class TrainingState(eqx.Module):
@@ -207,7 +207,9 @@ def _train_chunk(
         loss, grads = jax.value_and_grad(loss_of)(params, train_data, idx)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = eqx.apply_updates(params, updates)
-        # A non-finite step is rejected rather than applied (see DESIGN: numerics).
+        # A non-finite step is rejected rather than applied: one NaN would ruin the weights.
+        # Not optax.apply_if_finite: it nests the optimizer state (a new checkpoint layout) and
+        # counts skipped steps in its state.
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_params, params)
         opt_state = jax.tree.map(

@@ -92,8 +92,9 @@ def load_policy(run_dir: str | Path) -> LoadedPolicy:
     configure_jax(float64=config.float64)
     sim, _ = build_envs(cfg, dtype)
     horizon = config.horizon or sim.episode_length
-    network, make_policy, _, _ = policy_learner(config, [sim], horizon)
-    template = init_training_state(config, sim, network, jax.random.PRNGKey(0))
+    learner = policy_learner(config, [sim], horizon)
+    make_policy = learner.make_policy
+    template = init_training_state(config, sim, learner.network, jax.random.PRNGKey(0))
     run = RunDirectory(run_dir, create=False)
     try:
         checkpoint = run.read_checkpoint()

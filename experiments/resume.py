@@ -25,6 +25,7 @@ from dynamics_models import TransitionDataset, load_dataset, load_model
 from dynamics_models.checkpoint import read_sidecar
 from experiments.run_dir import Checkpoint, RunDirectory
 from experiments.schema import ConfigError
+from sim2real.testbeds import make_testbed
 
 EXTENSIBLE = ("algo.num_epochs",)
 """Keys a continued run may change: it trains up to the new value."""
@@ -146,7 +147,7 @@ def _read_hds_artifacts(artifacts: Path, resume: Resume) -> None:
         raise _refuse(data_path, err) from None
     if model_path.with_suffix(".json").exists():
         try:
-            resume.model = load_model(model_path)
+            resume.model = load_model(model_path, make_sim=make_testbed)
             resume.model_info = read_sidecar(model_path)["metadata"]
         except (ValueError, KeyError) as err:
             raise _refuse(model_path.with_suffix(".eqx"), err) from None

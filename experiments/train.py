@@ -41,7 +41,7 @@ from experiments.schema import (
     register_schemas,
     to_library_config,
 )
-from experiments.trainers import TRAINERS, RunContext, check_algo
+from experiments.trainers import ALGORITHMS, RunContext, check_algo
 from pods.runtime import configure_jax, filter_known_xla_logs
 from sim2real.evaluation import (
     evaluate,
@@ -95,23 +95,19 @@ def build_envs(cfg: DictConfig, dtype) -> tuple[Env, RealSpec | None]:
     return sim, build_real(cfg, common)
 
 
-NEEDS_TWIN = ("oracle",)
-"""Algorithms that train on the real system's differentiable twin."""
-
-
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no compute, so a bad value fails before any."""
-    if cfg.algo.name not in TRAINERS:
+    if cfg.algo.name not in ALGORITHMS:
         raise ConfigError(
-            f"algo.name: unknown algorithm {cfg.algo.name!r}; expected one of {tuple(TRAINERS)}"
+            f"algo.name: unknown algorithm {cfg.algo.name!r}; expected one of {tuple(ALGORITHMS)}"
         )
     for name in ("checkpoint_every", "eval_trajectories"):
         if cfg.run[name] <= 0:
             raise ConfigError(f"run.{name} must be positive, got {cfg.run[name]}")
     for name in cfg.run.compare:
-        if name not in TRAINERS:
+        if name not in ALGORITHMS:
             raise ConfigError(
-                f"run.compare: unknown algorithm {name!r}; expected any of {tuple(TRAINERS)}"
+                f"run.compare: unknown algorithm {name!r}; expected any of {tuple(ALGORITHMS)}"
             )
     check_algo(cfg)
     to_library_config(ModelConfig, cfg.model, "model")
@@ -119,7 +115,7 @@ def check_config(cfg: DictConfig) -> None:
     to_library_config(SysIDConfig, cfg.sysid, "sysid")
     if cfg.real.engine == "gym":
         for name in (cfg.algo.name, *cfg.run.compare):
-            if name in NEEDS_TWIN:
+            if ALGORITHMS[name].trains_on_twin:
                 raise ConfigError(
                     f"algo {name!r} trains on the real system's differentiable twin, and "
                     f"real.engine=gym ({cfg.real.gym_id}) has none"
@@ -157,7 +153,7 @@ def run_experiment(ctx: RunContext) -> dict:
     run_dir.path.mkdir(parents=True, exist_ok=True)
     _, eval_key = seed_streams(cfg.seed)
 
-    trained = TRAINERS[cfg.algo.name](ctx)
+    trained = ALGORITHMS[cfg.algo.name].train(ctx)
     run_dir.close()
 
     n_eval = cfg.run.eval_trajectories

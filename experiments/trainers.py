@@ -165,7 +165,7 @@ def zero_gradient_warning(ctx: RunContext) -> str:
 
 def _pods(ctx: RunContext, env: Env) -> Trained:
     config: PODSConfig = algo_config(ctx.cfg)
-    network, _, _, _ = make_pods(config, env)
+    network = make_pods(config, env).network
     loop = EpochLoop(ctx, init_training_state(config, env, network, ctx.key), config.num_epochs)
     make_policy, params, _ = train_pods(
         config,
@@ -197,7 +197,7 @@ def train_hds(ctx: RunContext) -> Trained:
     artifacts.mkdir(parents=True, exist_ok=True)
     data_path, model_path = artifacts / "real_transitions.npz", artifacts / "model"
     # The policy's structure does not depend on the model: the sim env alone builds it.
-    network, _, _ = make_hds(dataclasses.replace(config, beta=0.0), ctx.sim)
+    network = make_hds(dataclasses.replace(config, beta=0.0), ctx.sim).network
     loop = EpochLoop(ctx, init_training_state(config, ctx.sim, network, ctx.key), config.num_epochs)
     resume = None
     if loop.initial_state is not None and ctx.resume.dataset is not None:
@@ -323,45 +323,53 @@ def train_ppo_baseline(ctx: RunContext) -> Trained:
     return _brax_agent(ctx, train_ppo)
 
 
-TRAINERS: dict[str, Callable[[RunContext], Trained]] = {
-    "pods": train_pods_in_sim,
-    "oracle": train_oracle,
-    "hds": train_hds,
-    "apg": train_apg_baseline,
-    "ppo": train_ppo_baseline,
-    "ppo_dr": train_ppo_baseline,
-    "pods_sysid": train_pods_sysid,
-    "lqr": train_lqr,
-}
-"""`algo.name` -> trainer."""
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    """What `algo.name` stands for: how it trains and what its `algo` group builds."""
 
-ALGO_CONFIGS: dict[str, type] = {
-    "pods": PODSConfig,
-    "oracle": PODSConfig,
-    "hds": HDSConfig,
-    "apg": APGConfig,
-    "ppo": PPOConfig,
-    "ppo_dr": PPOConfig,
-    "pods_sysid": PODSConfig,
-    "lqr": LQRConfig,
-}
-"""`algo.name` -> the library config its `algo` group builds."""
+    train: Callable[[RunContext], Trained]
+    config: type
+    """The library config its `algo` group builds (`algo_config`)."""
+    needs_testbed: str | None = None
+    """Why a Brax registry env (`env=brax`, sim only) cannot run it; None where it can."""
+    trains_on_twin: bool = False
+    """It trains on the real system's differentiable twin (so a gym real cannot serve)."""
 
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "pods": Algorithm(train_pods_in_sim, PODSConfig),
+    "oracle": Algorithm(
+        train_oracle, PODSConfig, needs_testbed="trains on the real testbed", trains_on_twin=True
+    ),
+    "hds": Algorithm(
+        train_hds, HDSConfig, needs_testbed="collects transitions of the real testbed"
+    ),
+    "apg": Algorithm(train_apg_baseline, APGConfig),
+    "ppo": Algorithm(train_ppo_baseline, PPOConfig),
+    "ppo_dr": Algorithm(
+        train_ppo_baseline, PPOConfig, needs_testbed="randomizes the testbed's physics"
+    ),
+    "pods_sysid": Algorithm(
+        train_pods_sysid,
+        PODSConfig,
+        needs_testbed="identifies the testbed's physics from real transitions",
+    ),
+    "lqr": Algorithm(train_lqr, LQRConfig, needs_testbed="linearizes the cart-pole at the upright"),
+}
+"""`algo.name` -> its `Algorithm`: the one registry of the algorithms."""
 
 NEEDS_TESTBED: dict[str, str] = {
-    "oracle": "trains on the real testbed",
-    "hds": "collects transitions of the real testbed",
-    "pods_sysid": "identifies the testbed's physics from real transitions",
-    "ppo_dr": "randomizes the testbed's physics",
-    "lqr": "linearizes the cart-pole at the upright",
+    name: algorithm.needs_testbed
+    for name, algorithm in ALGORITHMS.items()
+    if algorithm.needs_testbed is not None
 }
-"""The algorithms a Brax registry env (`env=brax`, sim only) cannot run, and why."""
+"""The algorithms a Brax registry env cannot run, and why (read off `ALGORITHMS`)."""
 
 
 def algo_config(cfg: DictConfig) -> Any:
-    """The library config of `cfg.algo` (ALGO_CONFIGS), validated: a bad value raises
-    ConfigError naming the key and the value."""
-    return to_library_config(ALGO_CONFIGS[cfg.algo.name], cfg.algo, "algo", skip=("name",))
+    """The library config of `cfg.algo` (its `Algorithm.config`), validated: a bad value
+    raises ConfigError naming the key and the value."""
+    return to_library_config(ALGORITHMS[cfg.algo.name].config, cfg.algo, "algo", skip=("name",))
 
 
 def check_algo(cfg: DictConfig) -> None:
@@ -373,7 +381,7 @@ def check_algo(cfg: DictConfig) -> None:
         if name in NEEDS_TESTBED:
             raise ConfigError(
                 f"algo={name} {NEEDS_TESTBED[name]}: env=brax (env.name={env.name}) has none; "
-                f"there, run one of {tuple(a for a in TRAINERS if a not in NEEDS_TESTBED)}"
+                f"there, run one of {tuple(a for a in ALGORITHMS if a not in NEEDS_TESTBED)}"
             )
         if getattr(config, "randomization", None) is not None:
             raise ConfigError(
@@ -440,9 +448,9 @@ def _check_real_data(cfg: DictConfig, config: Any) -> None:
 
 
 __all__ = [
-    "ALGO_CONFIGS",
+    "ALGORITHMS",
     "NEEDS_TESTBED",
-    "TRAINERS",
+    "Algorithm",
     "RunContext",
     "Trained",
     "algo_config",

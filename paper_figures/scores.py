@@ -6,8 +6,8 @@ R is a run's mean evaluation return on a testbed, R_random that of uniform rando
 from the same held-out initial states (the run's own `eval/return_random_*`), and R_ceiling
 the mean return of the ceiling run of the same task and seed (seeds share evaluation states,
 `sim2real.evaluation.seed_streams`). In `real` the ceiling is the oracle, PODS trained on
-`real`; in `sim`, its counterpart trained in sim (`sweeps.SIM_CEILING`). This is the formula
-of `sim2real.evaluation.normalized_score`, restated here so that drawing needs no JAX.
+`real`; in `sim`, its counterpart trained in sim (`sweeps.SIM_CEILING`). The formula is
+`scoring.normalized_score`, the one `sim2real.evaluation` uses, in a module without JAX.
 
 A single run knows no oracle and writes `eval/score_real: null`; a run that does know one
 may carry it, and it stands in where the sweep has no oracle run for that task and seed.
@@ -20,16 +20,9 @@ from collections.abc import Mapping
 
 from paper_figures.runs import Run, RunSpec
 from paper_figures.sweeps import ORACLE, SIM_CEILING
+from scoring import normalized_score
 
 CEILINGS = {"real": ORACLE, "sim": SIM_CEILING}
-
-
-def normalized_score(value: float, random: float, ceiling: float) -> float:
-    """(value - random) / (ceiling - random); NaN where undefined (ceiling == random)."""
-    numerator, denominator = value - random, ceiling - random
-    if not (math.isfinite(numerator) and math.isfinite(denominator)) or denominator == 0:
-        return math.nan
-    return numerator / denominator
 
 
 def ceiling_run(found: Mapping[RunSpec, Run], testbed: str, task: str, seed: int) -> Run | None:

@@ -3,13 +3,9 @@
 Works on any env with the Brax `Env` contract; knows nothing of where an env comes from.
 """
 
-import contextlib
-import io
+from pods.runtime import import_brax_quietly
 
-# mujoco.mjx (imported by brax) prints to stdout when its optional GPU backend, warp, is
-# missing; keep stdout clean for the tools that print JSON.
-with contextlib.redirect_stdout(io.StringIO()):
-    import brax.envs  # noqa: F401
+import_brax_quietly()  # before the modules below import brax
 
 from pods.distill import DistillationResult, distill_policy
 from pods.improve import (

@@ -31,11 +31,11 @@ def distill_policy(
     network_params: Any,
     optimizer: optax.GradientTransformation,
     optimizer_state: optax.OptState,
+    key: jax.Array,
+    *,
     observations: Float[Array, "n obs_dim"],
     targets: Float[Array, "n act_dim"],
     weights: Float[Array, " n"],
-    key: jax.Array,
-    *,
     minibatch_size: int,
     passes: int,
 ) -> DistillationResult:
@@ -69,6 +69,8 @@ def distill_policy(
         loss, grads = jax.value_and_grad(loss_fn)(
             params, observations[indices], targets[indices], weights[indices]
         )
+        # Not optax.apply_if_finite: it nests the optimizer state (a new checkpoint layout) and
+        # checks only the updates, not the loss (nor here the minibatch's weight).
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
         )

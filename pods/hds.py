@@ -20,7 +20,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,12 +30,12 @@ from jaxtyping import Array, Bool, Float
 
 from pods.improve import (
     ImprovedActions,
-    action_gradient,
-    first_order_direction,
+    LineSearchResult,
+    RewardFn,
     improve_actions,
-    newton_step,
+    improve_along_direction,
 )
-from pods.networks import PolicyParams
+from pods.networks import PolicyNetwork, PolicyParams
 from pods.rollout import Policy, episode_of_actions
 from pods.train import (
     Improvement,
@@ -48,6 +48,7 @@ from pods.train import (
     roll_out_and_improve,
     run_epochs,
 )
+from pods.validation import is_integer, is_number, require
 
 Metrics = dict[str, float]
 
@@ -76,50 +77,39 @@ class HDSConfig(PODSConfig):
     """Std of the Gaussian random walk on log(alpha); 1.0 moves alpha by a factor e."""
 
     def __post_init__(self):
-        try:
-            super().__post_init__()
-        except ValueError as error:
-            raise ValueError(str(error).replace("PODSConfig.", "HDSConfig.", 1)) from None
-
-        def require(ok: bool, name: str, expected: str):
-            if not ok:
-                raise ValueError(
-                    f"HDSConfig.{name} must be {expected}, got {getattr(self, name)!r}"
-                )
+        super().__post_init__()  # `require` names type(self): HDSConfig
 
         def number(name: str) -> bool:
-            value = getattr(self, name)
-            return (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            )
+            return is_number(getattr(self, name))
 
-        require(number("beta") and 0 <= self.beta <= 1, "beta", "a number in [0, 1]")
+        require(number("beta") and 0 <= self.beta <= 1, self, "beta", "a number in [0, 1]")
         require(
             self.step_size_search in STEP_SIZE_SEARCHES,
+            self,
             "step_size_search",
             f"one of {STEP_SIZE_SEARCHES}",
         )
         require(
-            isinstance(self.annealing_iterations, int)
-            and not isinstance(self.annealing_iterations, bool)
-            and self.annealing_iterations > 0,
+            is_integer(self.annealing_iterations),
+            self,
             "annealing_iterations",
             "a positive integer",
         )
         require(
             number("annealing_temperature") and self.annealing_temperature > 0,
+            self,
             "annealing_temperature",
             "a finite number > 0",
         )
         require(
             number("annealing_cooling") and 0 < self.annealing_cooling <= 1,
+            self,
             "annealing_cooling",
             "in (0, 1]",
         )
         require(
             number("annealing_proposal_scale") and self.annealing_proposal_scale > 0,
+            self,
             "annealing_proposal_scale",
             "a finite number > 0",
         )
@@ -133,14 +123,11 @@ class HDSConfig(PODSConfig):
         model = math.floor(self.beta * self.num_trajectories + 0.5)
         return self.num_trajectories - model, model
 
-    def steps_per_trajectory(self, horizon: int) -> int:
-        """Env steps one trajectory costs per epoch (forward passes; derivatives not counted)."""
+    def step_size_candidates(self) -> int:
+        """The line search's grid, or annealing's start and proposals."""
         if self.step_size_search == "line_search":
-            candidates = self.num_step_sizes
-        else:
-            candidates = self.annealing_iterations + 1
-        rollouts = 1 + (self.exploration_noise > 0) + self.improve_iterations * (1 + candidates)
-        return rollouts * horizon
+            return self.num_step_sizes
+        return self.annealing_iterations + 1
 
 
 # --- simulated annealing over the step size ---------------------------------------------------
@@ -269,6 +256,7 @@ def improve_actions_annealed(
     max_gradient_norm: float = 1.0,
     damping: float = 1e-3,
     gradient_window: int | None = None,
+    reward_fn: RewardFn | None = None,
     action_bounds: tuple[float, float] = (-1.0, 1.0),
     active: Float[Array, "k horizon"] | None = None,
 ) -> ImprovedActions:
@@ -282,66 +270,53 @@ def improve_actions_annealed(
     above V(a); otherwise it keeps its actions.
     """
     low, high = action_bounds
-    if order == 1:
 
-        def direction_of(state, a):
-            value, gradient = action_gradient(env, state, a, gradient_window=gradient_window)
-            direction = first_order_direction(gradient, gradient_normalization, max_gradient_norm)
-            return value, gradient, direction
+    def search(direction, value) -> LineSearchResult:
+        def candidates(alphas):
+            return jnp.clip(actions + alphas[:, None, None] * direction, low, high)
 
-    elif order == 2:
+        def objective(alphas):
+            episodes = jax.vmap(lambda state, a: episode_of_actions(env, state, a))(
+                states, candidates(alphas)
+            )
+            return episodes.value, (episodes.observations, episodes.active)
 
-        def direction_of(state, a):
-            return newton_step(env, state, a, damping=damping, gradient_window=gradient_window)
-
-    else:
-        raise ValueError(f"order must be 1 or 2, got {order!r}")
-
-    value, gradient, direction = jax.vmap(direction_of)(states, actions)
-    finite = (
-        jnp.all(jnp.isfinite(direction), axis=(1, 2))
-        & jnp.all(jnp.isfinite(gradient), axis=(1, 2))
-        & jnp.isfinite(value)
-    )
-    direction = jnp.where(finite[:, None, None], direction, 0.0)
-
-    def candidates(alphas):
-        return jnp.clip(actions + alphas[:, None, None] * direction, low, high)
-
-    def objective(alphas):
-        episodes = jax.vmap(lambda state, a: episode_of_actions(env, state, a))(
-            states, candidates(alphas)
+        annealed = anneal_step_size(
+            objective,
+            key,
+            actions.shape[0],
+            step_size_min=step_size_min,
+            step_size_max=step_size_max,
+            iterations=iterations,
+            initial_temperature=initial_temperature,
+            cooling=cooling,
+            proposal_scale=proposal_scale,
+            dtype=actions.dtype,
         )
-        return episodes.value, (episodes.observations, episodes.active)
+        observations_seen, active_seen = annealed.aux
+        return LineSearchResult(
+            actions=candidates(annealed.step_size),
+            value=annealed.value,
+            step_size=annealed.step_size,
+            accepted=annealed.value > value,
+            observations=observations_seen,
+            active=active_seen,
+        )
 
-    search = anneal_step_size(
-        objective,
-        key,
-        actions.shape[0],
-        step_size_min=step_size_min,
-        step_size_max=step_size_max,
-        iterations=iterations,
-        initial_temperature=initial_temperature,
-        cooling=cooling,
-        proposal_scale=proposal_scale,
-        dtype=actions.dtype,
-    )
-    accepted = finite & (search.value > value)
-    search_observations, search_active = search.aux
-    if active is None:
-        active = jnp.ones(actions.shape[:2], actions.dtype)
-    return ImprovedActions(
-        actions=jnp.where(
-            accepted[:, None, None], candidates(search.step_size), jnp.clip(actions, low, high)
-        ),
-        value=value,
-        value_improved=jnp.where(accepted, search.value, value),
-        gradient_norm=jax.vmap(jnp.linalg.norm)(gradient),
-        step_size=jnp.where(accepted, search.step_size, 0.0),
-        accepted=accepted,
-        nonfinite=~finite,
-        observations=jnp.where(accepted[:, None, None], search_observations, observations),
-        active=jnp.where(accepted[:, None], search_active, active),
+    return improve_along_direction(
+        env,
+        states,
+        actions,
+        observations,
+        search,
+        order=order,
+        gradient_normalization=gradient_normalization,
+        max_gradient_norm=max_gradient_norm,
+        damping=damping,
+        gradient_window=gradient_window,
+        reward_fn=reward_fn,
+        action_bounds=action_bounds,
+        active=active,
     )
 
 
@@ -354,14 +329,19 @@ def _is_pytree(env: Any) -> bool:
     return not (len(leaves) == 1 and leaves[0] is env)
 
 
-def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
-    """Builds HDS's pure pieces for one config and pair of envs.
+class HDSProgram(NamedTuple):
+    """HDS's pure pieces for one config and pair of envs; the epoch is not jitted."""
 
-    Returns (network, make_policy, epoch) with `epoch(state, key, model_env=None)`, not jitted.
-    `model_env=None` uses the env given here; passing a model env (a pytree such as
-    `LearnedEnv`, same structure) as the argument of the jitted epoch runs that model instead,
-    so a refitted model reuses the compiled epoch.
-    """
+    network: PolicyNetwork
+    make_policy: Callable[[PolicyParams], Policy]
+    epoch: Callable[..., tuple[TrainingState, dict[str, jax.Array]]]
+    """`epoch(state, key, model_env=None)`: `model_env=None` uses the env given to `make_hds`;
+    passing a model env (a pytree such as `LearnedEnv`, same structure) as the argument of
+    the jitted epoch runs that model instead, so a refitted model reuses the compiled epoch."""
+
+
+def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None) -> HDSProgram:
+    """Builds HDS's pure pieces for one config and pair of envs."""
     horizon = config.horizon or sim_env.episode_length
     k = config.num_trajectories
     k_sim, k_model = config.group_sizes()
@@ -380,10 +360,10 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
 
     if k_model == 0 and config.step_size_search == "line_search":
         # No model rollouts: the epoch is PODS's, so beta = 0 reproduces PODS bit for bit.
-        network, make_policy, _, pods_epoch = make_pods(config.pods_config(), sim_env)
+        pods = make_pods(config.pods_config(), sim_env)
 
         def epoch(state: TrainingState, key: jax.Array, model_env: Env | None = None):
-            state, metrics = pods_epoch(state, key)
+            state, metrics = pods.epoch(state, key)
             return state, {
                 **metrics,
                 "train/beta": jnp.zeros_like(metrics["train/return"]),
@@ -391,11 +371,11 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
                 "train/return_model": jnp.full_like(metrics["train/return"], jnp.nan),
             }
 
-        return network, make_policy, epoch
+        return HDSProgram(pods.network, pods.make_policy, epoch)
 
     dtype = jnp.float64 if config.float64 else jnp.float32
     envs = [sim_env, model_env] if k_model else [sim_env]
-    network, make_policy, optimizer, step_sizes = policy_learner(config, envs, horizon)
+    learner = policy_learner(config, envs, horizon)
     default_model_env = model_env
 
     def search_step(env, states, actions, observations, active, key) -> ImprovedActions:
@@ -408,7 +388,7 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
             active=active,
         )
         if config.step_size_search == "line_search":
-            return improve_actions(env, states, actions, observations, step_sizes, **shared)
+            return improve_actions(env, states, actions, observations, learner.step_sizes, **shared)
         return improve_actions_annealed(
             env,
             states,
@@ -427,7 +407,15 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
     def improve_group(env: Env, size: int, params: PolicyParams, epoch: jax.Array, key):
         """PODS steps 1-2 for one group, in its own env."""
         return roll_out_and_improve(
-            config, env, make_policy, search_step, size, horizon, params, epoch, key
+            config,
+            env,
+            params,
+            epoch,
+            key,
+            make_policy=learner.make_policy,
+            search_step=search_step,
+            size=size,
+            horizon=horizon,
         )
 
     def epoch(state: TrainingState, key: jax.Array, model_env: Env | None = None):
@@ -445,7 +433,12 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
         # 3. Distill the improved actions of both groups into the one policy, as PODS does.
         improvement = Improvement.concatenate(groups)
         new_state, metrics = distill_improved(
-            config, network, optimizer, state, improvement, key_distill
+            config,
+            state,
+            improvement,
+            key_distill,
+            network=learner.network,
+            optimizer=learner.optimizer,
         )
         evaluation = improvement.evaluation
         nan = jnp.full((), jnp.nan, dtype)
@@ -458,7 +451,7 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None):
         )
         return new_state, metrics
 
-    return network, make_policy, epoch
+    return HDSProgram(learner.network, learner.make_policy, epoch)
 
 
 def step_counters(config: HDSConfig, sim_env: Env) -> dict[str, int]:
@@ -491,17 +484,17 @@ def train(
     """
     sim_env, model_env = envs if isinstance(envs, tuple | list) else (envs, None)
     with jax.enable_x64(True) if config.float64 else nullcontext():
-        network, make_policy, epoch = make_hds(config, sim_env, model_env)
+        hds = make_hds(config, sim_env, model_env)
         key_init, key_epochs = jax.random.split(key)
         state = initial_state
         if state is None:
-            state = init_training_state(config, sim_env, network, key_init)
+            state = init_training_state(config, sim_env, hds.network, key_init)
             if initial_params is not None:
                 state = state.replace(params=initial_params)
         # A pytree model (LearnedEnv) rides as an argument; any other env is closed over.
         model_argument = model_env if _is_pytree(model_env) else None
         history = run_epochs(
-            jax.jit(epoch),
+            jax.jit(hds.epoch),
             state,
             key_epochs,
             config.num_epochs,
@@ -510,13 +503,14 @@ def train(
             progress_fn=progress_fn,
             checkpoint_fn=checkpoint_fn,
         )
-        return make_policy, history.state.params, history.metrics
+        return hds.make_policy, history.state.params, history.metrics
 
 
 __all__ = [
     "STEP_SIZE_SEARCHES",
     "AnnealingResult",
     "HDSConfig",
+    "HDSProgram",
     "anneal_step_size",
     "improve_actions_annealed",
     "make_hds",

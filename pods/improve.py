@@ -361,6 +361,12 @@ def line_search(
     )
 
 
+StepSizeSearch = Callable[[Float[Array, "k horizon act_dim"], Float[Array, " k"]], LineSearchResult]
+"""(direction, value) -> per trajectory, the step taken along `direction` from the actions and
+whether it beats `value` (see `line_search`; HDS's simulated annealing is the other one). A
+trajectory whose direction was not finite gets a zero direction."""
+
+
 def improve_actions(
     env: Env,
     states: State,
@@ -384,6 +390,51 @@ def improve_actions(
     trajectories the line search leaves alone, so that distillation can regress on the states
     each returned action sequence actually visits, while its episode runs.
     """
+
+    def search(direction, value):
+        return line_search(
+            env, states, actions, direction, value, step_sizes, action_bounds=action_bounds
+        )
+
+    return improve_along_direction(
+        env,
+        states,
+        actions,
+        observations,
+        search,
+        order=order,
+        gradient_normalization=gradient_normalization,
+        max_gradient_norm=max_gradient_norm,
+        damping=damping,
+        gradient_window=gradient_window,
+        reward_fn=reward_fn,
+        action_bounds=action_bounds,
+        active=active,
+    )
+
+
+def improve_along_direction(
+    env: Env,
+    states: State,
+    actions: Float[Array, "k horizon act_dim"],
+    observations: Float[Array, "k horizon+1 obs_dim"],
+    step_size_search: StepSizeSearch,
+    *,
+    order: int = 1,
+    gradient_normalization: str = "rms",
+    max_gradient_norm: float = 1.0,
+    damping: float = 1e-3,
+    gradient_window: int | None = None,
+    reward_fn: RewardFn | None = None,
+    action_bounds: tuple[float, float] = (-1.0, 1.0),
+    active: Float[Array, "k horizon"] | None = None,
+) -> ImprovedActions:
+    """One improvement step for k rollouts, whatever chooses the step size.
+
+    The direction (first order: the normalized gradient; second order: the damped
+    Gauss-Newton step), the guard that rejects a trajectory whose direction is not finite,
+    and the result; `step_size_search(direction, value)` picks alpha per trajectory.
+    """
     if order == 1:
 
         def direction_of(state, a):
@@ -404,11 +455,9 @@ def improve_actions(
     value, gradient, direction = jax.vmap(direction_of)(states, actions)
     finite = jax.vmap(_is_finite)(direction) & jax.vmap(_is_finite)(gradient) & jnp.isfinite(value)
     # A non-finite direction becomes zero: every candidate then replays `actions`, which
-    # cannot beat `value` strictly, so the trajectory is rejected by the line search itself.
+    # cannot beat `value` strictly, so the trajectory is rejected by the search itself.
     direction = jnp.where(finite[:, None, None], direction, 0.0)
-    search = line_search(
-        env, states, actions, direction, value, step_sizes, action_bounds=action_bounds
-    )
+    search = step_size_search(direction, value)
     accepted = search.accepted & finite
     return ImprovedActions(
         actions=jnp.where(

@@ -26,6 +26,8 @@ class ObservationNormalizer:
     them to unit variance keeps the first layer's pre-activations in tanh's useful range.
     """
 
+    # Not Brax's running_statistics: its state (summed variance, clipped std) is another
+    # checkpoint layout and its update other arithmetic, so params would no longer match bitwise.
     mean: Float[Array, " obs_dim"]
     variance: Float[Array, " obs_dim"]
     count: Float[Array, ""]

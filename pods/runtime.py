@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import importlib
+import io
 import os
 import subprocess
 import sys
@@ -31,6 +34,15 @@ def configure_jax(*, cache_dir: str | os.PathLike | None = None, float64: bool =
     if float64:
         jax.config.update("jax_enable_x64", True)
     return path
+
+
+def import_brax_quietly() -> None:
+    """Imports brax with its stdout chatter silenced: mujoco.mjx (imported by brax) prints to
+    stdout when its optional GPU backend, warp, is missing, and the tools that print JSON need
+    a clean stdout. Call it before anything imports brax; once brax is loaded, later imports
+    print nothing. `pods`, `sim2real` and `baselines` call it first thing."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        importlib.import_module("brax.envs")
 
 
 _log_filter: subprocess.Popen | None = None

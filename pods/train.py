@@ -1,16 +1,14 @@
 """PODS: Policy Optimization via Differentiable Simulation (Mora et al., ICML 2021).
 
-Algorithm 1, one epoch (`epoch` below, one jitted pure function):
-  1. sample k initial states s_0; roll out the deterministic policy pi_theta for N steps
+Algorithm 1, one epoch (`make_pods(...).epoch`, one jitted pure function):
+  1. roll out the deterministic policy pi_theta for N steps from k fresh initial states
      (with Gaussian exploration noise on the actions, if asked) -> s[0..N], a[0..N-1], V;
-  2. improve the action sequences with the simulator's derivatives (`improve_actions`):
-     first order a' = a + alpha dV/da, or second order a' = a + alpha H^-1 dV/da, alpha from
-     a batched line search that never accepts a worse return;
-  3. distill: Adam on 0.5 ||pi_theta(s_t) - a'_t||^2 over the improved trajectories
-     (`distill_policy`): all of them, as in the paper, or the elite with the highest
-     improved return (`elite_fraction`).
-
-Everything that is not one of those steps is bookkeeping: observation statistics, metrics.
+  2. improve the actions with the simulator's derivatives: a' = a + alpha dV/da (first order)
+     or a' = a + alpha H^-1 dV/da (second), alpha from a batched line search that never
+     accepts a worse return (`roll_out_and_improve`, with `pods.improve`);
+  3. distill: Adam on 0.5 ||pi_theta(s_t) - a'_t||^2 over the improved trajectories, all of
+     them as in the paper or the elite (`distill_improved`, with `pods.distill`).
+Then the loop (`train`, `run_epochs`), then the helpers HDS (`pods.hds`) builds on as well.
 """
 
 from __future__ import annotations
@@ -39,8 +37,12 @@ from pods.networks import (
     policy_apply,
 )
 from pods.rollout import Episode, Policy, episode_of_policy, reset_batch, rollout_policy
+from pods.validation import is_integer, require
 
 Metrics = dict[str, float]
+
+
+# --- the configuration ------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,24 +101,14 @@ class PODSConfig:
     """Train in double precision (the env must be built with dtype=jnp.float64)."""
 
     def __post_init__(self):
-        def require(ok: bool, name: str, expected: str):
-            if not ok:
-                raise ValueError(
-                    f"PODSConfig.{name} must be {expected}, got {getattr(self, name)!r}"
-                )
-
         def positive_int(name: str):
-            value = getattr(self, name)
-            require(
-                isinstance(value, int) and not isinstance(value, bool) and value > 0,
-                name,
-                "a positive integer",
-            )
+            require(is_integer(getattr(self, name)), self, name, "a positive integer")
 
         def positive_float(name: str):
             value = getattr(self, name)
             require(
                 isinstance(value, int | float) and math.isfinite(value) and value > 0,
+                self,
                 name,
                 "a finite number > 0",
             )
@@ -134,91 +126,99 @@ class PODSConfig:
             positive_int("horizon")
         if self.gradient_window is not None:
             positive_int("gradient_window")
-        require(self.order in (1, 2), "order", "1 or 2")
+        require(self.order in (1, 2), self, "order", "1 or 2")
         for name in ("step_size_max", "step_size_min", "max_gradient_norm", "learning_rate"):
             positive_float(name)
         require(
             self.step_size_min <= self.step_size_max,
+            self,
             "step_size_min",
             f"<= step_size_max ({self.step_size_max})",
         )
         require(
             self.gradient_normalization in GRADIENT_NORMALIZATIONS,
+            self,
             "gradient_normalization",
             f"one of {GRADIENT_NORMALIZATIONS}",
         )
         require(
-            math.isfinite(self.damping) and self.damping >= 0, "damping", "a finite number >= 0"
+            math.isfinite(self.damping) and self.damping >= 0,
+            self,
+            "damping",
+            "a finite number >= 0",
         )
         require(
             math.isfinite(self.exploration_noise) and self.exploration_noise >= 0,
+            self,
             "exploration_noise",
             "a finite number >= 0",
         )
-        require(0 < self.exploration_decay <= 1, "exploration_decay", "in (0, 1]")
-        require(0 < self.elite_fraction <= 1, "elite_fraction", "in (0, 1]")
+        require(0 < self.exploration_decay <= 1, self, "exploration_decay", "in (0, 1]")
+        require(0 < self.elite_fraction <= 1, self, "elite_fraction", "in (0, 1]")
         require(
             self.distill_states in ("improved", "original"),
+            self,
             "distill_states",
             "'improved' or 'original'",
         )
         require(
             isinstance(self.hidden_sizes, tuple)
             and all(isinstance(w, int) and w > 0 for w in self.hidden_sizes),
+            self,
             "hidden_sizes",
             "a tuple of positive integers",
         )
 
-    def sim_steps_per_epoch(self, horizon: int) -> int:
-        """Env steps evaluated per epoch (forward passes; derivative passes not counted)."""
+    def step_size_candidates(self) -> int:
+        """Rollouts one improvement step's step-size search takes per trajectory."""
+        return self.num_step_sizes
+
+    def steps_per_trajectory(self, horizon: int) -> int:
+        """Env steps one trajectory costs per epoch (forward passes; derivative passes not
+        counted): the evaluation rollout, the noisy data rollout if any, and per improvement
+        step the derivative rollout and the step-size search's candidates."""
         rollouts = (
-            1 + (self.exploration_noise > 0) + self.improve_iterations * (1 + self.num_step_sizes)
+            1
+            + (self.exploration_noise > 0)
+            + self.improve_iterations * (1 + self.step_size_candidates())
         )
-        return rollouts * self.num_trajectories * horizon
+        return rollouts * horizon
+
+    def sim_steps_per_epoch(self, horizon: int) -> int:
+        """Env steps evaluated per epoch, over all k trajectories."""
+        return self.num_trajectories * self.steps_per_trajectory(horizon)
 
 
 @struct.dataclass
 class TrainingState:
+    """What one epoch hands the next: the policy's parameters, distillation's Adam state and
+    the count of epochs done (which also picks each epoch's key and exploration noise)."""
+
     params: PolicyParams
     optimizer_state: optax.OptState
     epoch: jax.Array
 
 
-def policy_learner(config: PODSConfig, envs: list[Env], horizon: int):
-    """Checks `config` against the envs it will roll out in; returns the pieces every epoch
-    of PODS (or HDS) is built from: (network, make_policy, optimizer, step_sizes)."""
-    name, k = type(config).__name__, config.num_trajectories
-    if config.minibatch_size > k * horizon:
-        raise ValueError(
-            f"{name}.minibatch_size must be <= num_trajectories * horizon = {k * horizon}, "
-            f"got {config.minibatch_size}"
-        )
-    dtype = jnp.float64 if config.float64 else jnp.float32
-    for env in envs:
-        env_dtype = getattr(env, "dtype", None)
-        if env_dtype is not None and jnp.dtype(env_dtype) != jnp.dtype(dtype):
-            raise ValueError(
-                f"{name}.float64={config.float64} but an env simulates in {jnp.dtype(env_dtype)}"
-            )
-    network = PolicyNetwork(envs[0].action_size, config.hidden_sizes, param_dtype=dtype)
-    make_policy = make_policy_factory(network, normalize=config.normalize_observations)
-    optimizer = optax.adam(config.learning_rate)
-    step_sizes = step_size_grid(
-        config.step_size_max, config.step_size_min, config.num_step_sizes
-    ).astype(dtype)
-    return network, make_policy, optimizer, step_sizes
+# --- one epoch: roll out, improve, distill ----------------------------------------------------
 
 
-def make_pods(config: PODSConfig, env: Env):
-    """Builds PODS's pure pieces for one config and env.
+class PODSProgram(NamedTuple):
+    """PODS's pure pieces for one config and env; neither function is jitted."""
 
-    Returns (network, make_policy, improve, epoch): `improve(params, epoch, key)` is the
-    epoch's simulation work alone (rollouts, derivatives, line searches), `epoch(state, key)`
-    the whole PODS epoch. Neither is jitted here.
-    """
+    network: PolicyNetwork
+    make_policy: Callable[[PolicyParams], Policy]
+    improve: Callable[[PolicyParams, jax.Array, jax.Array], Improvement]
+    """`improve(params, epoch, key)`: the epoch's simulation work alone (rollouts,
+    derivatives, line searches)."""
+    epoch: Callable[[TrainingState, jax.Array], tuple[TrainingState, dict[str, jax.Array]]]
+    """`epoch(state, key)`: the whole PODS epoch."""
+
+
+def make_pods(config: PODSConfig, env: Env) -> PODSProgram:
+    """Builds PODS's pure pieces for one config and env."""
     horizon = config.horizon or env.episode_length
     k = config.num_trajectories
-    network, make_policy, optimizer, step_sizes = policy_learner(config, [env], horizon)
+    learner = policy_learner(config, [env], horizon)
 
     def search_step(env, states, actions, observations, active, _key) -> ImprovedActions:
         return improve_actions(
@@ -226,7 +226,7 @@ def make_pods(config: PODSConfig, env: Env):
             states,
             actions,
             observations,
-            step_sizes,
+            learner.step_sizes,
             order=config.order,
             gradient_normalization=config.gradient_normalization,
             max_gradient_norm=config.max_gradient_norm,
@@ -237,7 +237,15 @@ def make_pods(config: PODSConfig, env: Env):
 
     def improve(params: PolicyParams, epoch: jax.Array, key: jax.Array):
         return roll_out_and_improve(
-            config, env, make_policy, search_step, k, horizon, params, epoch, key
+            config,
+            env,
+            params,
+            epoch,
+            key,
+            make_policy=learner.make_policy,
+            search_step=search_step,
+            size=k,
+            horizon=horizon,
         )
 
     def epoch(state: TrainingState, key: jax.Array) -> tuple[TrainingState, dict[str, jax.Array]]:
@@ -245,9 +253,19 @@ def make_pods(config: PODSConfig, env: Env):
         # 1-2. Roll out and improve the actions.
         improvement = improve(state.params, state.epoch, key_improve)
         # 3. Distill the improved actions (of the elite, if asked) into the policy.
-        return distill_improved(config, network, optimizer, state, improvement, key_distill)
+        return distill_improved(
+            config,
+            state,
+            improvement,
+            key_distill,
+            network=learner.network,
+            optimizer=learner.optimizer,
+        )
 
-    return network, make_policy, improve, epoch
+    return PODSProgram(learner.network, learner.make_policy, improve, epoch)
+
+
+# --- steps 1-2: roll out and improve ----------------------------------------------------------
 
 
 @struct.dataclass
@@ -295,13 +313,14 @@ trajectory (`active`: the steps before each episode ended)."""
 def roll_out_and_improve(
     config: PODSConfig,
     env: Env,
+    params: PolicyParams,
+    epoch: jax.Array,
+    key: jax.Array,
+    *,
     make_policy: Callable[[PolicyParams], Policy],
     search_step: SearchStep,
     size: int,
     horizon: int,
-    params: PolicyParams,
-    epoch: jax.Array,
-    key: jax.Array,
 ) -> Improvement:
     """PODS steps 1-2 from `size` fresh initial states of `env`, and the elite among them."""
     dtype = jnp.float64 if config.float64 else jnp.float32
@@ -337,13 +356,17 @@ def roll_out_and_improve(
     )
 
 
+# --- step 3: distill --------------------------------------------------------------------------
+
+
 def distill_improved(
     config: PODSConfig,
-    network: PolicyNetwork,
-    optimizer: optax.GradientTransformation,
     state: TrainingState,
     improvement: Improvement,
     key: jax.Array,
+    *,
+    network: PolicyNetwork,
+    optimizer: optax.GradientTransformation,
 ) -> tuple[TrainingState, dict[str, jax.Array]]:
     """PODS step 3 and the epoch's metrics, for k trajectories of any origin: HDS calls this
     with its two env groups' `Improvement`s concatenated."""
@@ -373,10 +396,10 @@ def distill_improved(
         state.params.network,
         optimizer,
         state.optimizer_state,
-        observations,
-        targets,
-        usable.astype(dtype),
         key,
+        observations=observations,
+        targets=targets,
+        weights=usable.astype(dtype),
         minibatch_size=config.minibatch_size,
         passes=config.distill_passes,
     )
@@ -406,25 +429,7 @@ def distill_improved(
     return new_state, metrics
 
 
-def elite(values: Float[Array, " k"], fraction: float) -> Bool[Array, " k"]:
-    """The top `fraction` of `values`: round(fraction * k) of them, at least one, more where
-    values tie at the threshold. Non-finite values count as the lowest."""
-    count = max(1, round(fraction * values.shape[0]))
-    values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
-    threshold = jnp.sort(values)[-count]
-    return values >= threshold
-
-
-def init_training_state(
-    config: PODSConfig, env: Env, network: PolicyNetwork, key: jax.Array
-) -> TrainingState:
-    dtype = jnp.float64 if config.float64 else jnp.float32
-    params = init_policy_params(network, env.observation_size, key, dtype)
-    return TrainingState(
-        params=params,
-        optimizer_state=optax.adam(config.learning_rate).init(params.network),
-        epoch=jnp.zeros((), jnp.int32),
-    )
+# --- the loop ---------------------------------------------------------------------------------
 
 
 def train(
@@ -447,17 +452,17 @@ def train(
     `fold_in(key, e)`, a function of the epoch alone. `wall_clock_s` counts from this call.
     """
     with jax.enable_x64(True) if config.float64 else nullcontext():
-        network, make_policy, _, epoch = make_pods(config, env)
+        pods = make_pods(config, env)
         key_init, key_epochs = jax.random.split(key)
         state = initial_state
         if state is None:
-            state = init_training_state(config, env, network, key_init)
+            state = init_training_state(config, env, pods.network, key_init)
             if initial_params is not None:
                 state = state.replace(params=initial_params)
         horizon = config.horizon or env.episode_length
         counters = {"train/sim_steps": config.sim_steps_per_epoch(horizon)}
         history = run_epochs(
-            jax.jit(epoch),
+            jax.jit(pods.epoch),
             state,
             key_epochs,
             config.num_epochs,
@@ -465,7 +470,7 @@ def train(
             progress_fn=progress_fn,
             checkpoint_fn=checkpoint_fn,
         )
-        return make_policy, history.state.params, history.metrics
+        return pods.make_policy, history.state.params, history.metrics
 
 
 class EpochHistory(NamedTuple):
@@ -508,6 +513,72 @@ def run_epochs(
     return EpochHistory(state, metrics_history)
 
 
+# --- helpers ----------------------------------------------------------------------------------
+
+
+class PolicyLearner(NamedTuple):
+    """The pieces every epoch of PODS (or HDS) is built from."""
+
+    network: PolicyNetwork
+    make_policy: Callable[[PolicyParams], Policy]
+    optimizer: optax.GradientTransformation
+    """Distillation's Adam (`policy_optimizer`)."""
+    step_sizes: jax.Array
+    """The line search's candidate alphas, in the config's dtype."""
+
+
+def policy_learner(config: PODSConfig, envs: list[Env], horizon: int) -> PolicyLearner:
+    """Checks `config` against the envs it will roll out in; returns the pieces every epoch
+    of PODS (or HDS) is built from."""
+    name, k = type(config).__name__, config.num_trajectories
+    if config.minibatch_size > k * horizon:
+        raise ValueError(
+            f"{name}.minibatch_size must be <= num_trajectories * horizon = {k * horizon}, "
+            f"got {config.minibatch_size}"
+        )
+    dtype = jnp.float64 if config.float64 else jnp.float32
+    for env in envs:
+        env_dtype = getattr(env, "dtype", None)
+        if env_dtype is not None and jnp.dtype(env_dtype) != jnp.dtype(dtype):
+            raise ValueError(
+                f"{name}.float64={config.float64} but an env simulates in {jnp.dtype(env_dtype)}"
+            )
+    network = PolicyNetwork(envs[0].action_size, config.hidden_sizes, param_dtype=dtype)
+    make_policy = make_policy_factory(network, normalize=config.normalize_observations)
+    optimizer = policy_optimizer(config)
+    step_sizes = step_size_grid(
+        config.step_size_max, config.step_size_min, config.num_step_sizes
+    ).astype(dtype)
+    return PolicyLearner(network, make_policy, optimizer, step_sizes)
+
+
+def policy_optimizer(config: PODSConfig) -> optax.GradientTransformation:
+    """Distillation's Adam: the one that updates the policy and the one whose state
+    `init_training_state` creates (and checkpoints hold), so the two always agree."""
+    return optax.adam(config.learning_rate)
+
+
+def init_training_state(
+    config: PODSConfig, env: Env, network: PolicyNetwork, key: jax.Array
+) -> TrainingState:
+    dtype = jnp.float64 if config.float64 else jnp.float32
+    params = init_policy_params(network, env.observation_size, key, dtype)
+    return TrainingState(
+        params=params,
+        optimizer_state=policy_optimizer(config).init(params.network),
+        epoch=jnp.zeros((), jnp.int32),
+    )
+
+
+def elite(values: Float[Array, " k"], fraction: float) -> Bool[Array, " k"]:
+    """The top `fraction` of `values`: round(fraction * k) of them, at least one, more where
+    values tie at the threshold. Non-finite values count as the lowest."""
+    count = max(1, round(fraction * values.shape[0]))
+    values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
+    threshold = jnp.sort(values)[-count]
+    return values >= threshold
+
+
 def evaluate_policy(
     env: Env, policy: Policy, key: jax.Array, num_trajectories: int, horizon: int | None = None
 ) -> jax.Array:
@@ -519,6 +590,8 @@ def evaluate_policy(
 
 __all__ = [
     "PODSConfig",
+    "PODSProgram",
+    "PolicyLearner",
     "TrainingState",
     "init_training_state",
     "make_pods",

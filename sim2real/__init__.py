@@ -3,7 +3,10 @@
 Importing this package registers every testbed with `brax.envs`.
 """
 
-import pods  # noqa: F401  (imports brax with its stdout chatter silenced)
+from pods.runtime import import_brax_quietly
+
+import_brax_quietly()  # before the modules below import brax
+
 from sim2real.lab import LabEffects
 from sim2real.testbeds import (
     BACKENDS,

@@ -17,20 +17,16 @@ These envs have no `real` variant: a run on one is trained and evaluated in sim 
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from brax import envs as brax_envs
 from brax.envs.base import Env, State, Wrapper
 from jaxtyping import Array, Float
-
-with contextlib.redirect_stdout(io.StringIO()):  # mujoco.mjx prints when warp is missing
-    from brax import envs as brax_envs
 
 RewardFn = Callable[[Float[Array, " obs_dim"], Float[Array, " act_dim"]], Float[Array, ""]]
 

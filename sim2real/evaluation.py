@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pods.rollout import Policy, reset_batch, rollout_actions, rollout_policy
+from scoring import gap_closure, normalized_score
 from sim2real.real_system import RealSystem
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
@@ -197,24 +198,6 @@ def evaluate_sim_and_real(
         "sim": evaluate(sim, make_policy, params, key, num_trajectories, criterion=criterion),
         "real": evaluate(real, make_policy, params, key, num_trajectories, criterion=criterion),
     }
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    """numerator / denominator, NaN where the denominator is zero or either is not finite."""
-    if not (math.isfinite(numerator) and math.isfinite(denominator)) or denominator == 0:
-        return math.nan
-    return numerator / denominator
-
-
-def normalized_score(value: float, random: float, oracle: float) -> float:
-    """(R - R_random) / (R_oracle - R_random): 0 for random commands, 1 for the oracle."""
-    return _ratio(value - random, oracle - random)
-
-
-def gap_closure(value: float, sim_only: float, oracle: float) -> float:
-    """(R - R_sim_only) / (R_oracle - R_sim_only): the share of the sim2real gap a method
-    closes, relative to PODS trained in `sim` only (0) and the oracle (1)."""
-    return _ratio(value - sim_only, oracle - sim_only)
 
 
 __all__ = [

@@ -32,6 +32,8 @@ from typing import Any
 import mujoco
 import numpy as np
 
+from pods.validation import is_integer, is_number, require
+
 LAB_INTEGRATORS = ("euler", "rk4")
 """`euler`: semi-implicit Euler, the simulator's; `rk4`: classical Runge-Kutta of order 4."""
 
@@ -99,23 +101,13 @@ class LabEffects:
     control period stays the system's (50 ms), so it must be a whole number of steps."""
 
     def __post_init__(self):
-        def require(ok: bool, name: str, expected: str):
-            if not ok:
-                raise ValueError(
-                    f"LabEffects.{name} must be {expected}, got {getattr(self, name)!r}"
-                )
-
         def number(name: str) -> bool:
-            value = getattr(self, name)
-            return (
-                isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-            )
+            return is_number(getattr(self, name))
 
         latency = self.latency_steps
         require(
-            isinstance(latency, int) and not isinstance(latency, bool) and latency >= 0,
+            is_integer(latency, 0),
+            self,
             "latency_steps",
             "an integer >= 0",
         )
@@ -129,7 +121,7 @@ class LabEffects:
             "linear_velocity_noise",
             "angular_velocity_noise",
         ):
-            require(number(name) and getattr(self, name) >= 0, name, "a finite number >= 0")
+            require(number(name) and getattr(self, name) >= 0, self, name, "a finite number >= 0")
         for name in (
             "stribeck_velocity",
             "cogging_period",
@@ -138,11 +130,12 @@ class LabEffects:
             "pole_length_scale",
             "pole_com_scale",
         ):
-            require(number(name) and getattr(self, name) > 0, name, "a finite number > 0")
-        require(number("cable_anchor"), "cable_anchor", "a finite number")
-        require(self.integrator in LAB_INTEGRATORS, "integrator", f"one of {LAB_INTEGRATORS}")
+            require(number(name) and getattr(self, name) > 0, self, name, "a finite number > 0")
+        require(number("cable_anchor"), self, "cable_anchor", "a finite number")
+        require(self.integrator in LAB_INTEGRATORS, self, "integrator", f"one of {LAB_INTEGRATORS}")
         require(
             self.timestep is None or (number("timestep") and self.timestep > 0),
+            self,
             "timestep",
             "None or a finite number > 0",
         )

@@ -43,6 +43,7 @@ from pods.hds import HDSConfig, make_hds, step_counters
 from pods.networks import PolicyParams
 from pods.rollout import Policy
 from pods.train import TrainingState, init_training_state, policy_learner, run_epochs
+from pods.validation import is_integer, require
 from sim2real.real_system import RealSystem, RealTrajectories
 
 Metrics = dict[str, float]
@@ -76,28 +77,24 @@ class LoopConfig:
     """Share of the real episodes held out to early-stop each model fit."""
 
     def __post_init__(self):
-        def require(ok: bool, name: str, expected: str):
-            if not ok:
-                raise ValueError(
-                    f"LoopConfig.{name} must be {expected}, got {getattr(self, name)!r}"
-                )
-
         def integer(name: str, low: int) -> bool:
-            value = getattr(self, name)
-            return isinstance(value, int) and not isinstance(value, bool) and value >= low
+            return is_integer(getattr(self, name), low)
 
-        require(integer("budget", 1), "budget", "a positive integer")
-        require(integer("initial_trajectories", 2), "initial_trajectories", "an integer >= 2")
-        require(integer("collect_every", 1), "collect_every", "a positive integer")
-        require(integer("collect_trajectories", 1), "collect_trajectories", "a positive integer")
-        require(self.initial_data in INITIAL_DATA, "initial_data", f"one of {INITIAL_DATA}")
-        require(0 <= self.random_correlation < 1, "random_correlation", "a number in [0, 1)")
+        require(integer("budget", 1), self, "budget", "a positive integer")
+        require(integer("initial_trajectories", 2), self, "initial_trajectories", "an integer >= 2")
+        require(integer("collect_every", 1), self, "collect_every", "a positive integer")
+        require(
+            integer("collect_trajectories", 1), self, "collect_trajectories", "a positive integer"
+        )
+        require(self.initial_data in INITIAL_DATA, self, "initial_data", f"one of {INITIAL_DATA}")
+        require(0 <= self.random_correlation < 1, self, "random_correlation", "a number in [0, 1)")
         require(
             math.isfinite(self.collect_noise) and self.collect_noise >= 0,
+            self,
             "collect_noise",
             "a finite number >= 0",
         )
-        require(0 < self.validation_fraction < 1, "validation_fraction", "a number in (0, 1)")
+        require(0 < self.validation_fraction < 1, self, "validation_fraction", "a number in (0, 1)")
 
     def rounds(self, horizon: int) -> int:
         """Collections after the initial data that fit in the budget, for episodes of
@@ -150,6 +147,128 @@ def _as_dataset(trajectories: RealTrajectories, real: RealSystem) -> TransitionD
     )
 
 
+def _rounds_in(loop: LoopConfig, data: TransitionDataset) -> int:
+    """Collections after the initial data that `data` holds; raises if no round produces it."""
+    extra = data.n_trajectories - loop.initial_trajectories
+    if extra < 0 or extra % loop.collect_trajectories:
+        raise ValueError(
+            f"the real data holds {data.n_trajectories} episodes, which no round of "
+            f"this LoopConfig produces ({loop.initial_trajectories} + "
+            f"r * {loop.collect_trajectories})"
+        )
+    return extra // loop.collect_trajectories
+
+
+class _RealDataAndModel:
+    """The loop's state beside HDS's training state: the real data recorded so far, the model
+    fitted on it (with its validation loss and the env that steps it), and the policy factory
+    that collects with. Each step persists what it made (`data_fn`, `model_fn`) before the
+    epochs that depend on it run."""
+
+    def __init__(
+        self,
+        loop: LoopConfig,
+        model_config: ModelConfig,
+        sim_env: Any,
+        real: RealSystem,
+        key: jax.Array,
+        *,
+        make_policy: Callable[[PolicyParams], Policy],
+        dataset: TransitionDataset | None,
+        data_fn: Callable[[TransitionDataset], None] | None,
+        model_fn: Callable[[Any, dict], None] | None,
+    ):
+        self.loop, self.model_config, self.sim_env, self.real = loop, model_config, sim_env, real
+        self.key_data = jax.random.fold_in(key, _DATA_STREAM)
+        self.key_fit = jax.random.fold_in(key, _FIT_STREAM)
+        self.make_policy, self.dataset = make_policy, dataset
+        self.data_fn, self.model_fn = data_fn, model_fn
+        self.model, self.validation_loss, self.model_env = None, math.nan, None
+
+    def rounds_done(self) -> int:
+        return _rounds_in(self.loop, self.dataset)
+
+    def collect(self, round_: int, params: PolicyParams | None) -> TransitionDataset:
+        """Round `round_`'s real episodes: random commands or `params`' policy plus noise."""
+        loop, real = self.loop, self.real
+        key = jax.random.fold_in(self.key_data, round_)
+        if round_ == 0 and loop.initial_data == "random":
+            commands = random_actions(
+                key,
+                loop.initial_trajectories,
+                real.episode_length,
+                real.action_size,
+                correlation=loop.random_correlation,
+            )
+            return _as_dataset(real.play(jax.random.fold_in(key, 1), commands), real)
+        n = loop.initial_trajectories if round_ == 0 else loop.collect_trajectories
+        episodes = real.collect(
+            key, n, make_policy=self.make_policy, params=params, action_noise=loop.collect_noise
+        )
+        return _as_dataset(episodes, real)
+
+    def record(self, dataset: TransitionDataset) -> None:
+        self.dataset = dataset
+        if self.data_fn is not None:
+            self.data_fn(dataset)
+
+    def use_model(self, model: Any, validation_loss: float) -> None:
+        self.model, self.validation_loss = model, validation_loss
+        sample_member = self.model_config.prediction == "member"
+        self.model_env = LearnedEnv(model, self.sim_env, sample_member=sample_member)
+
+    def fit(self) -> None:
+        """A fresh model fitted on all the data, round r's from fold_in(fit key, r) and split
+        with seed r."""
+        round_, data = self.rounds_done(), self.dataset
+        train_data, validation_data = data.split(self.loop.validation_fraction, seed=round_)
+        key_model, key_train = jax.random.split(jax.random.fold_in(self.key_fit, round_))
+        fresh = make_model(self.model_config, key_model, train_data, self.sim_env)
+        fitted, history = fit_model(
+            fresh, train_data, validation_data, self.model_config.training_config(), key_train
+        )
+        validation_loss = history["train/best_validation_loss"]
+        if self.model_fn is not None:
+            self.model_fn(fitted, {"round": round_, "validation_loss": validation_loss})
+        self.use_model(fitted, validation_loss)
+
+    def start(self, resume: LoopCheckpoint | None, initial_params: PolicyParams | None) -> None:
+        """Round 0's data and model, or those of the run being resumed."""
+        if self.dataset is None:
+            self.record(self.collect(0, initial_params))
+        else:
+            # A fresh system object for the same budget: it starts with what was spent.
+            recorded, real = self.dataset.n_transitions, self.real
+            if real.transitions not in (0, recorded):
+                raise ValueError(
+                    f"resuming with {recorded} real transitions recorded, but "
+                    f"the RealSystem has counted {real.transitions}"
+                )
+            real.transitions = recorded
+        done = self.rounds_done()
+        info = (resume.model_info or {}) if resume is not None else {}
+        if resume is not None and resume.model is not None and info.get("round") == done:
+            self.use_model(resume.model, info["validation_loss"])
+        else:
+            self.fit()
+
+    def catch_up(self, epoch: int, params: PolicyParams) -> None:
+        """The collections due before `epoch` (with `params`' policy), then one refit."""
+        due = self.loop.rounds_before(epoch, self.real.episode_length)
+        if self.rounds_done() < due:
+            while self.rounds_done() < due:
+                new = self.collect(self.rounds_done() + 1, params)
+                self.record(self.dataset.concatenate(new))
+            self.fit()
+
+    def metrics(self) -> Metrics:
+        return {
+            "real/transitions": float(self.real.transitions),
+            "real/rounds": float(self.rounds_done()) if self.dataset is not None else 0.0,
+            "model/validation_loss": self.validation_loss,
+        }
+
+
 def run_loop(
     config: HDSConfig,
     loop: LoopConfig,
@@ -183,97 +302,39 @@ def run_loop(
                 f"the real system's {name} is {getattr(real, name)}, the simulator's "
                 f"{getattr(sim_env, name)}: map its layout with a GymAdapter"
             )
-    k_sim, k_model = config.group_sizes()
-    sample_member = model_config.prediction == "member"
+    _, k_model = config.group_sizes()
     rounds = loop.rounds(horizon) if k_model else 0
     if loop.initial_data == "policy" and initial_params is None and resume is None and k_model:
         raise ValueError("LoopConfig.initial_data='policy' needs initial_params to collect with")
-    key_epochs_root = jax.random.fold_in(key, _EPOCH_STREAM)
-    key_data, key_fit = jax.random.fold_in(key, _DATA_STREAM), jax.random.fold_in(key, _FIT_STREAM)
 
     with jax.enable_x64(True) if config.float64 else nullcontext():
-        _, make_policy, _, _ = policy_learner(config, [sim_env], config.horizon or horizon)
-        dataset = resume.dataset if resume is not None else None
-        model, validation_loss = None, math.nan
-
-        def rounds_in(data: TransitionDataset) -> int:
-            extra = data.n_trajectories - loop.initial_trajectories
-            if extra < 0 or extra % loop.collect_trajectories:
-                raise ValueError(
-                    f"the real data holds {data.n_trajectories} episodes, which no round of "
-                    f"this LoopConfig produces ({loop.initial_trajectories} + "
-                    f"r * {loop.collect_trajectories})"
-                )
-            return extra // loop.collect_trajectories
-
-        def collect(round_: int, params: PolicyParams | None) -> TransitionDataset:
-            key = jax.random.fold_in(key_data, round_)
-            if round_ == 0 and loop.initial_data == "random":
-                commands = random_actions(
-                    key,
-                    loop.initial_trajectories,
-                    horizon,
-                    real.action_size,
-                    correlation=loop.random_correlation,
-                )
-                return _as_dataset(real.play(jax.random.fold_in(key, 1), commands), real)
-            n = loop.initial_trajectories if round_ == 0 else loop.collect_trajectories
-            episodes = real.collect(
-                key, n, make_policy=make_policy, params=params, action_noise=loop.collect_noise
-            )
-            return _as_dataset(episodes, real)
-
-        def fit(round_: int, data: TransitionDataset):
-            nonlocal validation_loss
-            train_data, validation_data = data.split(loop.validation_fraction, seed=round_)
-            key_model, key_train = jax.random.split(jax.random.fold_in(key_fit, round_))
-            fresh = make_model(model_config, key_model, train_data, sim_env)
-            fitted, history = fit_model(
-                fresh, train_data, validation_data, model_config.training_config(), key_train
-            )
-            validation_loss = history["train/best_validation_loss"]
-            if model_fn is not None:
-                model_fn(fitted, {"round": round_, "validation_loss": validation_loss})
-            return fitted
-
+        real_data = _RealDataAndModel(
+            loop,
+            model_config,
+            sim_env,
+            real,
+            key,
+            make_policy=policy_learner(config, [sim_env], config.horizon or horizon).make_policy,
+            dataset=resume.dataset if resume is not None else None,
+            data_fn=data_fn,
+            model_fn=model_fn,
+        )
+        # 1. Round 0's real data and the model fitted on it (or the resumed run's).
         if k_model:
-            if dataset is None:
-                dataset = collect(0, initial_params)
-                if data_fn is not None:
-                    data_fn(dataset)
-            else:
-                # A fresh system object for the same budget: it starts with what was spent.
-                if real.transitions not in (0, dataset.n_transitions):
-                    raise ValueError(
-                        f"resuming with {dataset.n_transitions} real transitions recorded, but "
-                        f"the RealSystem has counted {real.transitions}"
-                    )
-                real.transitions = dataset.n_transitions
-            done = rounds_in(dataset)
-            info = (resume.model_info or {}) if resume is not None else {}
-            if resume is not None and resume.model is not None and info.get("round") == done:
-                model, validation_loss = resume.model, info["validation_loss"]
-            else:
-                model = fit(done, dataset)
+            real_data.start(resume, initial_params)
 
-        model_env = LearnedEnv(model, sim_env, sample_member=sample_member) if k_model else None
-        network, make_policy, epoch = make_hds(config, sim_env, model_env)
-        compiled = jax.jit(epoch)
-        key_init, key_epochs = jax.random.split(key_epochs_root)
+        hds = make_hds(config, sim_env, real_data.model_env)
+        real_data.make_policy = hds.make_policy
+        compiled = jax.jit(hds.epoch)
+        key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))
         state = initial_state
         if state is None:
-            state = init_training_state(config, sim_env, network, key_init)
+            state = init_training_state(config, sim_env, hds.network, key_init)
             if initial_params is not None:
                 state = state.replace(params=initial_params)
 
         def report(epoch_index: int, metrics: Metrics) -> None:
-            metrics.update(
-                {
-                    "real/transitions": float(real.transitions),
-                    "real/rounds": float(rounds_in(dataset)) if dataset is not None else 0.0,
-                    "model/validation_loss": validation_loss,
-                }
-            )
+            metrics.update(real_data.metrics())
             if progress_fn is not None:
                 progress_fn(epoch_index, metrics)
 
@@ -281,15 +342,10 @@ def run_loop(
         counters = step_counters(config, sim_env)
         while int(state.epoch) < config.num_epochs:
             first = int(state.epoch)
-            if k_model and rounds_in(dataset) < loop.rounds_before(first, horizon):
-                while rounds_in(dataset) < loop.rounds_before(first, horizon):
-                    new = collect(rounds_in(dataset) + 1, state.params)
-                    dataset = dataset.concatenate(new)
-                    if data_fn is not None:
-                        data_fn(dataset)
-                model = fit(rounds_in(dataset), dataset)
-                model_env = LearnedEnv(model, sim_env, sample_member=sample_member)
-            # Run up to the next collection (or to the end).
+            # 2. The collections due before this epoch, and a refit on all the data.
+            if k_model:
+                real_data.catch_up(first, state.params)
+            # 3. HDS epochs up to the next collection (or to the end).
             next_round = first // loop.collect_every + 1
             last = config.num_epochs
             if k_model and next_round <= rounds:
@@ -300,7 +356,7 @@ def run_loop(
                 key_epochs,
                 last,
                 counters,
-                epoch_args=(model_env,),
+                epoch_args=(real_data.model_env,),
                 progress_fn=report,
                 checkpoint_fn=checkpoint_fn,
                 clock_start=clock_start,
@@ -308,7 +364,9 @@ def run_loop(
             state = history.state
             metrics += history.metrics
 
-        return LoopResult(make_policy, state.params, metrics, dataset, model)
+        return LoopResult(
+            real_data.make_policy, state.params, metrics, real_data.dataset, real_data.model
+        )
 
 
 __all__ = ["INITIAL_DATA", "LoopCheckpoint", "LoopConfig", "LoopResult", "run_loop"]

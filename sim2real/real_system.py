@@ -120,7 +120,7 @@ class _BraxSystem:
         self._state = jax.lax.stop_gradient(self._step(self._state, action))
         return np.asarray(jax.device_get(self._state.obs)), float(self._state.reward), False
 
-    def collect(self, key, num_trajectories, horizon, make_policy, params, action_noise):
+    def collect(self, key, num_trajectories, horizon, *, make_policy, params, action_noise):
         cache_key = (make_policy, num_trajectories, horizon)
         if cache_key not in self.rollouts:
             env, zeros = self.env, jnp.zeros((self.action_size,), self.dtype)
@@ -240,7 +240,7 @@ class _GymSystem:
                     break
         return RealTrajectories(obs, actions, rewards, valid)
 
-    def collect(self, key, num_trajectories, horizon, make_policy, params, action_noise):
+    def collect(self, key, num_trajectories, horizon, *, make_policy, params, action_noise):
         key_episodes, key_noise = jax.random.split(key)
         noise = np.random.default_rng(_seed(key_noise))
         policy = None
@@ -386,7 +386,12 @@ class RealSystem:
             raise ValueError("RealSystem.collect needs make_policy and params together, or neither")
         self._reserve(num_trajectories * horizon)
         trajectories = self._system.collect(
-            key, num_trajectories, horizon, make_policy, params, action_noise
+            key,
+            num_trajectories,
+            horizon,
+            make_policy=make_policy,
+            params=params,
+            action_noise=action_noise,
         )
         self.transitions += trajectories.transitions
         return trajectories

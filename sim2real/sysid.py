@@ -35,6 +35,7 @@ from jaxtyping import Array, Float
 from dynamics_models.data import ObsLayout, TransitionDataset
 from dynamics_models.evaluation import state_at
 from pods.rollout import rollout_actions
+from pods.validation import is_integer, require
 from sim2real.real_system import RealTrajectories
 from sim2real.testbeds import PHYSICS_FIELDS, CartPole, Physics
 
@@ -76,20 +77,21 @@ class SysIDConfig:
                 f"got {parameters!r}"
             )
         for name in ("window", "num_steps"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-                raise ValueError(f"SysIDConfig.{name} must be a positive integer, got {value!r}")
-        batch = self.batch_size
-        if batch is not None and not (
-            isinstance(batch, int) and not isinstance(batch, bool) and batch > 0
-        ):
-            raise ValueError(
-                f"SysIDConfig.batch_size must be a positive integer or None, got {batch!r}"
-            )
+            require(is_integer(getattr(self, name)), self, name, "a positive integer")
+        require(
+            self.batch_size is None or is_integer(self.batch_size),
+            self,
+            "batch_size",
+            "a positive integer or None",
+        )
         for name in ("learning_rate", "initial_floor"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"SysIDConfig.{name} must be a finite number > 0, got {value!r}")
+            require(
+                isinstance(value, int | float) and math.isfinite(value) and value > 0,
+                self,
+                name,
+                "a finite number > 0",
+            )
 
 
 def as_dataset(trajectories: RealTrajectories | TransitionDataset) -> TransitionDataset:
@@ -139,11 +141,11 @@ def identify(
         config,
         sim_env,
         log_theta,
-        jnp.asarray(obs0, dtype),
-        jnp.asarray(actions, dtype),
-        layout.to_state(jnp.asarray(targets, dtype)),
-        jnp.asarray(data.normalization(layout).delta_std, dtype),
         key,
+        obs0=jnp.asarray(obs0, dtype),
+        actions=jnp.asarray(actions, dtype),
+        targets=layout.to_state(jnp.asarray(targets, dtype)),
+        scale=jnp.asarray(data.normalization(layout).delta_std, dtype),
     )
     fitted = np.exp(np.asarray(log_theta, np.float64))
     physics = dataclasses.replace(
@@ -157,11 +159,12 @@ def _fit(
     config: SysIDConfig,
     sim_env: CartPole,
     log_theta: Float[Array, " n_params"],
+    key: jax.Array,
+    *,
     obs0: Float[Array, "windows obs"],
     actions: Float[Array, "windows window act"],
     targets: Float[Array, "windows window state"],
     scale: Float[Array, " state"],
-    key: jax.Array,
 ) -> tuple[Float[Array, " n_params"], dict[str, Array]]:
     """The whole optimization, one scan over Adam steps. The data are arguments, not closure
     constants, so datasets of one shape share a compilation."""
@@ -191,7 +194,9 @@ def _fit(
             minibatch = (obs0, actions, targets)
         value, grad = jax.value_and_grad(loss)(log_theta, *minibatch)
         updates, new_opt_state = optimizer.update(grad, opt_state)
-        # A non-finite loss or gradient is dropped, never applied (see DESIGN.md, Numerics).
+        # A non-finite loss or gradient is dropped, never applied: one NaN would ruin theta.
+        # Not optax.apply_if_finite: it nests the optimizer state (a new checkpoint layout) and
+        # checks only the updates, not the loss.
         finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
         carry = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old),

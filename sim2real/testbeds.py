@@ -35,7 +35,7 @@ import dataclasses
 import functools
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -51,6 +51,7 @@ from flax import struct
 from jaxtyping import Array, Float
 
 import sim2real.lab as lab_physics
+from pods.validation import require
 from sim2real.lab import LabEffects
 
 SYSTEMS = {"cartpole": 1, "double_cartpole": 2}
@@ -96,12 +97,10 @@ class Physics:
     def __post_init__(self):
         for name in ("slider_damping", "hinge_damping", "slider_friction"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"Physics.{name} must be a finite number >= 0, got {value!r}")
+            require(math.isfinite(value) and value >= 0, self, name, "a finite number >= 0")
         for name in ("friction_velocity", "actuator_gain"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"Physics.{name} must be a finite number > 0, got {value!r}")
+            require(math.isfinite(value) and value > 0, self, name, "a finite number > 0")
 
     @classmethod
     def nominal(cls) -> Physics:
@@ -700,8 +699,12 @@ def parse_testbed_name(name: str) -> tuple[str, str, str]:
 
 
 def make_testbed(name: str, **kwargs) -> CartPole:
-    """The testbed registered as `name`, with constructor overrides (physics, backend, ...)."""
+    """The testbed registered as `name`, with constructor overrides (physics, backend, ...).
+    `physics` may also be a mapping of `Physics`'s fields, as a saved model's sidecar stores it
+    (so this is the `make_sim` that `dynamics_models.load_model` takes)."""
     system, task, variant = parse_testbed_name(name)
+    if isinstance(kwargs.get("physics"), Mapping):
+        kwargs["physics"] = Physics(**kwargs["physics"])
     return CartPole(system, task, variant, **kwargs)
 
 

@@ -1,4 +1,7 @@
-"""Shared set-up: the persistent compilation cache, and compiled functions shared by tests."""
+"""Shared set-up: the persistent compilation cache (`configure_jax`: $PODS_JAX_CACHE, else
+`.jax_cache`), so a rerun loads what an earlier run compiled, and failing tests' captured stderr
+without the XLA lines every cache hit logs. No fixtures: compiled functions and trained models
+are shared only within a test file, by its module-scoped fixtures."""
 
 import pytest
 

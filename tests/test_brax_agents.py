@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from brax.envs import training as brax_training
-from brax.envs.base import Env, State
+from doubles import LinearEnv
 
 from baselines.brax_agents import (
     APGConfig,
@@ -32,37 +32,29 @@ from sim2real import InitialStateNoise, make_testbed
 from sim2real.testbeds import physics_from_sys
 
 
-class PointMass(Env):
-    """A unit mass on a line, pushed by the action: s = (x, v), dt = 0.1, reward
-    -x^2 - 0.1 v^2 - 0.01 a^2. Starts at x = 1 + U(-spread, spread), at rest."""
+def _point_mass_reward(obs, action):
+    x, v = obs
+    return -(x**2) - 0.1 * v**2 - 0.01 * action[0] ** 2
+
+
+class PointMass(LinearEnv):
+    """A unit mass on a line, pushed by the action: s = (x, v), dt = 0.1 (v' = v + 0.1 a,
+    x' = x + 0.1 v'), reward -x^2 - 0.1 v^2 - 0.01 a^2. Starts at x = 1 + U(-spread, spread),
+    at rest."""
 
     def __init__(self, spread: float = 0.0, episode_length: int = 20):
+        def at_rest(rng, size, dtype):
+            x = 1.0 + jax.random.uniform(rng, (), dtype, -spread, spread)
+            return jnp.stack([x, jnp.zeros((), dtype)])
+
+        super().__init__(
+            [[1.0, 0.1], [0.0, 1.0]],
+            [[0.01], [0.1]],
+            reward=_point_mass_reward,
+            initial_obs=at_rest,
+            episode_length=episode_length,
+        )
         self.spread = spread
-        self.episode_length = episode_length
-
-    def reset(self, rng):
-        x = 1.0 + jax.random.uniform(rng, (), jnp.float32, -self.spread, self.spread)
-        zero = jnp.zeros((), jnp.float32)
-        return State(None, jnp.stack([x, zero]), zero, zero)
-
-    def step(self, state, action):
-        x, v = state.obs
-        v = v + 0.1 * action[0]
-        x = x + 0.1 * v
-        reward = -(x**2) - 0.1 * v**2 - 0.01 * action[0] ** 2
-        return state.replace(obs=jnp.stack([x, v]), reward=reward)
-
-    @property
-    def observation_size(self):
-        return 2
-
-    @property
-    def action_size(self):
-        return 1
-
-    @property
-    def backend(self):
-        return "none"
 
 
 TINY = {

@@ -67,7 +67,7 @@ def test_pods_improves_its_return_on_brax_reacher():
     config = PODSConfig(num_epochs=8, num_trajectories=16, minibatch_size=64, num_step_sizes=4)
     key = jax.random.PRNGKey(0)
     make_policy, params, history = train(config, env, key)
-    network, _, _, _ = make_pods(config, env)
+    network = make_pods(config, env).network
     initial = init_training_state(config, env, network, jax.random.split(key)[0]).params
     held_out = jax.random.PRNGKey(99)
     before = float(jnp.mean(evaluate_policy(env, make_policy(initial), held_out, 64)))

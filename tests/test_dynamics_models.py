@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from brax.envs.base import Env, State
+from doubles import LinearEnv
 
 from dynamics_models import (
     EnsembleDynamics,
@@ -37,40 +37,25 @@ from pods.rollout import reset_batch, rollout_actions, rollout_policy
 from sim2real import make_testbed
 
 
-class LinearSystem(Env):
+def _squared_distance_cost(obs, action):
+    return -jnp.sum(obs**2)
+
+
+class LinearSystem(LinearEnv):
     """s' = A s + B a: a lightly damped oscillator, the simplest thing a model must fit."""
 
     A = np.array([[1.0, 0.05], [-0.05, 0.99]])
     B = np.array([[0.0], [0.05]])
 
     def __init__(self, dtype=jnp.float32):
-        self.dtype = dtype
-        self.episode_length = 60
-
-    def reset(self, rng):
-        obs = jax.random.uniform(rng, (2,), self.dtype, -1.0, 1.0)
-        zero = jnp.zeros((), self.dtype)
-        return State(None, obs, zero, zero)
-
-    def step(self, state, action):
-        obs = jnp.asarray(self.A, self.dtype) @ state.obs + jnp.asarray(self.B, self.dtype) @ action
-        return state.replace(obs=obs, reward=-jnp.sum(obs**2))
-
-    def state_at(self, obs):
-        zero = jnp.zeros((), self.dtype)
-        return State(None, obs, zero, zero)
-
-    @property
-    def observation_size(self):
-        return 2
-
-    @property
-    def action_size(self):
-        return 1
-
-    @property
-    def backend(self):
-        return "linear"
+        super().__init__(
+            LinearSystem.A,
+            LinearSystem.B,
+            reward=_squared_distance_cost,
+            episode_length=60,
+            dtype=dtype,
+            backend="linear",
+        )
 
 
 # ------------------------------------------------------------------------------ data
@@ -321,16 +306,16 @@ def _predict(model, data):
 def test_save_load_round_trip_is_exact(tmp_path, cartpole, ensemble, residual):
     for name, model in (("ensemble", ensemble), ("residual", residual)):
         save_model(tmp_path / name, model, metadata={"dataset": cartpole["train"].header()})
-        loaded = load_model(tmp_path / name, obs_dim=5, action_dim=1)
+        loaded = load_model(tmp_path / name, make_sim=make_testbed, obs_dim=5, action_dim=1)
         assert type(loaded) is type(model)
         for x, y in zip(jax.tree.leaves(model), jax.tree.leaves(loaded), strict=True):
             np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(
         _predict(ensemble, cartpole["held_out"]),
-        _predict(load_model(tmp_path / "ensemble"), cartpole["held_out"]),
+        _predict(load_model(tmp_path / "ensemble", make_sim=make_testbed), cartpole["held_out"]),
     )
     # The residual model's simulator is rebuilt from the sidecar, not pickled: same testbed.
-    loaded = load_model(tmp_path / "residual")
+    loaded = load_model(tmp_path / "residual", make_sim=make_testbed)
     sim, rebuilt = cartpole["sim"], loaded.sim_env
     assert (rebuilt.name, rebuilt.physics, rebuilt.dt, rebuilt.backend, rebuilt.dtype) == (
         sim.name,
@@ -342,6 +327,17 @@ def test_save_load_round_trip_is_exact(tmp_path, cartpole, ensemble, residual):
     sidecar = json.loads((tmp_path / "residual.json").read_text())
     assert sidecar["metadata"]["dataset"]["n_transitions"] == 480
     assert sidecar["normalization"]["obs_mean"] == np.asarray(residual.normalizer.obs_mean).tolist()
+    # A residual model needs a simulator builder, one that can make the simulator named.
+    with pytest.raises(
+        ValueError, match="residual model over the simulator 'cartpole_swingup_sim'"
+    ):
+        load_model(tmp_path / "residual")
+    sidecar = json.loads((tmp_path / "residual.json").read_text())
+    sidecar["sim"]["testbed"] = "cartpole_hover_sim"
+    (tmp_path / "hover.json").write_text(json.dumps(sidecar))
+    (tmp_path / "hover.eqx").write_bytes((tmp_path / "residual.eqx").read_bytes())
+    with pytest.raises(ValueError, match="unknown testbed 'cartpole_hover_sim'"):
+        load_model(tmp_path / "hover", make_sim=make_testbed)
 
 
 def test_mismatched_model_and_data_files_give_clear_errors(tmp_path, cartpole, ensemble):

@@ -10,59 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from brax.envs.base import Env, State
+from doubles import LinearEnv
 
 from pods.hds import HDSConfig, anneal_step_size, improve_actions_annealed, make_hds
 from pods.hds import train as train_hds
 from pods.rollout import reset_batch, rollout_actions
 from pods.train import init_training_state
 from pods.train import train as train_pods
-
-
-@jax.tree_util.register_pytree_node_class
-class LinearEnv(Env):
-    """s' = A s + B a, reward -0.5 |s'|^2 - 0.05 a^2; a pytree of (A, B) like `LearnedEnv`."""
-
-    def __init__(self, A, B, episode_length=5):
-        self.A, self.B = jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32)
-        self.episode_length = episode_length
-
-    def tree_flatten(self):
-        return (self.A, self.B), self.episode_length
-
-    @classmethod
-    def tree_unflatten(cls, episode_length, children):
-        env = object.__new__(cls)
-        env.A, env.B = children
-        env.episode_length = episode_length
-        return env
-
-    def reset(self, rng):
-        zero = jnp.zeros((), jnp.float32)
-        return State(None, jax.random.uniform(rng, (2,), jnp.float32, -1.0, 1.0), zero, zero)
-
-    def step(self, state, action):
-        obs = self.A @ state.obs + self.B @ action
-        return state.replace(obs=obs, reward=self.task_reward(obs, action))
-
-    def task_reward(self, obs, action):
-        return -0.5 * obs @ obs - 0.05 * action @ action
-
-    @property
-    def dtype(self):
-        return jnp.float32
-
-    @property
-    def observation_size(self):
-        return 2
-
-    @property
-    def action_size(self):
-        return 1
-
-    @property
-    def backend(self):
-        return "none"
 
 
 def sim_env():
@@ -185,9 +139,9 @@ def test_beta_one_never_calls_sim_in_the_data_rollouts():
 def mixed_epoch():
     """The jitted two-group epoch (beta = 0.5, annealing) with the model as a jit argument."""
     config = HDSConfig(**TINY, beta=0.5, step_size_search="annealing", annealing_iterations=3)
-    network, _, epoch = make_hds(config, sim_env(), model_env())
-    state = init_training_state(config, sim_env(), network, jax.random.PRNGKey(1))
-    return config, state, jax.jit(epoch)
+    hds = make_hds(config, sim_env(), model_env())
+    state = init_training_state(config, sim_env(), hds.network, jax.random.PRNGKey(1))
+    return config, state, jax.jit(hds.epoch)
 
 
 def test_mixed_epoch_reports_both_groups(mixed_epoch):
@@ -228,9 +182,9 @@ def test_the_elite_is_chosen_within_each_group():
     """With the model's returns ~500 and the simulator's ~0, an elite across the groups would
     distill model trajectories only (mean ~500); within each group it takes one of each."""
     config = HDSConfig(**TINY, beta=0.5, elite_fraction=0.25)
-    network, _, epoch = make_hds(config, sim_env(), GenerousModel(*model_leaves()))
-    state = init_training_state(config, sim_env(), network, jax.random.PRNGKey(1))
-    _, metrics = jax.jit(epoch)(state, jax.random.PRNGKey(2))
+    hds = make_hds(config, sim_env(), GenerousModel(*model_leaves()))
+    state = init_training_state(config, sim_env(), hds.network, jax.random.PRNGKey(1))
+    _, metrics = jax.jit(hds.epoch)(state, jax.random.PRNGKey(2))
     model_return, sim_return = (
         float(metrics["train/return_model"]),
         float(metrics["train/return_sim"]),

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 from brax.envs.base import Env, State
+from doubles import LinearEnv
 
 from pods.distill import distill_policy
 from pods.improve import (
@@ -41,7 +42,7 @@ from pods.train import (
 from sim2real import make_testbed
 
 
-class LinearQuadraticEnv(Env):
+class LinearQuadraticEnv(LinearEnv):
     """s' = A s + B a with reward -0.5 s'^T Q s' - 0.5 a^T R a - q^T s': the Brax `Env`
     contract on a system whose return is exactly quadratic in the actions, so its
     Gauss-Newton matrix is its exact Hessian.
@@ -51,53 +52,21 @@ class LinearQuadraticEnv(Env):
     """
 
     def __init__(self, dtype=jnp.float32, episode_length=6, poison="none"):
-        self.A = jnp.array([[1.0, 0.1], [0.0, 1.0]], dtype)
-        self.B = jnp.array([[0.0], [0.1]], dtype)
-        self.Q = jnp.array([[1.0, 0.2], [0.2, 0.5]], dtype)
-        self.R = jnp.array([[0.1]], dtype)
-        self.q = jnp.array([0.3, -0.1], dtype)
-        self.dtype = dtype
-        self.episode_length = episode_length
-        self.poison = poison
+        Q = jnp.array([[1.0, 0.2], [0.2, 0.5]], dtype)
+        R = jnp.array([[0.1]], dtype)
+        q = jnp.array([0.3, -0.1], dtype)
 
-    def reset(self, rng):
-        s0 = jax.random.uniform(rng, (2,), self.dtype, -1.0, 1.0)
-        zero = jnp.zeros((), self.dtype)
-        poisoned = {"none": jnp.array(False), "positive_start": s0[0] > 0, "all": jnp.array(True)}
-        return State(None, s0, zero, zero, info={"poisoned": poisoned[self.poison]})
+        def reward(obs, action):
+            return -0.5 * obs @ Q @ obs - 0.5 * action @ R @ action - q @ obs
 
-    def step(self, state, action):
-        if self.poison != "none":
-            action = _nan_gradient_where(action, state.info["poisoned"])
-        obs = self.A @ state.obs + self.B @ action
-        return state.replace(obs=obs, reward=self.task_reward(obs, action))
-
-    def task_reward(self, obs, action):
-        return -0.5 * obs @ self.Q @ obs - 0.5 * action @ self.R @ action - self.q @ obs
-
-    @property
-    def observation_size(self):
-        return 2
-
-    @property
-    def action_size(self):
-        return 1
-
-    @property
-    def backend(self):
-        return "none"
-
-
-@jax.custom_jvp
-def _nan_gradient_where(x, poisoned):
-    return x
-
-
-@_nan_gradient_where.defjvp
-def _nan_gradient_where_jvp(primals, tangents):
-    # Linear in the tangent, so reverse mode (its transpose) gets the NaN as well.
-    x, poisoned = primals
-    return x, tangents[0] * jnp.where(poisoned, jnp.nan, 1.0).astype(x.dtype)
+        super().__init__(
+            [[1.0, 0.1], [0.0, 1.0]],
+            [[0.0], [0.1]],
+            reward=reward,
+            episode_length=episode_length,
+            dtype=dtype,
+            poison=poison,
+        )
 
 
 def _value(env, state, actions):
@@ -349,10 +318,10 @@ def test_nan_in_distillation_skips_the_update_and_counts_it():
         params,
         optimizer,
         opt_state,
-        obs,
-        targets,
-        weights,
         jax.random.PRNGKey(0),
+        observations=obs,
+        targets=targets,
+        weights=weights,
         minibatch_size=32,
         passes=3,
     )
@@ -363,10 +332,10 @@ def test_nan_in_distillation_skips_the_update_and_counts_it():
         params,
         optimizer,
         opt_state,
-        obs,
-        targets.at[5, 0].set(jnp.nan),
-        weights,
         jax.random.PRNGKey(0),
+        observations=obs,
+        targets=targets.at[5, 0].set(jnp.nan),
+        weights=weights,
         minibatch_size=32,
         passes=3,
     )
@@ -381,10 +350,10 @@ def test_nan_in_distillation_skips_the_update_and_counts_it():
         params,
         optimizer,
         opt_state,
-        obs,
-        targets.at[5, 0].set(jnp.nan),
-        weights.at[5].set(0.0),
         jax.random.PRNGKey(0),
+        observations=obs,
+        targets=targets.at[5, 0].set(jnp.nan),
+        weights=weights.at[5].set(0.0),
         minibatch_size=32,
         passes=3,
     )
@@ -415,9 +384,9 @@ def distillation_learner(env, k: int):
         learning_rate=1e-2,
         normalize_observations=False,
     )
-    network, _, optimizer, _ = policy_learner(config, [env], env.episode_length)
-    state = init_training_state(config, env, network, jax.random.PRNGKey(0))
-    return config, network, optimizer, state
+    learner = policy_learner(config, [env], env.episode_length)
+    state = init_training_state(config, env, learner.network, jax.random.PRNGKey(0))
+    return config, learner.network, learner.optimizer, state
 
 
 def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages():
@@ -450,7 +419,12 @@ def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages()
     def distilled_actions(fraction):
         improvement = Improvement(data, data, steps, elite(values, fraction), jnp.zeros(()))
         new_state, metrics = distill_improved(
-            config, network, optimizer, state, improvement, jax.random.PRNGKey(2)
+            config,
+            state,
+            improvement,
+            jax.random.PRNGKey(2),
+            network=network,
+            optimizer=optimizer,
         )
         outputs = network.apply(new_state.params.network, observations[: k // 2, :-1])
         return np.asarray(outputs), metrics
@@ -489,7 +463,12 @@ def test_steps_after_termination_are_not_distilled():
     data = Episode(Trajectory(observations, actions, jnp.zeros((k, horizon))), active)
     improvement = Improvement(data, data, steps, jnp.ones(k, bool), jnp.zeros(()))
     new_state, _ = distill_improved(
-        config, network, optimizer, state, improvement, jax.random.PRNGKey(2)
+        config,
+        state,
+        improvement,
+        jax.random.PRNGKey(2),
+        network=network,
+        optimizer=optimizer,
     )
     outputs = network.apply(new_state.params.network, points[:, 0])
     np.testing.assert_allclose(outputs, 0.8, atol=0.1)
