@@ -56,6 +56,11 @@ def _families(methods: Mapping[Any, list], key: str) -> tuple[dict[str, list], l
     return curves, references
 
 
+def _in_real(task: str) -> str:
+    """A panel's title in real: the task, which names its real where a figure pins one."""
+    return task if task.endswith(" real") else f"{task} (real)"
+
+
 def _finish(figure, axes, out_dir: Path, name: str, header, rows, handles=None) -> list[Path]:
     style.legend_below(figure, axes.flat, handles)
     return [
@@ -157,7 +162,7 @@ def hds_beta(found: Found, out_dir: Path) -> list[Path]:
                 style.reference_line(ax, estimate, label=method.label, name=method.name)
                 rows.append((task, method.name, method.label, "", *estimate))
             ax.set(
-                title=f"{task} (real)",
+                title=_in_real(task),
                 xlabel="β (share of rollouts in the model)",
                 ylabel="return in real",
             )
@@ -353,7 +358,7 @@ def sample_efficiency(found: Found, out_dir: Path) -> list[Path]:
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^3, 3x10^3, ... overlap
             ax.set(
-                title=f"{task} (real)",
+                title=_in_real(task),
                 xlabel="real transitions used",
                 ylabel="normalized score in real",
             )

@@ -193,7 +193,7 @@ class RunSpec:
     @property
     def task(self) -> str:
         """The env, and the real it is scored against where pinned: a figure's panel."""
-        return self.env if self.profile is None else f"{self.env} ({self.profile} real)"
+        return self.env if self.profile is None else f"{self.env}, {self.profile} real"
 
     @property
     def overrides(self) -> tuple[str, ...]:

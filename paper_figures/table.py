@@ -79,9 +79,9 @@ def _stats(values: list[float]) -> dict:
 
 
 def task_of(run: Run) -> str:
-    """The env and the real it is scored against (`cartpole_swingup (lab real)`)."""
+    """The env and the real it is scored against (`cartpole_swingup, lab real`)."""
     profile = run.fact("profile")
-    return run.fact("env") if profile is None else f"{run.fact('env')} ({profile} real)"
+    return run.fact("env") if profile is None else f"{run.fact('env')}, {profile} real"
 
 
 TARGET_FRACTION = 0.9

@@ -534,8 +534,8 @@ def test_a_task_scored_against_two_reals_is_two_panels_of_its_own_runs(tmp_path)
         for r in read_table(outputs_written(paths, "sim_vs_real"))
     }
     # Each panel scores against its own real's oracle: (12 - 2) / (42 - 2) and / (22 - 2).
-    check_row(rows[f"{TASK} (lab real)", "pods_order2", "real"], [10.0 / 40.0] * 3)
-    check_row(rows[f"{TASK} (friction real)", "pods_order2", "real"], [10.0 / 20.0] * 3)
+    check_row(rows[f"{TASK}, lab real", "pods_order2", "real"], [10.0 / 40.0] * 3)
+    check_row(rows[f"{TASK}, friction real", "pods_order2", "real"], [10.0 / 20.0] * 3)
     # The job that makes a missing one names the profile on its command and in its folder.
     spec = RunSpec(PODS_2, TASK, 1, "friction")
     (job,) = make.sweep_jobs(sweep, [spec], make.Session(PRESETS["cpu"], tmp_path, tmp_path))

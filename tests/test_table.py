@@ -106,8 +106,8 @@ def test_each_real_profile_is_its_own_task_with_student_t_intervals(tmp_path, ca
             )
     table = {(row["env"], row["method"]): row for row in rows(find_runs(tmp_path))}
     method = "hds, beta 0.5, ensemble (a member per rollout)"
-    lab = table["cartpole_swingup (lab real)", method]
-    friction = table["cartpole_swingup (friction real)", method]
+    lab = table["cartpole_swingup, lab real", method]
+    friction = table["cartpole_swingup, friction real", method]
     assert lab["score_real"]["mean"] == pytest.approx(0.2)
     assert friction["score_real"]["mean"] == pytest.approx(0.4)
     # Mean 2, standard deviation 1 over 3 seeds: t(0.975, 2) = 4.3027 times 1 / sqrt(3).
