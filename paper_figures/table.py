@@ -27,7 +27,7 @@ from pathlib import Path
 import scipy.stats
 
 from paper_figures.runs import Run, find_runs
-from paper_figures.scores import normalized_score
+from scoring import gap_closure, normalized_score
 
 METHOD_FACTS = ("algo", "order", "beta", "model", "prediction", "budget")
 
@@ -59,11 +59,6 @@ def label(method: tuple) -> str:
     if facts["budget"] is not None:
         parts.append(f"budget {facts['budget']}")
     return ", ".join(parts)
-
-
-def gap_closure(value: float, sim_only: float, oracle: float) -> float:
-    denominator = oracle - sim_only
-    return (value - sim_only) / denominator if denominator else math.nan
 
 
 def _stats(values: list[float]) -> dict:
