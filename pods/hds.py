@@ -32,7 +32,6 @@ from pods.improve import (
     ImprovedActions,
     LineSearchResult,
     RewardFn,
-    improve_actions,
     improve_along_direction,
 )
 from pods.networks import PolicyNetwork, PolicyParams
@@ -42,11 +41,12 @@ from pods.train import (
     PODSConfig,
     TrainingState,
     distill_improved,
-    init_training_state,
+    line_search_step,
     make_pods,
     policy_learner,
     roll_out_and_improve,
     run_epochs,
+    starting_state,
 )
 from pods.validation import is_integer, is_number, require
 
@@ -378,7 +378,7 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None) -> H
     learner = policy_learner(config, envs, horizon)
     default_model_env = model_env
 
-    def search_step(env, states, actions, observations, active, key) -> ImprovedActions:
+    def annealed_step(env, states, actions, observations, active, key) -> ImprovedActions:
         shared = dict(
             order=config.order,
             gradient_normalization=config.gradient_normalization,
@@ -387,8 +387,6 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None) -> H
             gradient_window=config.gradient_window,
             active=active,
         )
-        if config.step_size_search == "line_search":
-            return improve_actions(env, states, actions, observations, learner.step_sizes, **shared)
         return improve_actions_annealed(
             env,
             states,
@@ -403,6 +401,12 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None) -> H
             proposal_scale=config.annealing_proposal_scale,
             **shared,
         )
+
+    search_step = (
+        line_search_step(config, learner.step_sizes)
+        if config.step_size_search == "line_search"
+        else annealed_step
+    )
 
     def improve_group(env: Env, size: int, params: PolicyParams, epoch: jax.Array, key):
         """PODS steps 1-2 for one group, in its own env."""
@@ -486,11 +490,14 @@ def train(
     with jax.enable_x64(True) if config.float64 else nullcontext():
         hds = make_hds(config, sim_env, model_env)
         key_init, key_epochs = jax.random.split(key)
-        state = initial_state
-        if state is None:
-            state = init_training_state(config, sim_env, hds.network, key_init)
-            if initial_params is not None:
-                state = state.replace(params=initial_params)
+        state = starting_state(
+            config,
+            sim_env,
+            hds.network,
+            key_init,
+            initial_state=initial_state,
+            initial_params=initial_params,
+        )
         # A pytree model (LearnedEnv) rides as an argument; any other env is closed over.
         model_argument = model_env if _is_pytree(model_env) else None
         history = run_epochs(

@@ -214,11 +214,9 @@ class PODSProgram(NamedTuple):
     """`epoch(state, key)`: the whole PODS epoch."""
 
 
-def make_pods(config: PODSConfig, env: Env) -> PODSProgram:
-    """Builds PODS's pure pieces for one config and env."""
-    horizon = config.horizon or env.episode_length
-    k = config.num_trajectories
-    learner = policy_learner(config, [env], horizon)
+def line_search_step(config: PODSConfig, step_sizes: jax.Array) -> SearchStep:
+    """PODS step 2 as a `SearchStep`: the config's first- or second-order direction, its
+    step size from the line search over `step_sizes` (HDS's default search too)."""
 
     def search_step(env, states, actions, observations, active, _key) -> ImprovedActions:
         return improve_actions(
@@ -226,7 +224,7 @@ def make_pods(config: PODSConfig, env: Env) -> PODSProgram:
             states,
             actions,
             observations,
-            learner.step_sizes,
+            step_sizes,
             order=config.order,
             gradient_normalization=config.gradient_normalization,
             max_gradient_norm=config.max_gradient_norm,
@@ -234,6 +232,17 @@ def make_pods(config: PODSConfig, env: Env) -> PODSProgram:
             gradient_window=config.gradient_window,
             active=active,
         )
+
+    return search_step
+
+
+def make_pods(config: PODSConfig, env: Env) -> PODSProgram:
+    """Builds PODS's pure pieces for one config and env."""
+    horizon = config.horizon or env.episode_length
+    k = config.num_trajectories
+    learner = policy_learner(config, [env], horizon)
+
+    search_step = line_search_step(config, learner.step_sizes)
 
     def improve(params: PolicyParams, epoch: jax.Array, key: jax.Array):
         return roll_out_and_improve(
@@ -454,11 +463,14 @@ def train(
     with jax.enable_x64(True) if config.float64 else nullcontext():
         pods = make_pods(config, env)
         key_init, key_epochs = jax.random.split(key)
-        state = initial_state
-        if state is None:
-            state = init_training_state(config, env, pods.network, key_init)
-            if initial_params is not None:
-                state = state.replace(params=initial_params)
+        state = starting_state(
+            config,
+            env,
+            pods.network,
+            key_init,
+            initial_state=initial_state,
+            initial_params=initial_params,
+        )
         horizon = config.horizon or env.episode_length
         counters = {"train/sim_steps": config.sim_steps_per_epoch(horizon)}
         history = run_epochs(
@@ -570,6 +582,23 @@ def init_training_state(
     )
 
 
+def starting_state(
+    config: PODSConfig,
+    env: Env,
+    network: PolicyNetwork,
+    key: jax.Array,
+    *,
+    initial_state: TrainingState | None = None,
+    initial_params: PolicyParams | None = None,
+) -> TrainingState:
+    """Where a run's epochs start: a checkpointed `initial_state` (a resume), else a fresh
+    state, warm-started from `initial_params` if given. PODS, HDS and the HDS loop share it."""
+    if initial_state is not None:
+        return initial_state
+    state = init_training_state(config, env, network, key)
+    return state if initial_params is None else state.replace(params=initial_params)
+
+
 def elite(values: Float[Array, " k"], fraction: float) -> Bool[Array, " k"]:
     """The top `fraction` of `values`: round(fraction * k) of them, at least one, more where
     values tie at the threshold. Non-finite values count as the lowest."""
@@ -594,6 +623,8 @@ __all__ = [
     "PolicyLearner",
     "TrainingState",
     "init_training_state",
+    "line_search_step",
+    "starting_state",
     "make_pods",
     "train",
     "evaluate_policy",

@@ -42,7 +42,7 @@ from dynamics_models import train as fit_model
 from pods.hds import HDSConfig, make_hds, step_counters
 from pods.networks import PolicyParams
 from pods.rollout import Policy
-from pods.train import TrainingState, init_training_state, policy_learner, run_epochs
+from pods.train import TrainingState, policy_learner, run_epochs, starting_state
 from pods.validation import is_integer, require
 from sim2real.real_system import RealSystem, RealTrajectories
 
@@ -327,11 +327,14 @@ def run_loop(
         real_data.make_policy = hds.make_policy
         compiled = jax.jit(hds.epoch)
         key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))
-        state = initial_state
-        if state is None:
-            state = init_training_state(config, sim_env, hds.network, key_init)
-            if initial_params is not None:
-                state = state.replace(params=initial_params)
+        state = starting_state(
+            config,
+            sim_env,
+            hds.network,
+            key_init,
+            initial_state=initial_state,
+            initial_params=initial_params,
+        )
 
         def report(epoch_index: int, metrics: Metrics) -> None:
             metrics.update(real_data.metrics())

@@ -418,3 +418,47 @@ def test_compared_runs_take_only_the_overrides_their_algorithm_has(capsys):
         assert cfg.algo.num_epochs == 3 and cfg.seed == 4 and cfg.run.compare == []
         build_library_configs(cfg)
     assert "run.compare=pods: pods has no algo.beta; left out of its run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_submitit_local_multirun_writes_each_run_and_resumes_a_killed_one(finished_run, tmp_path):
+    """The SLURM path without a cluster: submitit's local executor runs a 2-job multirun into
+    two run directories; the same multirun killed mid-run and submitted again resumes each
+    job from its checkpoint to the metrics of a run never interrupted."""
+    sweep_dir = tmp_path / "submitit"
+    command = train_command(
+        sweep_dir,
+        "seed=0,1",
+        "launcher=submitit_local",
+        "hydra.sweep.subdir=seed${seed}",
+        multirun=True,
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the jobs are its children: kill them all
+    )
+    metrics = sweep_dir / "seed0" / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (sweep_dir / "seed0" / "summary.json").exists()
+
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = sorted(sweep_dir.glob("seed*/summary.json"))
+    assert [json.loads(p.read_text())["seed"] for p in summaries] == [0, 1]
+    logs = "".join(p.read_text() for p in sweep_dir.glob(".submitit/*/*_log.err"))
+    assert "resuming" in logs
+    expected = (finished_run / "metrics.jsonl").read_text().splitlines()
+    assert without_timing([json.loads(x) for x in metrics.read_text().splitlines()]) == (
+        without_timing([json.loads(x) for x in expected])
+    )
