@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from pods.rollout import Policy, reset_batch, rollout_actions, rollout_policy
+from pods.rollout import Policy, play_batch, policy_batch, reset_batch
 
 DATASET_FORMAT = "dynamics_models.TransitionDataset"
 DATASET_VERSION = 2
@@ -491,18 +491,12 @@ def collect_transitions(
             correlation=action_correlation,
             dtype=dtype,
         )
-        play = jax.jit(jax.vmap(lambda s, a: rollout_actions(env, s, a)))
-        trajectories = play(states, actions)
+        trajectories = jax.jit(lambda s, a: play_batch(env, s, a))(states, actions)
     else:
-        keys = jax.random.split(key_act, n_trajectories)
-        play = jax.jit(
-            jax.vmap(
-                lambda s, k: rollout_policy(
-                    env, s, policy, horizon, key=k, action_noise=action_noise
-                )
-            )
+        collect = jax.jit(
+            lambda s, k: policy_batch(env, s, policy, horizon, key=k, action_noise=action_noise)
         )
-        trajectories = play(states, keys)
+        trajectories = collect(states, key_act)
     physics = getattr(env, "physics", None)
     dt = getattr(env, "dt", None)
     return TransitionDataset(

@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from baselines.brax_agents import APGConfig, PPOConfig, train_apg, train_ppo
 from baselines.lqr import LQRConfig
 from baselines.lqr import train as train_lqr_gain
-from dynamics_models import ModelConfig, random_actions, save_model
+from dynamics_models import ModelConfig, save_model
 from experiments.real import RealSpec
 from experiments.resume import Resume, resolved_config
 from experiments.run_dir import RunDirectory, atomic_write_json
@@ -252,14 +252,7 @@ def train_pods_sysid(ctx: RunContext) -> Trained:
     if record is None:
         key_data, key_fit = jax.random.split(jax.random.fold_in(ctx.key, 1))
         real = ctx.real.system(loop_config.budget)
-        commands = random_actions(
-            key_data,
-            episodes,
-            horizon,
-            real.action_size,
-            correlation=loop_config.random_correlation,
-        )
-        data = real.play(jax.random.fold_in(key_data, 1), commands)
+        data = real.play_random(key_data, episodes, correlation=loop_config.random_correlation)
         start = time.perf_counter()
         physics, history = identify(sysid_config, ctx.sim, data, key_fit)
         record = {

@@ -196,3 +196,30 @@ def rollout_policy(env: Env, state: State, policy: Policy, horizon: int, **optio
 def reset_batch(env: Env, key: jax.Array, batch_size: int) -> State:
     """`batch_size` initial states from independent keys, stacked on a leading axis."""
     return jax.vmap(env.reset)(jax.random.split(key, batch_size))
+
+
+def play_batch(env: Env, states: State, actions: Float[Array, "n horizon act_dim"]) -> Trajectory:
+    """`rollout_actions` from each of a batch of states, its own action sequence each."""
+    return jax.vmap(lambda state, a: rollout_actions(env, state, a))(states, actions)
+
+
+def policy_batch(
+    env: Env,
+    states: State,
+    policy: Policy,
+    horizon: int,
+    *,
+    key: jax.Array | None = None,
+    action_noise: float | jax.Array = 0.0,
+) -> Trajectory:
+    """`rollout_policy` from each of a batch of states: deterministic without `key`; with
+    it, exploration noise of std `action_noise` from a key of its own per trajectory (split
+    from `key`). Collection and evaluation of a batch use it."""
+    if key is None:
+        return jax.vmap(lambda state: rollout_policy(env, state, policy, horizon))(states)
+    keys = jax.random.split(key, states.obs.shape[0])
+    return jax.vmap(
+        lambda state, k: rollout_policy(
+            env, state, policy, horizon, key=k, action_noise=action_noise
+        )
+    )(states, keys)

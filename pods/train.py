@@ -36,7 +36,7 @@ from pods.networks import (
     make_policy_factory,
     policy_apply,
 )
-from pods.rollout import Episode, Policy, episode_of_policy, reset_batch, rollout_policy
+from pods.rollout import Episode, Policy, episode_of_policy, policy_batch, reset_batch
 from pods.validation import is_integer, require
 
 Metrics = dict[str, float]
@@ -613,8 +613,7 @@ def evaluate_policy(
 ) -> jax.Array:
     """Returns of the deterministic `policy` from `num_trajectories` fresh initial states."""
     horizon = horizon or env.episode_length
-    states = reset_batch(env, key, num_trajectories)
-    return jax.vmap(lambda s: rollout_policy(env, s, policy, horizon))(states).value
+    return policy_batch(env, reset_batch(env, key, num_trajectories), policy, horizon).value
 
 
 __all__ = [

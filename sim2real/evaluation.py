@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pods.rollout import Policy, reset_batch, rollout_actions, rollout_policy
+from pods.rollout import Policy, play_batch, policy_batch, reset_batch
 from scoring import gap_closure, normalized_score
 from sim2real.real_system import RealSystem
 
@@ -114,9 +114,8 @@ def _evaluator(
         horizon = env.episode_length
         shape = (num_trajectories, horizon, env.action_size)
         random_actions = jax.random.uniform(key_actions, shape, env.dtype, -1.0, 1.0)
-        random = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, random_actions)
-        policy = make_policy(params)
-        learned = jax.vmap(lambda s: rollout_policy(env, s, policy, horizon))(states)
+        random = play_batch(env, states, random_actions)
+        learned = policy_batch(env, states, make_policy(params), horizon)
         solved = jnp.nan
         if criterion is not None:
             solved = jnp.mean(criterion(learned.observations).astype(learned.value.dtype))

@@ -36,7 +36,6 @@ from dynamics_models import (
     ModelConfig,
     TransitionDataset,
     make_model,
-    random_actions,
 )
 from dynamics_models import train as fit_model
 from pods.hds import HDSConfig, make_hds, step_counters
@@ -193,14 +192,10 @@ class _RealDataAndModel:
         loop, real = self.loop, self.real
         key = jax.random.fold_in(self.key_data, round_)
         if round_ == 0 and loop.initial_data == "random":
-            commands = random_actions(
-                key,
-                loop.initial_trajectories,
-                real.episode_length,
-                real.action_size,
-                correlation=loop.random_correlation,
+            episodes = real.play_random(
+                key, loop.initial_trajectories, correlation=loop.random_correlation
             )
-            return _as_dataset(real.play(jax.random.fold_in(key, 1), commands), real)
+            return _as_dataset(episodes, real)
         n = loop.initial_trajectories if round_ == 0 else loop.collect_trajectories
         episodes = real.collect(
             key, n, make_policy=self.make_policy, params=params, action_noise=loop.collect_noise

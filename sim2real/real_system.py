@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pods.rollout import reset_batch, rollout_actions, rollout_policy
+from dynamics_models import random_actions
+from pods.rollout import play_batch, policy_batch, reset_batch
 from sim2real.testbeds import make_testbed
 
 
@@ -129,11 +130,9 @@ class _BraxSystem:
                 key_reset, key_noise = jax.random.split(key)
                 states = reset_batch(env, key_reset, num_trajectories)
                 policy = make_policy(params) if make_policy is not None else (lambda _: zeros)
-                trajectories = jax.vmap(
-                    lambda s, k: rollout_policy(
-                        env, s, policy, horizon, key=k, action_noise=action_noise
-                    )
-                )(states, jax.random.split(key_noise, num_trajectories))
+                trajectories = policy_batch(
+                    env, states, policy, horizon, key=key_noise, action_noise=action_noise
+                )
                 return jax.lax.stop_gradient(tuple(trajectories))
 
             self.rollouts[cache_key] = jax.jit(rollouts)
@@ -146,8 +145,7 @@ class _BraxSystem:
 
             def play(key, actions):
                 states = reset_batch(env, key, actions.shape[0])
-                trajectory = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, actions)
-                return jax.lax.stop_gradient(tuple(trajectory))
+                return jax.lax.stop_gradient(tuple(play_batch(env, states, actions)))
 
             self.rollouts["play"] = jax.jit(play)
         return _whole(*jax.device_get(self.rollouts["play"](key, jnp.asarray(actions, self.dtype))))
@@ -412,6 +410,15 @@ class RealSystem:
         trajectories = self._system.play(key, actions)
         self.transitions += trajectories.transitions
         return trajectories
+
+    def play_random(self, key: jax.Array, n: int, *, correlation: float) -> RealTrajectories:
+        """`n` episodes of random commands (`dynamics_models.random_actions`, correlated by
+        `correlation`) from fresh resets: the exploration data of the HDS loop's first round
+        and of system identification."""
+        commands = random_actions(
+            key, n, self.episode_length, self.action_size, correlation=correlation
+        )
+        return self.play(jax.random.fold_in(key, 1), commands)
 
 
 __all__ = ["GymAdapter", "RealSystem", "RealTrajectories"]
