@@ -488,7 +488,11 @@ def test_a_run_is_read_back_as_written(tmp_path):
     assert run.number("eval/return_real") == 4.5 and np.isnan(run.number("eval/score_real"))
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+# The paper preset's ~100 multiruns take 40 s to compose: the slow suite checks them.
+@pytest.mark.parametrize(
+    "preset",
+    [pytest.param(p, marks=pytest.mark.slow) if p == "paper" else p for p in sorted(PRESETS)],
+)
 def test_every_run_a_preset_launches_composes_and_passes_the_config_checks(preset, tmp_path):
     """Each multirun `make` would launch, composed in-process (at its first seed: seeds
     change no key): every override exists in its algorithm's schema, every value is in range."""
