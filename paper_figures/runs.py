@@ -180,6 +180,12 @@ def find_runs(root: str | Path) -> list[Run]:
     return runs
 
 
+def task_label(env: str, profile: str | None) -> str:
+    """A figure's panel and a table's task: the env, and the real it is scored against where
+    one is pinned (`cartpole_swingup, lab real`)."""
+    return env if profile is None else f"{env}, {profile} real"
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
     """One run a figure needs: a method (a set of overrides) on a task with a seed."""
@@ -192,8 +198,8 @@ class RunSpec:
 
     @property
     def task(self) -> str:
-        """The env, and the real it is scored against where pinned: a figure's panel."""
-        return self.env if self.profile is None else f"{self.env}, {self.profile} real"
+        """The figure panel this run belongs to (`task_label`)."""
+        return task_label(self.env, self.profile)
 
     @property
     def overrides(self) -> tuple[str, ...]:

@@ -237,8 +237,8 @@ PRESETS: dict[str, Preset] = {
         dynamics_models_args=("--profile", "lab", "--sizes", "1000", "5000"),
         sysid_args=("--profile", "lab", "--sizes", "1000", "5000"),
         gradient_norms_args=(),
-        # One data seed: on the lab each sysid measurement takes ~6 min of this CPU, and each
-        # model one ~4 min; the figure's spread over data seeds is the paper preset's.
+        # One data seed: each lab measurement costs minutes of a 2-core CPU; the figure's
+        # spread over data seeds is the paper preset's.
         measurement_seeds=(0,),
     ),
     "paper": Preset(
@@ -293,11 +293,9 @@ class FigureSweep:
 
 def figure_sweeps(preset: Preset) -> dict[str, FigureSweep]:
     """Every run-based figure's sweep at this preset, in drawing order."""
-    betas = [
-        m.at("algo.beta", b) if m.name in preset.beta_models else m
-        for m in HDS_MODELS
-        for b in (preset.betas if m.name in preset.beta_models else (HDS_BETA,))
-    ]
+    swept = [m for m in HDS_MODELS if m.name in preset.beta_models]
+    betas = [m.at("algo.beta", b) for m in swept for b in preset.betas]
+    betas += [m for m in HDS_MODELS if m not in swept]
     budgets = [at_budget(m, b, preset) for m in (HDS_RESIDUAL, PODS_SYSID) for b in preset.budgets]
     every_method = (PODS_1, PODS_2, *HDS_MODELS, APG, PPO, PPO_DR, PODS_SYSID, LQR)
     sweeps = [

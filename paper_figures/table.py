@@ -26,7 +26,7 @@ from pathlib import Path
 
 import scipy.stats
 
-from paper_figures.runs import Run, find_runs
+from paper_figures.runs import Run, find_runs, task_label
 from scoring import gap_closure, normalized_score
 
 METHOD_FACTS = ("algo", "order", "beta", "model", "prediction", "budget")
@@ -74,9 +74,7 @@ def _stats(values: list[float]) -> dict:
 
 
 def task_of(run: Run) -> str:
-    """The env and the real it is scored against (`cartpole_swingup, lab real`)."""
-    profile = run.fact("profile")
-    return run.fact("env") if profile is None else f"{run.fact('env')}, {profile} real"
+    return task_label(run.fact("env"), run.fact("profile"))
 
 
 TARGET_FRACTION = 0.9

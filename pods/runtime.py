@@ -29,8 +29,8 @@ def configure_jax(*, cache_dir: str | os.PathLike | None = None, float64: bool =
     path = Path(cache_dir or os.environ.get("PODS_JAX_CACHE") or DEFAULT_CACHE_DIR)
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
-    # Every compile, small ones too: building a testbed and a training state compiles ~70
-    # small programs, which a warm start then loads instead (a bare run's process 13 -> 12 s).
+    # Every compile, small ones too: building a testbed and a training state compiles dozens
+    # of small programs, which a warm start then loads instead (measured in the README).
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     if float64:

@@ -1,0 +1,106 @@
+"""Where the seconds before PODS's first epoch go, phase by phase; prints JSON.
+
+Builds the testbed, PODS and its training state at the solving settings
+(`experiments/conf/solving/pods.yaml`), then traces and lowers the epoch, compiles it (a
+load from the persistent cache when warm) and runs it once. Each phase reports its wall time
+and the `jax.monitoring` durations it recorded (tracing, lowering, backend compiles, cache
+loads). Run it twice on one cache: the first run fills the cache, the second is a warm
+start.
+
+    .venv/bin/python benchmarks/warm_start.py --cache DIR [--backend chain]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import platform
+import time
+
+import jax
+import jax.monitoring
+
+from pods.runtime import configure_jax, filter_known_xla_logs
+
+SOLVING = dict(
+    order=2,
+    num_trajectories=128,
+    elite_fraction=0.125,
+    gradient_window=10,
+    exploration_noise=0.3,
+    exploration_decay=0.99,
+    distill_passes=16,
+    learning_rate=1e-3,
+    num_epochs=60,
+)
+"""The PODSConfig fields of `experiments/conf/solving/pods.yaml`."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cache", required=True, help="the persistent compilation cache folder")
+    parser.add_argument("--env", default="cartpole_swingup_sim")
+    parser.add_argument("--backend", default="chain")
+    args = parser.parse_args()
+    filter_known_xla_logs()
+    configure_jax(cache_dir=args.cache)
+
+    durations: dict[str, float] = collections.defaultdict(float)
+    counts: collections.Counter = collections.Counter()
+
+    def listen(event: str, seconds: float, **_) -> None:
+        durations[event.rsplit("/", 1)[-1]] += seconds
+        counts[event.rsplit("/", 1)[-1]] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    phases = []
+
+    def phase(name, fn):
+        before, seen = dict(durations), dict(counts)
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        events = {
+            event: {
+                "s": round(total - before.get(event, 0.0), 3),
+                "n": counts[event] - seen.get(event, 0),
+            }
+            for event, total in durations.items()
+            if counts[event] > seen.get(event, 0)
+        }
+        phases.append({"phase": name, "s": round(time.perf_counter() - start, 3), "events": events})
+        return out
+
+    from pods.train import PODSConfig, init_training_state, make_pods
+    from sim2real import make_testbed
+
+    env = phase("testbed", lambda: make_testbed(args.env, backend=args.backend))
+    config = PODSConfig(**SOLVING)
+    pods = phase("make_pods", lambda: make_pods(config, env))
+    state = phase(
+        "training_state",
+        lambda: init_training_state(config, env, pods.network, jax.random.PRNGKey(0)),
+    )
+    key = jax.random.PRNGKey(1)
+    lowered = phase("trace_and_lower", lambda: jax.jit(pods.epoch).lower(state, key))
+    compiled = phase("compile", lowered.compile)
+    phase("first_epoch", lambda: compiled(state, key))
+    print(
+        json.dumps(
+            {
+                "env": args.env,
+                "backend": args.backend,
+                "settings": SOLVING,
+                "machine": platform.processor() or platform.machine(),
+                "phases": phases,
+                "first_epoch_on_the_trainer_clock_s": round(sum(p["s"] for p in phases[1:]), 3),
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
