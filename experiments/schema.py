@@ -184,6 +184,9 @@ class RunSchema:
     animation: bool = True
     """Write a GIF of the final policy in sim and real."""
     progress_bar: bool = True
+    devices: Optional[int] = None  # noqa: UP045 (OmegaConf needs Optional)
+    """Local devices the rollouts are sharded over, the first n of them (null: all;
+    `pods.sharding`). One device runs the unsharded program."""
     compare: list[str] = dataclasses.field(default_factory=list)
     """Algorithms also trained, with the same env, seed and overrides, into subfolders of this
     run directory, e.g. [pods, oracle]: the table compares them, and an `oracle` among them

@@ -21,7 +21,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import hydra
 import jax.numpy as jnp
@@ -41,7 +41,7 @@ from experiments.schema import (
     register_schemas,
     to_library_config,
 )
-from experiments.trainers import ALGORITHMS, RunContext, check_algo
+from experiments.trainers import ALGORITHMS, RunContext, Trained, check_algo
 from pods.runtime import configure_jax, filter_known_xla_logs
 from sim2real.evaluation import (
     evaluate,
@@ -147,14 +147,23 @@ def prepare_run(cfg: DictConfig, output_dir: Path) -> RunContext:
 
 def run_experiment(ctx: RunContext) -> dict:
     """Trains, evaluates and writes the run directory of a prepared run; returns the summary."""
-    cfg, sim, real = ctx.cfg, ctx.sim, ctx.real
-    configure_jax(float64=bool(cfg.algo.get("float64", False)))
-    run_dir = ctx.run_dir
-    run_dir.path.mkdir(parents=True, exist_ok=True)
-    _, eval_key = seed_streams(cfg.seed)
+    start_run(ctx)
+    return finish_run(ctx, ALGORITHMS[ctx.cfg.algo.name].train(ctx))
 
-    trained = ALGORITHMS[cfg.algo.name].train(ctx)
+
+def start_run(ctx: RunContext) -> None:
+    """What a prepared run does before its trainer: JAX's settings, its directory."""
+    configure_jax(float64=bool(ctx.cfg.algo.get("float64", False)))
+    ctx.run_dir.path.mkdir(parents=True, exist_ok=True)
+
+
+def finish_run(ctx: RunContext, trained: Trained) -> dict:
+    """Evaluates a trained run in sim and real and writes its summary (and animation);
+    returns the summary."""
+    cfg, sim, real = ctx.cfg, ctx.sim, ctx.real
+    run_dir = ctx.run_dir
     run_dir.close()
+    _, eval_key = seed_streams(cfg.seed)
 
     n_eval = cfg.run.eval_trajectories
     if real is None:
@@ -265,10 +274,13 @@ def prepare_comparisons(
     return runs
 
 
-def save_hydra_config(cfg: DictConfig, output_dir: Path) -> None:
+def save_hydra_config(
+    cfg: DictConfig, output_dir: Path, hydra_cfg: DictConfig | None = None
+) -> None:
     """`.hydra/` as hydra writes it (config, hydra, overrides), written once the run has
-    passed its checks (the config sets `hydra.output_subdir: null`)."""
-    hydra_cfg = HydraConfig.instance().cfg
+    passed its checks (the config sets `hydra.output_subdir: null`). `hydra_cfg`: the job's
+    hydra config, by default the current job's."""
+    hydra_cfg = HydraConfig.instance().cfg if hydra_cfg is None else hydra_cfg
     for name, node in (
         ("config.yaml", cfg),
         ("hydra.yaml", hydra_cfg),
@@ -335,20 +347,26 @@ def main(cfg: DictConfig) -> float | None:
         save_hydra_config(cfg, output_dir)
         summaries = run_with_comparisons(runs)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        # Hydra made the run directory; a refused run leaves no empty one behind.
-        if output_dir.is_dir() and not any(output_dir.iterdir()):
-            output_dir.rmdir()
-        sys.exit(2)
+        refuse(err, [output_dir])
     print(format_table(summaries))
     print(f"done in {time.perf_counter() - start:.0f} s: {output_dir}")
-    # The sweep objective (optuna maximizes it): the return in real, in sim without a real.
-    first = summaries[0]
-    return (
-        first["eval/return_real"]
-        if first["eval/return_real"] is not None
-        else first["eval/return_sim"]
-    )
+    return sweep_objective(summaries[0])
+
+
+def sweep_objective(summary: dict) -> float:
+    """What a sweep maximizes (optuna): the return in real, in sim without a real."""
+    real = summary["eval/return_real"]
+    return real if real is not None else summary["eval/return_sim"]
+
+
+def refuse(err: ConfigError, output_dirs: list[Path]) -> NoReturn:
+    """Prints a refused config's one line and exits with status 2, leaving no empty run
+    directory behind (hydra made them)."""
+    print(f"error: {err}", file=sys.stderr)
+    for output_dir in output_dirs:
+        if output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ from experiments.run_dir import RunDirectory, atomic_write_json
 from experiments.schema import LOOP_EXTRAS, ConfigError, to_library_config
 from pods.hds import HDSConfig, make_hds
 from pods.rollout import Policy
-from pods.train import PODSConfig, TrainingState, init_training_state, make_pods
+from pods.sharding import check_divisible
+from pods.train import PODSConfig, TrainingState, init_training_state, make_pods, train_seeds
 from pods.train import train as train_pods
 from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop
 from sim2real.sysid import SysIDConfig, identify
@@ -68,6 +69,16 @@ class RunContext:
     resume: Resume = dataclasses.field(default_factory=Resume)
     """What the run directory holds to continue from, checked against the config already."""
 
+    @property
+    def devices(self) -> list[jax.Device]:
+        """The local devices the rollouts are sharded over (`run_devices`)."""
+        return run_devices(self.cfg)
+
+
+def run_devices(cfg: DictConfig) -> list[jax.Device]:
+    """The first `run.devices` local devices (all of them where it is null)."""
+    return jax.local_devices()[: cfg.run.get("devices")]
+
 
 class Trained(NamedTuple):
     make_policy: Callable[[Any], Policy]
@@ -89,7 +100,10 @@ def checkpoint_info(ctx: RunContext, wall_clock_s: float) -> dict:
 class EpochLoop:
     """Resume, logging, progress bar and checkpoints around a library `train` call."""
 
-    def __init__(self, ctx: RunContext, template: TrainingState, num_epochs: int):
+    def __init__(
+        self, ctx: RunContext, template: TrainingState, num_epochs: int, *, position: int = 0
+    ):
+        """`position`: the line of the progress bar, where several runs train together."""
         self.ctx, self.num_epochs = ctx, num_epochs
         self.initial_state, self.elapsed = None, 0.0
         self.checked_gradient = False
@@ -110,9 +124,10 @@ class EpochLoop:
             from tqdm import tqdm
 
             done = 0 if self.initial_state is None else int(self.initial_state.epoch)
-            self.progress = tqdm(
-                total=num_epochs, initial=done, desc=f"{ctx.cfg.algo.name} {ctx.sim.name}"
-            )
+            desc = f"{ctx.cfg.algo.name} {ctx.sim.name}"
+            if position:  # one bar per seed of a batch
+                desc += f" seed {ctx.cfg.seed}"
+            self.progress = tqdm(total=num_epochs, initial=done, desc=desc, position=position)
 
     def _wall_clock(self, metrics: dict) -> float:
         return self.elapsed + metrics["train/wall_clock_s"]
@@ -165,7 +180,7 @@ def zero_gradient_warning(ctx: RunContext) -> str:
 
 def _pods(ctx: RunContext, env: Env) -> Trained:
     config: PODSConfig = algo_config(ctx.cfg)
-    network = make_pods(config, env).network
+    network = make_pods(config, env, devices=ctx.devices).network
     loop = EpochLoop(ctx, init_training_state(config, env, network, ctx.key), config.num_epochs)
     make_policy, params, _ = train_pods(
         config,
@@ -174,17 +189,58 @@ def _pods(ctx: RunContext, env: Env) -> Trained:
         progress_fn=loop.log,
         initial_state=loop.initial_state,
         checkpoint_fn=loop.checkpoint,
+        devices=ctx.devices,
     )
     loop.close()
-    return Trained(make_policy, params, {"algo/order": config.order, "real/transitions": 0})
+    return Trained(make_policy, params, _pods_summary(config))
+
+
+def _pods_seeds(ctxs: list[RunContext], env: Env) -> list[Trained]:
+    """`_pods` of runs that differ in their seed alone, as one program (`train_seeds`)."""
+    config: PODSConfig = algo_config(ctxs[0].cfg)
+    devices = ctxs[0].devices
+    network = make_pods(config, env, devices=devices).network
+    loops = [
+        EpochLoop(
+            ctx,
+            init_training_state(config, env, network, ctx.key),
+            config.num_epochs,
+            position=position,
+        )
+        for position, ctx in enumerate(ctxs, start=1)
+    ]
+    make_policy, params, _ = train_seeds(
+        config,
+        env,
+        [ctx.key for ctx in ctxs],
+        progress_fn=lambda s, epoch, metrics: loops[s].log(epoch, metrics),
+        initial_states=[loop.initial_state for loop in loops],
+        checkpoint_fn=lambda s, state, metrics: loops[s].checkpoint(state, metrics),
+        devices=devices,
+    )
+    for loop in loops:
+        loop.close()
+    return [Trained(make_policy, p, _pods_summary(config)) for p in params]
+
+
+def _pods_summary(config: PODSConfig) -> dict[str, Any]:
+    return {"algo/order": config.order, "real/transitions": 0}
 
 
 def train_pods_in_sim(ctx: RunContext) -> Trained:
     return _pods(ctx, ctx.sim)
 
 
+def train_pods_in_sim_seeds(ctxs: list[RunContext]) -> list[Trained]:
+    return _pods_seeds(ctxs, ctxs[0].sim)
+
+
 def train_oracle(ctx: RunContext) -> Trained:
     return _pods(ctx, ctx.real.twin)
+
+
+def train_oracle_seeds(ctxs: list[RunContext]) -> list[Trained]:
+    return _pods_seeds(ctxs, ctxs[0].real.twin)
 
 
 def train_hds(ctx: RunContext) -> Trained:
@@ -222,6 +278,7 @@ def train_hds(ctx: RunContext) -> Trained:
         checkpoint_fn=loop.checkpoint,
         data_fn=save_data,
         model_fn=save,
+        devices=ctx.devices,
     )
     loop.close()
     transitions = 0 if result.dataset is None else result.dataset.n_transitions
@@ -327,12 +384,19 @@ class Algorithm:
     """Why a Brax registry env (`env=brax`, sim only) cannot run it; None where it can."""
     trains_on_twin: bool = False
     """It trains on the real system's differentiable twin (so a gym real cannot serve)."""
+    train_seeds: Callable[[list[RunContext]], list[Trained]] | None = None
+    """`train` of runs that differ in their seed alone, as one compiled program (the
+    `seed_batch` launcher's); None where the algorithm trains one seed at a time."""
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    "pods": Algorithm(train_pods_in_sim, PODSConfig),
+    "pods": Algorithm(train_pods_in_sim, PODSConfig, train_seeds=train_pods_in_sim_seeds),
     "oracle": Algorithm(
-        train_oracle, PODSConfig, needs_testbed="trains on the real testbed", trains_on_twin=True
+        train_oracle,
+        PODSConfig,
+        needs_testbed="trains on the real testbed",
+        trains_on_twin=True,
+        train_seeds=train_oracle_seeds,
     ),
     "hds": Algorithm(
         train_hds, HDSConfig, needs_testbed="collects transitions of the real testbed"
@@ -389,6 +453,7 @@ def check_algo(cfg: DictConfig) -> None:
                 "env.reward=module:function, r(obs_next, action), or use algo.order=1"
             )
     if isinstance(config, PODSConfig):
+        _check_devices(cfg, config)
         horizon = config.horizon or env.episode_length
         pairs = config.num_trajectories * horizon
         if config.minibatch_size > pairs:
@@ -404,6 +469,26 @@ def check_algo(cfg: DictConfig) -> None:
         raise ConfigError(
             f"algo=lqr stabilizes the upright: it runs on balance tasks, not env.task={env.task}"
         )
+
+
+def _check_devices(cfg: DictConfig, config: PODSConfig) -> None:
+    """`run.devices` exists here, and splits the epoch's rollouts evenly."""
+    requested, available = cfg.run.get("devices"), jax.local_device_count()
+    if requested is not None and not 1 <= requested <= available:
+        raise ConfigError(
+            f"run.devices={requested}: this machine has {available} local device(s); give "
+            f"1 to {available}, or null for all of them"
+        )
+    k = config.num_trajectories
+    sizes = {f"algo.num_trajectories={k}": k}
+    if isinstance(config, HDSConfig):
+        k_sim, k_model = config.group_sizes()
+        split = f"algo.num_trajectories={k} at algo.beta={config.beta}"
+        sizes = {f"{split} (model group {k_model})": k_model, f"{split} (sim group {k_sim})": k_sim}
+    try:
+        check_divisible(len(run_devices(cfg)), sizes, fewer="fewer devices (run.devices)")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _check_real_data(cfg: DictConfig, config: Any) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any, NamedTuple
 
@@ -36,6 +36,7 @@ from pods.improve import (
 )
 from pods.networks import PolicyNetwork, PolicyParams
 from pods.rollout import Policy, episode_of_actions
+from pods.sharding import check_divisible, device_count, trajectory_mesh
 from pods.train import (
     Improvement,
     PODSConfig,
@@ -340,8 +341,15 @@ class HDSProgram(NamedTuple):
     the jitted epoch runs that model instead, so a refitted model reuses the compiled epoch."""
 
 
-def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None) -> HDSProgram:
-    """Builds HDS's pure pieces for one config and pair of envs."""
+def make_hds(
+    config: HDSConfig,
+    sim_env: Env,
+    model_env: Env | None = None,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+) -> HDSProgram:
+    """Builds HDS's pure pieces for one config and pair of envs. Each group's rollouts are
+    sharded over `devices` (default: every local device; see `pods.sharding`)."""
     horizon = config.horizon or sim_env.episode_length
     k = config.num_trajectories
     k_sim, k_model = config.group_sizes()
@@ -360,7 +368,7 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None) -> H
 
     if k_model == 0 and config.step_size_search == "line_search":
         # No model rollouts: the epoch is PODS's, so beta = 0 reproduces PODS bit for bit.
-        pods = make_pods(config.pods_config(), sim_env)
+        pods = make_pods(config.pods_config(), sim_env, devices=devices)
 
         def epoch(state: TrainingState, key: jax.Array, model_env: Env | None = None):
             state, metrics = pods.epoch(state, key)
@@ -376,6 +384,10 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None) -> H
     dtype = jnp.float64 if config.float64 else jnp.float32
     envs = [sim_env, model_env] if k_model else [sim_env]
     learner = policy_learner(config, envs, horizon)
+    mesh = trajectory_mesh(devices)
+    split = f"HDSConfig.num_trajectories={k} at beta={config.beta}"
+    sizes = {f"{split} (model group {k_model})": k_model, f"{split} (sim group {k_sim})": k_sim}
+    check_divisible(device_count(mesh), sizes)
     default_model_env = model_env
 
     def annealed_step(env, states, actions, observations, active, key) -> ImprovedActions:
@@ -420,6 +432,7 @@ def make_hds(config: HDSConfig, sim_env: Env, model_env: Env | None = None) -> H
             search_step=search_step,
             size=size,
             horizon=horizon,
+            mesh=mesh,
         )
 
     def epoch(state: TrainingState, key: jax.Array, model_env: Env | None = None):
@@ -477,6 +490,7 @@ def train(
     initial_params: PolicyParams | None = None,
     initial_state: TrainingState | None = None,
     checkpoint_fn: Callable[[TrainingState, Metrics], None] | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> tuple[Callable[[PolicyParams], Policy], PolicyParams, list[Metrics]]:
     """Trains a policy with HDS; returns (make_policy, params, metrics per epoch), as PODS.
 
@@ -488,7 +502,7 @@ def train(
     """
     sim_env, model_env = envs if isinstance(envs, tuple | list) else (envs, None)
     with jax.enable_x64(True) if config.float64 else nullcontext():
-        hds = make_hds(config, sim_env, model_env)
+        hds = make_hds(config, sim_env, model_env, devices=devices)
         key_init, key_epochs = jax.random.split(key)
         state = starting_state(
             config,

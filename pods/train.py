@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import NamedTuple
 
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 from brax.envs.base import Env, State
 from flax import struct
+from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float
 
 from pods.distill import distill_policy
@@ -37,6 +38,7 @@ from pods.networks import (
     policy_apply,
 )
 from pods.rollout import Episode, Policy, episode_of_policy, policy_batch, reset_batch
+from pods.sharding import check_divisible, device_count, shard_trajectories, trajectory_mesh
 from pods.validation import is_integer, require
 
 Metrics = dict[str, float]
@@ -236,11 +238,16 @@ def line_search_step(config: PODSConfig, step_sizes: jax.Array) -> SearchStep:
     return search_step
 
 
-def make_pods(config: PODSConfig, env: Env) -> PODSProgram:
-    """Builds PODS's pure pieces for one config and env."""
+def make_pods(
+    config: PODSConfig, env: Env, *, devices: Sequence[jax.Device] | None = None
+) -> PODSProgram:
+    """Builds PODS's pure pieces for one config and env. The k rollouts are sharded over
+    `devices` (default: every local device; see `pods.sharding`)."""
     horizon = config.horizon or env.episode_length
     k = config.num_trajectories
     learner = policy_learner(config, [env], horizon)
+    mesh = trajectory_mesh(devices)
+    check_divisible(device_count(mesh), {f"{type(config).__name__}.num_trajectories={k}": k})
 
     search_step = line_search_step(config, learner.step_sizes)
 
@@ -255,6 +262,7 @@ def make_pods(config: PODSConfig, env: Env) -> PODSProgram:
             search_step=search_step,
             size=k,
             horizon=horizon,
+            mesh=mesh,
         )
 
     def epoch(state: TrainingState, key: jax.Array) -> tuple[TrainingState, dict[str, jax.Array]]:
@@ -330,11 +338,13 @@ def roll_out_and_improve(
     search_step: SearchStep,
     size: int,
     horizon: int,
+    mesh: Mesh | None = None,
 ) -> Improvement:
-    """PODS steps 1-2 from `size` fresh initial states of `env`, and the elite among them."""
+    """PODS steps 1-2 from `size` fresh initial states of `env`, and the elite among them;
+    the rollouts split over `mesh`'s devices, if given."""
     dtype = jnp.float64 if config.float64 else jnp.float32
     key_reset, key_noise = jax.random.split(key)
-    states = reset_batch(env, key_reset, size)
+    states = shard_trajectories(reset_batch(env, key_reset, size), mesh)
     policy = make_policy(params)
     # train/return is always the deterministic policy's, comparable across configs.
     evaluation = jax.vmap(lambda s: episode_of_policy(env, s, policy, horizon))(states)
@@ -450,6 +460,7 @@ def train(
     initial_params: PolicyParams | None = None,
     initial_state: TrainingState | None = None,
     checkpoint_fn: Callable[[TrainingState, Metrics], None] | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> tuple[Callable[[PolicyParams], Policy], PolicyParams, list[Metrics]]:
     """Trains a policy with PODS; returns (make_policy, params, metrics per epoch).
 
@@ -459,9 +470,10 @@ def train(
     such a state back as `initial_state` (same config and key) resumes the run, and the
     resumed epochs are identical to those of a run never interrupted: epoch e's randomness is
     `fold_in(key, e)`, a function of the epoch alone. `wall_clock_s` counts from this call.
+    The rollouts are sharded over `devices` (default: all local ones; see `make_pods`).
     """
     with jax.enable_x64(True) if config.float64 else nullcontext():
-        pods = make_pods(config, env)
+        pods = make_pods(config, env, devices=devices)
         key_init, key_epochs = jax.random.split(key)
         state = starting_state(
             config,
@@ -483,6 +495,78 @@ def train(
             checkpoint_fn=checkpoint_fn,
         )
         return pods.make_policy, history.state.params, history.metrics
+
+
+def train_seeds(
+    config: PODSConfig,
+    env: Env,
+    keys: Sequence[jax.Array],
+    *,
+    progress_fn: Callable[[int, int, Metrics], None] | None = None,
+    initial_states: Sequence[TrainingState | None] | None = None,
+    checkpoint_fn: Callable[[int, TrainingState, Metrics], None] | None = None,
+    devices: Sequence[jax.Device] | None = None,
+) -> tuple[Callable[[PolicyParams], Policy], list[PolicyParams], list[list[Metrics]]]:
+    """Trains one policy per key in one compiled program, the epoch vmapped over the seeds;
+    returns (make_policy, params per seed, metrics per seed and epoch).
+
+    Seed s is `train(config, env, keys[s])`: the same keys and the same arithmetic, batched,
+    so its metrics equal that run's to float rounding (vmapped matrix products may sum in
+    another order; the test states the tolerance). The callbacks take the seed's index
+    first: `progress_fn(s, epoch, metrics)`, `checkpoint_fn(s, state, metrics)`. Each seed
+    resumes from its own `initial_states[s]` (None: a fresh start); where their epochs
+    differ (a batch killed between two seeds' checkpoints), the seeds behind train alone
+    until they catch up, the others' states passing through unchanged. `wall_clock_s` is the
+    batch's clock, from this call.
+    """
+    initial_states = initial_states or [None] * len(keys)
+    if len(initial_states) != len(keys):
+        raise ValueError(f"{len(initial_states)} initial states for {len(keys)} seeds")
+    with jax.enable_x64(True) if config.float64 else nullcontext():
+        pods = make_pods(config, env, devices=devices)
+        states, epoch_keys = [], []
+        for key, initial_state in zip(keys, initial_states, strict=True):
+            key_init, key_epochs = jax.random.split(key)
+            states.append(
+                starting_state(config, env, pods.network, key_init, initial_state=initial_state)
+            )
+            epoch_keys.append(key_epochs)
+        horizon = config.horizon or env.episode_length
+        counters = {"train/sim_steps": config.sim_steps_per_epoch(horizon)}
+        history = run_seed_epochs(
+            jax.jit(seed_batch_epoch(pods.epoch)),
+            jax.tree.map(lambda *xs: jnp.stack(xs), *states),
+            jnp.stack(epoch_keys),
+            config.num_epochs,
+            counters,
+            progress_fn=progress_fn,
+            checkpoint_fn=checkpoint_fn,
+        )
+        params = [seed_slice(history.state, s).params for s in range(len(keys))]
+        return pods.make_policy, params, history.metrics
+
+
+def seed_batch_epoch(epoch: Callable[[TrainingState, jax.Array], tuple[TrainingState, dict]]):
+    """`epoch(state, key)` for a batch of seeds: `(states, keys, i) -> (states, metrics)`,
+    each seed's key `fold_in(keys[s], i)` as in `run_epochs`. Seeds whose state is not at
+    epoch i keep it (their metrics are computed and discarded)."""
+
+    def batch_epoch(states: TrainingState, keys: jax.Array, i: jax.Array):
+        epoch_keys = jax.vmap(lambda key: jax.random.fold_in(key, i))(keys)
+        new_states, metrics = jax.vmap(epoch)(states, epoch_keys)
+        due = states.epoch == i
+
+        def pick(new, old):
+            return jnp.where(due.reshape(due.shape + (1,) * (new.ndim - 1)), new, old)
+
+        return jax.tree.map(pick, new_states, states), metrics
+
+    return batch_epoch
+
+
+def seed_slice(states: TrainingState, s: int) -> TrainingState:
+    """Seed s's state of a batch."""
+    return jax.tree.map(lambda x: x[s], states)
 
 
 class EpochHistory(NamedTuple):
@@ -514,15 +598,65 @@ def run_epochs(
     start = time.perf_counter() if clock_start is None else clock_start
     for i in range(int(state.epoch), num_epochs):
         state, metrics = epoch(state, jax.random.fold_in(key, i), *epoch_args)
-        metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
-        metrics.update({name: float((i + 1) * n) for name, n in counters_per_epoch.items()})
-        metrics["train/wall_clock_s"] = time.perf_counter() - start
+        metrics = _reported(jax.device_get(metrics), i, counters_per_epoch, start)
         metrics_history.append(metrics)
         if progress_fn is not None:
             progress_fn(i, metrics)
         if checkpoint_fn is not None:
             checkpoint_fn(state, metrics)
     return EpochHistory(state, metrics_history)
+
+
+class SeedHistory(NamedTuple):
+    state: TrainingState
+    """Every seed's state, stacked on a leading axis."""
+    metrics: list[list[Metrics]]
+    """Per seed, the metrics of the epochs this call ran for it."""
+
+
+def run_seed_epochs(
+    epoch: Callable[..., tuple[TrainingState, dict[str, jax.Array]]],
+    states: TrainingState,
+    keys: jax.Array,
+    num_epochs: int,
+    counters_per_epoch: dict[str, int],
+    *,
+    progress_fn: Callable[[int, int, Metrics], None] | None = None,
+    checkpoint_fn: Callable[[int, TrainingState, Metrics], None] | None = None,
+) -> SeedHistory:
+    """`run_epochs` for a batch of seeds: runs a compiled `epoch(states, keys, i)` (see
+    `seed_batch_epoch`) from the earliest seed's epoch to `num_epochs`, and reports each
+    seed's epochs, from its own, to the callbacks with the seed's index first."""
+    start = time.perf_counter()
+    done = [int(e) for e in jax.device_get(states.epoch)]
+    history: list[list[Metrics]] = [[] for _ in done]
+    for i in range(min(done), num_epochs):
+        states, batch_metrics = epoch(states, keys, jnp.asarray(i, jnp.int32))
+        batch_metrics = jax.device_get(batch_metrics)
+        for s in range(len(done)):
+            if done[s] != i:  # ahead of the batch: this epoch was trained before
+                continue
+            metrics = _reported(
+                {name: value[s] for name, value in batch_metrics.items()},
+                i,
+                counters_per_epoch,
+                start,
+            )
+            history[s].append(metrics)
+            done[s] = i + 1
+            if progress_fn is not None:
+                progress_fn(s, i, metrics)
+            if checkpoint_fn is not None:
+                checkpoint_fn(s, seed_slice(states, s), metrics)
+    return SeedHistory(states, history)
+
+
+def _reported(metrics: dict, i: int, counters_per_epoch: dict[str, int], start: float) -> Metrics:
+    """Epoch i's metrics as floats, with the cumulative counters and the wall-clock."""
+    reported = {name: float(value) for name, value in metrics.items()}
+    reported.update({name: float((i + 1) * n) for name, n in counters_per_epoch.items()})
+    reported["train/wall_clock_s"] = time.perf_counter() - start
+    return reported
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -626,5 +760,6 @@ __all__ = [
     "starting_state",
     "make_pods",
     "train",
+    "train_seeds",
     "evaluate_policy",
 ]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any, NamedTuple
 
@@ -279,6 +279,7 @@ def run_loop(
     checkpoint_fn: Callable[[TrainingState, Metrics], None] | None = None,
     data_fn: Callable[[TransitionDataset], None] | None = None,
     model_fn: Callable[[Any, dict], None] | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> LoopResult:
     """Trains a policy with HDS and real data collected under `real`'s budget (see the module
     docstring). `initial_state` and `resume` (saved through `checkpoint_fn`, `data_fn` and
@@ -287,7 +288,7 @@ def run_loop(
     `data_fn(dataset)` is called after every collection and `model_fn(model, info)` after
     every fit (`info`: its round and validation loss), so a caller can persist them
     before the epochs that depend on them run. `train/wall_clock_s` includes collection and
-    model fitting.
+    model fitting. HDS's rollouts are sharded over `devices` (default: every local one).
     """
     clock_start = time.perf_counter()
     horizon = real.episode_length
@@ -318,7 +319,7 @@ def run_loop(
         if k_model:
             real_data.start(resume, initial_params)
 
-        hds = make_hds(config, sim_env, real_data.model_env)
+        hds = make_hds(config, sim_env, real_data.model_env, devices=devices)
         real_data.make_policy = hds.make_policy
         compiled = jax.jit(hds.epoch)
         key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))

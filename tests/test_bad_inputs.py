@@ -71,12 +71,29 @@ def assert_refused(result, message: str) -> str:
         (["env=brax", "algo=ppo_dr"], "algo=ppo_dr"),
         (["env=brax", "algo.order=2"], "algo.order=2"),
         (["env=brax", "algo.float64=true"], "algo.float64=true"),
+        (["run.devices=0"], "run.devices=0: this machine has"),
+        ([f"run.devices={jax.local_device_count() + 1}"], "local device(s); give 1 to"),
     ],
 )
 def test_bad_values_exit_with_one_line_and_write_nothing(tmp_path, overrides, message):
     run_dir = tmp_path / "bad"
     assert_refused(run_train(run_dir, *overrides, check=False), message)
     assert not run_dir.exists()  # not even hydra's .hydra/ or an empty folder
+
+
+def test_a_seed_batch_with_a_bad_value_exits_with_one_line_and_writes_no_run(tmp_path):
+    sweep_dir = tmp_path / "batch"
+    result = run_train(
+        sweep_dir,
+        "seed=0,1",
+        "launcher=seed_batch",
+        "algo.learning_rate=-1",
+        multirun=True,
+        check=False,
+    )
+    assert_refused(result, "learning_rate")
+    # Hydra's own multirun.yaml, and no run directory.
+    assert [p.name for p in sweep_dir.iterdir()] == ["multirun.yaml"]
 
 
 # The directory of a run that is started again: a checkpoint of this very config, so that
