@@ -11,7 +11,8 @@ sample_efficiency (`paper_figures.figures`). A `make` works in three steps:
    picks up where it stopped.
 2. execute: the planned jobs, `--jobs` subprocesses at a time, each logging to
    `<root>/logs/<job>.log`. A run is trained by `python -m experiments.train -m ...` (one
-   hydra multirun per method and task, over its seeds) into
+   hydra multirun per method and task, over its seeds, under `launcher=seed_batch`: PODS's
+   and the oracle's seeds train as one program) into
    `<root>/<figure>/<method>_<task>_seed<seed>/`; a measurement by
    `python benchmarks/<script>.py --out <root>/<figure>/<file>.json`. Compiling dominates
    small runs and XLA compiles on one thread, so two jobs keep two cores busy (the smoke
@@ -128,6 +129,10 @@ def sweep_jobs(sweep: FigureSweep, specs: list[RunSpec], session: Session) -> li
     seeds: dict[tuple, list[RunSpec]] = {}
     for spec in specs:
         seeds.setdefault((spec.method, spec.env, spec.profile), []).append(spec)
+    # The seeds of a PODS or oracle multirun train as one program (experiments.seed_batch;
+    # the other methods' run one after another there), unless the caller picks a launcher.
+    chosen = any(_override_key(o) in ("launcher", "hydra/launcher") for o in session.extra)
+    launcher = () if chosen else ("launcher=seed_batch",)
     jobs = []
     for (method, env, profile), method_specs in seeds.items():
         first = method_specs[0]
@@ -140,12 +145,18 @@ def sweep_jobs(sweep: FigureSweep, specs: list[RunSpec], session: Session) -> li
             *first.overrides,
             "seed=" + ",".join(str(spec.seed) for spec in method_specs),
             *session.preset.overrides_for(method),
+            *launcher,
             *session.extra,
             f"hydra.sweep.dir={session.root / sweep.name}",
             f"hydra.sweep.subdir={name}_seed${{seed}}",
         )
         jobs.append(Job(f"{sweep.name}-{name}", command, session.root / sweep.name))
     return jobs
+
+
+def _override_key(override: str) -> str:
+    """`launcher` of `launcher=slurm`, `+launcher=slurm` or `~launcher`."""
+    return override.lstrip("+~").split("=", 1)[0]
 
 
 def measurement_command(measurement: Measurement, path: Path) -> list[str]:

@@ -415,6 +415,11 @@ def test_sweep_jobs_make_each_missing_run_in_a_predictable_directory(tmp_path):
     assert "hydra.sweep.subdir=hds_residual_beta0.75_cartpole_balance_seed${seed}" in hds
     # Every training size of the preset, and the run's facts, appear on the command line.
     assert set(preset.overrides_for(method)) <= set(hds)
+    # A multirun's seeds train as one program where they can; a launcher given is kept.
+    assert "launcher=seed_batch" in hds and "launcher=seed_batch" in pods
+    session = make.Session(preset, tmp_path, tmp_path, extra=("launcher=local_parallel",))
+    (command, _) = (job.command for job in make.sweep_jobs(sweep, specs, session))
+    assert "launcher=local_parallel" in command and "launcher=seed_batch" not in command
 
 
 def _jobs_of_plan(jobs):
