@@ -5,12 +5,13 @@
 
 The `seed_batch` launcher (`hydra_plugins/seed_batch_launcher`) groups a multirun's jobs by
 their overrides less `seed=`. A group of several seeds of an algorithm that can batch them
-(`Algorithm.train_seeds`: PODS and the oracle) trains here, its epoch vmapped over the seeds
-(`pods.train.train_seeds`): one trace and one compile for the group instead of one per seed.
+(`Algorithm.train_seeds`: PODS, the oracle and HDS) trains here, its epoch vmapped over the
+seeds (`pods.train.train_seeds`; HDS's with each seed's own real data and model,
+`sim2real.loop.run_loop_seeds`): one trace and one compile for the group instead of one per seed.
 Each seed still gets the directory, config, metrics, checkpoints and summary that
 `python -m experiments.train seed=S` writes (the same fingerprint, so either can resume the
 other's), and a killed batch resumes each seed from its own checkpoint. Every other group
-(one seed; HDS, sysid and the baselines, which train one seed at a time; `run.compare`) runs
+(one seed; sysid, LQR and Brax's agents, which train one seed at a time; `run.compare`) runs
 its jobs one after another, as hydra's basic launcher does, with a line saying why.
 """
 

@@ -43,7 +43,7 @@ from pods.rollout import Policy
 from pods.sharding import check_divisible
 from pods.train import PODSConfig, TrainingState, init_training_state, make_pods, train_seeds
 from pods.train import train as train_pods
-from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop
+from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop, run_loop_seeds
 from sim2real.sysid import SysIDConfig, identify
 from sim2real.testbeds import Physics
 
@@ -243,18 +243,31 @@ def train_oracle_seeds(ctxs: list[RunContext]) -> list[Trained]:
     return _pods_seeds(ctxs, ctxs[0].real.twin)
 
 
-def train_hds(ctx: RunContext) -> Trained:
-    cfg = ctx.cfg
-    config: HDSConfig = algo_config(cfg)
-    loop_config: LoopConfig = to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS)
-    model_config: ModelConfig = to_library_config(ModelConfig, cfg.model, "model")
+class _HDSRun(NamedTuple):
+    """What an HDS run hands the loop: its epoch loop, its resume, where it saves."""
 
+    loop: EpochLoop
+    resume: LoopCheckpoint | None
+    save_data: Callable[[Any], None]
+    save_model: Callable[[Any, dict], None]
+
+
+def _hds_configs(cfg: DictConfig) -> tuple[HDSConfig, LoopConfig, ModelConfig]:
+    return (
+        algo_config(cfg),
+        to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS),
+        to_library_config(ModelConfig, cfg.model, "model"),
+    )
+
+
+def _hds_run(ctx: RunContext, config: HDSConfig, position: int = 0) -> _HDSRun:
     artifacts = ctx.run_dir.artifacts
     artifacts.mkdir(parents=True, exist_ok=True)
     data_path, model_path = artifacts / "real_transitions.npz", artifacts / "model"
     # The policy's structure does not depend on the model: the sim env alone builds it.
     network = make_hds(dataclasses.replace(config, beta=0.0), ctx.sim).network
-    loop = EpochLoop(ctx, init_training_state(config, ctx.sim, network, ctx.key), config.num_epochs)
+    template = init_training_state(config, ctx.sim, network, ctx.key)
+    loop = EpochLoop(ctx, template, config.num_epochs, position=position)
     resume = None
     if loop.initial_state is not None and ctx.resume.dataset is not None:
         resume = LoopCheckpoint(ctx.resume.dataset, ctx.resume.model, ctx.resume.model_info)
@@ -265,22 +278,10 @@ def train_hds(ctx: RunContext) -> Trained:
     def save(model, info: dict) -> None:
         save_model(model_path, model, metadata=info)
 
-    result = run_loop(
-        config,
-        loop_config,
-        model_config,
-        ctx.sim,
-        ctx.real.system(loop_config.budget),
-        ctx.key,
-        initial_state=loop.initial_state,
-        resume=resume,
-        progress_fn=loop.log,
-        checkpoint_fn=loop.checkpoint,
-        data_fn=save_data,
-        model_fn=save,
-        devices=ctx.devices,
-    )
-    loop.close()
+    return _HDSRun(loop, resume, save_data, save)
+
+
+def _hds_trained(result, config: HDSConfig, loop_config, model_config) -> Trained:
     transitions = 0 if result.dataset is None else result.dataset.n_transitions
     summary = {
         "algo/order": config.order,
@@ -291,6 +292,53 @@ def train_hds(ctx: RunContext) -> Trained:
         "real/budget": loop_config.budget,
     }
     return Trained(result.make_policy, result.params, summary)
+
+
+def train_hds(ctx: RunContext) -> Trained:
+    config, loop_config, model_config = _hds_configs(ctx.cfg)
+    run = _hds_run(ctx, config)
+    result = run_loop(
+        config,
+        loop_config,
+        model_config,
+        ctx.sim,
+        ctx.real.system(loop_config.budget),
+        ctx.key,
+        initial_state=run.loop.initial_state,
+        resume=run.resume,
+        progress_fn=run.loop.log,
+        checkpoint_fn=run.loop.checkpoint,
+        data_fn=run.save_data,
+        model_fn=run.save_model,
+        devices=ctx.devices,
+    )
+    run.loop.close()
+    return _hds_trained(result, config, loop_config, model_config)
+
+
+def train_hds_seeds(ctxs: list[RunContext]) -> list[Trained]:
+    """`train_hds` of runs that differ in their seed alone: each its own real system, data
+    and model, their HDS epochs as one program (`sim2real.loop.run_loop_seeds`)."""
+    config, loop_config, model_config = _hds_configs(ctxs[0].cfg)
+    runs = [_hds_run(ctx, config, position) for position, ctx in enumerate(ctxs, start=1)]
+    results = run_loop_seeds(
+        config,
+        loop_config,
+        model_config,
+        ctxs[0].sim,
+        [ctx.real.system(loop_config.budget) for ctx in ctxs],
+        [ctx.key for ctx in ctxs],
+        initial_states=[run.loop.initial_state for run in runs],
+        resumes=[run.resume for run in runs],
+        progress_fn=lambda s, epoch, metrics: runs[s].loop.log(epoch, metrics),
+        checkpoint_fn=lambda s, state, metrics: runs[s].loop.checkpoint(state, metrics),
+        data_fns=[run.save_data for run in runs],
+        model_fns=[run.save_model for run in runs],
+        devices=ctxs[0].devices,
+    )
+    for run in runs:
+        run.loop.close()
+    return [_hds_trained(result, config, loop_config, model_config) for result in results]
 
 
 def train_pods_sysid(ctx: RunContext) -> Trained:
@@ -399,7 +447,10 @@ ALGORITHMS: dict[str, Algorithm] = {
         train_seeds=train_oracle_seeds,
     ),
     "hds": Algorithm(
-        train_hds, HDSConfig, needs_testbed="collects transitions of the real testbed"
+        train_hds,
+        HDSConfig,
+        needs_testbed="collects transitions of the real testbed",
+        train_seeds=train_hds_seeds,
     ),
     "apg": Algorithm(train_apg_baseline, APGConfig),
     "ppo": Algorithm(train_ppo_baseline, PPOConfig),

@@ -11,8 +11,8 @@ sample_efficiency (`paper_figures.figures`). A `make` works in three steps:
    picks up where it stopped.
 2. execute: the planned jobs, `--jobs` subprocesses at a time, each logging to
    `<root>/logs/<job>.log`. A run is trained by `python -m experiments.train -m ...` (one
-   hydra multirun per method and task, over its seeds, under `launcher=seed_batch`: PODS's
-   and the oracle's seeds train as one program) into
+   hydra multirun per method and task, over its seeds, under `launcher=seed_batch`: the seeds
+   of PODS, the oracle and HDS train as one program) into
    `<root>/<figure>/<method>_<task>_seed<seed>/`; a measurement by
    `python benchmarks/<script>.py --out <root>/<figure>/<file>.json`. Compiling dominates
    small runs and XLA compiles on one thread, so two jobs keep two cores busy (the smoke
@@ -129,7 +129,7 @@ def sweep_jobs(sweep: FigureSweep, specs: list[RunSpec], session: Session) -> li
     seeds: dict[tuple, list[RunSpec]] = {}
     for spec in specs:
         seeds.setdefault((spec.method, spec.env, spec.profile), []).append(spec)
-    # The seeds of a PODS or oracle multirun train as one program (experiments.seed_batch;
+    # The seeds of a PODS, oracle or HDS multirun train as one program (experiments.seed_batch;
     # the other methods' run one after another there), unless the caller picks a launcher.
     chosen = any(_override_key(o) in ("launcher", "hydra/launcher") for o in session.extra)
     launcher = () if chosen else ("launcher=seed_batch",)

@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -535,7 +535,7 @@ def train_seeds(
         counters = {"train/sim_steps": config.sim_steps_per_epoch(horizon)}
         history = run_seed_epochs(
             jax.jit(seed_batch_epoch(pods.epoch)),
-            jax.tree.map(lambda *xs: jnp.stack(xs), *states),
+            stack_seeds(states),
             jnp.stack(epoch_keys),
             config.num_epochs,
             counters,
@@ -546,14 +546,15 @@ def train_seeds(
         return pods.make_policy, params, history.metrics
 
 
-def seed_batch_epoch(epoch: Callable[[TrainingState, jax.Array], tuple[TrainingState, dict]]):
-    """`epoch(state, key)` for a batch of seeds: `(states, keys, i) -> (states, metrics)`,
-    each seed's key `fold_in(keys[s], i)` as in `run_epochs`. Seeds whose state is not at
-    epoch i keep it (their metrics are computed and discarded)."""
+def seed_batch_epoch(epoch: Callable[..., tuple[TrainingState, dict]]):
+    """`epoch(state, key, *args)` for a batch of seeds: `(states, keys, i, *args) -> (states,
+    metrics)`, each seed's key `fold_in(keys[s], i)` as in `run_epochs` and `args` (HDS's
+    model envs) stacked per seed. Seeds whose state is not at epoch i keep it (their metrics
+    are computed and discarded)."""
 
-    def batch_epoch(states: TrainingState, keys: jax.Array, i: jax.Array):
+    def batch_epoch(states: TrainingState, keys: jax.Array, i: jax.Array, *args):
         epoch_keys = jax.vmap(lambda key: jax.random.fold_in(key, i))(keys)
-        new_states, metrics = jax.vmap(epoch)(states, epoch_keys)
+        new_states, metrics = jax.vmap(epoch)(states, epoch_keys, *args)
         due = states.epoch == i
 
         def pick(new, old):
@@ -562,6 +563,12 @@ def seed_batch_epoch(epoch: Callable[[TrainingState, jax.Array], tuple[TrainingS
         return jax.tree.map(pick, new_states, states), metrics
 
     return batch_epoch
+
+
+def stack_seeds(trees: Sequence) -> Any:
+    """Per-seed pytrees of one structure (training states, model envs) as one, the seeds on
+    a leading axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def seed_slice(states: TrainingState, s: int) -> TrainingState:
@@ -621,21 +628,25 @@ def run_seed_epochs(
     num_epochs: int,
     counters_per_epoch: dict[str, int],
     *,
+    epoch_args: Callable[[int, list[int], TrainingState], tuple] | None = None,
     progress_fn: Callable[[int, int, Metrics], None] | None = None,
     checkpoint_fn: Callable[[int, TrainingState, Metrics], None] | None = None,
+    clock_start: float | None = None,
 ) -> SeedHistory:
-    """`run_epochs` for a batch of seeds: runs a compiled `epoch(states, keys, i)` (see
-    `seed_batch_epoch`) from the earliest seed's epoch to `num_epochs`, and reports each
-    seed's epochs, from its own, to the callbacks with the seed's index first."""
-    start = time.perf_counter()
+    """`run_epochs` for a batch of seeds: runs a compiled `epoch(states, keys, i, *args)`
+    (see `seed_batch_epoch`) from the earliest seed's epoch to `num_epochs`, and reports each
+    seed's epochs, from its own on, to the callbacks with the seed's index first.
+    `epoch_args(i, due, states)` gives epoch i's `args`, `due` the seeds it trains (HDS
+    collects and refits their models there); none by default."""
+    start = time.perf_counter() if clock_start is None else clock_start
     done = [int(e) for e in jax.device_get(states.epoch)]
     history: list[list[Metrics]] = [[] for _ in done]
     for i in range(min(done), num_epochs):
-        states, batch_metrics = epoch(states, keys, jnp.asarray(i, jnp.int32))
+        due = [s for s in range(len(done)) if done[s] == i]  # the others are ahead
+        args = () if epoch_args is None else epoch_args(i, due, states)
+        states, batch_metrics = epoch(states, keys, jnp.asarray(i, jnp.int32), *args)
         batch_metrics = jax.device_get(batch_metrics)
-        for s in range(len(done)):
-            if done[s] != i:  # ahead of the batch: this epoch was trained before
-                continue
+        for s in due:
             metrics = _reported(
                 {name: value[s] for name, value in batch_metrics.items()},
                 i,
@@ -761,5 +772,8 @@ __all__ = [
     "make_pods",
     "train",
     "train_seeds",
+    "seed_batch_epoch",
+    "run_seed_epochs",
+    "stack_seeds",
     "evaluate_policy",
 ]

@@ -30,6 +30,7 @@ from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from dynamics_models import (
     LearnedEnv,
@@ -41,7 +42,16 @@ from dynamics_models import train as fit_model
 from pods.hds import HDSConfig, make_hds, step_counters
 from pods.networks import PolicyParams
 from pods.rollout import Policy
-from pods.train import TrainingState, policy_learner, run_epochs, starting_state
+from pods.train import (
+    TrainingState,
+    policy_learner,
+    run_epochs,
+    run_seed_epochs,
+    seed_batch_epoch,
+    seed_slice,
+    stack_seeds,
+    starting_state,
+)
 from pods.validation import is_integer, require
 from sim2real.real_system import RealSystem, RealTrajectories
 
@@ -292,12 +302,7 @@ def run_loop(
     """
     clock_start = time.perf_counter()
     horizon = real.episode_length
-    for name in ("observation_size", "action_size"):
-        if getattr(real, name) != getattr(sim_env, name):
-            raise ValueError(
-                f"the real system's {name} is {getattr(real, name)}, the simulator's "
-                f"{getattr(sim_env, name)}: map its layout with a GymAdapter"
-            )
+    _check_real(real, sim_env)
     _, k_model = config.group_sizes()
     rounds = loop.rounds(horizon) if k_model else 0
     if loop.initial_data == "policy" and initial_params is None and resume is None and k_model:
@@ -368,4 +373,135 @@ def run_loop(
         )
 
 
-__all__ = ["INITIAL_DATA", "LoopCheckpoint", "LoopConfig", "LoopResult", "run_loop"]
+def run_loop_seeds(
+    config: HDSConfig,
+    loop: LoopConfig,
+    model_config: ModelConfig,
+    sim_env: Any,
+    reals: Sequence[RealSystem],
+    keys: Sequence[jax.Array],
+    *,
+    initial_states: Sequence[TrainingState | None] | None = None,
+    resumes: Sequence[LoopCheckpoint | None] | None = None,
+    progress_fn: Callable[[int, int, Metrics], None] | None = None,
+    checkpoint_fn: Callable[[int, TrainingState, Metrics], None] | None = None,
+    data_fns: Sequence[Callable[[TransitionDataset], None] | None] | None = None,
+    model_fns: Sequence[Callable[[Any, dict], None] | None] | None = None,
+    devices: Sequence[jax.Device] | None = None,
+) -> list[LoopResult]:
+    """`run_loop` for S seeds, their HDS epochs as one compiled program: the epoch vmapped
+    over the seeds, each seed's model env stacked beside the others'. Seed s has its own real
+    system `reals[s]` (its budget), key, data and model, and is `run_loop(..., reals[s],
+    keys[s])` up to the order of some sums; its collections and refits run seed by seed in
+    Python before the epoch they are due in. The callbacks take the seed's index first; a
+    seed resumes from `initial_states[s]` and `resumes[s]` (seeds apart train alone until
+    they catch up, as in `pods.train.train_seeds`). No warm start: the initial data are
+    random commands."""
+    clock_start = time.perf_counter()
+    seeds = len(keys)
+    initial_states = initial_states or [None] * seeds
+    resumes = resumes or [None] * seeds
+    data_fns, model_fns = data_fns or [None] * seeds, model_fns or [None] * seeds
+    for name, values in (
+        ("reals", reals),
+        ("initial_states", initial_states),
+        ("resumes", resumes),
+    ):
+        if len(values) != seeds:
+            raise ValueError(f"{len(values)} {name} for {seeds} seeds")
+    for real in reals:
+        _check_real(real, sim_env)
+    _, k_model = config.group_sizes()
+    if loop.initial_data == "policy" and k_model:
+        raise ValueError("LoopConfig.initial_data='policy' needs a warm-start policy: run_loop")
+
+    with jax.enable_x64(True) if config.float64 else nullcontext():
+        horizon = config.horizon or reals[0].episode_length
+        make_policy = policy_learner(config, [sim_env], horizon).make_policy
+        real_data = [
+            _RealDataAndModel(
+                loop,
+                model_config,
+                sim_env,
+                real,
+                key,
+                make_policy=make_policy,
+                dataset=resume.dataset if resume is not None else None,
+                data_fn=data_fn,
+                model_fn=model_fn,
+            )
+            for real, key, resume, data_fn, model_fn in zip(
+                reals, keys, resumes, data_fns, model_fns, strict=True
+            )
+        ]
+        # 1. Each seed's round-0 data and model (or its resumed run's).
+        if k_model:
+            for seed_data, resume in zip(real_data, resumes, strict=True):
+                seed_data.start(resume, None)
+        hds = make_hds(config, sim_env, real_data[0].model_env, devices=devices)
+        states, epoch_keys = [], []
+        for seed_data, key, initial_state in zip(real_data, keys, initial_states, strict=True):
+            seed_data.make_policy = hds.make_policy
+            key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))
+            states.append(
+                starting_state(config, sim_env, hds.network, key_init, initial_state=initial_state)
+            )
+            epoch_keys.append(key_epochs)
+        model_envs = [stack_seeds([d.model_env for d in real_data]) if k_model else None]
+
+        def epoch_args(epoch: int, due: list[int], states: TrainingState) -> tuple:
+            # 2. The collections due before this epoch, and a refit, for each seed it trains.
+            if k_model:
+                models = [d.model for d in real_data]
+                for s in due:
+                    real_data[s].catch_up(epoch, seed_slice(states, s).params)
+                if any(d.model is not m for d, m in zip(real_data, models, strict=True)):
+                    model_envs[0] = stack_seeds([d.model_env for d in real_data])
+            return (model_envs[0],)
+
+        def report(s: int, epoch: int, metrics: Metrics) -> None:
+            metrics.update(real_data[s].metrics())
+            if progress_fn is not None:
+                progress_fn(s, epoch, metrics)
+
+        # 3. The epochs, every seed's at once.
+        history = run_seed_epochs(
+            jax.jit(seed_batch_epoch(hds.epoch)),
+            stack_seeds(states),
+            jnp.stack(epoch_keys),
+            config.num_epochs,
+            step_counters(config, sim_env),
+            epoch_args=epoch_args,
+            progress_fn=report,
+            checkpoint_fn=checkpoint_fn,
+            clock_start=clock_start,
+        )
+        return [
+            LoopResult(
+                hds.make_policy,
+                seed_slice(history.state, s).params,
+                history.metrics[s],
+                seed_data.dataset,
+                seed_data.model,
+            )
+            for s, seed_data in enumerate(real_data)
+        ]
+
+
+def _check_real(real: RealSystem, sim_env: Any) -> None:
+    for name in ("observation_size", "action_size"):
+        if getattr(real, name) != getattr(sim_env, name):
+            raise ValueError(
+                f"the real system's {name} is {getattr(real, name)}, the simulator's "
+                f"{getattr(sim_env, name)}: map its layout with a GymAdapter"
+            )
+
+
+__all__ = [
+    "INITIAL_DATA",
+    "LoopCheckpoint",
+    "LoopConfig",
+    "LoopResult",
+    "run_loop",
+    "run_loop_seeds",
+]

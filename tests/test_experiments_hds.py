@@ -3,6 +3,7 @@ directory. A file of its own, so the test runner can give it its own worker."""
 
 import json
 
+import numpy as np
 import pytest
 from test_experiments import run_train
 
@@ -50,3 +51,30 @@ def test_hds_run_with_comparisons_writes_data_model_and_scores(tmp_path):
         oracle["eval/return_real"] - oracle["eval/return_random_real"]
     )
     assert summary["eval/score_real"] == pytest.approx(expected)
+
+
+def test_an_hds_seed_batch_writes_each_seeds_data_model_and_run(tmp_path):
+    """`launcher=seed_batch` on HDS: seeds 0 and 1 train their epochs as one program, each
+    with its own real budget, data and model, into its own ordinary run directory."""
+    sweep_dir = tmp_path / "batch"
+    result = run_train(
+        sweep_dir,
+        *HDS_TINY,
+        "seed=0,1",
+        "launcher=seed_batch",
+        "hydra.sweep.subdir=seed${seed}",
+        multirun=True,
+    )
+    assert "2 seeds in one program" in result.stdout + result.stderr
+    observations = []
+    for seed in (0, 1):
+        run_dir = sweep_dir / f"seed{seed}"
+        for name in ("summary.json", "artifacts/real_transitions.npz", "artifacts/model.eqx"):
+            assert (run_dir / name).is_file(), name
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["seed"] == seed and summary["real/transitions"] == 48
+        records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["real/transitions"] for r in records] == [32, 32, 48, 48]
+        observations.append(np.load(run_dir / "artifacts" / "real_transitions.npz")["observations"])
+    # Each seed drew its own real episodes.
+    assert not np.array_equal(observations[0], observations[1])

@@ -12,7 +12,7 @@ from dynamics_models import ModelConfig
 from pods.hds import HDSConfig
 from sim2real import make_testbed
 from sim2real.evaluation import evaluate_sim_and_real, gap_closure, normalized_score, seed_streams
-from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop
+from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop, run_loop_seeds
 from sim2real.real_system import RealSystem
 
 HORIZON = 10
@@ -114,6 +114,41 @@ def test_loop_resumes_exactly_from_a_checkpoint(tiny_loop):
     got = {k: v for k, v in resumed.metrics[0].items() if k != "train/wall_clock_s"}
     assert got == pytest.approx(expected, rel=0, abs=0)
     jax.tree.map(np.testing.assert_array_equal, resumed.params, uninterrupted.params)
+
+
+def test_seeds_of_one_loop_as_one_program_are_each_seed_run_alone(tiny_loop):
+    """Seeds 0 and 1, each with its own real system, data and model, their HDS epochs as
+    one program: seed 0 is the loop run alone (float32; some sums are taken in another
+    order), and each spends its own budget exactly."""
+    sim = make_testbed("cartpole_balance_sim", episode_length=HORIZON)
+    reals = [
+        RealSystem(
+            make_testbed("cartpole_balance_real", episode_length=HORIZON), budget=LOOP.budget
+        )
+        for _ in range(2)
+    ]
+    datasets = [[], []]
+    results = run_loop_seeds(
+        CONFIG,
+        LOOP,
+        MODEL,
+        sim,
+        reals,
+        [seed_streams(0)[0], seed_streams(1)[0]],
+        data_fns=[datasets[0].append, datasets[1].append],
+    )
+    assert [real.transitions for real in reals] == [LOOP.budget, LOOP.budget]
+    assert [len(d) for d in datasets] == [2, 2]  # round 0 and the collection before epoch 2
+    # Round 0's random commands are the seed's alone: the same data.
+    np.testing.assert_array_equal(
+        datasets[0][0].observations, tiny_loop["datasets"][0].observations
+    )
+    alone = tiny_loop["result"]
+    for got, expected in zip(results[0].metrics, alone.metrics, strict=True):
+        got = {k: v for k, v in got.items() if k != "train/wall_clock_s"}
+        expected = {k: v for k, v in expected.items() if k != "train/wall_clock_s"}
+        assert got == pytest.approx(expected, rel=1e-3, abs=1e-4)
+    assert results[1].metrics[0]["train/return"] != results[0].metrics[0]["train/return"]
 
 
 def test_evaluation_never_starts_from_a_training_state(tiny_loop):
