@@ -53,6 +53,9 @@ def test_hds_run_with_comparisons_writes_data_model_and_scores(tmp_path):
     assert summary["eval/score_real"] == pytest.approx(expected)
 
 
+# Slow: the fast suite has the batched loop's equality (tests/test_loop.py) and the launcher's
+# command line (tests/test_experiments.py); this is the two together.
+@pytest.mark.slow
 def test_an_hds_seed_batch_writes_each_seeds_data_model_and_run(tmp_path):
     """`launcher=seed_batch` on HDS: seeds 0 and 1 train their epochs as one program, each
     with its own real budget, data and model, into its own ordinary run directory."""
