@@ -72,7 +72,12 @@ _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 
 METHODS = ("pods", "ppo", "apg")
-ENVS = ("cartpole_swingup_sim", "cartpole_balance_sim")
+ENVS = (
+    "cartpole_swingup_sim",
+    "cartpole_balance_sim",
+    "double_cartpole_swingup_sim",
+    "double_cartpole_balance_sim",
+)
 HELD_OUT_SEED = 0
 """Every run is scored on the initial states of this seed's evaluation stream."""
 

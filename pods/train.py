@@ -628,7 +628,7 @@ def run_seed_epochs(
     num_epochs: int,
     counters_per_epoch: dict[str, int],
     *,
-    epoch_args: Callable[[int, list[int], TrainingState], tuple] | None = None,
+    args_for_epoch: Callable[[int, list[int], TrainingState], tuple] | None = None,
     progress_fn: Callable[[int, int, Metrics], None] | None = None,
     checkpoint_fn: Callable[[int, TrainingState, Metrics], None] | None = None,
     clock_start: float | None = None,
@@ -636,14 +636,14 @@ def run_seed_epochs(
     """`run_epochs` for a batch of seeds: runs a compiled `epoch(states, keys, i, *args)`
     (see `seed_batch_epoch`) from the earliest seed's epoch to `num_epochs`, and reports each
     seed's epochs, from its own on, to the callbacks with the seed's index first.
-    `epoch_args(i, due, states)` gives epoch i's `args`, `due` the seeds it trains (HDS
+    `args_for_epoch(i, due, states)` gives epoch i's `args`, `due` the seeds it trains (HDS
     collects and refits their models there); none by default."""
     start = time.perf_counter() if clock_start is None else clock_start
     done = [int(e) for e in jax.device_get(states.epoch)]
     history: list[list[Metrics]] = [[] for _ in done]
     for i in range(min(done), num_epochs):
         due = [s for s in range(len(done)) if done[s] == i]  # the others are ahead
-        args = () if epoch_args is None else epoch_args(i, due, states)
+        args = () if args_for_epoch is None else args_for_epoch(i, due, states)
         states, batch_metrics = epoch(states, keys, jnp.asarray(i, jnp.int32), *args)
         batch_metrics = jax.device_get(batch_metrics)
         for s in due:

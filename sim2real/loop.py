@@ -449,7 +449,7 @@ def run_loop_seeds(
             epoch_keys.append(key_epochs)
         model_envs = [stack_seeds([d.model_env for d in real_data]) if k_model else None]
 
-        def epoch_args(epoch: int, due: list[int], states: TrainingState) -> tuple:
+        def args_for_epoch(epoch: int, due: list[int], states: TrainingState) -> tuple:
             # 2. The collections due before this epoch, and a refit, for each seed it trains.
             if k_model:
                 models = [d.model for d in real_data]
@@ -471,7 +471,7 @@ def run_loop_seeds(
             jnp.stack(epoch_keys),
             config.num_epochs,
             step_counters(config, sim_env),
-            epoch_args=epoch_args,
+            args_for_epoch=args_for_epoch,
             progress_fn=report,
             checkpoint_fn=checkpoint_fn,
             clock_start=clock_start,
