@@ -17,7 +17,6 @@ its jobs one after another, as hydra's basic launcher does, with a line saying w
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -94,8 +93,7 @@ def run_seed_batch(jobs: list[BatchJob]) -> list[float]:
     seeds = ", ".join(str(job.cfg.seed) for job in jobs)
     print(
         f"done in {time.perf_counter() - start:.0f} s: seeds {seeds} in one program, "
-        f"into {', '.join(str(job.output_dir) for job in jobs)}",
-        file=sys.stdout,
+        f"into {', '.join(str(job.output_dir) for job in jobs)}"
     )
     return [sweep_objective(summary) for summary in summaries]
 
