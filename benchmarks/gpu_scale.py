@@ -38,18 +38,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from experiments.conf import solving_pods_fields
 from pods.runtime import configure_jax, filter_known_xla_logs
-
-SOLVING = Path(__file__).resolve().parent.parent / "experiments" / "conf" / "solving" / "pods.yaml"
-
-
-def solving_fields() -> dict:
-    """The solving settings' PODSConfig fields (the YAML holds plain `field: value` lines)."""
-    import yaml
-
-    fields = yaml.safe_load(SOLVING.read_text())
-    fields.pop("num_epochs", None)
-    return fields
 
 
 def peak_memory(devices) -> int | None:
@@ -125,7 +115,7 @@ def main():
         env = make_testbed(args.env, backend=args.backend)
     except ValueError as err:
         parser.error(str(err))
-    fields = solving_fields()
+    fields = solving_pods_fields()
     results = []
     for k in args.trajectories:
         for seeds in args.seeds:

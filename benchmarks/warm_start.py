@@ -21,20 +21,8 @@ import time
 import jax
 import jax.monitoring
 
+from experiments.conf import solving_pods_fields
 from pods.runtime import configure_jax, filter_known_xla_logs
-
-SOLVING = dict(
-    order=2,
-    num_trajectories=128,
-    elite_fraction=0.125,
-    gradient_window=10,
-    exploration_noise=0.3,
-    exploration_decay=0.99,
-    distill_passes=16,
-    learning_rate=1e-3,
-    num_epochs=60,
-)
-"""The PODSConfig fields of `experiments/conf/solving/pods.yaml`."""
 
 
 def main() -> None:
@@ -77,7 +65,8 @@ def main() -> None:
     from sim2real import make_testbed
 
     env = phase("testbed", lambda: make_testbed(args.env, backend=args.backend))
-    config = PODSConfig(**SOLVING)
+    settings = solving_pods_fields()
+    config = PODSConfig(**settings)
     pods = phase("make_pods", lambda: make_pods(config, env))
     state = phase(
         "training_state",
@@ -92,7 +81,7 @@ def main() -> None:
             {
                 "env": args.env,
                 "backend": args.backend,
-                "settings": SOLVING,
+                "settings": settings,
                 "machine": platform.processor() or platform.machine(),
                 "phases": phases,
                 "first_epoch_on_the_trainer_clock_s": round(sum(p["s"] for p in phases[1:]), 3),

@@ -530,14 +530,12 @@ def _check_devices(cfg: DictConfig, config: PODSConfig) -> None:
             f"run.devices={requested}: this machine has {available} local device(s); give "
             f"1 to {available}, or null for all of them"
         )
-    k = config.num_trajectories
-    sizes = {f"algo.num_trajectories={k}": k}
-    if isinstance(config, HDSConfig):
-        k_sim, k_model = config.group_sizes()
-        split = f"algo.num_trajectories={k} at algo.beta={config.beta}"
-        sizes = {f"{split} (model group {k_model})": k_model, f"{split} (sim group {k_sim})": k_sim}
     try:
-        check_divisible(len(run_devices(cfg)), sizes, fewer="fewer devices (run.devices)")
+        check_divisible(
+            len(run_devices(cfg)),
+            config.rollout_batches("algo."),
+            fewer="fewer devices (run.devices)",
+        )
     except ValueError as err:
         raise ConfigError(str(err)) from None
 

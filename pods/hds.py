@@ -124,6 +124,14 @@ class HDSConfig(PODSConfig):
         model = math.floor(self.beta * self.num_trajectories + 0.5)
         return self.num_trajectories - model, model
 
+    def rollout_batches(self, prefix: str | None = None) -> dict[str, int]:
+        """PODS's, for each of the two groups: each is its own batch of rollouts."""
+        k_sim, k_model = self.group_sizes()
+        fields = f"{type(self).__name__}." if prefix is None else prefix
+        beta = "beta" if prefix is None else f"{prefix}beta"
+        split = f"{fields}num_trajectories={self.num_trajectories} at {beta}={self.beta}"
+        return {f"{split} (model group {k_model})": k_model, f"{split} (sim group {k_sim})": k_sim}
+
     def step_size_candidates(self) -> int:
         """The line search's grid, or annealing's start and proposals."""
         if self.step_size_search == "line_search":
@@ -385,9 +393,7 @@ def make_hds(
     envs = [sim_env, model_env] if k_model else [sim_env]
     learner = policy_learner(config, envs, horizon)
     mesh = trajectory_mesh(devices)
-    split = f"HDSConfig.num_trajectories={k} at beta={config.beta}"
-    sizes = {f"{split} (model group {k_model})": k_model, f"{split} (sim group {k_sim})": k_sim}
-    check_divisible(device_count(mesh), sizes)
+    check_divisible(device_count(mesh), config.rollout_batches())
     default_model_env = model_env
 
     def annealed_step(env, states, actions, observations, active, key) -> ImprovedActions:

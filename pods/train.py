@@ -175,6 +175,13 @@ class PODSConfig:
         """Rollouts one improvement step's step-size search takes per trajectory."""
         return self.num_step_sizes
 
+    def rollout_batches(self, prefix: str | None = None) -> dict[str, int]:
+        """The batches of rollouts an epoch shards over the devices, each named by the
+        fields that size it (`prefix`: how the fields are called, `PODSConfig.` by default,
+        `algo.` on the command line): PODS has one, of k."""
+        prefix = f"{type(self).__name__}." if prefix is None else prefix
+        return {f"{prefix}num_trajectories={self.num_trajectories}": self.num_trajectories}
+
     def steps_per_trajectory(self, horizon: int) -> int:
         """Env steps one trajectory costs per epoch (forward passes; derivative passes not
         counted): the evaluation rollout, the noisy data rollout if any, and per improvement
@@ -247,7 +254,7 @@ def make_pods(
     k = config.num_trajectories
     learner = policy_learner(config, [env], horizon)
     mesh = trajectory_mesh(devices)
-    check_divisible(device_count(mesh), {f"{type(config).__name__}.num_trajectories={k}": k})
+    check_divisible(device_count(mesh), config.rollout_batches())
 
     search_step = line_search_step(config, learner.step_sizes)
 

@@ -101,14 +101,13 @@ class SeedBatchLauncher(Launcher):
         return {idx: job_return for (idx, _), job_return in zip(group, job_returns, strict=True)}
 
     def _run(self, sweep_config: DictConfig, task_function) -> JobReturn:
-        job_return = run_job(
+        return run_job(
             hydra_context=self.hydra_context,
             task_function=task_function,
             config=sweep_config,
             job_dir_key="hydra.sweep.dir",
             job_subdir_key="hydra.sweep.subdir",
         )
-        return job_return
 
 
 def _task_config(sweep_config: DictConfig) -> DictConfig:
