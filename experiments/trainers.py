@@ -514,6 +514,12 @@ def check_algo(cfg: DictConfig) -> None:
                 f"{pairs} (state, action) pairs an epoch distills (algo.num_trajectories="
                 f"{config.num_trajectories} x {source}={horizon}): lower it to <= {pairs}"
             )
+        if config.start_states == "visited" and horizon >= env.episode_length:
+            raise ConfigError(
+                f"algo.start_states=visited starts rollouts within episodes of "
+                f"env.episode_length={env.episode_length} steps: it needs an algo.horizon "
+                f"shorter than that, got algo.horizon={config.horizon}"
+            )
     if name in ("hds", "pods_sysid"):
         _check_real_data(cfg, config)
     if name == "lqr" and env.task != "balance":

@@ -41,6 +41,7 @@ from pods.train import (
     Improvement,
     PODSConfig,
     TrainingState,
+    check_start_states,
     distill_improved,
     line_search_step,
     make_pods,
@@ -359,6 +360,7 @@ def make_hds(
     """Builds HDS's pure pieces for one config and pair of envs. Each group's rollouts are
     sharded over `devices` (default: every local device; see `pods.sharding`)."""
     horizon = config.horizon or sim_env.episode_length
+    check_start_states(config, horizon, sim_env.episode_length)
     k = config.num_trajectories
     k_sim, k_model = config.group_sizes()
     if k_model > 0:
@@ -438,6 +440,7 @@ def make_hds(
             search_step=search_step,
             size=size,
             horizon=horizon,
+            episode_length=sim_env.episode_length,
             mesh=mesh,
         )
 
@@ -479,7 +482,9 @@ def make_hds(
 
 def step_counters(config: HDSConfig, sim_env: Env) -> dict[str, int]:
     """Env steps one epoch takes in each env, for `run_epochs` to report cumulatively."""
-    per_trajectory = config.steps_per_trajectory(config.horizon or sim_env.episode_length)
+    per_trajectory = config.steps_per_trajectory(
+        config.horizon or sim_env.episode_length, sim_env.episode_length
+    )
     k_sim, k_model = config.group_sizes()
     return {
         "train/sim_steps": k_sim * per_trajectory,

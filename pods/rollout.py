@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from brax.envs.base import Env, State
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 Policy = Callable[[Float[Array, " obs_dim"]], Float[Array, " act_dim"]]
 """A deterministic policy with its parameters closed over: observation -> action."""
@@ -191,6 +191,26 @@ def rollout_policy(env: Env, state: State, policy: Policy, horizon: int, **optio
     """The trajectory of `episode_of_policy` (same options: `key`, `action_noise`,
     `gradient_window`)."""
     return episode_of_policy(env, state, policy, horizon, **options).trajectory
+
+
+def policy_states_after(
+    env: Env, states: State, policy: Policy, steps: Int[Array, " n"], max_steps: int
+) -> State:
+    """Where `policy` takes each of a batch of states in its own number of `steps`, each in
+    [0, max_steps] (closed loop, deterministic): one scan of `max_steps` steps, each
+    trajectory's state kept when its count is reached. Not differentiated: these are the
+    starts of later rollouts."""
+
+    def one(state, count):
+        def step(carry, t):
+            state, kept = carry
+            kept = jax.tree.map(lambda k, s: jnp.where(t == count, s, k), kept, state)
+            return (env.step(state, policy(state.obs)), kept), None
+
+        (last, kept), _ = jax.lax.scan(step, (state, state), jnp.arange(max_steps))
+        return jax.tree.map(lambda k, s: jnp.where(count == max_steps, s, k), kept, last)
+
+    return jax.lax.stop_gradient(jax.vmap(one)(states, steps))
 
 
 def reset_batch(env: Env, key: jax.Array, batch_size: int) -> State:

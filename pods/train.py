@@ -37,11 +37,21 @@ from pods.networks import (
     make_policy_factory,
     policy_apply,
 )
-from pods.rollout import Episode, Policy, episode_of_policy, policy_batch, reset_batch
+from pods.rollout import (
+    Episode,
+    Policy,
+    episode_of_policy,
+    policy_batch,
+    policy_states_after,
+    reset_batch,
+)
 from pods.sharding import check_divisible, device_count, shard_trajectories, trajectory_mesh
 from pods.validation import is_integer, require
 
 Metrics = dict[str, float]
+
+START_STATES = ("reset", "visited")
+"""Where an epoch's rollouts start (`PODSConfig.start_states`)."""
 
 
 # --- the configuration ------------------------------------------------------------------------
@@ -81,6 +91,12 @@ class PODSConfig:
     """Std of the Gaussian noise added to the policy's actions in the data rollouts."""
     exploration_decay: float = 1.0
     """Factor on exploration_noise after every epoch."""
+    start_states: str = "reset"
+    """Where the k rollouts start: fresh initial states (`reset`, as in the paper), or states
+    the deterministic policy visits (`visited`): from each reset it runs a uniformly drawn
+    number of steps in [0, episode_length - horizon] first, so that a horizon shorter than the
+    episode trains on every part of it. For unstable systems whose open-loop action sequences
+    cannot be improved over the whole episode (the double cart-pole)."""
     distill_states: str = "improved"
     """Regress pi(s_t) on a'_t at the states a' visits (`improved`) or at those of the data
     rollout (`original`, as in the paper's pseudo-code)."""
@@ -157,6 +173,7 @@ class PODSConfig:
         )
         require(0 < self.exploration_decay <= 1, self, "exploration_decay", "in (0, 1]")
         require(0 < self.elite_fraction <= 1, self, "elite_fraction", "in (0, 1]")
+        require(self.start_states in START_STATES, self, "start_states", f"one of {START_STATES}")
         require(
             self.distill_states in ("improved", "original"),
             self,
@@ -182,20 +199,26 @@ class PODSConfig:
         prefix = f"{type(self).__name__}." if prefix is None else prefix
         return {f"{prefix}num_trajectories={self.num_trajectories}": self.num_trajectories}
 
-    def steps_per_trajectory(self, horizon: int) -> int:
+    def steps_per_trajectory(self, horizon: int, episode_length: int | None = None) -> int:
         """Env steps one trajectory costs per epoch (forward passes; derivative passes not
-        counted): the evaluation rollout, the noisy data rollout if any, and per improvement
-        step the derivative rollout and the step-size search's candidates."""
+        counted): the evaluation rollout, the noisy data rollout if any, per improvement
+        step the derivative rollout and the step-size search's candidates, and with
+        `start_states="visited"` the episode_length - horizon steps to the start."""
         rollouts = (
             1
             + (self.exploration_noise > 0)
             + self.improve_iterations * (1 + self.step_size_candidates())
         )
-        return rollouts * horizon
+        to_start = 0
+        if self.start_states == "visited":
+            if episode_length is None:
+                raise ValueError("start_states='visited' counts steps from the episode_length")
+            to_start = episode_length - horizon
+        return rollouts * horizon + to_start
 
-    def sim_steps_per_epoch(self, horizon: int) -> int:
+    def sim_steps_per_epoch(self, horizon: int, episode_length: int | None = None) -> int:
         """Env steps evaluated per epoch, over all k trajectories."""
-        return self.num_trajectories * self.steps_per_trajectory(horizon)
+        return self.num_trajectories * self.steps_per_trajectory(horizon, episode_length)
 
 
 @struct.dataclass
@@ -251,6 +274,7 @@ def make_pods(
     """Builds PODS's pure pieces for one config and env. The k rollouts are sharded over
     `devices` (default: every local device; see `pods.sharding`)."""
     horizon = config.horizon or env.episode_length
+    check_start_states(config, horizon, env.episode_length)
     k = config.num_trajectories
     learner = policy_learner(config, [env], horizon)
     mesh = trajectory_mesh(devices)
@@ -269,6 +293,7 @@ def make_pods(
             search_step=search_step,
             size=k,
             horizon=horizon,
+            episode_length=env.episode_length,
             mesh=mesh,
         )
 
@@ -287,6 +312,16 @@ def make_pods(
         )
 
     return PODSProgram(learner.network, learner.make_policy, improve, epoch)
+
+
+def check_start_states(config: PODSConfig, horizon: int, episode_length: int) -> None:
+    """`start_states="visited"` needs a horizon shorter than the episode: with the whole
+    episode as the horizon every rollout starts at a reset anyway."""
+    if config.start_states == "visited" and horizon >= episode_length:
+        raise ValueError(
+            f"{type(config).__name__}.start_states='visited' needs a horizon shorter than the "
+            f"episode ({episode_length} steps), got horizon={horizon}"
+        )
 
 
 # --- steps 1-2: roll out and improve ----------------------------------------------------------
@@ -345,14 +380,24 @@ def roll_out_and_improve(
     search_step: SearchStep,
     size: int,
     horizon: int,
+    episode_length: int,
     mesh: Mesh | None = None,
 ) -> Improvement:
-    """PODS steps 1-2 from `size` fresh initial states of `env`, and the elite among them;
-    the rollouts split over `mesh`'s devices, if given."""
+    """PODS steps 1-2 from `size` initial states of `env` (fresh, or visited by the policy
+    within episodes of `episode_length` steps: `config.start_states`), and the elite among
+    them; the rollouts split over `mesh`'s devices, if given."""
     dtype = jnp.float64 if config.float64 else jnp.float32
     key_reset, key_noise = jax.random.split(key)
     states = shard_trajectories(reset_batch(env, key_reset, size), mesh)
     policy = make_policy(params)
+    if config.start_states == "visited":
+        # A key of its own, so that the reset states and the noise are those of `reset`.
+        offsets = jax.random.randint(
+            jax.random.fold_in(key, 3), (size,), 0, episode_length - horizon + 1
+        )
+        states = shard_trajectories(
+            policy_states_after(env, states, policy, offsets, episode_length - horizon), mesh
+        )
     # train/return is always the deterministic policy's, comparable across configs.
     evaluation = jax.vmap(lambda s: episode_of_policy(env, s, policy, horizon))(states)
     noise = config.exploration_noise * config.exploration_decay ** epoch.astype(dtype)
@@ -491,7 +536,7 @@ def train(
             initial_params=initial_params,
         )
         horizon = config.horizon or env.episode_length
-        counters = {"train/sim_steps": config.sim_steps_per_epoch(horizon)}
+        counters = {"train/sim_steps": config.sim_steps_per_epoch(horizon, env.episode_length)}
         history = run_epochs(
             jax.jit(pods.epoch),
             state,
@@ -539,7 +584,7 @@ def train_seeds(
             )
             epoch_keys.append(key_epochs)
         horizon = config.horizon or env.episode_length
-        counters = {"train/sim_steps": config.sim_steps_per_epoch(horizon)}
+        counters = {"train/sim_steps": config.sim_steps_per_epoch(horizon, env.episode_length)}
         history = run_seed_epochs(
             jax.jit(seed_batch_epoch(pods.epoch)),
             stack_seeds(states),

@@ -55,6 +55,8 @@ def assert_refused(result, message: str) -> str:
             "algo.minibatch_size=256 is more than the 64",
         ),
         (["algo.horizon=2", "algo.minibatch_size=9"], "algo.horizon=2"),
+        (["algo.start_states=visited"], "algo.horizon=None"),
+        (["algo.start_states=anywhere"], "'anywhere'"),
         (["algo=hds", "real.initial_data=policy"], "real.initial_data=policy"),
         (["algo=hds", "model.rollout_horizon=20"], "model.rollout_horizon=20"),
         (["algo=pods_sysid", "real.budget=5"], "real.budget=5"),

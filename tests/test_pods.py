@@ -28,7 +28,14 @@ from pods.improve import (
     newton_direction,
     step_size_grid,
 )
-from pods.rollout import Episode, Trajectory, episode_of_actions, reset_batch, rollout_actions
+from pods.rollout import (
+    Episode,
+    Trajectory,
+    episode_of_actions,
+    reset_batch,
+    rollout_actions,
+    rollout_policy,
+)
 from pods.train import (
     Improvement,
     PODSConfig,
@@ -36,6 +43,7 @@ from pods.train import (
     elite,
     evaluate_policy,
     init_training_state,
+    make_pods,
     policy_learner,
     train,
 )
@@ -517,12 +525,53 @@ def test_improvement_of_terminating_episodes_keeps_each_returned_mask():
         ("damping", float("nan")),
         ("elite_fraction", 0.0),
         ("elite_fraction", 1.5),
+        ("start_states", "anywhere"),
     ],
 )
 def test_config_rejects_bad_values_naming_them(field, value):
     with pytest.raises(ValueError, match=field) as error:
         PODSConfig(**{field: value})
     assert repr(value) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_visited_starts_lie_on_the_policys_own_episodes():
+    env = LinearQuadraticEnv(episode_length=12)
+    config = PODSConfig(
+        num_trajectories=16,
+        horizon=4,
+        start_states="visited",
+        hidden_sizes=(8,),
+        order=2,
+        minibatch_size=32,
+    )
+    pods = make_pods(config, env)
+    params = init_training_state(config, env, pods.network, jax.random.PRNGKey(0)).params
+    key = jax.random.PRNGKey(1)
+    improvement = jax.jit(pods.improve)(params, jnp.zeros((), jnp.int32), key)
+    starts = improvement.evaluation.observations[:, 0]
+    # The same reset states as `reset` draws, then up to 12 - 4 = 8 of the policy's steps.
+    resets = reset_batch(env, jax.random.split(key)[0], 16)
+    episodes = jax.vmap(lambda s: rollout_policy(env, s, pods.make_policy(params), 12))(resets)
+    distance = jnp.linalg.norm(episodes.observations[:, :9] - starts[:, None], axis=-1)
+    offsets = jnp.argmin(distance, axis=1)
+    np.testing.assert_allclose(jnp.min(distance, axis=1), 0.0, atol=1e-6)
+    assert 1 < len(set(np.asarray(offsets).tolist())), offsets
+    # The rollouts improve from there, and the counter adds the steps to the starts.
+    improved = improvement.improved
+    assert np.all(np.asarray(improved.value_improved) >= np.asarray(improved.value))
+    # Per trajectory: the evaluation rollout, the derivative one and 8 candidates of 4 steps
+    # each, and the 8 steps to the start.
+    _, _, history = train(dataclasses.replace(config, num_epochs=2), env, jax.random.PRNGKey(2))
+    assert config.steps_per_trajectory(4, 12) == 10 * 4 + 8
+    assert history[-1]["train/sim_steps"] == 2 * 16 * 48
+
+
+@pytest.mark.parametrize("horizon", [None, 12, 20])
+def test_visited_starts_need_a_horizon_shorter_than_the_episode(horizon):
+    config = PODSConfig(horizon=horizon, start_states="visited")
+    with pytest.raises(ValueError, match=r"start_states='visited' needs a horizon shorter") as e:
+        make_pods(config, LinearQuadraticEnv(episode_length=12))
+    assert f"horizon={horizon or 12}" in str(e.value)
 
 
 def test_float64_config_needs_a_float64_env():

@@ -5,7 +5,13 @@ import pytest
 from brax.envs.base import State
 
 from pods.improve import gauss_newton_factor
-from pods.rollout import episode_of_actions, reset_batch, rollout_actions, rollout_policy
+from pods.rollout import (
+    episode_of_actions,
+    policy_states_after,
+    reset_batch,
+    rollout_actions,
+    rollout_policy,
+)
 from sim2real import SYSTEMS, TASKS, make_testbed
 
 
@@ -100,6 +106,27 @@ def test_policy_rollout_records_the_noisy_actions_it_plays():
     replayed = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, noisy.actions)
     np.testing.assert_allclose(replayed.rewards, noisy.rewards, rtol=1e-5, atol=1e-6)
     assert not np.allclose(clean.actions, noisy.actions)
+
+
+def test_policy_states_after_are_where_the_policy_rollout_is_after_that_many_steps():
+    env = make_testbed("cartpole_balance_sim")
+    states = reset_batch(env, jax.random.PRNGKey(4), 4)
+
+    def policy(obs):
+        return jnp.tanh(-obs[2:3] - 0.5 * obs[4:5])
+
+    steps = jnp.array([0, 3, 11, 12])
+    after = jax.jit(lambda s, n: policy_states_after(env, s, policy, n, 12))(states, steps)
+    rollouts = jax.vmap(lambda s: rollout_policy(env, s, policy, 12))(states)
+    # The kept state is the state itself, not only its observation: a rollout from it
+    # continues the one it was taken from.
+    expected = rollouts.observations[jnp.arange(4), steps]
+    np.testing.assert_allclose(after.obs, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(after.obs[0], states.obs[0])
+    onward = jax.vmap(lambda s: rollout_policy(env, s, policy, 5))(after)
+    np.testing.assert_allclose(
+        onward.observations[1, -1], rollouts.observations[1, 8], rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5])
