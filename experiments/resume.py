@@ -30,6 +30,10 @@ from sim2real.testbeds import make_testbed
 EXTENSIBLE = ("algo.num_epochs",)
 """Keys a continued run may change: it trains up to the new value."""
 
+ADDED = {"algo.start_states": "reset"}
+"""Keys added to the config after runs were made, each with the value that computes what
+those runs computed: a stored config without the key continues under that value."""
+
 
 def resolved_config(cfg: DictConfig) -> dict:
     """The config as plain data, without `run` (where and how a run reports, not what it
@@ -50,9 +54,13 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_differences(stored: dict, current: dict, ignore=EXTENSIBLE) -> list[str]:
     """`key: stored -> current` for every dotted key whose value differs (or exists in one
-    only), `ignore`d keys left out."""
+    only), `ignore`d keys left out; a key of ADDED that `stored` predates reads as ADDED's
+    value there."""
     before, after = _flatten(stored), _flatten(current)
     missing = object()
+    for key, value in ADDED.items():
+        if key in after:
+            before.setdefault(key, value)
     return [
         f"{key}: {before.get(key, '(none)')} -> {after.get(key, '(none)')}"
         for key in sorted(set(before) | set(after))
@@ -153,4 +161,4 @@ def _read_hds_artifacts(artifacts: Path, resume: Resume) -> None:
             raise _refuse(model_path.with_suffix(".eqx"), err) from None
 
 
-__all__ = ["EXTENSIBLE", "Resume", "config_differences", "read_resume", "resolved_config"]
+__all__ = ["ADDED", "EXTENSIBLE", "Resume", "config_differences", "read_resume", "resolved_config"]

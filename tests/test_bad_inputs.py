@@ -11,7 +11,7 @@ import pytest
 from test_experiments import compose_config, run_train
 
 from dynamics_models import ModelConfig, TransitionDataset, make_model, save_model
-from experiments.resume import resolved_config
+from experiments.resume import config_differences, resolved_config
 from experiments.run_dir import RunDirectory
 from experiments.train import config_fingerprint
 from sim2real import make_testbed
@@ -135,6 +135,20 @@ def test_a_checkpoint_of_another_config_is_refused_naming_what_differs(tmp_path)
     assert "algo.learning_rate: 0.001 -> 0.01" in last and "seed: 0 -> 3" in last
     assert "algo.num_epochs" in last  # what may change instead
     assert snapshot(run_dir) == before
+
+
+def test_a_config_key_added_since_a_run_reads_as_the_value_that_run_computed_with():
+    before = {"algo": {"order": 2}, "seed": 0}
+    assert (
+        config_differences(before, {"algo": {"order": 2, "start_states": "reset"}, "seed": 0}) == []
+    )
+    assert config_differences(
+        before, {"algo": {"order": 2, "start_states": "visited"}, "seed": 0}
+    ) == ["algo.start_states: reset -> visited"]
+    # Any other new key is a difference.
+    assert config_differences(before, {"algo": {"order": 2, "new_key": 1}, "seed": 0}) == [
+        "algo.new_key: (none) -> 1"
+    ]
 
 
 def test_fewer_epochs_than_a_run_has_done_are_refused(tmp_path):
