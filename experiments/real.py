@@ -113,7 +113,12 @@ def build_real(cfg: DictConfig, common: dict) -> RealSpec:
 
         def make_mujoco() -> gymnasium.Env:
             return MujocoCartPole(
-                env.system, env.task, variant, episode_length=env.episode_length, **profile
+                env.system,
+                env.task,
+                variant,
+                episode_length=env.episode_length,
+                n_frames=env.n_frames,
+                **profile,
             )
 
         spec.make_env = make_mujoco

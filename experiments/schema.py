@@ -124,6 +124,10 @@ class EnvSchema:
     """How sim and the Brax twin of the real are stepped (sim2real.testbeds.BACKENDS): `chain`,
     the generalized pipeline's equations in closed form (2.5x faster to a solved swing-up,
     README "Speed to a solved policy"), or a Brax pipeline, `generalized` or `mjx`."""
+    n_frames: Optional[int] = None  # noqa: UP045 (OmegaConf needs Optional)
+    """Physics steps per control period, for sim and the real alike; null: the system's
+    (sim2real.testbeds.PHYSICS_STEP: 2 x 25 ms for the cartpole, 5 x 10 ms for the double).
+    The control period is the physics step times this; the lab's own step divides it."""
     real_profile: str = "friction"
     sim: Any = dataclasses.field(
         default_factory=lambda: PhysicsSchema(**dataclasses.asdict(Physics.nominal()))

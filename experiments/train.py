@@ -85,7 +85,9 @@ def build_envs(cfg: DictConfig, dtype) -> tuple[Env, RealSpec | None]:
     env = cfg.env
     if env.system == "brax":
         return build_brax_env(cfg), None
-    common = dict(episode_length=env.episode_length, backend=env.backend, dtype=dtype)
+    common = dict(
+        episode_length=env.episode_length, backend=env.backend, dtype=dtype, n_frames=env.n_frames
+    )
     try:
         sim = make_testbed(
             f"{env.system}_{env.task}_sim", physics=build_physics(env.sim, "env.sim"), **common

@@ -41,6 +41,7 @@ def assert_refused(result, message: str) -> str:
     [
         (["algo.num_trajectories=0"], "num_trajectories"),
         (["env.episode_length=-1"], "episode_length"),
+        (["env.n_frames=0"], "n_frames"),
         (["env.real.slider_damping=-2"], "slider_damping"),
         (["env.system=triple_cartpole"], "triple_cartpole"),
         (["algo.name=ddpg"], "ddpg"),

@@ -117,6 +117,20 @@ def test_physics_is_overridable_field_by_field():
     assert sim.physics.actuator_gain == 0.9 and sim.physics.slider_damping == 0.0
 
 
+def test_the_control_period_is_one_setting_for_sim_and_both_reals():
+    import experiments.train as entry
+
+    double = ["env=double_cartpole_balance"]
+    sim, real = entry.build_envs(compose_config(double), None)
+    assert sim.dt == pytest.approx(0.05) and real.twin.dt == pytest.approx(0.05)
+    sim, real = entry.build_envs(compose_config([*double, "env.n_frames=2"]), None)
+    assert sim.dt == pytest.approx(0.02) and real.twin.dt == pytest.approx(0.02)
+    # The lab's own 5 ms step divides the new period, in its Brax twin and in MuJoCo.
+    lab = compose_config([*double, "env.n_frames=2", "env.real_profile=lab", "real.engine=mujoco"])
+    _, real = entry.build_envs(lab, None)
+    assert real.twin.dt == pytest.approx(0.02) and real.make_env().dt == pytest.approx(0.02)
+
+
 def test_library_config_errors_name_the_key_and_value():
     with pytest.raises(ConfigError, match=r"algo: PODSConfig.horizon .* got 0$"):
         to_library_config(PODSConfig, {"horizon": 0}, "algo")

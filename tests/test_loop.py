@@ -116,6 +116,7 @@ def test_loop_resumes_exactly_from_a_checkpoint(tiny_loop):
     jax.tree.map(np.testing.assert_array_equal, resumed.params, uninterrupted.params)
 
 
+@pytest.mark.slow  # 58 s on 2 cores: kept out of `make test` to hold it under 15 minutes
 def test_seeds_of_one_loop_as_one_program_are_each_seed_run_alone(tiny_loop):
     """Seeds 0 and 1, each with its own real system, data and model, their HDS epochs as
     one program: seed 0 is the loop run alone (float32; some sums are taken in another
