@@ -30,7 +30,13 @@ from sim2real.testbeds import make_testbed
 EXTENSIBLE = ("algo.num_epochs",)
 """Keys a continued run may change: it trains up to the new value."""
 
-ADDED = {"algo.start_states": "reset", "env.n_frames": None}
+ADDED = {
+    "algo.start_states": "reset",
+    "env.n_frames": None,
+    "algo.feedback": False,
+    "algo.horizon_start": None,
+    "algo.horizon_growth_epochs": 30,
+}
 """Keys added to the config after runs were made, each with the value that computes what
 those runs computed: a stored config without the key continues under that value."""
 

@@ -506,9 +506,9 @@ def check_algo(cfg: DictConfig) -> None:
     if isinstance(config, PODSConfig):
         _check_devices(cfg, config)
         horizon = config.horizon or env.episode_length
+        source = "algo.horizon" if config.horizon else "env.episode_length"
         pairs = config.num_trajectories * horizon
         if config.minibatch_size > pairs:
-            source = "algo.horizon" if config.horizon else "env.episode_length"
             raise ConfigError(
                 f"algo.minibatch_size={config.minibatch_size} is more than the "
                 f"{pairs} (state, action) pairs an epoch distills (algo.num_trajectories="
@@ -519,6 +519,11 @@ def check_algo(cfg: DictConfig) -> None:
                 f"algo.start_states=visited starts rollouts within episodes of "
                 f"env.episode_length={env.episode_length} steps: it needs an algo.horizon "
                 f"shorter than that, got algo.horizon={config.horizon}"
+            )
+        if config.horizon_start is not None and config.horizon_start > horizon:
+            raise ConfigError(
+                f"algo.horizon_start grows the horizon up to {source}={horizon} steps: it must "
+                f"be <= that, got algo.horizon_start={config.horizon_start}"
             )
     if name in ("hds", "pods_sysid"):
         _check_real_data(cfg, config)

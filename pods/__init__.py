@@ -8,6 +8,7 @@ from pods.runtime import import_brax_quietly
 import_brax_quietly()  # before the modules below import brax
 
 from pods.distill import DistillationResult, distill_policy
+from pods.feedback import improve_with_feedback
 from pods.improve import (
     ImprovedActions,
     LineSearchResult,
@@ -48,6 +49,7 @@ __all__ = [
     "evaluate_policy",
     "gauss_newton_matrix",
     "improve_actions",
+    "improve_with_feedback",
     "line_search",
     "make_pods",
     "reset_batch",

@@ -41,7 +41,7 @@ from pods.train import (
     Improvement,
     PODSConfig,
     TrainingState,
-    check_start_states,
+    check_horizons,
     distill_improved,
     line_search_step,
     make_pods,
@@ -90,6 +90,12 @@ class HDSConfig(PODSConfig):
             self,
             "step_size_search",
             f"one of {STEP_SIZE_SEARCHES}",
+        )
+        require(
+            not self.feedback or self.step_size_search == "line_search",
+            self,
+            "step_size_search",
+            "'line_search' with feedback=true (the feedback step searches its grid closed loop)",
         )
         require(
             is_integer(self.annealing_iterations),
@@ -360,7 +366,7 @@ def make_hds(
     """Builds HDS's pure pieces for one config and pair of envs. Each group's rollouts are
     sharded over `devices` (default: every local device; see `pods.sharding`)."""
     horizon = config.horizon or sim_env.episode_length
-    check_start_states(config, horizon, sim_env.episode_length)
+    check_horizons(config, horizon, sim_env.episode_length)
     k = config.num_trajectories
     k_sim, k_model = config.group_sizes()
     if k_model > 0:

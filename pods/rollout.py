@@ -15,6 +15,11 @@ episode (Brax's `state.done`, e.g. a pole past its limit) keeps stepping. From t
 reward counts, as in Brax's evaluation), with a select on a constant mask, so the return stays
 differentiable in the actions of the episode and a return never counts what happens after it
 ended. Envs that never set `done` (the testbeds) get exactly the unmasked numbers.
+`EpisodeLimit` ends episodes at a step count carried in the state (PODS's growing horizon).
+
+Besides open-loop and policy rollouts there is one of a time-varying affine feedback law on
+the env's state vector (`episode_of_feedback`, `state_vector`), for `pods.feedback`'s iLQR
+step.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from brax.envs.base import Env, State
+from brax.envs.base import Env, State, Wrapper
 from jaxtyping import Array, Float, Int
 
 Policy = Callable[[Float[Array, " obs_dim"]], Float[Array, " act_dim"]]
@@ -211,6 +216,98 @@ def policy_states_after(
         return jax.tree.map(lambda k, s: jnp.where(count == max_steps, s, k), kept, last)
 
     return jax.lax.stop_gradient(jax.vmap(one)(states, steps))
+
+
+class EpisodeLimit(Wrapper):
+    """The env with each episode ended after `state.info["limit"]` steps: `done` is 1 from
+    the step that reaches the limit on (or wherever the env itself ends it), so every rollout
+    here masks the rewards, gradients and distillation targets past it. The limit is an array
+    in the state, set after `reset` by `with_episode_limit`, so it can change from epoch to
+    epoch without a new compile (PODS's growing horizon)."""
+
+    def step(self, state: State, action: jax.Array) -> State:
+        arrived = self.env.step(state, action)
+        steps = state.info[_STEPS] + 1
+        info = {**arrived.info, _STEPS: steps, _LIMIT: state.info[_LIMIT]}
+        done = jnp.where(steps >= state.info[_LIMIT], jnp.ones_like(arrived.done), arrived.done)
+        return arrived.replace(done=done, info=info)
+
+
+_LIMIT, _STEPS = "episode_limit", "episode_limit_steps"
+
+
+def with_episode_limit(states: State, limit: Int[Array, ""]) -> State:
+    """A batch of states, each to end its episode `limit` steps from now (see `EpisodeLimit`)."""
+    size = states.obs.shape[0]
+    counters = {
+        _LIMIT: jnp.full((size,), limit, jnp.int32),
+        _STEPS: jnp.zeros((size,), jnp.int32),
+    }
+    return states.replace(info={**states.info, **counters})
+
+
+def _is_float(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def _dynamic_parts(state: State) -> tuple[Any, Any, Any]:
+    """What of an env state can carry its dynamics: the pipeline state (None for a learned
+    model), the observation (a learned model's whole state) and the info (e.g. the lab's
+    command queue). Reward, done and metrics are outputs of the step, not inputs."""
+    return state.pipeline_state, state.obs, state.info
+
+
+def state_vector(state: State) -> Float[Array, " n"]:
+    """Every floating leaf of one env state's dynamic parts, flattened into one vector: the
+    coordinates a feedback law acts on. Integer leaves (keys, counters) are left out."""
+    leaves = [leaf for leaf in jax.tree.leaves(_dynamic_parts(state)) if _is_float(leaf)]
+    return jnp.concatenate([jnp.ravel(leaf) for leaf in leaves])
+
+
+def with_state_vector(state: State, x: Float[Array, " n"]) -> State:
+    """`state` with its floating leaves read back from `x` (the inverse of `state_vector`)."""
+    leaves, treedef = jax.tree.flatten(_dynamic_parts(state))
+    filled, start = [], 0
+    for leaf in leaves:
+        if _is_float(leaf):
+            size = leaf.size
+            leaf = x[start : start + size].reshape(leaf.shape).astype(leaf.dtype)
+            start += size
+        filled.append(leaf)
+    pipeline_state, obs, info = jax.tree.unflatten(treedef, filled)
+    return state.replace(pipeline_state=pipeline_state, obs=obs, info=info)
+
+
+def states_of_actions(env: Env, state: State, actions: Float[Array, "horizon act_dim"]) -> State:
+    """The env state before each action of an open-loop replay, stacked on a leading time
+    axis: where a trajectory is linearized."""
+
+    def step(state, action):
+        return env.step(state, action), state
+
+    return jax.lax.scan(step, state, actions)[1]
+
+
+def episode_of_feedback(
+    env: Env,
+    state: State,
+    feedforward: Float[Array, "horizon act_dim"],
+    gains: Float[Array, "horizon act_dim n"],
+    nominal: Float[Array, "horizon n"],
+    *,
+    action_bounds: tuple[float, float] = (-1.0, 1.0),
+) -> Episode:
+    """Runs the time-varying affine feedback law
+    a_t = clip(feedforward_t + gains_t (x_t - nominal_t)) closed loop from `state`, with
+    x_t = `state_vector` of the state reached. Done-aware like every rollout here."""
+    low, high = action_bounds
+
+    def choose_action(state, law):
+        u, gain, x_bar = law
+        return jnp.clip(u + gain @ (state_vector(state) - x_bar), low, high)
+
+    horizon = feedforward.shape[0]
+    return _rollout(env, state, choose_action, (feedforward, gains, nominal), horizon, None)[1]
 
 
 def reset_batch(env: Env, key: jax.Array, batch_size: int) -> State:

@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float
 
 from pods.distill import distill_policy
+from pods.feedback import improve_with_feedback
 from pods.improve import GRADIENT_NORMALIZATIONS, ImprovedActions, improve_actions, step_size_grid
 from pods.networks import (
     PolicyNetwork,
@@ -39,11 +40,13 @@ from pods.networks import (
 )
 from pods.rollout import (
     Episode,
+    EpisodeLimit,
     Policy,
     episode_of_policy,
     policy_batch,
     policy_states_after,
     reset_batch,
+    with_episode_limit,
 )
 from pods.sharding import check_divisible, device_count, shard_trajectories, trajectory_mesh
 from pods.validation import is_integer, require
@@ -67,6 +70,16 @@ class PODSConfig:
     """k: rollouts (initial states) per epoch."""
     horizon: int | None = None
     """N: steps per rollout; None uses the env's `episode_length`."""
+    horizon_start: int | None = None
+    """Grow the horizon the actions are improved over: epoch e's rollouts end their episodes
+    after horizon_start + (N - horizon_start) * min(e, horizon_growth_epochs) //
+    horizon_growth_epochs steps, so rewards, derivatives and distillation see only those
+    (`pods.rollout.EpisodeLimit`; the programs stay N steps long, no recompile). A short
+    horizon's trajectories can be improved where the whole episode's cannot: the first steps
+    are caught, then held longer. None: the whole horizon from the start, as in the paper.
+    `train/return` is always the whole horizon's."""
+    horizon_growth_epochs: int = 30
+    """Epochs over which a growing horizon (`horizon_start`) reaches N."""
     order: int = 1
     """1: gradient ascent on the actions; 2: damped Gauss-Newton steps."""
     improve_iterations: int = 1
@@ -87,6 +100,9 @@ class PODSConfig:
     """Stop the gradient through the state every this many steps (None: never)."""
     damping: float = 1e-3
     """Second order: Levenberg damping, relative to the mean diagonal of the Gauss-Newton matrix."""
+    feedback: bool = False
+    """Second order: improve each trajectory by an iLQR step, time-varying gains and a
+    closed-loop line search (`pods.feedback`), instead of an open-loop Gauss-Newton step."""
     exploration_noise: float = 0.0
     """Std of the Gaussian noise added to the policy's actions in the data rollouts."""
     exploration_decay: float = 1.0
@@ -142,9 +158,19 @@ class PODSConfig:
             positive_int(name)
         if self.horizon is not None:
             positive_int("horizon")
+        if self.horizon_start is not None:
+            positive_int("horizon_start")
+        positive_int("horizon_growth_epochs")
         if self.gradient_window is not None:
             positive_int("gradient_window")
         require(self.order in (1, 2), self, "order", "1 or 2")
+        require(isinstance(self.feedback, bool), self, "feedback", "true or false")
+        require(
+            not self.feedback or self.order == 2,
+            self,
+            "feedback",
+            f"false with order={self.order} (feedback is a second-order step)",
+        )
         for name in ("step_size_max", "step_size_min", "max_gradient_norm", "learning_rate"):
             positive_float(name)
         require(
@@ -201,12 +227,14 @@ class PODSConfig:
 
     def steps_per_trajectory(self, horizon: int, episode_length: int | None = None) -> int:
         """Env steps one trajectory costs per epoch (forward passes; derivative passes not
-        counted): the evaluation rollout, the noisy data rollout if any, per improvement
-        step the derivative rollout and the step-size search's candidates, and with
-        `start_states="visited"` the episode_length - horizon steps to the start."""
+        counted): the evaluation rollout, the data rollout if it is another one (noisy, or
+        cut by a growing horizon), per improvement step the derivative rollout and the
+        step-size search's candidates, and with `start_states="visited"` the
+        episode_length - horizon steps to the start. A growing horizon's rollouts still run
+        all N steps."""
         rollouts = (
             1
-            + (self.exploration_noise > 0)
+            + (self.exploration_noise > 0 or self.horizon_start is not None)
             + self.improve_iterations * (1 + self.step_size_candidates())
         )
         to_start = 0
@@ -251,6 +279,17 @@ def line_search_step(config: PODSConfig, step_sizes: jax.Array) -> SearchStep:
     step size from the line search over `step_sizes` (HDS's default search too)."""
 
     def search_step(env, states, actions, observations, active, _key) -> ImprovedActions:
+        if config.feedback:
+            return improve_with_feedback(
+                env,
+                states,
+                actions,
+                observations,
+                step_sizes,
+                damping=config.damping,
+                gradient_window=config.gradient_window,
+                active=active,
+            )
         return improve_actions(
             env,
             states,
@@ -274,7 +313,7 @@ def make_pods(
     """Builds PODS's pure pieces for one config and env. The k rollouts are sharded over
     `devices` (default: every local device; see `pods.sharding`)."""
     horizon = config.horizon or env.episode_length
-    check_start_states(config, horizon, env.episode_length)
+    check_horizons(config, horizon, env.episode_length)
     k = config.num_trajectories
     learner = policy_learner(config, [env], horizon)
     mesh = trajectory_mesh(devices)
@@ -314,13 +353,20 @@ def make_pods(
     return PODSProgram(learner.network, learner.make_policy, improve, epoch)
 
 
-def check_start_states(config: PODSConfig, horizon: int, episode_length: int) -> None:
-    """`start_states="visited"` needs a horizon shorter than the episode: with the whole
-    episode as the horizon every rollout starts at a reset anyway."""
+def check_horizons(config: PODSConfig, horizon: int, episode_length: int) -> None:
+    """`start_states="visited"` needs a horizon shorter than the episode (with the whole
+    episode as the horizon every rollout starts at a reset anyway), and a growing horizon
+    starts within the horizon."""
+    name = type(config).__name__
     if config.start_states == "visited" and horizon >= episode_length:
         raise ValueError(
-            f"{type(config).__name__}.start_states='visited' needs a horizon shorter than the "
+            f"{name}.start_states='visited' needs a horizon shorter than the "
             f"episode ({episode_length} steps), got horizon={horizon}"
+        )
+    if config.horizon_start is not None and config.horizon_start > horizon:
+        raise ValueError(
+            f"{name}.horizon_start must be <= the horizon ({horizon} steps), "
+            f"got {config.horizon_start}"
         )
 
 
@@ -385,7 +431,9 @@ def roll_out_and_improve(
 ) -> Improvement:
     """PODS steps 1-2 from `size` initial states of `env` (fresh, or visited by the policy
     within episodes of `episode_length` steps: `config.start_states`), and the elite among
-    them; the rollouts split over `mesh`'s devices, if given."""
+    them; the rollouts split over `mesh`'s devices, if given. With a growing horizon
+    (`config.horizon_start`) the data rollouts and the improvement run in episodes ended at
+    the epoch's horizon; the evaluation rollouts never are."""
     dtype = jnp.float64 if config.float64 else jnp.float32
     key_reset, key_noise = jax.random.split(key)
     states = shard_trajectories(reset_batch(env, key_reset, size), mesh)
@@ -398,10 +446,15 @@ def roll_out_and_improve(
         states = shard_trajectories(
             policy_states_after(env, states, policy, offsets, episode_length - horizon), mesh
         )
-    # train/return is always the deterministic policy's, comparable across configs.
+    # train/return is always the deterministic policy's over the whole horizon, comparable
+    # across configs.
     evaluation = jax.vmap(lambda s: episode_of_policy(env, s, policy, horizon))(states)
+    if config.horizon_start is not None:
+        # The rollouts to improve end their episodes at the epoch's horizon.
+        env = EpisodeLimit(env)
+        states = with_episode_limit(states, grown_horizon(config, horizon, epoch))
     noise = config.exploration_noise * config.exploration_decay ** epoch.astype(dtype)
-    if config.exploration_noise > 0:
+    if config.exploration_noise > 0 or config.horizon_start is not None:
         data = jax.vmap(
             lambda s, key: episode_of_policy(env, s, policy, horizon, key=key, action_noise=noise)
         )(states, jax.random.split(key_noise, size))
@@ -425,6 +478,13 @@ def roll_out_and_improve(
         selected=elite(steps.value_improved[-1], config.elite_fraction),
         noise=noise,
     )
+
+
+def grown_horizon(config: PODSConfig, horizon: int, epoch: jax.Array) -> jax.Array:
+    """The steps epoch `epoch`'s rollouts are improved over (`PODSConfig.horizon_start`)."""
+    start = config.horizon_start
+    growth = config.horizon_growth_epochs
+    return start + (horizon - start) * jnp.minimum(epoch, growth) // growth
 
 
 # --- step 3: distill --------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 One env, configured per test file: the matrices, the reward r(s', a), the initial
 observation, the episode length, the dtype, and optionally a NaN planted in the action
-gradient (`poison`). It is a pytree of (A, B), like `LearnedEnv`, so it can ride as an
+gradient (`poison`); `LinearQuadraticEnv` is the preset whose return is exactly quadratic
+in the actions. It is a pytree of (A, B), like `LearnedEnv`, so it can ride as an
 argument of a jitted function (HDS's model env does); a subclass that is not registered
-itself (a test file's preset) is an opaque env, closed over like a simulator.
+itself (such a preset) is an opaque env, closed over like a simulator.
 """
 
 from collections.abc import Callable
@@ -117,3 +118,30 @@ def _nan_gradient_where_jvp(primals, tangents):
     # Linear in the tangent, so reverse mode (its transpose) gets the NaN as well.
     x, poisoned = primals
     return x, tangents[0] * jnp.where(poisoned, jnp.nan, 1.0).astype(x.dtype)
+
+
+class LinearQuadraticEnv(LinearEnv):
+    """s' = A s + B a with reward -0.5 s'^T Q s' - 0.5 a^T R a - q^T s': the Brax `Env`
+    contract on a system whose return is exactly quadratic in the actions, so its
+    Gauss-Newton matrix is its exact Hessian.
+
+    `poison="positive_start"` plants a NaN in the action gradient of every trajectory that
+    starts with s_0[0] > 0, `poison="all"` in every trajectory's; the forward pass is untouched.
+    """
+
+    def __init__(self, dtype=jnp.float32, episode_length=6, poison="none"):
+        Q = jnp.array([[1.0, 0.2], [0.2, 0.5]], dtype)
+        R = jnp.array([[0.1]], dtype)
+        q = jnp.array([0.3, -0.1], dtype)
+
+        def reward(obs, action):
+            return -0.5 * obs @ Q @ obs - 0.5 * action @ R @ action - q @ obs
+
+        super().__init__(
+            [[1.0, 0.1], [0.0, 1.0]],
+            [[0.0], [0.1]],
+            reward=reward,
+            episode_length=episode_length,
+            dtype=dtype,
+            poison=poison,
+        )

@@ -58,6 +58,13 @@ def assert_refused(result, message: str) -> str:
         (["algo.horizon=2", "algo.minibatch_size=9"], "algo.horizon=2"),
         (["algo.start_states=visited"], "algo.horizon=None"),
         (["algo.start_states=anywhere"], "'anywhere'"),
+        (["algo.horizon_start=101"], "algo.horizon_start=101"),
+        (["algo.horizon_growth_epochs=0"], "horizon_growth_epochs"),
+        (["algo.feedback=true", "algo.order=1"], "feedback must be false with order=1"),
+        (
+            ["algo=hds", "algo.order=2", "algo.feedback=true", "algo.step_size_search=annealing"],
+            "'line_search' with feedback=true",
+        ),
         (["algo=hds", "real.initial_data=policy"], "real.initial_data=policy"),
         (["algo=hds", "model.rollout_horizon=20"], "model.rollout_horizon=20"),
         (["algo=pods_sysid", "real.budget=5"], "real.budget=5"),
@@ -146,6 +153,8 @@ def test_a_config_key_added_since_a_run_reads_as_the_value_that_run_computed_wit
     assert config_differences(
         before, {"algo": {"order": 2, "start_states": "visited"}, "seed": 0}
     ) == ["algo.start_states: reset -> visited"]
+    added = {"feedback": False, "horizon_start": None, "horizon_growth_epochs": 30}
+    assert config_differences(before, {"algo": {"order": 2, **added}, "seed": 0}) == []
     # Any other new key is a difference.
     assert config_differences(before, {"algo": {"order": 2, "new_key": 1}, "seed": 0}) == [
         "algo.new_key: (none) -> 1"

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 from brax.envs.base import Env, State
-from doubles import LinearEnv
+from doubles import LinearQuadraticEnv
 
 from pods.distill import distill_policy
 from pods.improve import (
@@ -42,39 +42,13 @@ from pods.train import (
     distill_improved,
     elite,
     evaluate_policy,
+    grown_horizon,
     init_training_state,
     make_pods,
     policy_learner,
     train,
 )
 from sim2real import make_testbed
-
-
-class LinearQuadraticEnv(LinearEnv):
-    """s' = A s + B a with reward -0.5 s'^T Q s' - 0.5 a^T R a - q^T s': the Brax `Env`
-    contract on a system whose return is exactly quadratic in the actions, so its
-    Gauss-Newton matrix is its exact Hessian.
-
-    `poison="positive_start"` plants a NaN in the action gradient of every trajectory that
-    starts with s_0[0] > 0, `poison="all"` in every trajectory's; the forward pass is untouched.
-    """
-
-    def __init__(self, dtype=jnp.float32, episode_length=6, poison="none"):
-        Q = jnp.array([[1.0, 0.2], [0.2, 0.5]], dtype)
-        R = jnp.array([[0.1]], dtype)
-        q = jnp.array([0.3, -0.1], dtype)
-
-        def reward(obs, action):
-            return -0.5 * obs @ Q @ obs - 0.5 * action @ R @ action - q @ obs
-
-        super().__init__(
-            [[1.0, 0.1], [0.0, 1.0]],
-            [[0.0], [0.1]],
-            reward=reward,
-            episode_length=episode_length,
-            dtype=dtype,
-            poison=poison,
-        )
 
 
 def _value(env, state, actions):
@@ -526,6 +500,8 @@ def test_improvement_of_terminating_episodes_keeps_each_returned_mask():
         ("elite_fraction", 0.0),
         ("elite_fraction", 1.5),
         ("start_states", "anywhere"),
+        ("horizon_start", 0),
+        ("horizon_growth_epochs", 0),
     ],
 )
 def test_config_rejects_bad_values_naming_them(field, value):
@@ -572,6 +548,32 @@ def test_visited_starts_need_a_horizon_shorter_than_the_episode(horizon):
     with pytest.raises(ValueError, match=r"start_states='visited' needs a horizon shorter") as e:
         make_pods(config, LinearQuadraticEnv(episode_length=12))
     assert f"horizon={horizon or 12}" in str(e.value)
+
+
+def test_a_growing_horizon_ends_the_improved_episodes_at_the_epochs_horizon():
+    env = LinearQuadraticEnv(episode_length=12)
+    config = PODSConfig(
+        num_trajectories=8, horizon_start=3, horizon_growth_epochs=4, minibatch_size=16
+    )
+    assert [int(grown_horizon(config, 12, jnp.array(e))) for e in range(7)] == [
+        3, 5, 7, 9, 12, 12, 12
+    ]  # fmt: skip
+    program = make_pods(config, env)
+    params = init_training_state(config, env, program.network, jax.random.PRNGKey(0)).params
+    for epoch, steps in [(0, 3), (2, 7), (9, 12)]:
+        improvement = program.improve(params, jnp.array(epoch), jax.random.PRNGKey(1))
+        np.testing.assert_array_equal(improvement.data.active.sum(axis=1), steps)
+        np.testing.assert_array_equal(improvement.improved.active.sum(axis=1), steps)
+        # The data rollout's return counts those steps alone; the evaluation all twelve.
+        np.testing.assert_allclose(
+            improvement.data.value, improvement.data.rewards[:, :steps].sum(axis=1), rtol=1e-6
+        )
+        np.testing.assert_array_equal(improvement.evaluation.active, 1.0)
+    assert config.steps_per_trajectory(12) == (1 + 1 + 1 + config.num_step_sizes) * 12
+    with pytest.raises(
+        ValueError, match=r"horizon_start must be <= the horizon \(12 steps\), got 13"
+    ):
+        make_pods(dataclasses.replace(config, horizon_start=13), env)
 
 
 def test_float64_config_needs_a_float64_env():
