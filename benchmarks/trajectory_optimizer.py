@@ -1,0 +1,143 @@
+"""How far the action improvement alone gets, with no policy: the open-loop Gauss-Newton step
+against the feedback (iLQR) step on fixed starts, over the whole horizon at once or over a
+horizon grown stage by stage. Prints JSON.
+
+    .venv/bin/python benchmarks/trajectory_optimizer.py [--testbed double_cartpole_balance_sim]
+        [--starts 8] [--horizon 100] [--grow 10] [--iterations 8] [--window 10] [--seed 0]
+        [--out FILE]
+
+From --starts initial states of the testbed (`chain` backend, float32) and all-zero actions,
+each method takes --iterations improvement steps per stage (`pods.improve.improve_actions`
+at order 2 with --window-step gradient windows, or `pods.feedback.improve_with_feedback`
+with none; the line search's default grid of 8 step sizes from 1 to 1e-3). With --grow G the
+stages optimize the first G, 2G, ... steps of the horizon in turn (the later actions stay 0
+until their stage); --grow 0 optimizes the whole horizon in every stage. Per stage, the JSON
+has each start's return over the stage's steps and over the whole horizon (the actions past
+the stage are still 0 there), the share of the last step accepted and its median step size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pods.feedback import improve_with_feedback
+from pods.improve import improve_actions, step_size_grid
+from pods.rollout import episode_of_actions, reset_batch
+from pods.runtime import configure_jax, filter_known_xla_logs
+from sim2real import make_testbed
+
+METHODS = ("open_loop", "feedback")
+
+
+def optimize(env, states, method: str, horizon: int, stages: list[int], iterations: int, window):
+    """Each stage's returns (over its steps, over the whole horizon), accept share, step."""
+    step_sizes = step_size_grid(1.0, 1e-3, 8)
+
+    def improve(s, a, o):
+        if method == "feedback":
+            return improve_with_feedback(env, s, a, o, step_sizes)
+        return improve_actions(env, s, a, o, step_sizes, order=2, gradient_window=window)
+
+    improve = jax.jit(improve)
+    episodes = jax.jit(jax.vmap(lambda s, a: episode_of_actions(env, s, a)))
+    actions = jnp.zeros((states.obs.shape[0], horizon, env.action_size))
+    rows = []
+    for steps in stages:
+        for _ in range(iterations):
+            head = actions[:, :steps]
+            step = improve(states, head, episodes(states, head).observations)
+            actions = actions.at[:, :steps].set(step.actions)
+        rows.append(
+            {
+                "steps": steps,
+                "return_over_steps": np.asarray(step.value_improved).round(2).tolist(),
+                "return_whole_horizon": np.asarray(episodes(states, actions).value)
+                .round(2)
+                .tolist(),
+                "accepted": float(jnp.mean(step.accepted)),
+                "median_step_size": float(jnp.median(step.step_size)),
+            }
+        )
+        print(
+            f"{method} {steps} steps: mean {np.mean(rows[-1]['return_over_steps']):.1f}, "
+            f"whole horizon {np.mean(rows[-1]['return_whole_horizon']):.1f}",
+            file=sys.stderr,
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--testbed", default="double_cartpole_balance_sim")
+    parser.add_argument("--starts", type=int, default=8)
+    parser.add_argument("--horizon", type=int, default=100)
+    parser.add_argument("--grow", type=int, default=10, help="steps added per stage; 0: none")
+    parser.add_argument("--iterations", type=int, default=8, help="improvement steps a stage")
+    parser.add_argument("--window", type=int, default=10, help="the open-loop step's window")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    for name in ("starts", "horizon", "iterations", "window"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}")
+    if not 0 <= args.grow <= args.horizon:
+        parser.error(f"--grow must be in [0, --horizon={args.horizon}], got {args.grow}")
+    filter_known_xla_logs()
+    configure_jax()
+    env = make_testbed(args.testbed, backend="chain", episode_length=args.horizon)
+    states = reset_batch(env, jax.random.PRNGKey(args.seed), args.starts)
+    if args.grow:
+        stages = list(range(args.grow, args.horizon + 1, args.grow))
+        stages += [args.horizon] if stages[-1] != args.horizon else []
+    else:
+        stages = [args.horizon] * (args.horizon // 10)
+    start = time.perf_counter()
+    results = {}
+    for method in args.methods:
+        began = time.perf_counter()
+        results[method] = {
+            "stages": optimize(
+                env, states, method, args.horizon, stages, args.iterations, args.window
+            ),
+            "seconds": round(time.perf_counter() - began, 1),
+        }
+    report = {
+        "command": "python benchmarks/trajectory_optimizer.py " + " ".join(argv or sys.argv[1:]),
+        "testbed": args.testbed,
+        "starts": args.starts,
+        "horizon": args.horizon,
+        "grow": args.grow,
+        "iterations": args.iterations,
+        "open_loop_window": args.window,
+        "seed": args.seed,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+        },
+        "results": results,
+        "total_seconds": round(time.perf_counter() - start, 1),
+    }
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        partial = f"{args.out}.partial"
+        with open(partial, "w") as f:
+            f.write(text + "\n")
+        os.replace(partial, args.out)
+    return report
+
+
+if __name__ == "__main__":
+    main()
