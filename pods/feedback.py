@@ -20,7 +20,10 @@ Mansard & Todorov 2014's clamping of the controls at their bounds):
    trajectory keeps the best only if its return is finite and strictly above V(a).
 
 The actions returned are those the closed loop took, with the states they visited:
-distillation regresses the policy on a feedback law's actions at its own states. A gradient
+distillation regresses the policy on a feedback law's actions at its own states. The law's
+action at the states the step started from, a + alpha k, is returned too (`anchor_actions`):
+`distill_states="both"` regresses on both, so the policy sees how the law's action changes
+with the state, not only what it does along one trajectory. A gradient
 window W applies here too: the backward pass restarts every W steps, so a step's change
 answers only for the rewards of its own window, as in the open-loop steps.
 """
@@ -258,16 +261,18 @@ def improve_with_feedback(
 
     best_return = pick(returns)
     accepted = (best_return > value) & finite
+    alpha = jnp.where(accepted, step_sizes[best], 0.0)
     return ImprovedActions(
         actions=jnp.where(accepted[:, None, None], pick(episodes.actions), actions),
         value=value,
         value_improved=jnp.where(accepted, best_return, value),
         gradient_norm=jax.vmap(jnp.linalg.norm)(law.gradient),
-        step_size=jnp.where(accepted, step_sizes[best], 0.0),
+        step_size=alpha,
         accepted=accepted,
         nonfinite=~finite,
         observations=jnp.where(accepted[:, None, None], pick(episodes.observations), observations),
         active=jnp.where(accepted[:, None], pick(episodes.active), active),
+        anchor_actions=jnp.clip(actions + alpha[:, None, None] * feedforward, low, high),
     )
 
 

@@ -57,6 +57,12 @@ class ImprovedActions:
     active: Float[Array, "k horizon"]
     """1 for the steps of `actions` taken before their episode ended (see `pods.rollout`):
     distillation learns only from those."""
+    anchor_actions: Float[Array, "k horizon act_dim"] | None = None
+    """What the step would play at the states it started from (the rollout it improved,
+    `observations` of the input): an open-loop step's `actions` themselves; a feedback
+    step's a + alpha k, its law without the gains' correction. Distilled with
+    `distill_states="both"`, beside `actions` at the states they visit, they show the policy
+    how the improved action changes with the state."""
 
 
 def step_size_grid(largest: float, smallest: float, count: int) -> Float[Array, " count"]:
@@ -459,10 +465,9 @@ def improve_along_direction(
     direction = jnp.where(finite[:, None, None], direction, 0.0)
     search = step_size_search(direction, value)
     accepted = search.accepted & finite
+    kept = jnp.where(accepted[:, None, None], search.actions, jnp.clip(actions, *action_bounds))
     return ImprovedActions(
-        actions=jnp.where(
-            accepted[:, None, None], search.actions, jnp.clip(actions, *action_bounds)
-        ),
+        actions=kept,
         value=value,
         value_improved=jnp.where(accepted, search.value, value),
         gradient_norm=jax.vmap(jnp.linalg.norm)(gradient),
@@ -471,6 +476,7 @@ def improve_along_direction(
         nonfinite=~finite,
         observations=jnp.where(accepted[:, None, None], search.observations, observations),
         active=jnp.where(accepted[:, None], search.active, _all_active(actions, active)),
+        anchor_actions=kept,
     )
 
 

@@ -53,6 +53,8 @@ from pods.validation import is_integer, require
 
 Metrics = dict[str, float]
 
+DISTILL_STATES = ("improved", "original", "both")
+"""Where distillation regresses the policy on the improved actions (`PODSConfig.distill_states`)."""
 START_STATES = ("reset", "visited")
 """Where an epoch's rollouts start (`PODSConfig.start_states`)."""
 
@@ -114,8 +116,11 @@ class PODSConfig:
     episode trains on every part of it. Tried on the double cart-pole, whose open-loop action
     sequences cannot be improved over the whole episode: it did not help there (README)."""
     distill_states: str = "improved"
-    """Regress pi(s_t) on a'_t at the states a' visits (`improved`) or at those of the data
-    rollout (`original`, as in the paper's pseudo-code)."""
+    """Regress pi(s_t) on a'_t at the states a' visits (`improved`), at those of the data
+    rollout (`original`, as in the paper's pseudo-code), or both (`both`): beside a'_t at
+    the states it visits, the improvement step's `anchor_actions` at the states it started
+    from, which for a feedback step differ by its gains' correction, so the pairs show the
+    policy the law's dependence on the state as well as its actions."""
     elite_fraction: float = 1.0
     """Distill only this fraction of the k improved trajectories, those with the highest
     improved return (at least one); 1 distills all, as in the paper. With exploration noise
@@ -201,10 +206,10 @@ class PODSConfig:
         require(0 < self.elite_fraction <= 1, self, "elite_fraction", "in (0, 1]")
         require(self.start_states in START_STATES, self, "start_states", f"one of {START_STATES}")
         require(
-            self.distill_states in ("improved", "original"),
+            self.distill_states in DISTILL_STATES,
             self,
             "distill_states",
-            "'improved' or 'original'",
+            f"one of {DISTILL_STATES}",
         )
         require(
             isinstance(self.hidden_sizes, tuple)
@@ -505,17 +510,31 @@ def distill_improved(
     improved, selected = improvement.improved, improvement.selected
     k, horizon = improved.actions.shape[:2]
     dtype = improved.actions.dtype
-    if config.distill_states == "improved":
-        states_visited, active = improved.observations, improved.active
+    improved_pairs = (improved.observations, improved.actions, improved.active)
+    if config.distill_states == "both":
+        # The states the last step started from: the data rollout's, or the previous step's.
+        previous = jax.tree.map(lambda x: x[-2], steps) if steps.actions.shape[0] > 1 else None
+        start = (
+            (data.observations, data.active)
+            if previous is None
+            else (previous.observations, previous.active)
+        )
+        anchor_pairs = (start[0], improved.anchor_actions, start[1] * improved.active)
+        pairs = [jnp.concatenate(xs) for xs in zip(improved_pairs, anchor_pairs)]
+    elif config.distill_states == "improved":
+        pairs = improved_pairs
     else:
-        states_visited, active = data.observations, data.active * improved.active
-    observations = states_visited[:, :-1].reshape(k * horizon, -1)
-    targets = improved.actions.reshape(k * horizon, -1)
+        pairs = (data.observations, improved.actions, data.active * improved.active)
+    states_visited, target_actions, active = pairs
+    rows = states_visited.shape[0]
+    observations = states_visited[:, :-1].reshape(rows * horizon, -1)
+    targets = target_actions.reshape(rows * horizon, -1)
     # A trajectory whose derivatives went non-finite is in a regime the numerics cannot
     # be trusted in: it teaches nothing, not even its own (unimproved) actions. Steps after
     # the episode ended teach nothing either: no reward judged them.
-    trusted = jnp.repeat(~jnp.any(steps.nonfinite, axis=0) & selected, horizon)
-    trusted = trusted & (active.reshape(k * horizon) > 0)
+    trusted = ~jnp.any(steps.nonfinite, axis=0) & selected
+    trusted = jnp.repeat(jnp.tile(trusted, rows // k), horizon)
+    trusted = trusted & (active.reshape(rows * horizon) > 0)
     usable = trusted & jnp.all(jnp.isfinite(observations), -1) & jnp.all(jnp.isfinite(targets), -1)
     normalizer = state.params.normalizer
     if config.normalize_observations:

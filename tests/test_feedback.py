@@ -49,6 +49,10 @@ def test_one_undamped_feedback_step_reaches_the_linear_quadratic_optimum():
             action_bounds=(-100.0, 100.0),
         )
         assert np.all(np.asarray(step.accepted)) and np.all(np.asarray(step.step_size) == 1.0)
+        # The anchor is the law without its gains' correction, a + k: the same first action
+        # (the states agree at t = 0), then apart wherever the gains correct.
+        np.testing.assert_allclose(step.anchor_actions[:, 0], step.actions[:, 0], atol=1e-12)
+        assert float(jnp.max(jnp.abs(step.anchor_actions - step.actions))) > 1e-6
         for i in range(4):
             state = jax.tree.map(lambda x, i=i: x[i], states)
             # The return is concave quadratic in the actions: the optimum has a zero gradient.
@@ -137,9 +141,11 @@ def test_feedback_step_never_worsens_and_rejects_exactly_the_poisoned_trajectori
     np.testing.assert_array_equal(np.asarray(step.step_size)[poisoned], 0.0)
 
 
-def test_pods_with_feedback_learns_the_linear_quadratic_task():
+@pytest.mark.parametrize("distill_states", ["improved", "both"])
+def test_pods_with_feedback_learns_the_linear_quadratic_task(distill_states):
     env = LinearQuadraticEnv(episode_length=8)
     config = PODSConfig(
+        distill_states=distill_states,
         num_epochs=6,
         num_trajectories=16,
         order=2,

@@ -501,6 +501,7 @@ def test_improvement_of_terminating_episodes_keeps_each_returned_mask():
         ("elite_fraction", 1.5),
         ("start_states", "anywhere"),
         ("horizon_start", 0),
+        ("distill_states", "everywhere"),
         ("horizon_growth_epochs", 0),
     ],
 )
