@@ -36,7 +36,7 @@ from brax.envs.base import Env, State
 from flax import struct
 from jaxtyping import Array, Bool, Float
 
-from pods.improve import ImprovedActions, RewardFn, _all_active
+from pods.improve import ImprovedActions, RewardFn, _all_active, best_candidate
 from pods.rollout import (
     episode_of_feedback,
     state_vector,
@@ -253,25 +253,19 @@ def improve_with_feedback(
         return jax.vmap(one)(step_sizes)
 
     episodes = jax.vmap(candidates)(states, actions, feedforward, gains, nominal)
-    returns = jnp.where(jnp.isfinite(episodes.value), episodes.value, -jnp.inf)
-    best = jnp.argmax(returns, axis=1)
-
-    def pick(x):
-        return jnp.take_along_axis(x, best.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
-
-    best_return = pick(returns)
+    best, best_return, chosen = best_candidate(episodes.value, episodes)
     accepted = (best_return > value) & finite
     alpha = jnp.where(accepted, step_sizes[best], 0.0)
     return ImprovedActions(
-        actions=jnp.where(accepted[:, None, None], pick(episodes.actions), actions),
+        actions=jnp.where(accepted[:, None, None], chosen.actions, actions),
         value=value,
         value_improved=jnp.where(accepted, best_return, value),
         gradient_norm=jax.vmap(jnp.linalg.norm)(law.gradient),
         step_size=alpha,
         accepted=accepted,
         nonfinite=~finite,
-        observations=jnp.where(accepted[:, None, None], pick(episodes.observations), observations),
-        active=jnp.where(accepted[:, None], pick(episodes.active), active),
+        observations=jnp.where(accepted[:, None, None], chosen.observations, observations),
+        active=jnp.where(accepted[:, None], chosen.active, active),
         anchor_actions=jnp.clip(actions + alpha[:, None, None] * feedforward, low, high),
     )
 

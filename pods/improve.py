@@ -19,6 +19,7 @@ rejected and counted; it keeps its actions.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -324,6 +325,21 @@ class LineSearchResult:
     """The accepted candidate's steps before its episode ended (0 where none was accepted)."""
 
 
+def best_candidate(
+    returns: Float[Array, "k m"], candidates: Any
+) -> tuple[jax.Array, Float[Array, " k"], Any]:
+    """Per trajectory (axis 0), the candidate (axis 1) with the highest finite return: its
+    index, its return (-inf where none is finite) and `candidates` (a pytree of arrays shaped
+    [k, m, ...]) at it."""
+    returns = jnp.where(jnp.isfinite(returns), returns, -jnp.inf)
+    best = jnp.argmax(returns, axis=1)
+
+    def pick(x):
+        return jnp.take_along_axis(x, best.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)[:, 0]
+
+    return best, pick(returns), jax.tree.map(pick, candidates)
+
+
 def line_search(
     env: Env,
     states: State,
@@ -350,13 +366,10 @@ def line_search(
         return episodes.value, episodes.observations, episodes.active
 
     returns, observations, active = jax.vmap(candidate_rollouts)(states, candidates)
-    returns = jnp.where(jnp.isfinite(returns), returns, -jnp.inf)
-    best = jnp.argmax(returns, axis=1)
-    best_return = jnp.take_along_axis(returns, best[:, None], axis=1)[:, 0]
+    best, best_return, (best_actions, best_observations, best_active) = best_candidate(
+        returns, (candidates, observations, active)
+    )
     accepted = best_return > value
-    best_actions = jnp.take_along_axis(candidates, best[:, None, None, None], axis=1)[:, 0]
-    best_observations = jnp.take_along_axis(observations, best[:, None, None, None], axis=1)[:, 0]
-    best_active = jnp.take_along_axis(active, best[:, None, None], axis=1)[:, 0]
     return LineSearchResult(
         actions=jnp.where(accepted[:, None, None], best_actions, jnp.clip(actions, low, high)),
         value=jnp.where(accepted, best_return, value),
