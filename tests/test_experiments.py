@@ -107,6 +107,20 @@ def test_every_experiment_preset_composes(experiment):
         build_library_configs(compose_config([f"experiment={experiment}", f"algo={name}"]))
 
 
+@pytest.mark.parametrize("algo", ["pods", "oracle", "pods_sysid", "hds"])
+def test_the_double_cart_pole_starts_every_pods_algorithm_from_its_own_solving_settings(algo):
+    for task in ("swingup", "balance"):
+        cfg = compose_config([f"env=double_cartpole_{task}", f"algo={algo}"])
+        assert cfg.algo.feedback and cfg.algo.horizon_start == 10
+        assert cfg.algo.distill_states == "both" and cfg.algo.num_epochs == 100
+        # The shared solving settings underneath still hold, and the command line wins.
+        assert cfg.algo.order == 2 and cfg.algo.elite_fraction == 0.125
+        cfg = compose_config([f"env=double_cartpole_{task}", f"algo={algo}", "algo.feedback=false"])
+        assert not cfg.algo.feedback and cfg.algo.horizon_start == 10
+    single = compose_config(["env=cartpole_swingup", f"algo={algo}"])
+    assert not single.algo.feedback and single.algo.horizon_start is None
+
+
 def test_physics_is_overridable_field_by_field():
     import experiments.train as entry
 

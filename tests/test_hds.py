@@ -80,8 +80,21 @@ def test_group_sizes_round_half_up_to_the_model():
     assert HDSConfig(num_trajectories=8, beta=1.0).group_sizes() == (0, 8)
 
 
-def test_beta_zero_reproduces_pods_exactly():
-    config = HDSConfig(**TINY, beta=0.0)
+# The double cart-pole's own settings (solving/double_cartpole.yaml) at TINY's sizes.
+FEEDBACK = dict(
+    order=2,
+    feedback=True,
+    gradient_window=None,
+    horizon_start=2,
+    horizon_growth_epochs=2,
+    distill_states="both",
+    normalize_observations=False,
+)
+
+
+@pytest.mark.parametrize("settings", [{}, FEEDBACK], ids=["defaults", "feedback"])
+def test_beta_zero_reproduces_pods_exactly(settings):
+    config = HDSConfig(**TINY, **settings, beta=0.0)
     key = jax.random.PRNGKey(3)
     _, pods_params, pods_history = train_pods(config.pods_config(), sim_env(), key)
     _, hds_params, hds_history = train_hds(config, (sim_env(), model_env()), key)
@@ -96,9 +109,10 @@ def test_beta_zero_reproduces_pods_exactly():
     jax.tree.map(np.testing.assert_array_equal, pods_params, hds_params)
 
 
-def test_the_two_group_epoch_with_the_simulator_as_model_is_pods():
+@pytest.mark.parametrize("settings", [{}, FEEDBACK], ids=["defaults", "feedback"])
+def test_the_two_group_epoch_with_the_simulator_as_model_is_pods(settings):
     """beta = 1 runs the general two-group code; with sim as the "model" it must be PODS."""
-    config = HDSConfig(**TINY, beta=1.0)
+    config = HDSConfig(**TINY, **settings, beta=1.0)
     key = jax.random.PRNGKey(4)
     _, pods_params, pods_history = train_pods(config.pods_config(), sim_env(), key)
     _, hds_params, hds_history = train_hds(
