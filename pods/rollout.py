@@ -218,8 +218,12 @@ def policy_states_after(
     return jax.lax.stop_gradient(jax.vmap(one)(states, steps))
 
 
+_LIMIT, _STEPS = "episode_limit", "episode_limit_steps"
+"""The `state.info` keys of `EpisodeLimit`: the steps an episode may take, and those taken."""
+
+
 class EpisodeLimit(Wrapper):
-    """The env with each episode ended after `state.info["limit"]` steps: `done` is 1 from
+    """The env with each episode ended after `state.info[_LIMIT]` steps: `done` is 1 from
     the step that reaches the limit on (or wherever the env itself ends it), so every rollout
     here masks the rewards, gradients and distillation targets past it. The limit is an array
     in the state, set after `reset` by `with_episode_limit`, so it can change from epoch to
@@ -231,9 +235,6 @@ class EpisodeLimit(Wrapper):
         info = {**arrived.info, _STEPS: steps, _LIMIT: state.info[_LIMIT]}
         done = jnp.where(steps >= state.info[_LIMIT], jnp.ones_like(arrived.done), arrived.done)
         return arrived.replace(done=done, info=info)
-
-
-_LIMIT, _STEPS = "episode_limit", "episode_limit_steps"
 
 
 def with_episode_limit(states: State, limit: Int[Array, ""]) -> State:

@@ -513,13 +513,11 @@ def distill_improved(
     improved_pairs = (improved.observations, improved.actions, improved.active)
     if config.distill_states == "both":
         # The states the last step started from: the data rollout's, or the previous step's.
-        previous = jax.tree.map(lambda x: x[-2], steps) if steps.actions.shape[0] > 1 else None
-        start = (
-            (data.observations, data.active)
-            if previous is None
-            else (previous.observations, previous.active)
-        )
-        anchor_pairs = (start[0], improved.anchor_actions, start[1] * improved.active)
+        if steps.actions.shape[0] == 1:
+            start_observations, start_active = data.observations, data.active
+        else:
+            start_observations, start_active = steps.observations[-2], steps.active[-2]
+        anchor_pairs = (start_observations, improved.anchor_actions, start_active * improved.active)
         pairs = [jnp.concatenate(xs) for xs in zip(improved_pairs, anchor_pairs)]
     elif config.distill_states == "improved":
         pairs = improved_pairs
