@@ -36,7 +36,13 @@ from brax.envs.base import Env, State
 from flax import struct
 from jaxtyping import Array, Bool, Float
 
-from pods.improve import ImprovedActions, RewardFn, _all_active, best_candidate
+from pods.improve import (
+    ImprovedActions,
+    RewardFn,
+    _all_active,
+    best_candidate,
+    reward_derivatives,
+)
 from pods.rollout import (
     episode_of_feedback,
     state_vector,
@@ -98,8 +104,8 @@ def linearize(
             return reward_fn(z[:obs_dim], z[obs_dim:])
 
         z = jnp.concatenate([obs, action_t])
-        reward, reward_gradient = jax.value_and_grad(reward_of_z)(z)
-        eigenvalues, eigenvectors = jnp.linalg.eigh(jax.hessian(lambda z: -reward_of_z(z))(z))
+        reward, reward_gradient, reward_hessian = reward_derivatives(reward_of_z, z)
+        eigenvalues, eigenvectors = jnp.linalg.eigh(-reward_hessian)
         roots = eigenvectors * jnp.sqrt(jnp.maximum(eigenvalues, 0.0))[None, :]
         factor = roots.T @ dz
         return x, dx_next[:n].T, dx_next[n:].T, -dz.T @ reward_gradient, factor.T @ factor, reward
