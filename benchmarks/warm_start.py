@@ -5,9 +5,11 @@ Builds the testbed, PODS and its training state at the solving settings
 load from the persistent cache when warm) and runs it once. Each phase reports its wall time
 and the `jax.monitoring` durations it recorded (tracing, lowering, backend compiles, cache
 loads). Run it twice on one cache: the first run fills the cache, the second is a warm
-start.
+start. With `--stored` the epoch comes from a `pods.programs.ProgramStore` in the cache's
+`programs/` folder, as the command line's does: exported and saved on the first run, loaded
+without tracing on the next.
 
-    .venv/bin/python benchmarks/warm_start.py --cache DIR [--backend chain]
+    .venv/bin/python benchmarks/warm_start.py --cache DIR [--backend chain] [--stored]
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ def main() -> None:
     parser.add_argument("--cache", required=True, help="the persistent compilation cache folder")
     parser.add_argument("--env", default="cartpole_swingup_sim")
     parser.add_argument("--backend", default="chain")
+    parser.add_argument(
+        "--stored", action="store_true", help="the epoch through the cache's program store"
+    )
     args = parser.parse_args()
     filter_known_xla_logs()
-    configure_jax(cache_dir=args.cache)
+    cache = configure_jax(cache_dir=args.cache)
 
     durations: dict[str, float] = collections.defaultdict(float)
     counts: collections.Counter = collections.Counter()
@@ -61,6 +66,7 @@ def main() -> None:
         phases.append({"phase": name, "s": round(time.perf_counter() - start, 3), "events": events})
         return out
 
+    from pods.programs import ProgramStore
     from pods.train import PODSConfig, init_training_state, make_pods
     from sim2real import make_testbed
 
@@ -73,14 +79,24 @@ def main() -> None:
         lambda: init_training_state(config, env, pods.network, jax.random.PRNGKey(0)),
     )
     key = jax.random.PRNGKey(1)
-    lowered = phase("trace_and_lower", lambda: jax.jit(pods.epoch).lower(state, key))
-    compiled = phase("compile", lowered.compile)
-    phase("first_epoch", lambda: compiled(state, key))
+    if args.stored:
+        store = ProgramStore(cache / "programs", context=f"{args.env} {args.backend}")
+        description = repr(config)
+        epoch = phase(
+            "program",
+            lambda: store.program("pods_epoch", pods.epoch, (state, key), description=description),
+        )
+        phase("first_epoch", lambda: epoch(state, key))
+    else:
+        lowered = phase("trace_and_lower", lambda: jax.jit(pods.epoch).lower(state, key))
+        compiled = phase("compile", lowered.compile)
+        phase("first_epoch", lambda: compiled(state, key))
     print(
         json.dumps(
             {
                 "env": args.env,
                 "backend": args.backend,
+                "stored": args.stored,
                 "settings": settings,
                 "machine": platform.processor() or platform.machine(),
                 "phases": phases,

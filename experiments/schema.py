@@ -188,6 +188,9 @@ class RunSchema:
     animation: bool = True
     """Write a GIF of the final policy in sim and real."""
     progress_bar: bool = True
+    store_programs: bool = True
+    """Keep the compiled PODS epoch beside the compilation cache (`pods.programs`), so that
+    the next run of the same config loads it instead of tracing it again."""
     devices: Optional[int] = None  # noqa: UP045 (OmegaConf needs Optional)
     """Local devices the rollouts are sharded over, the first n of them (null: all;
     `pods.sharding`). One device runs the unsharded program."""

@@ -22,9 +22,11 @@ compute.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -39,6 +41,7 @@ from experiments.resume import Resume, resolved_config
 from experiments.run_dir import RunDirectory, atomic_write_json
 from experiments.schema import LOOP_EXTRAS, ConfigError, to_library_config
 from pods.hds import HDSConfig, make_hds
+from pods.programs import ProgramStore
 from pods.rollout import Policy
 from pods.sharding import check_divisible
 from pods.train import PODSConfig, TrainingState, init_training_state, make_pods, train_seeds
@@ -190,9 +193,25 @@ def _pods(ctx: RunContext, env: Env) -> Trained:
         initial_state=loop.initial_state,
         checkpoint_fn=loop.checkpoint,
         devices=ctx.devices,
+        programs=program_store(ctx, env),
     )
     loop.close()
     return Trained(make_policy, params, _pods_summary(config))
+
+
+def program_store(ctx: RunContext, env: Env) -> ProgramStore | None:
+    """Where the run keeps its compiled epoch for the next process (`pods.programs`): the
+    `programs/` folder of the compilation cache, its context the config (its seed aside: the
+    seed is an argument of the program, not part of it) and `env`'s name and physics (which
+    system identification sets at run time). None with `run.store_programs=false`."""
+    cache = jax.config.jax_compilation_cache_dir
+    if not ctx.cfg.run.store_programs or not cache:
+        return None
+    resolved = resolved_config(ctx.cfg)
+    resolved.pop("seed", None)
+    physics = getattr(env, "physics", None)
+    context = f"{json.dumps(resolved, sort_keys=True)}\nenv={env.name} physics={physics!r}"
+    return ProgramStore(Path(cache) / "programs", context)
 
 
 def _pods_seeds(ctxs: list[RunContext], env: Env) -> list[Trained]:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -20,6 +21,7 @@ from experiments.schema import ConfigError, to_library_config
 from experiments.trainers import NEEDS_TESTBED
 from pods.train import PODSConfig
 from pods.xla_log_filter import drop_known
+from sim2real.testbeds import Physics
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "experiments" / "conf"
@@ -277,6 +279,50 @@ def test_tensorboard_events_hold_the_metrics_of_metrics_jsonl(finished_run):
         for key, value in record.items():
             if key != "epoch" and value is not None:
                 assert scalars[key][record["epoch"]] == pytest.approx(value, rel=1e-6, abs=1e-6)
+
+
+def test_a_run_stores_its_epoch_and_the_next_seed_loads_it_to_the_same_metrics(sweep, tmp_path):
+    """The first run of a config stores its compiled epoch (`pods.programs`); a later
+    process with another seed loads it instead of tracing, and trains to the metrics of the
+    sweep's run of that seed, whose epoch was traced in its own process."""
+    shared = Path(os.environ.get("PODS_JAX_CACHE") or REPO / ".jax_cache")
+    cache = tmp_path / "cache"  # the shared compilation cache, hard-linked, with no programs
+    if shared.is_dir():
+        shutil.copytree(
+            shared, cache, copy_function=os.link, ignore=shutil.ignore_patterns("programs")
+        )
+    environment = {"PODS_JAX_CACHE": str(cache)}
+    run_train(tmp_path / "seed0", environment=environment)
+    (program,) = (cache / "programs").glob("pods_epoch-*.jaxexport")
+    stamp = program.stat().st_mtime_ns
+    run_train(tmp_path / "seed1", "seed=1", environment=environment)
+    assert list((cache / "programs").iterdir()) == [program]
+    assert program.stat().st_mtime_ns == stamp  # read, not written again
+    (reference,) = sweep.glob("*seed1/metrics.jsonl")
+    got, expected = (
+        [json.loads(line) for line in path.read_text().splitlines()]
+        for path in (tmp_path / "seed1" / "metrics.jsonl", reference)
+    )
+    assert without_timing(got) == without_timing(expected)
+
+
+def test_the_stored_epochs_context_is_the_config_less_its_seed_and_the_envs_physics(tmp_path):
+    from experiments.train import prepare_run
+    from experiments.trainers import program_store
+
+    def context(*overrides):
+        ctx = prepare_run(compose_config(list(overrides)), tmp_path / "run")
+        store = program_store(ctx, ctx.sim)
+        return None if store is None else store.context
+
+    base = context("env=cartpole_balance")
+    assert base is not None and context("env=cartpole_balance", "seed=3") == base
+    assert context("env=cartpole_balance", "algo.learning_rate=0.01") != base
+    assert context("env=cartpole_balance", "run.store_programs=false") is None
+    # System identification sets the physics at run time, past the config: the env says it.
+    ctx = prepare_run(compose_config(["env=cartpole_balance"]), tmp_path / "run")
+    identified = ctx.sim.with_physics(Physics(slider_damping=2.0))
+    assert program_store(ctx, identified).context != base
 
 
 def test_killed_run_resumes_to_the_same_metrics(finished_run, tmp_path):
