@@ -78,7 +78,7 @@ class ProgramStore:
             stored = exported, out_tree[0]
             try:
                 _write(path, exported.serialize(), out_tree[0])
-            except OSError as err:  # a read-only cache still trains, tracing every time
+            except (OSError, ImportError) as err:  # a read-only cache still trains
                 warnings.warn(f"cannot store program {path}: {err}", stacklevel=2)
         else:
             _initialize_lapack()
