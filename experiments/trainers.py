@@ -203,9 +203,10 @@ def program_store(ctx: RunContext, env: Env) -> ProgramStore | None:
     """Where the run keeps its compiled epoch for the next process (`pods.programs`): the
     `programs/` folder of the compilation cache, its context the config (its seed aside: the
     seed is an argument of the program, not part of it) and `env`'s name and physics (which
-    system identification sets at run time). None with `run.store_programs=false`."""
+    system identification sets at run time). None with `run.store_programs=false`, and for
+    rollouts sharded over several devices: a stored program runs on one."""
     cache = jax.config.jax_compilation_cache_dir
-    if not ctx.cfg.run.store_programs or not cache:
+    if not ctx.cfg.run.store_programs or not cache or len(ctx.devices) != 1:
         return None
     resolved = resolved_config(ctx.cfg)
     resolved.pop("seed", None)

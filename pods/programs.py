@@ -48,7 +48,8 @@ VERSIONED = ("jax", "jaxlib", "brax", "flax", "optax", "mujoco", "numpy")
 
 class ProgramStore:
     """Serialized `jax.export` modules in one folder (the command line uses `programs/` of
-    the persistent compilation cache), one file per program key. `context` is the caller's
+    the persistent compilation cache), one file per program key, for programs that run on
+    one device (the first; several devices keep `jax.jit`). `context` is the caller's
     account of what the stored functions close over besides what each program's
     `description` says: the env, say, described by the config it was built from."""
 
