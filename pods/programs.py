@@ -14,8 +14,8 @@ An entry is found only by a key that covers everything the trace depends on:
   program's `description`: the config, the env); the caller vouches for it;
 - the arguments' tree structure, shapes and dtypes, and whether float64 is on;
 - the platform and the devices;
-- this project's source, every file of it, the source of any other module loaded from
-  outside the Python installation (the user's), and the versions of JAX, jaxlib, Brax,
+- this project's source, every file of the checkout, the source of any other module loaded
+  from outside the Python installation (the user's), and the versions of JAX, jaxlib, Brax,
   Flax, Optax, MuJoCo and NumPy (what the installation contributes).
 
 Change any of them and the key changes: the program is traced and exported again. A stored
@@ -40,8 +40,19 @@ import jax
 from jax import export
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = (
+    "pods",
+    "sim2real",
+    "dynamics_models",
+    "baselines",
+    "experiments",
+    "scoring",
+    "paper_figures",
+    "hydra_plugins",
+)
+"""This project's packages (pyproject.toml's): what is hashed of an installed copy."""
 UNSOURCED = ("outputs", "multirun", "__pycache__")
-"""Folders of the project's tree that hold no source of it."""
+"""Folders of the checkout that hold no source of it."""
 VERSIONED = ("jax", "jaxlib", "brax", "flax", "optax", "mujoco", "numpy")
 """The installed packages whose code a trace may run, by distribution name."""
 
@@ -113,10 +124,10 @@ def program_key(description: str, args: tuple) -> str:
 
 
 def source_digest() -> str:
-    """A hash of this project's Python source, every file of it, and of any other module
-    loaded in the process from outside the Python installation (the user's reward function,
-    say). Every file, not the modules loaded: two processes that import different parts of
-    the project still agree on the programs they share."""
+    """A hash of this project's Python source, every file of the checkout, and of any other
+    module loaded in the process from outside the Python installation (the user's reward
+    function, say). Every file, not the modules loaded: two processes that import different
+    parts of the project still agree on the programs they share."""
     digest = hashlib.sha256()
     for path in sorted(_project_source_files() | _loaded_source_files()):
         digest.update(str(path).encode())
@@ -125,11 +136,16 @@ def source_digest() -> str:
 
 
 def _project_source_files() -> set[Path]:
+    """Every Python file of the checkout (its packages, tests, benchmarks), or of the
+    packages alone where they are installed into site-packages."""
+    installed = PROJECT_ROOT.name in ("site-packages", "dist-packages")
+    roots = [PROJECT_ROOT / package for package in PACKAGES] if installed else [PROJECT_ROOT]
     files = set()
-    for folder, subfolders, names in os.walk(PROJECT_ROOT):
-        # Hidden folders (.venv, the caches) and run outputs are not the project's source.
-        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d not in UNSOURCED]
-        files.update(Path(folder, name) for name in names if name.endswith(".py"))
+    for root in roots:
+        for folder, subfolders, names in os.walk(root):
+            # Hidden folders (.venv, the caches) and run outputs hold no source of the project.
+            subfolders[:] = [d for d in subfolders if not d.startswith(".") and d not in UNSOURCED]
+            files.update(Path(folder, name) for name in names if name.endswith(".py"))
     return files
 
 
