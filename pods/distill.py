@@ -38,13 +38,16 @@ def distill_policy(
     weights: Float[Array, " n"],
     minibatch_size: int,
     passes: int,
+    update_scale: Float[Array, ""] | None = None,
 ) -> DistillationResult:
     """Adam on 0.5 ||pi(s) - a'||^2 over `passes` shuffled sweeps of `minibatch_size` pairs.
 
     `weights` (0 or 1) leave out pairs that must not be learned from, such as rollouts that
     went non-finite; the loss is the weighted mean over a minibatch. A step whose loss or
     gradient is not finite is skipped and counted, as is (uncounted) a minibatch with no
-    weight: the parameters and the optimizer state stay as they were. The tail of the data that does not fill a minibatch waits for the next shuffle.
+    weight: the parameters and the optimizer state stay as they were. `update_scale`, if
+    given, multiplies every Adam update (a learning rate schedule's factor). The tail of
+    the data that does not fill a minibatch waits for the next shuffle.
     """
     n = observations.shape[0]
     if not (0 < minibatch_size <= n):
@@ -79,6 +82,8 @@ def distill_policy(
         apply = finite & (jnp.sum(weights[indices]) > 0)
         grads = jax.tree.map(lambda g: jnp.where(apply, g, 0.0), grads)
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        if update_scale is not None:
+            updates = jax.tree.map(lambda u: update_scale.astype(u.dtype) * u, updates)
         new_params = optax.apply_updates(params, updates)
         # Selecting the old pytrees (rather than lax.cond) keeps the step branch-free; a
         # skipped step also leaves Adam's moments and count untouched.

@@ -57,6 +57,8 @@ Metrics = dict[str, float]
 
 DISTILL_STATES = ("improved", "original", "both")
 """Where distillation regresses the policy on the improved actions (`PODSConfig.distill_states`)."""
+LEARNING_RATE_SCHEDULES = ("constant", "cosine")
+"""How distillation's learning rate changes over the epochs (`PODSConfig.learning_rate_schedule`)."""
 START_STATES = ("reset", "visited")
 """Where an epoch's rollouts start (`PODSConfig.start_states`)."""
 
@@ -134,6 +136,9 @@ class PODSConfig:
     """Pairs per Adam step."""
     learning_rate: float = 1e-3
     """Adam's learning rate for distillation."""
+    learning_rate_schedule: str = "constant"
+    """`constant`, or `cosine`: epoch e's Adam updates scaled by (1 + cos(pi e /
+    num_epochs)) / 2, so the last epochs barely move the policy."""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """Widths of the policy MLP's hidden layers."""
     normalize_observations: bool = True
@@ -212,6 +217,12 @@ class PODSConfig:
             self,
             "distill_states",
             f"one of {DISTILL_STATES}",
+        )
+        require(
+            self.learning_rate_schedule in LEARNING_RATE_SCHEDULES,
+            self,
+            "learning_rate_schedule",
+            f"one of {LEARNING_RATE_SCHEDULES}",
         )
         require(
             isinstance(self.hidden_sizes, tuple)
@@ -552,6 +563,7 @@ def distill_improved(
         weights=usable.astype(dtype),
         minibatch_size=config.minibatch_size,
         passes=config.distill_passes,
+        update_scale=learning_rate_scale(config, state.epoch, dtype),
     )
     new_state = TrainingState(
         params=PolicyParams(normalizer, distilled.network_params),
@@ -577,6 +589,14 @@ def distill_improved(
         "train/episode_steps": jnp.mean(evaluation.steps),
     }
     return new_state, metrics
+
+
+def learning_rate_scale(config: PODSConfig, epoch: jax.Array, dtype) -> jax.Array | None:
+    """The factor on epoch `epoch`'s distillation updates (`learning_rate_schedule`)."""
+    if config.learning_rate_schedule == "constant":
+        return None
+    fraction = jnp.minimum(epoch, config.num_epochs).astype(dtype) / config.num_epochs
+    return 0.5 * (1.0 + jnp.cos(jnp.pi * fraction))
 
 
 # --- the loop ---------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from pods.train import (
     evaluate_policy,
     grown_horizon,
     init_training_state,
+    learning_rate_scale,
     make_pods,
     policy_learner,
     train,
@@ -375,6 +376,45 @@ def test_nan_in_distillation_skips_the_update_and_counts_it():
     assert float(masked.skipped_updates) == 0 and np.all(np.isfinite(masked.network_params["w"]))
 
 
+def test_update_scale_multiplies_each_adam_step():
+    obs = jax.random.normal(jax.random.PRNGKey(14), (16, 3))
+    targets = jnp.tanh(obs[:, :1])
+    net = lambda p, x: x @ p["w"]
+    params = {"w": jnp.zeros((3, 1))}
+    optimizer = optax.adam(1e-2)
+
+    def one_step(scale):
+        result = distill_policy(
+            net,
+            params,
+            optimizer,
+            optimizer.init(params),
+            jax.random.PRNGKey(0),
+            observations=obs,
+            targets=targets,
+            weights=jnp.ones(16),
+            minibatch_size=16,
+            passes=1,
+            update_scale=scale,
+        )
+        return result.network_params["w"]
+
+    full = one_step(None)
+    assert not np.allclose(full, 0.0)
+    np.testing.assert_allclose(one_step(jnp.float32(0.25)), 0.25 * full, rtol=1e-6)
+    np.testing.assert_array_equal(one_step(jnp.float32(0.0)), params["w"])
+
+
+def test_cosine_schedule_anneals_the_learning_rate_to_zero_over_the_epochs():
+    assert learning_rate_scale(PODSConfig(), jnp.int32(3), jnp.float32) is None
+    config = PODSConfig(num_epochs=8, learning_rate_schedule="cosine")
+    scales = [float(learning_rate_scale(config, jnp.int32(e), jnp.float32)) for e in range(10)]
+    np.testing.assert_allclose(scales[0], 1.0)
+    np.testing.assert_allclose(scales[4], 0.5, atol=1e-7)
+    np.testing.assert_allclose(scales[8:], 0.0, atol=1e-7)  # and past the last epoch
+    assert all(a > b for a, b in zip(scales[:8], scales[1:9]))
+
+
 # ---------------------------------------------------------------- elite distillation
 
 
@@ -536,6 +576,7 @@ def test_improvement_of_terminating_episodes_keeps_each_returned_mask():
         ("horizon_start", 0),
         ("distill_states", "everywhere"),
         ("horizon_growth_epochs", 0),
+        ("learning_rate_schedule", "linear"),
     ],
 )
 def test_config_rejects_bad_values_naming_them(field, value):
