@@ -4,7 +4,7 @@ horizon grown stage by stage. Prints JSON.
 
     .venv/bin/python benchmarks/trajectory_optimizer.py [--testbed double_cartpole_balance_sim]
         [--starts 8] [--horizon 100] [--grow 10] [--iterations 8] [--window 10] [--seed 0]
-        [--out FILE]
+        [--held-out] [--out FILE]
 
 From --starts initial states of the testbed (`chain` backend, float32) and all-zero actions,
 each method takes --iterations improvement steps per stage (`pods.improve.improve_actions`
@@ -13,7 +13,12 @@ with none; the line search's default grid of 8 step sizes from 1 to 1e-3). With 
 stages optimize the first G, 2G, ... steps of the horizon in turn (the later actions stay 0
 until their stage); --grow 0 optimizes the whole horizon in every stage. Per stage, the JSON
 has each start's return over the stage's steps and over the whole horizon (the actions past
-the stage are still 0 there), the share of the last step accepted and its median step size.
+the stage are still 0 there), the share of the starts the whole-horizon episode solves (the
+testbed's `solved` criterion) and each start's largest pole angle from upright over the
+criterion's window, the share of the last step accepted and its median step size.
+With --held-out the starts are those `experiments.train` evaluates a policy on for --seed
+(its first --starts held-out initial states), so the solved share is what the action
+optimizer reaches, start by start, where a trained policy's is measured.
 """
 
 from __future__ import annotations
@@ -25,15 +30,21 @@ import platform
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# Run as a script, this file's folder comes first on sys.path, where benchmarks/dynamics_models.py
+# would shadow the `dynamics_models` package that sim2real.evaluation imports.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 
-from pods.feedback import improve_with_feedback
-from pods.improve import improve_actions, step_size_grid
-from pods.rollout import episode_of_actions, reset_batch
-from pods.runtime import configure_jax, filter_known_xla_logs
-from sim2real import make_testbed
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pods.feedback import improve_with_feedback  # noqa: E402
+from pods.improve import improve_actions, step_size_grid  # noqa: E402
+from pods.rollout import episode_of_actions, reset_batch  # noqa: E402
+from pods.runtime import configure_jax, filter_known_xla_logs  # noqa: E402
+from sim2real import make_testbed  # noqa: E402
+from sim2real.evaluation import seed_streams, solved_criterion  # noqa: E402
 
 METHODS = ("open_loop", "feedback")
 
@@ -49,6 +60,7 @@ def optimize(env, states, method: str, horizon: int, stages: list[int], iteratio
 
     improve = jax.jit(improve)
     episodes = jax.jit(jax.vmap(lambda s, a: episode_of_actions(env, s, a)))
+    criterion = solved_criterion(env)
     actions = jnp.zeros((states.obs.shape[0], horizon, env.action_size))
     rows = []
     for steps in stages:
@@ -56,12 +68,15 @@ def optimize(env, states, method: str, horizon: int, stages: list[int], iteratio
             head = actions[:, :steps]
             step = improve(states, head, episodes(states, head).observations)
             actions = actions.at[:, :steps].set(step.actions)
+        whole = episodes(states, actions)
         rows.append(
             {
                 "steps": steps,
                 "return_over_steps": np.asarray(step.value_improved).round(2).tolist(),
-                "return_whole_horizon": np.asarray(episodes(states, actions).value)
-                .round(2)
+                "return_whole_horizon": np.asarray(whole.value).round(2).tolist(),
+                "solved": float(jnp.mean(criterion(whole.observations))),
+                "max_pole_deviation": np.asarray(criterion.max_deviation(whole.observations))
+                .round(3)
                 .tolist(),
                 "accepted": float(jnp.mean(step.accepted)),
                 "median_step_size": float(jnp.median(step.step_size)),
@@ -69,7 +84,8 @@ def optimize(env, states, method: str, horizon: int, stages: list[int], iteratio
         )
         print(
             f"{method} {steps} steps: mean {np.mean(rows[-1]['return_over_steps']):.1f}, "
-            f"whole horizon {np.mean(rows[-1]['return_whole_horizon']):.1f}",
+            f"whole horizon {np.mean(rows[-1]['return_whole_horizon']):.1f}, "
+            f"solved {rows[-1]['solved']:.0%}",
             file=sys.stderr,
         )
     return rows
@@ -85,6 +101,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--window", type=int, default=10, help="the open-loop step's window")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--held-out", action="store_true", help="the starts a trained policy is evaluated on"
+    )
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
     for name in ("starts", "horizon", "iterations", "window"):
@@ -95,7 +114,12 @@ def main(argv: list[str] | None = None) -> dict:
     filter_known_xla_logs()
     configure_jax()
     env = make_testbed(args.testbed, backend="chain", episode_length=args.horizon)
-    states = reset_batch(env, jax.random.PRNGKey(args.seed), args.starts)
+    if args.held_out:
+        # experiments.train's evaluation draws its starts from the seed's evaluation key.
+        key = jax.random.split(seed_streams(args.seed)[1])[0]
+    else:
+        key = jax.random.PRNGKey(args.seed)
+    states = reset_batch(env, key, args.starts)
     if args.grow:
         stages = list(range(args.grow, args.horizon + 1, args.grow))
         stages += [args.horizon] if stages[-1] != args.horizon else []
@@ -120,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         "iterations": args.iterations,
         "open_loop_window": args.window,
         "seed": args.seed,
+        "held_out": args.held_out,
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),

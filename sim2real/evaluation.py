@@ -67,16 +67,20 @@ class Solved:
     def __call__(self, observations: Any, valid: Any = None, *, xp: Any = jnp) -> Any:
         """[n] bool from observations [n, horizon + 1, obs] in the testbeds' layout (and the
         `valid` mask [n, horizon] of episodes that ended early: those are not solved)."""
+        upright = self.max_deviation(observations, xp=xp) <= self.tolerance
+        if valid is not None:
+            upright = upright & xp.all(valid, axis=1)
+        return upright
+
+    def max_deviation(self, observations: Any, *, xp: Any = jnp) -> Any:
+        """[n]: the largest angle from upright (rad) of any pole over the window's steps."""
         after = observations[:, 1:]
         window = self.steps(after.shape[1])
         cos = after[:, -window:, 1 : 1 + 2 * self.n_poles : 2]
         sin = after[:, -window:, 2 : 2 + 2 * self.n_poles : 2]
         absolute = xp.cumsum(xp.arctan2(sin, cos), axis=-1)
         deviation = xp.abs(xp.arctan2(xp.sin(absolute), xp.cos(absolute)))
-        upright = xp.all(deviation <= self.tolerance, axis=(1, 2))
-        if valid is not None:
-            upright = upright & xp.all(valid, axis=1)
-        return upright
+        return xp.max(deviation, axis=(1, 2))
 
 
 def solved_criterion(env: Any) -> Solved | None:

@@ -45,6 +45,12 @@ def test_double_pole_counts_absolute_angles_over_the_last_30_percent():
     angles[1, -10, 1] = 0.3  # the second pole bends at its hinge
     angles[2, -10] = [0.15, -0.15]  # each hinge tilts, but the second pole is upright
     np.testing.assert_array_equal(criterion(_observations(angles), xp=np), [True, False, True])
+    # The largest absolute angle in the window: hinge angles add up, the start is not counted.
+    angles[0, 0] = [0.5, 0.5]
+    angles[0, -5] = [0.1, 0.05]
+    np.testing.assert_allclose(
+        criterion.max_deviation(_observations(angles), xp=np), [0.15, 0.3, 0.15], atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("ended", [50, 99])
