@@ -320,12 +320,16 @@ def test_nan_gradient_in_training_leaves_params_unchanged_and_is_counted():
         np.testing.assert_array_equal(leaf, initial)
 
 
-def test_nan_in_distillation_skips_the_update_and_counts_it():
-    obs = jax.random.normal(jax.random.PRNGKey(13), (32, 3))
-    targets = jnp.tanh(obs[:, :1])
+def linear_regression(seed: int, n: int):
+    """A linear policy at zero, n (observation, target) pairs and Adam: (obs, targets, net,
+    params, optimizer)."""
+    obs = jax.random.normal(jax.random.PRNGKey(seed), (n, 3))
     net = lambda p, x: x @ p["w"]
-    params = {"w": jnp.zeros((3, 1))}
-    optimizer = optax.adam(1e-2)
+    return obs, jnp.tanh(obs[:, :1]), net, {"w": jnp.zeros((3, 1))}, optax.adam(1e-2)
+
+
+def test_nan_in_distillation_skips_the_update_and_counts_it():
+    obs, targets, net, params, optimizer = linear_regression(13, 32)
     opt_state = optimizer.init(params)
     weights = jnp.ones(32)
 
@@ -377,11 +381,7 @@ def test_nan_in_distillation_skips_the_update_and_counts_it():
 
 
 def test_update_scale_multiplies_each_adam_step():
-    obs = jax.random.normal(jax.random.PRNGKey(14), (16, 3))
-    targets = jnp.tanh(obs[:, :1])
-    net = lambda p, x: x @ p["w"]
-    params = {"w": jnp.zeros((3, 1))}
-    optimizer = optax.adam(1e-2)
+    obs, targets, net, params, optimizer = linear_regression(14, 16)
 
     def one_step(scale):
         result = distill_policy(
