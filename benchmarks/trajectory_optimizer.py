@@ -44,7 +44,7 @@ from pods.improve import improve_actions, step_size_grid  # noqa: E402
 from pods.rollout import episode_of_actions, reset_batch  # noqa: E402
 from pods.runtime import configure_jax, filter_known_xla_logs  # noqa: E402
 from sim2real import make_testbed  # noqa: E402
-from sim2real.evaluation import seed_streams, solved_criterion  # noqa: E402
+from sim2real.evaluation import held_out_starts, seed_streams, solved_criterion  # noqa: E402
 
 METHODS = ("open_loop", "feedback")
 
@@ -115,11 +115,9 @@ def main(argv: list[str] | None = None) -> dict:
     configure_jax()
     env = make_testbed(args.testbed, backend="chain", episode_length=args.horizon)
     if args.held_out:
-        # experiments.train's evaluation draws its starts from the seed's evaluation key.
-        key = jax.random.split(seed_streams(args.seed)[1])[0]
+        states = held_out_starts(env, seed_streams(args.seed)[1], args.starts)
     else:
-        key = jax.random.PRNGKey(args.seed)
-    states = reset_batch(env, key, args.starts)
+        states = reset_batch(env, jax.random.PRNGKey(args.seed), args.starts)
     if args.grow:
         stages = list(range(args.grow, args.horizon + 1, args.grow))
         stages += [args.horizon] if stages[-1] != args.horizon else []

@@ -595,8 +595,7 @@ def learning_rate_scale(config: PODSConfig, epoch: jax.Array, dtype) -> jax.Arra
     """The factor on epoch `epoch`'s distillation updates (`learning_rate_schedule`)."""
     if config.learning_rate_schedule == "constant":
         return None
-    fraction = jnp.minimum(epoch, config.num_epochs).astype(dtype) / config.num_epochs
-    return 0.5 * (1.0 + jnp.cos(jnp.pi * fraction))
+    return optax.cosine_decay_schedule(1.0, config.num_epochs)(epoch).astype(dtype)
 
 
 # --- the loop ---------------------------------------------------------------------------------

@@ -103,6 +103,12 @@ class Evaluation(NamedTuple):
     """The share of the initial states from which the policy solved the task (`Solved`)."""
 
 
+def held_out_starts(env: Any, key: jax.Array, num_trajectories: int) -> Any:
+    """The initial states `evaluate` plays a policy from, for the evaluation key `key` (a
+    seed's, `seed_streams(seed)[1]`, in `experiments.train`)."""
+    return reset_batch(env, jax.random.split(key)[0], num_trajectories)
+
+
 @functools.lru_cache(maxsize=32)
 def _evaluator(
     env: Any, make_policy: Callable[[Any], Policy], num_trajectories: int, criterion: Solved
@@ -113,8 +119,8 @@ def _evaluator(
 
     @jax.jit
     def run(params, key):
-        key_reset, key_actions = jax.random.split(key)
-        states = reset_batch(env, key_reset, num_trajectories)
+        key_actions = jax.random.split(key)[1]
+        states = held_out_starts(env, key, num_trajectories)
         horizon = env.episode_length
         shape = (num_trajectories, horizon, env.action_size)
         random_actions = jax.random.uniform(key_actions, shape, env.dtype, -1.0, 1.0)
@@ -212,6 +218,7 @@ __all__ = [
     "evaluate_sim_and_real",
     "gap_closure",
     "normalized_score",
+    "held_out_starts",
     "seed_streams",
     "solved_criterion",
 ]

@@ -1,10 +1,12 @@
 """The solved criterion: every pole upright over the end of the episode (or all of it)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from doubles import LinearQuadraticEnv
 
-from sim2real.evaluation import Solved, solved_criterion
+from sim2real.evaluation import Solved, evaluate, held_out_starts, solved_criterion
 from sim2real.testbeds import make_testbed
 
 
@@ -60,3 +62,13 @@ def test_an_episode_that_ended_early_is_not_solved(ended):
     valid = np.arange(100)[None] < ended
     assert not criterion(obs, valid, xp=np)[0]
     assert criterion(obs, np.ones((1, 100), bool), xp=np)[0]
+
+
+def test_held_out_starts_are_the_states_evaluate_plays_from():
+    env = LinearQuadraticEnv()
+    key = jax.random.PRNGKey(3)
+    hold = lambda params: lambda obs: jnp.zeros((env.action_size,), obs.dtype)
+    first_trajectory = evaluate(env, hold, None, key, 4).observations
+    starts = held_out_starts(env, key, 4).obs
+    np.testing.assert_array_equal(starts[0], first_trajectory[0])
+    assert not np.allclose(starts[0], held_out_starts(env, jax.random.PRNGKey(4), 4).obs[0])
