@@ -76,11 +76,15 @@ class Solved:
         """[n]: the largest angle from upright (rad) of any pole over the window's steps."""
         after = observations[:, 1:]
         window = self.steps(after.shape[1])
-        cos = after[:, -window:, 1 : 1 + 2 * self.n_poles : 2]
-        sin = after[:, -window:, 2 : 2 + 2 * self.n_poles : 2]
+        return xp.max(self.lean(after[:, -window:], xp=xp), axis=(1, 2))
+
+    def lean(self, observations: Any, *, xp: Any = jnp) -> Any:
+        """[..., n_poles]: each pole's angle from upright (rad, in [0, pi]) in observations
+        [..., obs] of the testbeds' layout, from its absolute angle."""
+        cos = observations[..., 1 : 1 + 2 * self.n_poles : 2]
+        sin = observations[..., 2 : 2 + 2 * self.n_poles : 2]
         absolute = xp.cumsum(xp.arctan2(sin, cos), axis=-1)
-        deviation = xp.abs(xp.arctan2(xp.sin(absolute), xp.cos(absolute)))
-        return xp.max(deviation, axis=(1, 2))
+        return xp.abs(xp.arctan2(xp.sin(absolute), xp.cos(absolute)))
 
 
 def solved_criterion(env: Any) -> Solved | None:

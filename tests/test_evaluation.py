@@ -55,6 +55,14 @@ def test_double_pole_counts_absolute_angles_over_the_last_30_percent():
     )
 
 
+def test_lean_is_each_poles_absolute_angle_from_upright_wrapped_to_pi():
+    criterion = Solved(2, 1.0)
+    hinges = np.array([[0.1, 0.2], [-0.3, 0.1], [3.0, 0.5], [2 * np.pi + 0.05, 0.0]])
+    lean = criterion.lean(_observations(hinges[:, None])[:, 0], xp=np)
+    expected = [[0.1, 0.3], [0.3, 0.2], [3.0, 2 * np.pi - 3.5], [0.05, 0.05]]
+    np.testing.assert_allclose(lean, expected, atol=1e-12)
+
+
 @pytest.mark.parametrize("ended", [50, 99])
 def test_an_episode_that_ended_early_is_not_solved(ended):
     criterion = Solved(1, 0.5)
