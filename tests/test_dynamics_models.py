@@ -62,7 +62,7 @@ class LinearSystem(LinearEnv):
 
 
 def test_obs_layout_matches_the_testbed_state_and_wraps_angles():
-    env = make_testbed("double_cartpole_swingup_sim")
+    env = make_testbed("double_cartpole_swingup_sim", backend="chain")
     layout = ObsLayout.of_env(env)
     q, qd = jnp.array([0.3, 3.0, -2.9]), jnp.array([0.1, -2.0, 3.0])
     obs = env.observe(q, qd)
@@ -237,8 +237,8 @@ HORIZON = 60
 def cartpole():
     """Real cart-pole data (random correlated commands from the swing-up start): 10
     trajectories x 60 steps to train on, 4 held out; one collection, one compilation."""
-    real = make_testbed("cartpole_swingup_real", episode_length=HORIZON)
-    sim = make_testbed("cartpole_swingup_sim", episode_length=HORIZON)
+    real = make_testbed("cartpole_swingup_real", episode_length=HORIZON, backend="chain")
+    sim = make_testbed("cartpole_swingup_sim", episode_length=HORIZON, backend="chain")
     data = collect_transitions(real, jax.random.PRNGKey(0), 14, action_correlation=0.8)
     train_data, val_data = data.select(slice(0, 10)).split(0.2)
     return {
@@ -457,7 +457,7 @@ def _value_and_fd_gradient(env, state, actions, eps=1e-6):
 
 def test_gradients_through_the_learned_env_match_finite_differences(cartpole, ensemble):
     with jax.enable_x64(True):
-        testbed = make_testbed("cartpole_swingup_real", dtype=jnp.float64)
+        testbed = make_testbed("cartpole_swingup_real", dtype=jnp.float64, backend="chain")
         env = LearnedEnv(cast_model(ensemble, jnp.float64), testbed)
         state = env.reset(jax.random.PRNGKey(1))
         actions = 0.5 * jnp.sin(jnp.arange(12, dtype=jnp.float64))[:, None]
@@ -469,9 +469,11 @@ def test_gradients_through_the_learned_env_match_finite_differences(cartpole, en
 @pytest.mark.slow
 def test_gradients_through_the_residual_learned_env_match_finite_differences(cartpole, residual):
     with jax.enable_x64(True):
-        sim = make_testbed("cartpole_swingup_sim", dtype=jnp.float64)
+        sim = make_testbed("cartpole_swingup_sim", dtype=jnp.float64, backend="chain")
         model = cast_model(residual, jnp.float64).with_sim_env(sim)
-        env = LearnedEnv(model, make_testbed("cartpole_swingup_real", dtype=jnp.float64))
+        env = LearnedEnv(
+            model, make_testbed("cartpole_swingup_real", dtype=jnp.float64, backend="chain")
+        )
         state = env.reset(jax.random.PRNGKey(1))
         actions = 0.5 * jnp.sin(jnp.arange(6, dtype=jnp.float64))[:, None]
         grad, fd = _value_and_fd_gradient(env, state, actions)

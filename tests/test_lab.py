@@ -27,6 +27,7 @@ def _lab(system="cartpole", task="swingup", *, physics=None, timestep=0.005, **e
         timestep=timestep,
         n_frames=1,
         initial_noise=AT_REST,
+        backend="chain",
     )
 
 
@@ -46,8 +47,10 @@ def _play(env, actions, key=0):
 
 @pytest.mark.parametrize("system", ["cartpole", "double_cartpole"])
 def test_every_effect_off_steps_exactly_like_sim(system):
-    sim = make_testbed(f"{system}_swingup_sim")
-    off = make_testbed(f"{system}_swingup_lab", physics=Physics.nominal(), lab=LabEffects.off())
+    sim = make_testbed(f"{system}_swingup_sim", backend="chain")
+    off = make_testbed(
+        f"{system}_swingup_lab", physics=Physics.nominal(), lab=LabEffects.off(), backend="chain"
+    )
     states = reset_batch(sim, jax.random.PRNGKey(1), 4)
     lab_states = reset_batch(off, jax.random.PRNGKey(1), 4)
     actions = jax.random.uniform(jax.random.PRNGKey(2), (4, 30, 1), minval=-1.2, maxval=1.2)
@@ -72,8 +75,10 @@ def test_latency_shifts_the_response_by_exactly_its_steps(latency, n_frames):
         n_frames=n_frames,
         initial_noise=AT_REST,
     )
-    prompt = make_testbed("cartpole_balance_lab", lab=LabEffects.off(), **common)
-    late = make_testbed("cartpole_balance_lab", lab=LabEffects.off(latency_steps=latency), **common)
+    prompt = make_testbed("cartpole_balance_lab", lab=LabEffects.off(), **common, backend="chain")
+    late = make_testbed(
+        "cartpole_balance_lab", lab=LabEffects.off(latency_steps=latency), **common, backend="chain"
+    )
     shift = latency // n_frames
     actions = jnp.concatenate([jnp.zeros((2, 1)), jnp.sin(jnp.arange(20.0))[:, None]])
     obs_prompt, _, _ = _play(prompt, jnp.concatenate([actions, jnp.zeros((shift, 1))]))
@@ -232,6 +237,7 @@ def test_sensors_quantize_positions_and_add_velocity_noise_as_set():
             linear_velocity_noise=noise_x,
             angular_velocity_noise=noise_th,
         ),
+        backend="chain",
     )
     states = reset_batch(env, jax.random.PRNGKey(3), 2000)
     actions = jax.random.uniform(jax.random.PRNGKey(4), (2000, 5, 1), minval=-1, maxval=1)
@@ -271,6 +277,7 @@ def test_rk4_at_the_fine_step_is_near_continuous_time_and_euler_at_the_coarse_on
             physics=Physics.nominal(),
             lab=LabEffects.off(**effects),
             initial_noise=AT_REST,
+            backend="chain",
         )
         obs, _, _ = _play(env, actions)
         return np.asarray(jnp.concatenate(env.state_from_obs(obs[-1])))
@@ -295,9 +302,9 @@ def test_bad_lab_effects_raise_one_line_naming_the_field():
             LabEffects(**{field: value})
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="0.007"):
-        make_testbed("cartpole_swingup_lab", lab=LabEffects(timestep=0.007))
+        make_testbed("cartpole_swingup_lab", lab=LabEffects(timestep=0.007), backend="chain")
     with pytest.raises(ValueError, match="lab effects"):
-        make_testbed("cartpole_swingup_real", lab=LabEffects())
+        make_testbed("cartpole_swingup_real", lab=LabEffects(), backend="chain")
     with pytest.raises(ValueError, match="mjx"):
         make_testbed("cartpole_swingup_lab", backend="mjx")
 
@@ -314,6 +321,7 @@ def test_lab_return_gradient_matches_finite_differences_in_float64(system):
             f"{system}_swingup_lab",
             lab=LabEffects(linear_velocity_noise=0.0, angular_velocity_noise=0.0),
             dtype=jnp.float64,
+            backend="chain",
         )
         state = env.reset(jax.random.PRNGKey(7))
         actions = 0.6 * jax.random.uniform(jax.random.PRNGKey(8), (10, 1), jnp.float64, -1, 1)
@@ -355,7 +363,12 @@ def test_closed_form_dynamics_agree_with_brax_and_mujoco(system, mismatch):
         )
     )
     with jax.enable_x64(True):
-        env = make_testbed(f"{system}_swingup_lab", lab=LabEffects.off(**scales), dtype=jnp.float64)
+        env = make_testbed(
+            f"{system}_swingup_lab",
+            lab=LabEffects.off(**scales),
+            dtype=jnp.float64,
+            backend="chain",
+        )
         sys, model = env.sys, env.sys.mj_model
         data = mujoco.MjData(model)
         rng = np.random.default_rng(0)

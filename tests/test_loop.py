@@ -24,6 +24,12 @@ LOOP = LoopConfig(budget=60, initial_trajectories=4, collect_every=2, collect_tr
 MODEL = ModelConfig(kind="mlp", width=16, depth=1, max_steps=200, eval_every=100)
 
 
+def balance_testbed(variant: str):
+    """The loop's 10-step balance testbed, on the `chain` backend that runs use by default (its
+    programs compile in a fraction of the generalized pipeline's time)."""
+    return make_testbed(f"cartpole_balance_{variant}", episode_length=HORIZON, backend="chain")
+
+
 class RecordResets(Wrapper):
     """Records the observation of every reset, also inside jit and vmap."""
 
@@ -38,8 +44,8 @@ class RecordResets(Wrapper):
 
 
 def run(record: list, **kwargs):
-    sim = RecordResets(make_testbed("cartpole_balance_sim", episode_length=HORIZON), record)
-    real_testbed = make_testbed("cartpole_balance_real", episode_length=HORIZON)
+    sim = RecordResets(balance_testbed("sim"), record)
+    real_testbed = balance_testbed("real")
     real = RealSystem(RecordResets(real_testbed, record), budget=LOOP.budget)
     states, datasets = {}, []
     result = run_loop(
@@ -121,13 +127,8 @@ def test_seeds_of_one_loop_as_one_program_are_each_seed_run_alone(tiny_loop):
     """Seeds 0 and 1, each with its own real system, data and model, their HDS epochs as
     one program: seed 0 is the loop run alone (float32; some sums are taken in another
     order), and each spends its own budget exactly."""
-    sim = make_testbed("cartpole_balance_sim", episode_length=HORIZON)
-    reals = [
-        RealSystem(
-            make_testbed("cartpole_balance_real", episode_length=HORIZON), budget=LOOP.budget
-        )
-        for _ in range(2)
-    ]
+    sim = balance_testbed("sim")
+    reals = [RealSystem(balance_testbed("real"), budget=LOOP.budget) for _ in range(2)]
     datasets = [[], []]
     results = run_loop_seeds(
         CONFIG,
@@ -158,8 +159,8 @@ def test_evaluation_never_starts_from_a_training_state(tiny_loop):
     training = np.concatenate([r.reshape(-1, r.shape[-1]) for r in tiny_loop["record"]])
     result = tiny_loop["result"]
     evaluated = []
-    sim = RecordResets(make_testbed("cartpole_balance_sim", episode_length=HORIZON), evaluated)
-    real = RecordResets(make_testbed("cartpole_balance_real", episode_length=HORIZON), evaluated)
+    sim = RecordResets(balance_testbed("sim"), evaluated)
+    real = RecordResets(balance_testbed("real"), evaluated)
     returns = evaluate_sim_and_real(
         result.make_policy, result.params, sim, real, seed_streams(0)[1], 8
     )
@@ -180,8 +181,8 @@ def test_scores():
 @pytest.mark.slow  # one more compile; beta = 0 reproducing PODS is tested in test_hds
 def test_beta_zero_takes_no_real_transition():
     """HDS without model rollouts is PODS: the loop records nothing real."""
-    real = RealSystem(make_testbed("cartpole_balance_real", episode_length=HORIZON), budget=0)
-    sim = make_testbed("cartpole_balance_sim", episode_length=HORIZON)
+    real = RealSystem(balance_testbed("real"), budget=0)
+    sim = balance_testbed("sim")
     config = dataclasses.replace(CONFIG, beta=0.0, num_epochs=1)
     result = run_loop(config, LOOP, MODEL, sim, real, jax.random.PRNGKey(0))
     assert real.transitions == 0 and result.dataset is None
@@ -205,7 +206,7 @@ def test_the_loop_runs_against_a_gymnasium_real_system_whose_episodes_end_early(
     real = RealSystem(
         gymnasium.make("InvertedPendulum-v5"), LOOP.budget, adapter=adapter, episode_length=HORIZON
     )
-    sim = make_testbed("cartpole_balance_sim", episode_length=HORIZON)
+    sim = balance_testbed("sim")
     result = run_loop(CONFIG, LOOP, MODEL, sim, real, seed_streams(0)[0])
     data = result.dataset
     assert data.valid is not None and not data.valid.all()  # some episodes ended early

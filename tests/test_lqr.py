@@ -21,7 +21,7 @@ def balance64(request):
     """A float64 `sim` balance testbed, its linearization and its LQR: one Jacobian compilation
     per system for every test (`train` linearizes the same function again, a cache hit)."""
     with jax.enable_x64(True):
-        env = make_testbed(f"{request.param}_balance_sim", dtype=jnp.float64)
+        env = make_testbed(f"{request.param}_balance_sim", dtype=jnp.float64, backend="chain")
         progress = []
         make_policy, gain, metrics = train(
             LQRConfig(), env, jax.random.PRNGKey(0), progress_fn=lambda *x: progress.append(x)
@@ -92,7 +92,9 @@ def test_lqr_from_sim_balances_in_sim_and_the_cartpole_also_in_real(balance64):
             # From sim, the double pole's LQR does not survive `real` (mean return -26 over 64
             # starts): the 0.8 gain and the friction take it outside what the design tolerates.
             return
-        returns, final = play(make_testbed("cartpole_balance_real", dtype=jnp.float64), gain)
+        returns, final = play(
+            make_testbed("cartpole_balance_real", dtype=jnp.float64, backend="chain"), gain
+        )
     # The weaker motor and the friction let the cart drift, the pole leaning to bring it back.
     assert returns.min() > 90.0, returns.min()
     assert np.all(final[:, 1] > np.cos(0.25))

@@ -120,7 +120,7 @@ def test_second_order_gradient_matches_reverse_mode_and_finite_differences():
 
 @pytest.fixture(scope="module")
 def swingup():
-    return make_testbed("cartpole_swingup_sim")
+    return make_testbed("cartpole_swingup_sim", backend="chain")
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_reward_derivatives_equal_autodiff_and_finite_differences(lead):
     reward at every z_t, as `jax.hessian` and `jax.grad` do, and as central differences of
     the gradient say, whatever the leading axes."""
     with jax.enable_x64(True):
-        env = make_testbed("double_cartpole_swingup_sim", dtype=jnp.float64)
+        env = make_testbed("double_cartpole_swingup_sim", dtype=jnp.float64, backend="chain")
         obs_dim = env.observation_size
 
         def reward_of_z(z):
@@ -677,7 +677,7 @@ BALANCE = PODSConfig(
 
 @pytest.fixture(scope="module")
 def balance_run():
-    env = make_testbed("cartpole_balance_sim")
+    env = make_testbed("cartpole_balance_sim", backend="chain")
     make_policy, params, history = train(BALANCE, env, jax.random.PRNGKey(0))
     return env, make_policy, params, history
 

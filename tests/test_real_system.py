@@ -16,7 +16,7 @@ HORIZON = 4
 
 @pytest.fixture(scope="module")
 def testbed():
-    return make_testbed("cartpole_balance_real", episode_length=HORIZON)
+    return make_testbed("cartpole_balance_real", episode_length=HORIZON, backend="chain")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,10 @@ def test_budget_is_refused_before_any_transition_is_taken(testbed):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda tb: RealSystem(make_testbed("cartpole_balance_sim"), budget=5), "variant 'sim'"),
+        (
+            lambda tb: RealSystem(make_testbed("cartpole_balance_sim", backend="chain"), budget=5),
+            "variant 'sim'",
+        ),
         (lambda tb: RealSystem(tb, budget=-1), "got -1"),
         (lambda tb: RealSystem(tb, budget=5).collect(jax.random.PRNGKey(0), 0), "got 0"),
         (lambda tb: RealSystem(tb, budget=5).step([0.0]), "before reset"),
@@ -221,7 +224,9 @@ def test_a_non_finite_observation_ends_the_episode_before_it_with_a_warning():
         ),
         (lambda: RealSystem(_Ramp(), budget=5), "episode_length"),
         (
-            lambda: RealSystem(make_testbed("cartpole_balance_real"), 5, adapter=GymAdapter()),
+            lambda: RealSystem(
+                make_testbed("cartpole_balance_real", backend="chain"), 5, adapter=GymAdapter()
+            ),
             "needs none",
         ),
     ],

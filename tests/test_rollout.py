@@ -28,7 +28,7 @@ def _central_differences(f, x, eps):
 def test_return_gradient_matches_finite_differences_in_float64(system):
     with jax.enable_x64(True):
         # The tasks differ only in their initial states: one env compiles for all of them.
-        env = make_testbed(f"{system}_balance_real", dtype=jnp.float64)
+        env = make_testbed(f"{system}_balance_real", dtype=jnp.float64, backend="chain")
 
         def value(a, state):
             return rollout_actions(env, state, a).value
@@ -36,7 +36,7 @@ def test_return_gradient_matches_finite_differences_in_float64(system):
         grad = jax.jit(jax.grad(value))
         numeric = jax.jit(lambda a, s: _central_differences(lambda x: value(x, s), a, 1e-6))
         for task in TASKS:
-            state = make_testbed(f"{system}_{task}_real", dtype=jnp.float64).reset(
+            state = make_testbed(f"{system}_{task}_real", dtype=jnp.float64, backend="chain").reset(
                 jax.random.PRNGKey(7)
             )
             actions = 0.6 * jax.random.uniform(jax.random.PRNGKey(8), (12, 1), jnp.float64, -1, 1)
@@ -47,7 +47,7 @@ def test_return_gradient_matches_finite_differences_in_float64(system):
 
 
 def test_scan_rollout_equals_a_python_loop_of_env_steps():
-    env = make_testbed("cartpole_swingup_real")
+    env = make_testbed("cartpole_swingup_real", backend="chain")
     state = env.reset(jax.random.PRNGKey(0))
     actions = jnp.linspace(-1, 1, 15)[:, None]
     episode = jax.jit(lambda s, a: episode_of_actions(env, s, a))(state, actions)
@@ -66,7 +66,7 @@ def test_scan_rollout_equals_a_python_loop_of_env_steps():
 
 
 def test_gradient_window_cuts_gradients_across_windows_only():
-    env = make_testbed("cartpole_balance_real")
+    env = make_testbed("cartpole_balance_real", backend="chain")
     state = env.reset(jax.random.PRNGKey(1))
     actions = 0.3 * jnp.ones((12, 1))
     window = 4
@@ -88,7 +88,7 @@ def test_gradient_window_cuts_gradients_across_windows_only():
 
 
 def test_policy_rollout_records_the_noisy_actions_it_plays():
-    env = make_testbed("cartpole_balance_sim")
+    env = make_testbed("cartpole_balance_sim", backend="chain")
     states = reset_batch(env, jax.random.PRNGKey(2), 3)
 
     def policy(obs):
@@ -109,7 +109,7 @@ def test_policy_rollout_records_the_noisy_actions_it_plays():
 
 
 def test_policy_states_after_are_where_the_policy_rollout_is_after_that_many_steps():
-    env = make_testbed("cartpole_balance_sim")
+    env = make_testbed("cartpole_balance_sim", backend="chain")
     states = reset_batch(env, jax.random.PRNGKey(4), 4)
 
     def policy(obs):
@@ -131,7 +131,7 @@ def test_policy_states_after_are_where_the_policy_rollout_is_after_that_many_ste
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5])
 def test_bad_horizon_or_window_raises_naming_the_value(bad):
-    env = make_testbed("cartpole_balance_sim")
+    env = make_testbed("cartpole_balance_sim", backend="chain")
     state = env.reset(jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match=f"horizon.*{bad}"):
         rollout_policy(env, state, lambda o: jnp.zeros(1), bad)

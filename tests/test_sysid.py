@@ -19,7 +19,7 @@ N_TRAJECTORIES, HORIZON = 6, 20
 
 @pytest.fixture(scope="module")
 def sim():
-    return make_testbed("cartpole_swingup_sim")
+    return make_testbed("cartpole_swingup_sim", backend="chain")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def record():
     """Noise-free trajectories of the `real` testbed with the given physics, from random
     commands. The testbed's system is an argument of one jitted rollout, so recording
     several physics compiles once."""
-    real = make_testbed("cartpole_swingup_real")
+    real = make_testbed("cartpole_swingup_real", backend="chain")
 
     @jax.jit
     def play(sys):
@@ -38,7 +38,9 @@ def record():
         return jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, actions)
 
     def record(physics: Physics) -> RealTrajectories:
-        trajectory = play(make_testbed("cartpole_swingup_real", physics=physics).sys)
+        trajectory = play(
+            make_testbed("cartpole_swingup_real", physics=physics, backend="chain").sys
+        )
         return RealTrajectories(*(np.asarray(x) for x in trajectory))
 
     return record
@@ -95,7 +97,7 @@ def test_bad_config_raises_one_line_naming_the_value(field, value):
 
 
 def test_data_that_does_not_fit_the_simulator_is_refused_before_fitting(sim):
-    double = make_testbed("double_cartpole_swingup_real")
+    double = make_testbed("double_cartpole_swingup_real", backend="chain")
     observations = np.zeros((2, 4, double.observation_size), np.float32)
     actions = np.zeros((2, 3, 1), np.float32)
     with pytest.raises(ValueError, match="obs_dim"):
