@@ -75,9 +75,9 @@ def test_latency_shifts_the_response_by_exactly_its_steps(latency, n_frames):
         n_frames=n_frames,
         initial_noise=AT_REST,
     )
-    prompt = make_testbed("cartpole_balance_lab", lab=LabEffects.off(), **common, backend="chain")
+    prompt = make_testbed("cartpole_balance_lab", lab=LabEffects.off(), backend="chain", **common)
     late = make_testbed(
-        "cartpole_balance_lab", lab=LabEffects.off(latency_steps=latency), **common, backend="chain"
+        "cartpole_balance_lab", lab=LabEffects.off(latency_steps=latency), backend="chain", **common
     )
     shift = latency // n_frames
     actions = jnp.concatenate([jnp.zeros((2, 1)), jnp.sin(jnp.arange(20.0))[:, None]])

@@ -52,7 +52,7 @@ def paired(request):
     lab = {"lab": QUIET_LAB} if variant == "lab" else {}
     name = f"{system}_swingup_{variant}"
     with jax.enable_x64(True):
-        twin = make_testbed(name, dtype=jnp.float64, **lab, backend="chain")
+        twin = make_testbed(name, dtype=jnp.float64, backend="chain", **lab)
         states = reset_batch(twin, jax.random.PRNGKey(0), 4)
         actions = jax.random.uniform(jax.random.PRNGKey(1), (4, 20, 1), jnp.float64, -1.5, 1.5)
         expected = _twin_trajectories(twin, states, actions)
@@ -121,7 +121,7 @@ def test_importing_sim2real_does_not_import_gymnasium():
 )
 def test_arguments_mean_what_they_mean_for_the_twin(name, overrides):
     twin, env = (
-        make_testbed(name, **overrides, backend="chain"),
+        make_testbed(name, backend="chain", **overrides),
         make_mujoco_testbed(name, **overrides),
     )
     assert env.name == twin.name and env.n_poles == twin.n_poles
