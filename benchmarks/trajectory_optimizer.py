@@ -43,12 +43,17 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+from pods.runtime import configure_jax, filter_known_xla_logs, import_brax_quietly  # noqa: E402
+
+# Before brax is first imported here: mujoco.mjx prints to stdout, where the JSON goes.
+import_brax_quietly()
+
 from brax.envs.base import Wrapper  # noqa: E402
 
 from pods.feedback import improve_with_feedback  # noqa: E402
 from pods.improve import improve_actions, step_size_grid  # noqa: E402
 from pods.rollout import episode_of_actions, reset_batch  # noqa: E402
-from pods.runtime import configure_jax, filter_known_xla_logs  # noqa: E402
 from sim2real import make_testbed  # noqa: E402
 from sim2real.evaluation import held_out_starts, seed_streams, solved_criterion  # noqa: E402
 
@@ -82,19 +87,12 @@ class ToleranceBarrier(Wrapper):
 
 
 def optimize(
-    env,
-    states,
-    method: str,
-    horizon: int,
-    stages: list[int],
-    iterations: int,
-    window,
-    objective=None,
+    env, objective, states, method: str, horizon: int, stages: list[int], iterations: int, window
 ):
     """Each stage's returns (over its steps, over the whole horizon), accept share, step. The
-    steps improve `objective`'s return (default: `env`'s); the figures are `env`'s."""
+    steps improve `objective`'s return (`env` itself or a wrapper of it); the figures are
+    `env`'s."""
     step_sizes = step_size_grid(1.0, 1e-3, 8)
-    objective = env if objective is None else objective
 
     def improve(s, a, o):
         if method == "feedback":
@@ -190,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         began = time.perf_counter()
         results[method] = {
             "stages": optimize(
-                env, states, method, args.horizon, stages, args.iterations, args.window, objective
+                env, objective, states, method, args.horizon, stages, args.iterations, args.window
             ),
             "seconds": round(time.perf_counter() - began, 1),
         }

@@ -221,8 +221,8 @@ __all__ = [
     "evaluate",
     "evaluate_sim_and_real",
     "gap_closure",
-    "normalized_score",
     "held_out_starts",
+    "normalized_score",
     "seed_streams",
     "solved_criterion",
 ]
