@@ -117,6 +117,8 @@ def test_the_double_cart_pole_starts_every_pods_algorithm_from_its_own_solving_s
         assert cfg.algo.distill_states == "both" and cfg.algo.num_epochs == 100
         # The shared solving settings underneath still hold, and the command line wins.
         assert cfg.algo.order == 2 and cfg.algo.elite_fraction == 0.125
+        # The swing-up alone doubles the rollouts (solving/double_cartpole_swingup.yaml).
+        assert cfg.algo.num_trajectories == {"swingup": 256, "balance": 128}[task]
         cfg = compose_config([f"env=double_cartpole_{task}", f"algo={algo}", "algo.feedback=false"])
         assert not cfg.algo.feedback and cfg.algo.horizon_start == 10
     single = compose_config(["env=cartpole_swingup", f"algo={algo}"])
