@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from pods.action_history import sensor_size, sensors_of
 from pods.rollout import Policy, play_batch, policy_batch, reset_batch
 
 DATASET_FORMAT = "dynamics_models.TransitionDataset"
@@ -68,9 +69,10 @@ class ObsLayout:
 
     @classmethod
     def of_env(cls, env: Any) -> ObsLayout:
-        """The testbeds' layout ([x, (cos, sin) per pole, velocities]) or a plain one."""
+        """The testbeds' layout ([x, (cos, sin) per pole, velocities]) or a plain one, of the
+        env's sensors: a model predicts those, never the action history after them."""
         n_poles = getattr(env, "n_poles", None)
-        obs_dim = int(env.observation_size)
+        obs_dim = sensor_size(env)
         if n_poles is None:
             return cls(obs_dim)
         return cls(obs_dim, tuple((1 + 2 * i, 2 + 2 * i) for i in range(n_poles)))
@@ -472,7 +474,8 @@ def collect_transitions(
 
     With a `policy`, its actions plus Gaussian noise of std `action_noise`; without one,
     `random_actions` (with `action_correlation`). All trajectories run in one jitted
-    `vmap` of a `lax.scan`.
+    `vmap` of a `lax.scan`. The observations recorded are the sensors: an env's action history
+    is its commands, recorded as the actions.
     """
     horizon = int(getattr(env, "episode_length", 0)) if horizon is None else horizon
     if not (isinstance(n_trajectories, int) and n_trajectories > 0):
@@ -500,7 +503,7 @@ def collect_transitions(
     physics = getattr(env, "physics", None)
     dt = getattr(env, "dt", None)
     return TransitionDataset(
-        np.asarray(trajectories.observations),
+        np.asarray(sensors_of(env, trajectories.observations)),
         np.asarray(trajectories.actions),
         env_name=str(getattr(env, "name", type(env).__name__)),
         physics=dataclasses.asdict(physics) if dataclasses.is_dataclass(physics) else None,

@@ -20,6 +20,7 @@ from brax.envs.base import State
 
 from dynamics_models.data import ObsLayout, TransitionDataset
 from dynamics_models.learned_env import LearnedEnv
+from pods.action_history import sensor_size, sensors_of
 from pods.rollout import rollout_actions
 
 
@@ -55,7 +56,12 @@ class KStepError:
 
 def state_at(env: Any, obs: jax.Array) -> State:
     """An env state at a given observation: a learned env's directly, a testbed's through
-    `state_from_obs` and `pipeline_init`."""
+    `state_from_obs` and `pipeline_init`. Given the sensors alone (a dataset's observation),
+    the action history of an env that observes one starts empty (zeros): an open-loop replay
+    does not read it."""
+    missing = int(env.observation_size) - obs.shape[-1]
+    if missing > 0 and obs.shape[-1] == sensor_size(env):
+        obs = jnp.concatenate([obs, jnp.zeros((*obs.shape[:-1], missing), obs.dtype)], axis=-1)
     if hasattr(env, "state_at"):
         return env.state_at(obs)
     if hasattr(env, "state_from_obs") and hasattr(env, "pipeline_init"):
@@ -76,7 +82,7 @@ def _replay(stepper: Any, obs0: jax.Array, actions: jax.Array) -> jax.Array:
     env = _as_env(stepper)
     states = jax.vmap(lambda o: state_at(env, o))(obs0)
     trajectories = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, actions)
-    return trajectories.observations[:, 1:]
+    return sensors_of(env, trajectories.observations[:, 1:])
 
 
 def k_step_error(
@@ -100,10 +106,10 @@ def k_step_error(
     if not (isinstance(start_stride, int) and start_stride > 0):
         raise ValueError(f"start_stride must be a positive integer, got {start_stride!r}")
     env = _as_env(stepper)
-    if int(env.observation_size) != data.obs_dim or int(env.action_size) != data.action_dim:
+    if sensor_size(env) != data.obs_dim or int(env.action_size) != data.action_dim:
         raise ValueError(
             f"{type(stepper).__name__} has (obs_dim, action_dim) "
-            f"{(int(env.observation_size), int(env.action_size))}, the data has "
+            f"{(sensor_size(env), int(env.action_size))}, the data has "
             f"{(data.obs_dim, data.action_dim)}"
         )
     layout = layout or getattr(stepper, "layout", None) or ObsLayout.of_env(env)

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 from brax.envs.base import Env, State
 from jaxtyping import Array, Float
 
+from pods.action_history import action_history, push_command, sensor_size, with_history
+
 
 @jax.tree_util.register_pytree_node_class
 class LearnedEnv(Env):
@@ -21,6 +23,11 @@ class LearnedEnv(Env):
     pure function the testbed's own `step` uses, evaluated on the predicted observation.
     Without a testbed the env can still be placed at an observation (`state_at`) and rolled
     out, with zero reward: that is how `k_step_error` replays real actions through a model.
+
+    The model predicts the sensors. A testbed whose policy observes an action history
+    (`pods.action_history`) gives the env that history too: the model sees the sensor part of
+    the observation and the action, and the history is shifted exactly, the action entering
+    first, as the testbed shifts it.
 
     With `sample_member`, an ensemble steps each episode with one of its members, drawn at
     the episode's reset and kept in `state.info["member"]`, rather than with the members'
@@ -49,25 +56,28 @@ class LearnedEnv(Env):
         self.model = model
         self.testbed = testbed
         self.sample_member = sample_member
-        if testbed is not None and int(testbed.observation_size) != model.layout.obs_dim:
+        if testbed is not None and sensor_size(testbed) != model.layout.obs_dim:
             raise ValueError(
                 f"model predicts obs_dim {model.layout.obs_dim} but testbed {testbed.name!r} "
-                f"observes {testbed.observation_size}"
+                f"senses {sensor_size(testbed)}"
             )
         self.episode_length = episode_length or getattr(testbed, "episode_length", None)
+        self.action_history = action_history(testbed)
 
     def tree_flatten(self):
         # Only arrays are leaves; the rest of the model (activation functions, static fields)
         # goes into the structure, so `jax.jit` accepts the env as an argument.
         arrays, rest = eqx.partition(self.model, eqx.is_array)
-        return (arrays,), (rest, self.testbed, self.episode_length, self.sample_member)
+        aux = (rest, self.testbed, self.episode_length, self.sample_member, self.action_history)
+        return (arrays,), aux
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        rest, testbed, episode_length, sample_member = aux
+        rest, testbed, episode_length, sample_member, history = aux
         env = object.__new__(cls)
         env.model = eqx.combine(children[0], rest)
         env.testbed, env.episode_length, env.sample_member = testbed, episode_length, sample_member
+        env.action_history = history
         return env
 
     @property
@@ -84,8 +94,13 @@ class LearnedEnv(Env):
         return getattr(self.testbed, "dt", None)
 
     @property
-    def observation_size(self) -> int:
+    def sensor_size(self) -> int:
+        """The observation's leading entries the model predicts."""
         return self.model.layout.obs_dim
+
+    @property
+    def observation_size(self) -> int:
+        return self.sensor_size + self.action_history * self.action_size
 
     @property
     def action_size(self) -> int:
@@ -96,7 +111,7 @@ class LearnedEnv(Env):
         return "learned"
 
     def state_at(self, obs: Float[Array, " obs"]) -> State:
-        """An env state at observation `obs`."""
+        """An env state at observation `obs` (the sensors, then the history if there is one)."""
         zero = jnp.zeros((), self.dtype)
         return State(pipeline_state=None, obs=jnp.asarray(obs, self.dtype), reward=zero, done=zero)
 
@@ -113,12 +128,14 @@ class LearnedEnv(Env):
     def step(self, state: State, action: Float[Array, " act"]) -> State:
         member = state.info.get("member") if self.sample_member else None
         model = self.model if member is None else self.model.member(member)
-        obs = model(state.obs, action)
-        return state.replace(obs=obs, reward=self.task_reward(obs, action))
+        sensors = model(state.obs[: self.sensor_size], action)
+        history = push_command(state.obs[self.sensor_size :], action.astype(sensors.dtype))
+        obs = with_history(sensors, history)
+        return state.replace(obs=obs, reward=self.task_reward(sensors, action))
 
     def task_reward(self, obs: Float[Array, " obs"], action: Float[Array, " act"]) -> Array:
-        """The testbed's reward for arriving at `obs` by `action` (zero without a testbed);
-        PODS's second-order step differentiates it directly."""
+        """The testbed's reward for arriving at `obs` (the sensors, or a whole observation) by
+        `action` (zero without a testbed); PODS's second-order step differentiates it."""
         if self.testbed is None:
             return jnp.zeros((), obs.dtype)
         return self.testbed.task_reward(obs, action)

@@ -12,6 +12,13 @@ Two kinds of system stand behind it:
   simulator, or a hardware driver, stepped one transition at a time, with a `GymAdapter`
   mapping its observations and actions to the testbed's layout.
 
+A policy that observes its last m commands (`action_history=m`, `pods.action_history`) gets
+them from the boundary: a Brax testbed carries them in its own observation; for a gymnasium
+env the boundary appends the commands it sent to the adapted sensors, since the controller
+knows them without a sensor. What is recorded (`RealTrajectories.observations`) is the sensors
+alone: the history is the recorded commands, and a dynamics model fitted on the data predicts
+the sensors whatever history the policy observes.
+
 An episode of a gymnasium env may end early (it terminates, or reports a non-finite
 observation, which ends the episode before that observation): its transitions up to there are
 kept and counted, the rest of the episode's record repeats its last observation with zero
@@ -32,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynamics_models import random_actions
+from pods.action_history import check_action_history, push_command, with_history
 from pods.rollout import play_batch, policy_batch, reset_batch
 from sim2real.testbeds import make_testbed
 
@@ -40,7 +48,8 @@ class RealTrajectories(NamedTuple):
     """Whole trajectories collected on the real system, as host arrays."""
 
     observations: np.ndarray
-    """[n, horizon + 1, obs_dim]: s_0 .. s_N of each trajectory."""
+    """[n, horizon + 1, sensor_size]: s_0 .. s_N of each trajectory, what the sensors read
+    (without the action history the policy also observed: that is `actions`, shifted)."""
     actions: np.ndarray
     """[n, horizon, act_dim], as sent to the motor (before it saturates)."""
     rewards: np.ndarray
@@ -90,7 +99,8 @@ class GymAdapter:
     """(testbed observation after the step, command, the env's reward) -> the reward
     recorded; None records the env's own."""
     observation_size: int | None = None
-    """The testbed layout's observation size; None: the env's observation space's."""
+    """The testbed layout's sensor size (the observation without an action history, which
+    the boundary appends); None: the env's observation space's."""
     action_size: int = 1
     """The testbed's command size."""
 
@@ -107,6 +117,8 @@ class _BraxSystem:
         self.env = testbed
         self.name, self.dtype = testbed.name, testbed.dtype
         self.observation_size, self.action_size = testbed.observation_size, testbed.action_size
+        self.sensor_size = testbed.sensor_size
+        self.action_history = testbed.action_history
         self.episode_length, self.dt = testbed.episode_length, float(testbed.dt)
         self._reset, self._step = jax.jit(testbed.reset), jax.jit(testbed.step)
         self._state = None
@@ -121,6 +133,10 @@ class _BraxSystem:
         self._state = jax.lax.stop_gradient(self._step(self._state, action))
         return np.asarray(jax.device_get(self._state.obs)), float(self._state.reward), False
 
+    def _sensors(self, trajectories) -> tuple:
+        observations, actions, rewards = trajectories
+        return observations[..., : self.sensor_size], actions, rewards
+
     def collect(self, key, num_trajectories, horizon, *, make_policy, params, action_noise):
         cache_key = (make_policy, num_trajectories, horizon)
         if cache_key not in self.rollouts:
@@ -133,7 +149,7 @@ class _BraxSystem:
                 trajectories = policy_batch(
                     env, states, policy, horizon, key=key_noise, action_noise=action_noise
                 )
-                return jax.lax.stop_gradient(tuple(trajectories))
+                return jax.lax.stop_gradient(self._sensors(trajectories))
 
             self.rollouts[cache_key] = jax.jit(rollouts)
         run = self.rollouts[cache_key]
@@ -145,7 +161,7 @@ class _BraxSystem:
 
             def play(key, actions):
                 states = reset_batch(env, key, actions.shape[0])
-                return jax.lax.stop_gradient(tuple(play_batch(env, states, actions)))
+                return jax.lax.stop_gradient(self._sensors(play_batch(env, states, actions)))
 
             self.rollouts["play"] = jax.jit(play)
         return _whole(*jax.device_get(self.rollouts["play"](key, jnp.asarray(actions, self.dtype))))
@@ -159,7 +175,9 @@ def _seed(key: jax.Array) -> int:
 class _GymSystem:
     """A gymnasium env as a real system: one transition at a time, through a `GymAdapter`."""
 
-    def __init__(self, env: gymnasium.Env, adapter: GymAdapter, episode_length: int):
+    def __init__(
+        self, env: gymnasium.Env, adapter: GymAdapter, episode_length: int, action_history: int
+    ):
         self.env, self.adapter = env, adapter
         space = env.observation_space
         sample = np.asarray(adapter.observation(np.asarray(space.sample())), np.float64)
@@ -169,7 +187,7 @@ class _GymSystem:
         if sample.shape != (size,):
             raise ValueError(
                 f"the gymnasium env's observations map to shape {sample.shape}, the testbed "
-                f"layout wants ({size},): give GymAdapter.observation / observation_size"
+                f"layout's sensors are ({size},): give GymAdapter.observation / observation_size"
             )
         command = np.zeros(adapter.action_size)
         mapped = np.asarray(adapter.action(command), dtype=env.action_space.dtype)
@@ -178,46 +196,55 @@ class _GymSystem:
                 f"the zero command maps to {mapped!r}, outside the gymnasium env's action space "
                 f"{env.action_space}: give GymAdapter.action"
             )
-        self.observation_size, self.action_size = size, adapter.action_size
+        self.sensor_size, self.action_size = size, adapter.action_size
+        self.action_history = action_history
+        self.observation_size = size + action_history * adapter.action_size
         self.episode_length = episode_length
         unwrapped = env.unwrapped
         self.name = str(getattr(unwrapped, "name", None) or (env.spec.id if env.spec else "gym"))
         self.dt = float(getattr(unwrapped, "dt", math.nan))
         self.dtype = np.float64
-        self._observation: np.ndarray | None = None
+        self._history = np.zeros(self.observation_size - size)
         self.rollouts: dict[Any, Callable] = {}
 
     def _observe(self, raw: Any) -> np.ndarray:
         return np.asarray(self.adapter.observation(np.asarray(raw)), np.float64).reshape(-1)
 
     def reset(self, key: jax.Array) -> np.ndarray:
+        """s_0: the sensors, then a history of zeros."""
         raw, _ = self.env.reset(seed=_seed(key))
-        self._observation = self._observe(raw)
-        if not np.all(np.isfinite(self._observation)):
+        sensors = self._observe(raw)
+        if not np.all(np.isfinite(sensors)):
             raise ValueError(f"{self.name}: reset returned a non-finite observation")
-        return self._observation
+        self._history = np.zeros_like(self._history)
+        return with_history(sensors, self._history, xp=np)
 
     def step(self, command: np.ndarray) -> tuple[np.ndarray, float, bool]:
-        """(s', r, ended): `ended` when the env terminated or truncated the episode."""
+        """(s', r, ended): `ended` when the env terminated or truncated the episode; s' is the
+        sensors, then the history with `command` (as commanded, before the adapter) first."""
         action = np.asarray(self.adapter.action(np.asarray(command)), self.env.action_space.dtype)
         raw, reward, terminated, truncated, _ = self.env.step(action)
-        observation = self._observe(raw)
+        sensors = self._observe(raw)
         if self.adapter.reward is not None:
-            reward = self.adapter.reward(observation, command, float(reward))
-        self._observation = observation
+            reward = self.adapter.reward(sensors, command, float(reward))
+        self._history = push_command(self._history, np.asarray(command, np.float64), xp=np)
+        observation = with_history(sensors, self._history, xp=np)
         return observation, float(reward), bool(terminated or truncated)
 
     def _episodes(self, key, n, horizon, choose) -> RealTrajectories:
-        """n episodes; `choose(i, t, observation)` gives command t of episode i."""
-        obs = np.zeros((n, horizon + 1, self.observation_size))
+        """n episodes; `choose(i, t, observation)` gives command t of episode i from the
+        observation the policy sees (the history included); the sensors are recorded."""
+        obs = np.zeros((n, horizon + 1, self.sensor_size))
         actions = np.zeros((n, horizon, self.action_size))
         rewards = np.zeros((n, horizon))
         valid = np.zeros((n, horizon), bool)
         for i, episode_key in enumerate(jax.random.split(key, n)):
-            obs[i, 0] = self.reset(episode_key)
+            seen = self.reset(episode_key)
+            obs[i, 0] = seen[: self.sensor_size]
             for t in range(horizon):
-                command = np.asarray(choose(i, t, obs[i, t]), np.float64).reshape(-1)
-                observation, reward, ended = self.step(command)
+                command = np.asarray(choose(i, t, seen), np.float64).reshape(-1)
+                seen, reward, ended = self.step(command)
+                observation = seen[: self.sensor_size]
                 if not np.all(np.isfinite(observation)):
                     warnings.warn(
                         f"{self.name}: non-finite observation at step {t + 1} of episode {i}; "
@@ -267,6 +294,8 @@ class RealSystem:
 
     `system`: a `real` or `lab` Brax testbed (or its registered name), or a `gymnasium.Env`
     (then `adapter` maps its layout, and `episode_length` is the horizon of an episode).
+    `action_history`: how many past commands the observations end with (the module
+    docstring); a Brax testbed has its own (None or the same number), a gymnasium env none.
 
     Step by step: `reset(key)` starts an episode and returns the first observation,
     `step(action)` applies one action and returns (observation, reward), `observe()` returns
@@ -282,21 +311,33 @@ class RealSystem:
         *,
         adapter: GymAdapter | None = None,
         episode_length: int | None = None,
+        action_history: int | None = None,
     ):
         if not (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0):
             raise ValueError(f"RealSystem budget must be an integer >= 0, got {budget!r}")
+        if action_history is not None:
+            check_action_history(action_history)
         if isinstance(system, str):
-            system = make_testbed(system)
+            system = make_testbed(system, action_history=action_history or 0)
         if isinstance(system, gymnasium.Env):
             length = episode_length or getattr(system.unwrapped, "episode_length", None)
             if not (isinstance(length, int) and length > 0):
                 raise ValueError(
                     f"RealSystem of a gymnasium env needs a positive episode_length, got {length!r}"
                 )
-            self._system: Any = _GymSystem(system, adapter or GymAdapter(), length)
+            self._system: Any = _GymSystem(
+                system, adapter or GymAdapter(), length, action_history or 0
+            )
         else:
             if adapter is not None:
                 raise ValueError("a GymAdapter maps a gymnasium env; a Brax testbed needs none")
+            own = getattr(system, "action_history", 0)
+            if action_history is not None and action_history != own:
+                raise ValueError(
+                    f"RealSystem action_history={action_history!r}, but the Brax testbed "
+                    f"{getattr(system, 'name', system)!r} observes its own, {own}: build the "
+                    "testbed with the history instead"
+                )
             self._system = _BraxSystem(system)
         self.budget = budget
         self.transitions = 0
@@ -318,6 +359,9 @@ class RealSystem:
 
     name = property(lambda self: self._system.name)
     observation_size = property(lambda self: self._system.observation_size)
+    sensor_size = property(lambda self: self._system.sensor_size)
+    """The observation's leading entries that the sensors read (what trajectories record)."""
+    action_history = property(lambda self: self._system.action_history)
     action_size = property(lambda self: self._system.action_size)
     episode_length = property(lambda self: self._system.episode_length)
     dt = property(lambda self: self._system.dt)

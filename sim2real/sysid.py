@@ -120,6 +120,9 @@ def identify(
     `sysid/rejected_nonfinite` (1 where a non-finite loss or gradient was dropped, not applied).
     """
     data = as_dataset(trajectories)
+    if sim_env.action_history:
+        # The data record the sensors; the policy's history plays no part in the physics.
+        sim_env = sim_env.with_action_history(0)
     if (data.obs_dim, data.action_dim) != (sim_env.observation_size, sim_env.action_size):
         raise ValueError(
             f"trajectories have (obs_dim, action_dim) {(data.obs_dim, data.action_dim)}, "

@@ -51,6 +51,7 @@ from flax import struct
 from jaxtyping import Array, Float
 
 import sim2real.lab as lab_physics
+from pods.action_history import check_action_history, push_command, with_history
 from pods.validation import require
 from sim2real.lab import LabEffects
 
@@ -235,7 +236,8 @@ def task_reward(obs: Any, action: Any, n_poles: int, weights: RewardWeights, *, 
     # accepts (cos, sin) pairs off the unit circle, as a learned model may predict them.
     absolute = xp.cumsum(xp.arctan2(cos_sin[:, 1], cos_sin[:, 0]))
     upright = xp.mean(0.5 * (1.0 + xp.cos(absolute)))
-    cart_x, pole_velocities = obs[0], obs[2 + 2 * n_poles :]
+    # A closed slice: an observation may carry an action history after the sensors.
+    cart_x, pole_velocities = obs[0], obs[2 + 2 * n_poles : 2 + 3 * n_poles]
     return (
         upright
         - weights.cart_position * cart_x**2
@@ -343,8 +345,10 @@ class LabState:
 class CartPole(PipelineEnv):
     """A cart-pole with `n_poles` poles in series: one env class for every testbed.
 
-    Observation: cart position, (cos, sin) of each hinge angle, then the joint velocities.
-    Action: one motor command in [-1, 1] (saturating), scaled by the motor's gear (10 N).
+    Observation: cart position, (cos, sin) of each hinge angle, then the joint velocities
+    (the `sensor_size` sensors); with `action_history=m`, then the last m commands, the newest
+    first (`pods.action_history`). Action: one motor command in [-1, 1] (saturating), scaled
+    by the motor's gear (10 N).
 
     `physics` is the `Physics` the env was built with, kept for display and for rebuilding the
     env; the step reads the physical parameters from `sys` (see `physics_to_sys`), so an env
@@ -371,6 +375,7 @@ class CartPole(PipelineEnv):
         timestep: float | None = None,
         n_frames: int | None = None,
         dtype: Any = None,
+        action_history: int = 0,
         **kwargs,
     ):
         """Builds a testbed.
@@ -389,7 +394,10 @@ class CartPole(PipelineEnv):
           timestep: physics timestep in seconds (default: PHYSICS_STEP of the system).
           n_frames: physics steps per env step; the control period is timestep * n_frames.
           dtype: float dtype of the system (jnp.float64 needs `jax.enable_x64`).
+          action_history: how many past commands the policy observes after the sensors (the
+            commands as sent, before the gain; the lab's latency queue is separate).
         """
+        self.action_history = check_action_history(action_history)
         if backend not in BACKENDS:
             raise ValueError(
                 f"unsupported Brax backend {backend!r} for the testbeds; expected one of {BACKENDS}"
@@ -457,8 +465,32 @@ class CartPole(PipelineEnv):
         return 1
 
     @property
-    def observation_size(self) -> int:
+    def sensor_size(self) -> int:
+        """The observation's leading entries that the sensors read."""
         return 1 + 2 * self.n_poles + 1 + self.n_poles
+
+    @property
+    def observation_size(self) -> int:
+        return self.sensor_size + self.action_history * self.action_size
+
+    def with_action_history(self, action_history: int) -> CartPole:
+        """This env observing the last `action_history` commands (0: the sensors alone), its
+        physics unchanged: how a dataset's sensor observations are replayed in a simulator
+        whose policy observes a history."""
+        env = copy.copy(self)
+        env.action_history = check_action_history(action_history)
+        return env
+
+    def _no_history(self) -> Float[Array, " history"]:
+        return jnp.zeros((self.action_history * self.action_size,), self.dtype)
+
+    def _observation(
+        self, sensors: Float[Array, " sensors"], state: State, action: Float[Array, 1]
+    ) -> Float[Array, " obs"]:
+        """The observation after `action` was commanded in `state`: the sensors, and the
+        history of `state`'s observation with `action` pushed in."""
+        history = push_command(state.obs[self.sensor_size :], action)
+        return with_history(sensors, history)
 
     @property
     def pole_lengths(self) -> tuple[float, ...]:
@@ -488,7 +520,9 @@ class CartPole(PipelineEnv):
         pipeline_state = self.pipeline_init(jnp.concatenate([x, angles]), qd)
         zero = jnp.zeros((), self.dtype)
         if self.lab is None:
-            obs = self.observe(pipeline_state.q, pipeline_state.qd)
+            obs = with_history(
+                self.observe(pipeline_state.q, pipeline_state.qd), self._no_history()
+            )
             return State(pipeline_state, obs, zero, zero)
         # The lab's own stream, folded off the reset key: the initial states stay those of
         # `sim` and `real` for the same key, so all three are evaluated from the same starts.
@@ -499,15 +533,18 @@ class CartPole(PipelineEnv):
             motor=jnp.zeros((self.action_size,), self.dtype),
             key=key_next,
         )
-        obs = self.sense(pipeline_state.q, pipeline_state.qd, key_sensor)
+        obs = with_history(
+            self.sense(pipeline_state.q, pipeline_state.qd, key_sensor), self._no_history()
+        )
         return State(pipeline_state, obs, zero, zero, info={"lab": carry})
 
     def step(self, state: State, action: Float[Array, 1]) -> State:
         if self.lab is not None:
             return self._lab_step(state, action)
         pipeline_state = self.pipeline_step(state.pipeline_state, action)
-        obs = self.observe(pipeline_state.q, pipeline_state.qd)
-        reward = self.task_reward(obs, action)
+        sensors = self.observe(pipeline_state.q, pipeline_state.qd)
+        reward = self.task_reward(sensors, action)
+        obs = self._observation(sensors, state, action)
         return state.replace(pipeline_state=pipeline_state, obs=obs, reward=reward)
 
     def _lab_step(self, state: State, action: Float[Array, 1]) -> State:
@@ -545,7 +582,7 @@ class CartPole(PipelineEnv):
         carry = LabState(commands=queue[1:], motor=motor, key=key_next)
         return state.replace(
             pipeline_state=pipeline_state,
-            obs=self.sense(q, qd, key_sensor),
+            obs=self._observation(self.sense(q, qd, key_sensor), state, action),
             reward=self.task_reward(self.observe(q, qd), action),
             info={**state.info, "lab": carry},
         )
@@ -657,11 +694,12 @@ class CartPole(PipelineEnv):
         )
 
     def state_from_obs(self, obs: Float[Array, " obs"]) -> tuple[jax.Array, jax.Array]:
-        """Inverse of `observe`: joint positions (angles wrapped to (-pi, pi]) and velocities."""
+        """Inverse of `observe`: joint positions (angles wrapped to (-pi, pi]) and velocities,
+        from the sensor part of an observation (an action history after it is ignored)."""
         n = self.n_poles
         cos_sin = obs[1 : 1 + 2 * n].reshape(n, 2)
         angles = jnp.arctan2(cos_sin[:, 1], cos_sin[:, 0])
-        return jnp.concatenate([obs[:1], angles]), obs[1 + 2 * n :]
+        return jnp.concatenate([obs[:1], angles]), obs[1 + 2 * n : self.sensor_size]
 
     def task_reward(self, obs: Float[Array, " obs"], action: Float[Array, 1]) -> Float[Array, ""]:
         """The reward for arriving at observation `obs` by command `action`."""
