@@ -14,7 +14,9 @@ the policy is the run's. The episodes are recorded as a transition dataset (by d
 episodes that solved the task are printed.
 
 In Python, `load_policy(run_dir).policy` is the observation -> action function, with the
-observation normalization it was trained with; no training script is needed.
+observation normalization it was trained with; no training script is needed. A policy trained
+with `env.action_history=m` observes the sensors, then its last m commands, the newest first
+(`pods.action_history`); `deploy` appends them on any engine, and records the sensors.
 """
 
 from __future__ import annotations
@@ -126,6 +128,13 @@ def deploy_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             merged.merge_with_dotlist([override])
         except OmegaConfBaseException as err:
             raise ConfigError(f"override {override!r}: {str(err).splitlines()[0]}") from None
+    trained, asked = (OmegaConf.select(c, "env.action_history", default=0) for c in (cfg, merged))
+    if asked != trained:
+        # The policy's input layer has the size of what it observed in training.
+        raise ConfigError(
+            f"env.action_history={asked!r}: the policy was trained observing {trained} past "
+            "commands"
+        )
     return merged
 
 

@@ -44,6 +44,9 @@ class RealSpec:
     make_env: Callable[[], gymnasium.Env] | None = None
     """A fresh gymnasium env of the real system (engines `mujoco` and `gym`)."""
     adapter: GymAdapter | None = None
+    action_history: int = 0
+    """Past commands the policy observes: the twin carries them, the boundary appends them to
+    a gymnasium env's sensors."""
 
     @property
     def name(self) -> str:
@@ -57,7 +60,11 @@ class RealSpec:
         if self.engine == "brax":
             return RealSystem(self.twin, budget)
         return RealSystem(
-            self.make_env(), budget, adapter=self.adapter, episode_length=self.episode_length
+            self.make_env(),
+            budget,
+            adapter=self.adapter,
+            episode_length=self.episode_length,
+            action_history=self.action_history,
         )
 
     def evaluation_env(self, num_trajectories: int) -> Any:
@@ -92,7 +99,7 @@ def _gym_adapter(path: str | None) -> GymAdapter:
 
 def build_real(cfg: DictConfig, common: dict) -> RealSpec:
     """The real system of `cfg` (see the module docstring); `common` holds the testbed
-    arguments the sim was built with (episode length, backend, dtype)."""
+    arguments the sim was built with (episode length, backend, dtype, action history)."""
     env, real = cfg.env, cfg.real
     variant = check_real_profile(env)
     if real.engine not in ENGINES:
@@ -107,7 +114,9 @@ def build_real(cfg: DictConfig, common: dict) -> RealSpec:
         twin = make_testbed(name, **profile, **common) if real.engine != "gym" else None
     except ValueError as err:
         raise ConfigError(f"env: {err}") from None
-    spec = RealSpec(real.engine, twin, env.episode_length)
+    spec = RealSpec(
+        real.engine, twin, env.episode_length, action_history=common.get("action_history", 0)
+    )
     if real.engine == "mujoco":
         from sim2real.mujoco_lab import MujocoCartPole
 

@@ -128,6 +128,12 @@ class EnvSchema:
     """Physics steps per control period, for sim and the real alike; null: the system's
     (sim2real.testbeds.PHYSICS_STEP: 2 x 25 ms for the cartpole, 5 x 10 ms for the double).
     The control period is the physics step times this; the lab's own step divides it."""
+    # Any, not int: a non-integer then reaches `build_envs`'s one-line error instead of
+    # OmegaConf's multi-line one.
+    action_history: Any = 0
+    """How many past commands the policy observes after the sensors, the newest first
+    (`pods.action_history`): the commands the lab's latency still has in flight. The Brax
+    envs carry them; a MuJoCo C or gymnasium real gets them from the real-system boundary."""
     real_profile: str = "friction"
     sim: Any = dataclasses.field(
         default_factory=lambda: PhysicsSchema(**dataclasses.asdict(Physics.nominal()))

@@ -43,6 +43,7 @@ from experiments.schema import (
 )
 from experiments.trainers import ALGORITHMS, RunContext, Trained, check_algo
 from pods.runtime import configure_jax, filter_known_xla_logs
+from pods.validation import is_integer
 from sim2real.evaluation import (
     evaluate,
     evaluate_sim_and_real,
@@ -85,8 +86,16 @@ def build_envs(cfg: DictConfig, dtype) -> tuple[Env, RealSpec | None]:
     env = cfg.env
     if env.system == "brax":
         return build_brax_env(cfg), None
+    # A run directory written before the key existed observed the sensors alone.
+    history = OmegaConf.select(env, "action_history", default=0)
+    if not is_integer(history, 0):
+        raise ConfigError(f"env.action_history must be an integer >= 0, got {history!r}")
     common = dict(
-        episode_length=env.episode_length, backend=env.backend, dtype=dtype, n_frames=env.n_frames
+        episode_length=env.episode_length,
+        backend=env.backend,
+        dtype=dtype,
+        n_frames=env.n_frames,
+        action_history=history,
     )
     try:
         sim = make_testbed(
