@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from baselines.brax_agents import APGConfig, PPOConfig
+from baselines.energy_lqr import EnergyLQRConfig
 from baselines.lqr import LQRConfig
 from dynamics_models.factory import ModelConfig
 from pods.hds import HDSConfig
@@ -167,6 +168,7 @@ HDSSchema = schema_of(HDSConfig, "HDSSchema", extra={"name": (str, "hds")})
 APGSchema = schema_of(APGConfig, "APGSchema", extra={"name": (str, "apg")})
 PPOSchema = schema_of(PPOConfig, "PPOSchema", extra={"name": (str, "ppo")})
 LQRSchema = schema_of(LQRConfig, "LQRSchema", extra={"name": (str, "lqr")})
+EnergyLQRSchema = schema_of(EnergyLQRConfig, "EnergyLQRSchema", extra={"name": (str, "energy_lqr")})
 ModelSchema = schema_of(ModelConfig, "ModelSchema")
 LOOP_EXTRAS = ("engine", "gym_id", "gym_adapter", "gym_kwargs")
 """Keys of the `real` node that choose the real system rather than how its data is spent."""
@@ -233,6 +235,7 @@ def register_schemas(store: ConfigStore | None = None) -> None:
     store.store(group="schema/algo", name="apg", node=APGSchema)
     store.store(group="schema/algo", name="ppo", node=PPOSchema)
     store.store(group="schema/algo", name="lqr", node=LQRSchema)
+    store.store(group="schema/algo", name="energy_lqr", node=EnergyLQRSchema)
     store.store(group="schema/model", name="model", node=ModelSchema)
 
 

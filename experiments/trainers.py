@@ -10,6 +10,8 @@ its entries for `summary.json`.
     ppo_dr   Brax's PPO with domain randomization of the physics (`algo.randomization`)
     pods_sysid  PODS in the simulator whose physics `sim2real.sysid` identified from real
              transitions (random commands, the same `real.budget` HDS gets)
+    lqr      LQR about the upright, from `sim`'s linearization (balance tasks)
+    energy_lqr  the classical swing-up: energy pumping, then the LQR catch, all from `sim`
 
 Brax's agents cannot resume mid-training: an APG/PPO run started again trains from the start
 (its final params are checkpointed for reuse, not for resuming).
@@ -33,6 +35,8 @@ import jax
 from omegaconf import DictConfig
 
 from baselines.brax_agents import APGConfig, PPOConfig, train_apg, train_ppo
+from baselines.energy_lqr import EnergyLQRConfig
+from baselines.energy_lqr import train as train_energy_lqr_policy
 from baselines.lqr import LQRConfig
 from baselines.lqr import train as train_lqr_gain
 from dynamics_models import ModelConfig, save_model
@@ -408,6 +412,16 @@ def train_lqr(ctx: RunContext) -> Trained:
     return Trained(make_policy, gain, {"real/transitions": 0})
 
 
+def train_energy_lqr(ctx: RunContext) -> Trained:
+    """The classical swing-up with LQR catch, designed on `sim` (nothing of the real)."""
+    config: EnergyLQRConfig = algo_config(ctx.cfg)
+    ctx.run_dir.truncate_metrics(-1)
+    make_policy, gain, _ = train_energy_lqr_policy(
+        config, ctx.sim, ctx.key, progress_fn=ctx.run_dir.log_metrics
+    )
+    return Trained(make_policy, gain, {"real/transitions": 0})
+
+
 def _brax_agent(ctx: RunContext, train_fn: Callable) -> Trained:
     config = algo_config(ctx.cfg)
     run_dir = ctx.run_dir
@@ -483,6 +497,11 @@ ALGORITHMS: dict[str, Algorithm] = {
         needs_testbed="identifies the testbed's physics from real transitions",
     ),
     "lqr": Algorithm(train_lqr, LQRConfig, needs_testbed="linearizes the cart-pole at the upright"),
+    "energy_lqr": Algorithm(
+        train_energy_lqr,
+        EnergyLQRConfig,
+        needs_testbed="swings up and catches the cart-pole's pole from its nominal body",
+    ),
 }
 """`algo.name` -> its `Algorithm`: the one registry of the algorithms."""
 
@@ -550,6 +569,11 @@ def check_algo(cfg: DictConfig) -> None:
     if name == "lqr" and env.task != "balance":
         raise ConfigError(
             f"algo=lqr stabilizes the upright: it runs on balance tasks, not env.task={env.task}"
+        )
+    if name == "energy_lqr" and env.system == "double_cartpole" and env.task != "balance":
+        raise ConfigError(
+            "algo=energy_lqr swings up one pole; on env.system=double_cartpole it runs the "
+            f"balance task (its LQR catch), not env.task={env.task}"
         )
 
 

@@ -2,7 +2,7 @@
 the sim2real gap closure.
 
 A task is *solved* from a start when every pole ends upright and stays there: within 0.2 rad
-of upright over the last half of a single-pole swing-up (50 of 100 steps), the last 30% of a
+of upright over the last 50 steps (2.5 s) of a single-pole swing-up, the last 30 steps of a
 double-pole one, and the whole episode of a balance task (`Solved`). The share of held-out
 starts solved is reported beside the return: a return says how much, solved whether.
 
@@ -47,22 +47,27 @@ def seed_streams(seed: int) -> tuple[jax.Array, jax.Array]:
 @dataclasses.dataclass(frozen=True)
 class Solved:
     """Whether a trajectory solved its task: every pole within `tolerance` of upright at each
-    step of the episode's last `window` (a share of its steps; 1: every step)."""
+    of the episode's last `window` steps (None: every step)."""
 
     n_poles: int
-    window: float
+    window: int | None
+    """Control steps at the end of the episode that must all be upright; None for all."""
     tolerance: float = 0.2
     """rad, on each pole's absolute angle."""
+
+    SWINGUP_WINDOW = {1: 50, 2: 30}
+    """Steps held upright that solve a swing-up, by number of poles: 2.5 s for one pole and
+    1.5 s for two (the control period is 50 ms), whatever the episode's length."""
 
     @classmethod
     def of_task(cls, task: str, n_poles: int) -> Solved:
         if task == "balance":
-            return cls(n_poles, 1.0)
-        return cls(n_poles, 0.5 if n_poles == 1 else 0.3)
+            return cls(n_poles, None)
+        return cls(n_poles, cls.SWINGUP_WINDOW[n_poles])
 
     def steps(self, horizon: int) -> int:
-        """How many of the episode's last steps must be upright."""
-        return max(1, math.ceil(self.window * horizon - 1e-9))
+        """How many of the episode's last steps must be upright (at most all of them)."""
+        return horizon if self.window is None else min(self.window, horizon)
 
     def __call__(self, observations: Any, valid: Any = None, *, xp: Any = jnp) -> Any:
         """[n] bool from observations [n, horizon + 1, obs] in the testbeds' layout (and the

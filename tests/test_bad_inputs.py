@@ -50,6 +50,8 @@ def assert_refused(result, message: str) -> str:
         (["model.kind=gp"], "'gp'"),
         (["run.compare=[ddpg]"], "run.compare"),
         (["algo=lqr", "env=cartpole_swingup"], "balance tasks"),
+        (["algo=energy_lqr", "env=double_cartpole_swingup"], "env.task=swingup"),
+        (["algo=energy_lqr", "algo.catch_angle=0"], "catch_angle"),
         # Found only inside training before: now from the config alone.
         (
             ["algo.num_trajectories=4", "env.episode_length=16", "algo.minibatch_size=256"],
