@@ -61,8 +61,11 @@ class MujocoCartPole(gymnasium.Env):
     rules for both).
 
     Observation: `[x, cos th_i, sin th_i ..., xdot, th_i dot ...]`, what the lab's encoders
-    read for the `lab` variant, the true state otherwise. Action: one motor command; beyond
-    [-1, 1] it saturates as in the twin (the gain first, then the motor's control range).
+    read for the `lab` variant, the true state otherwise: the sensors alone, since a rig has no
+    sensor for its commands (a policy that observes an action history gets it from
+    `sim2real.real_system.RealSystem`, which appends the commands it sent). Action: one motor
+    command; beyond [-1, 1] it saturates as in the twin (the gain first, then the motor's
+    control range).
     The reward is the task's on the true state. `info` holds the true `qpos` and `qvel` and
     the command driving the motor now (`motor`: after the gain, latency and lag, before the
     motor's range clips it). An episode truncates after `episode_length` steps; it never
