@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ from experiments.schema import (
 from experiments.trainers import ALGORITHMS, RunContext, Trained, check_algo
 from pods.runtime import configure_jax, filter_known_xla_logs
 from pods.validation import is_integer
+from scoring import difference_std, gap_stands_out, share_std
 from sim2real.evaluation import (
     evaluate,
     evaluate_sim_and_real,
@@ -187,21 +189,28 @@ def finish_run(ctx: RunContext, trained: Trained) -> dict:
     real_returns = returns.get("real")
     records = run_dir.read_metrics()
     last = records[-1] if records else {}
+    sim_eval = returns["sim"]
     summary = {
         "algo": cfg.algo.name,
         "env": f"{sim.system_name}_{sim.task}",
         "real/profile": None if real is None else cfg.env.real_profile,
         "real/engine": None if real is None else cfg.real.engine,
         "seed": cfg.seed,
-        "eval/return_sim": returns["sim"].policy,
-        # No real variant on env=brax: its real figures are null.
-        "eval/return_real": None if real_returns is None else real_returns.policy,
-        "eval/return_random_sim": returns["sim"].random,
-        "eval/return_random_real": None if real_returns is None else real_returns.random,
-        "eval/solved_sim": returns["sim"].solved,
+        # Whether first, then how much: the solved shares lead.
         "eval/solved_real": None if real_returns is None else real_returns.solved,
-        # Normalized against the oracle (PODS trained on `real`): filled in where the run
-        # compares with one (`run.compare`); paper_figures computes it across a sweep.
+        "eval/solved_sim": sim_eval.solved,
+        "eval/return_real": None if real_returns is None else real_returns.policy,
+        "eval/return_sim": sim_eval.policy,
+        "eval/solved_random_real": None if real_returns is None else real_returns.random_solved,
+        "eval/return_random_real": None if real_returns is None else real_returns.random,
+        "eval/return_random_sim": sim_eval.random,
+        # The spread over the held-out starts, which a gap is judged against (`compare`).
+        "eval/return_real_std": None if real_returns is None else real_returns.return_std,
+        "eval/return_sim_std": sim_eval.return_std,
+        # Against the best policy known on the real (`compare`): filled in where the run
+        # compares with one (`run.compare`); paper_figures computes them across a sweep.
+        "eval/reference": None,
+        "eval/score_solved_real": None,
         "eval/score_real": None,
         "eval/trajectories": n_eval,
         "train/epochs": len(records),
@@ -218,20 +227,67 @@ def finish_run(ctx: RunContext, trained: Trained) -> dict:
     return summary
 
 
+REFERENCES = ("oracle", "energy_lqr")
+"""The runs that can be a real system's ceiling: the oracle (PODS trained on the real's
+twin) and the classical controller."""
+
+
+def reference_run(summaries: list[dict]) -> dict | None:
+    """The best policy known on the real among the runs of `REFERENCES`: the one that solves
+    the most held-out starts there, the higher real return breaking a tie; None if none ran."""
+
+    def rank(s: dict) -> tuple[float, float]:
+        solved = s["eval/solved_real"]
+        return (-1.0 if solved is None or solved != solved else solved, s["eval/return_real"])
+
+    candidates = [
+        s for s in summaries if s["algo"] in REFERENCES and s["eval/return_real"] is not None
+    ]
+    return max(candidates, key=rank) if candidates else None
+
+
 def compare(summaries: list[dict]) -> list[dict]:
-    """Fills in the normalized real score (where an oracle ran) and the gap closure relative
-    to PODS in sim (where both ran) of runs on the same env and seed."""
-    by_algo = {s["algo"]: s for s in summaries}
-    oracle, pods = by_algo.get("oracle"), by_algo.get("pods")
+    """Fills in, for runs on the same env and seed, the normalized real score and the gap
+    closure relative to PODS in sim, on solved shares and on returns, against the best policy
+    known on the real (`reference_run`).
+
+    A gap closure divides by the reference's lead over PODS in sim. It is filled in only
+    where that lead is larger than twice its standard deviation over the held-out starts
+    (the standard error of a share, or of a mean return); elsewhere it is None and the table
+    prints "no gap": a ratio of noise says nothing."""
+    reference = reference_run(summaries)
+    if reference is None:
+        return summaries
+    pods = next((s for s in summaries if s["algo"] == "pods"), None)
+    n = reference["eval/trajectories"]
     for s in summaries:
-        if oracle is not None and s["eval/return_real"] is not None:
-            s["eval/score_real"] = normalized_score(
-                s["eval/return_real"], s["eval/return_random_real"], oracle["eval/return_real"]
-            )
-            if pods is not None:
-                s["eval/gap_closure"] = gap_closure(
-                    s["eval/return_real"], pods["eval/return_real"], oracle["eval/return_real"]
+        if s["eval/return_real"] is None:
+            continue
+        s["eval/reference"] = reference["algo"]
+        s["eval/score_solved_real"] = normalized_score(
+            s["eval/solved_real"], s["eval/solved_random_real"], reference["eval/solved_real"]
+        )
+        s["eval/score_real"] = normalized_score(
+            s["eval/return_real"], s["eval/return_random_real"], reference["eval/return_real"]
+        )
+        if pods is None:
+            continue
+        for figure, std in (
+            ("solved_real", lambda r: share_std(r["eval/solved_real"], n)),
+            ("return_real", lambda r: r["eval/return_real_std"] / math.sqrt(n)),
+        ):
+            gap = reference[f"eval/{figure}"] - pods[f"eval/{figure}"]
+            spread = difference_std(std(reference), std(pods))
+            suffix = "_solved" if figure == "solved_real" else ""
+            s[f"eval/gap{suffix}"] = gap
+            s[f"eval/gap{suffix}_std"] = spread
+            s[f"eval/gap_closure{suffix}"] = (
+                gap_closure(
+                    s[f"eval/{figure}"], pods[f"eval/{figure}"], reference[f"eval/{figure}"]
                 )
+                if gap_stands_out(gap, spread)
+                else None
+            )
     return summaries
 
 
@@ -312,38 +368,47 @@ def run_with_comparisons(runs: list[RunContext]) -> list[dict]:
 
 
 def format_table(summaries: list[dict]) -> str:
-    """Mean returns of every run (and random commands) in sim and real, with the normalized
-    real score and the gap closure where an oracle ran."""
+    """Every run's solved shares and mean returns in real and sim (and random commands'),
+    with the score and the gap closure on solved shares where a reference ran."""
     first = summaries[0]
     lines = [
-        f"\n{first['env']}, seed {first['seed']}: mean return over "
+        f"\n{first['env']}, seed {first['seed']}: solved share and mean return over "
         f"{first['eval/trajectories']} held-out initial states",
-        f"{'policy':>10} {'sim':>9} {'real':>9} {'solved sim':>11} {'solved real':>12} "
+        f"{'policy':>10} {'solved real':>12} {'solved sim':>11} {'real':>9} {'sim':>9} "
         f"{'score':>7} {'gap':>7} {'real data':>10}",
     ]
 
     def number(value, width: int, digits: int) -> str:
-        return f"{value:{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+        missing = value is None or value != value
+        return f"{'-':>{width}}" if missing else f"{value:{width}.{digits}f}"
 
     def share(value, width: int) -> str:
         missing = value is None or value != value
         return f"{'-':>{width}}" if missing else f"{value:{width}.0%}"
 
+    def gap(s: dict) -> str:
+        if "eval/gap_solved" not in s:
+            return f"{'-':>7}"
+        closure = s["eval/gap_closure_solved"]
+        return f"{'no gap':>7}" if closure is None else number(closure, 7, 2)
+
     for s in summaries:
         lines.append(
-            f"{s['algo']:>10} {s['eval/return_sim']:9.2f} {number(s['eval/return_real'], 9, 2)} "
-            f"{share(s['eval/solved_sim'], 11)} {share(s['eval/solved_real'], 12)} "
-            f"{number(s['eval/score_real'], 7, 2)} {number(s.get('eval/gap_closure'), 7, 2)} "
-            f"{s['real/transitions']:10d}"
+            f"{s['algo']:>10} {share(s['eval/solved_real'], 12)} {share(s['eval/solved_sim'], 11)} "
+            f"{number(s['eval/return_real'], 9, 2)} {s['eval/return_sim']:9.2f} "
+            f"{number(s['eval/score_solved_real'], 7, 2)} {gap(s)} {s['real/transitions']:10d}"
         )
     lines.append(
-        f"{'random':>10} {first['eval/return_random_sim']:9.2f} "
-        f"{number(first['eval/return_random_real'], 9, 2)} {'':>11} {'':>12} {0.0:7.2f} {'':>7} {'':>10}"
+        f"{'random':>10} {share(first['eval/solved_random_real'], 12)} {'':>11} "
+        f"{number(first['eval/return_random_real'], 9, 2)} {first['eval/return_random_sim']:9.2f} "
+        f"{'':>7} {'':>7} {'':>10}"
     )
-    if any(s["eval/score_real"] is not None for s in summaries):
+    reference = first.get("eval/reference")
+    if reference is not None:
         lines.append(
-            "score: (R - R_random) / (R_oracle - R_random) in real; "
-            "gap: (R - R_pods) / (R_oracle - R_pods)"
+            f"reference: {reference}, the best policy known on the real. On solved shares S, "
+            "score: (S - S_random) / (S_ref - S_random); gap: (S - S_pods) / (S_ref - S_pods), "
+            "'no gap' where S_ref - S_pods is within twice its standard error"
         )
     return "\n".join(lines)
 

@@ -100,7 +100,7 @@ def solved_criterion(env: Any) -> Solved | None:
 
 
 class Evaluation(NamedTuple):
-    """Mean returns on one env over n held-out initial states."""
+    """Mean returns on one env over n held-out initial states, and what was solved."""
 
     policy: float
     """The deterministic policy's mean return."""
@@ -110,6 +110,17 @@ class Evaluation(NamedTuple):
     """[horizon + 1, obs_dim]: the policy's first trajectory (for an animation)."""
     solved: float = math.nan
     """The share of the initial states from which the policy solved the task (`Solved`)."""
+    random_solved: float = math.nan
+    """The share random commands solved from the same initial states (0, nearly always)."""
+    returns: np.ndarray | None = None
+    """[n]: the policy's return from each initial state (its spread, paired comparisons)."""
+    solved_each: np.ndarray | None = None
+    """[n] bool: whether the policy solved the task from each initial state."""
+
+    @property
+    def return_std(self) -> float:
+        """The standard deviation of the return over the initial states."""
+        return math.nan if self.returns is None else float(np.std(self.returns))
 
 
 def held_out_starts(env: Any, key: jax.Array, num_trajectories: int) -> Any:
@@ -135,10 +146,13 @@ def _evaluator(
         random_actions = jax.random.uniform(key_actions, shape, env.dtype, -1.0, 1.0)
         random = play_batch(env, states, random_actions)
         learned = policy_batch(env, states, make_policy(params), horizon)
-        solved = jnp.nan
-        if criterion is not None:
-            solved = jnp.mean(criterion(learned.observations).astype(learned.value.dtype))
-        return jnp.mean(learned.value), jnp.mean(random.value), learned.observations[0], solved
+        if criterion is None:
+            unsolved = jnp.full((num_trajectories,), jnp.nan, learned.value.dtype)
+            solved, random_solved = unsolved, unsolved
+        else:
+            solved = criterion(learned.observations).astype(learned.value.dtype)
+            random_solved = criterion(random.observations).astype(learned.value.dtype)
+        return learned.value, random.value, learned.observations[0], solved, random_solved
 
     return run
 
@@ -167,9 +181,22 @@ def evaluate(
     if isinstance(env, RealSystem):
         return _evaluate_real_system(env, make_policy, params, key, num_trajectories, criterion)
     run = _evaluator(env, make_policy, num_trajectories, criterion)
-    policy_return, random_return, observations, solved = jax.device_get(run(params, key))
+    returns, random_returns, observations, solved, random_solved = jax.device_get(run(params, key))
+    return _evaluation(returns, random_returns, np.asarray(observations), solved, random_solved)
+
+
+def _evaluation(returns, random_returns, observations, solved, random_solved) -> Evaluation:
+    """An `Evaluation` of per-start returns and solved flags (NaN flags: no criterion)."""
+    returns, solved = np.asarray(returns, np.float64), np.asarray(solved, np.float64)
+    known = not np.any(np.isnan(solved))
     return Evaluation(
-        float(policy_return), float(random_return), np.asarray(observations), float(solved)
+        float(np.mean(returns)),
+        float(np.mean(random_returns)),
+        observations,
+        float(np.mean(solved)) if known else math.nan,
+        float(np.mean(random_solved)) if known else math.nan,
+        returns,
+        solved.astype(bool) if known else None,
     )
 
 
@@ -189,13 +216,17 @@ def _evaluate_real_system(
     # `collect` resets episode i from split(split(key)[0], n)[i]; `play` from split(key, n)[i]:
     # the random commands start from the policy's initial states.
     random = system.play(jax.random.split(key_reset)[0], random_actions)
-    return Evaluation(
-        float(np.mean(np.sum(learned.rewards, axis=1))),
-        float(np.mean(np.sum(random.rewards, axis=1))),
+    n = (num_trajectories,)
+    return _evaluation(
+        np.sum(learned.rewards, axis=1),
+        np.sum(random.rewards, axis=1),
         learned.observations[0],
-        math.nan
+        np.full(n, np.nan)
         if criterion is None
-        else float(np.mean(criterion(learned.observations, learned.valid, xp=np))),
+        else criterion(learned.observations, learned.valid, xp=np),
+        np.full(n, np.nan)
+        if criterion is None
+        else criterion(random.observations, random.valid, xp=np),
     )
 
 
