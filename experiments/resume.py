@@ -36,6 +36,7 @@ ADDED = {
     "algo.feedback": False,
     "algo.horizon_start": None,
     "algo.horizon_growth_epochs": 30,
+    "env.action_history": 0,
 }
 """Keys added to the config after runs were made, each with the value that computes what
 those runs computed: a stored config without the key continues under that value."""

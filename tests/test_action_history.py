@@ -12,6 +12,7 @@ from dynamics_models import MLPDynamics, ObsLayout, collect_transitions, k_step_
 from dynamics_models.learned_env import LearnedEnv
 from experiments.deploy import deploy_config, load_policy
 from experiments.deploy import main as deploy_main
+from experiments.resume import config_differences
 from experiments.schema import ConfigError
 from pods.rollout import rollout_actions
 from sim2real import LabEffects, make_testbed
@@ -286,6 +287,12 @@ def test_the_config_key_builds_every_engine_and_refuses_a_bad_value_in_one_line(
     with pytest.raises(ConfigError, match="trained observing 2 past commands"):
         deploy_config(cfg, ["env.action_history=0"])
     assert deploy_config(cfg, ["real.engine=brax"]).env.action_history == 2
+    # A run directory written before the key existed continues as m = 0, the sensors alone.
+    before = {"env": {"system": "cartpole"}}
+    assert config_differences(before, {"env": {"system": "cartpole", "action_history": 0}}) == []
+    assert config_differences(before, {"env": {"system": "cartpole", "action_history": 2}}) == [
+        "env.action_history: 0 -> 2"
+    ]
 
 
 def test_a_tiny_run_with_a_history_trains_evaluates_on_mujoco_and_deploys(tmp_path):
