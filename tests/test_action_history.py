@@ -74,6 +74,14 @@ def test_without_a_history_the_observation_is_the_sensors_and_with_one_they_are_
     np.testing.assert_array_equal(obs3[:, SENSORS:], _expected_history(np.asarray(ACTIONS), 3))
 
 
+@pytest.mark.slow  # ~15 s cold each; the history is stepped by code the backends share
+@pytest.mark.parametrize("backend", ["generalized", "mjx"])
+def test_the_brax_pipelines_carry_the_history_as_the_chain_does(backend):
+    env = make_testbed("cartpole_swingup_real", backend=backend, action_history=3)
+    obs, _, _ = _play(env, ACTIONS)
+    np.testing.assert_array_equal(obs[:, SENSORS:], _expected_history(np.asarray(ACTIONS), 3))
+
+
 @pytest.mark.parametrize("latency, n_frames, m", [(3, 2, 2), (4, 1, 5)])
 def test_with_latency_the_observation_at_t_holds_the_commands_of_t_minus_1_to_t_minus_m(
     latency, n_frames, m
