@@ -5,6 +5,7 @@ horizon grown stage by stage. Prints JSON.
     .venv/bin/python benchmarks/trajectory_optimizer.py [--testbed double_cartpole_balance_sim]
         [--starts 8] [--horizon 100] [--grow 10] [--iterations 8] [--window 10] [--seed 0]
         [--held-out] [--tolerance-weight W] [--tolerance-onset A] [--out FILE]
+        [--friction-gradient V|law] [--no-stiction-gradient] [--no-cogging-gradient]
 
 From --starts initial states of the testbed (`chain` backend, float32) and all-zero actions,
 each method takes --iterations improvement steps per stage (`pods.improve.improve_actions`
@@ -23,11 +24,16 @@ With --tolerance-weight W the methods optimize the reward less a penalty for lea
 the solved criterion's tolerance (`ToleranceBarrier`); every figure in the JSON is still of
 the testbed's own reward and criterion. It asks whether the starts can be held within the
 tolerance at all, not only whether the reward's optimum holds them.
+With --friction-gradient the testbed's slider force is differentiated through a smooth
+surrogate (`sim2real.lab.FrictionGradient`: the friction's sign widened to V m/s, or `law`
+for the law's own scale; --no-stiction-gradient and --no-cogging-gradient drop those terms'
+derivatives); the rollouts, and every figure in the JSON, step the testbed's own physics.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -56,6 +62,7 @@ from pods.improve import improve_actions, step_size_grid  # noqa: E402
 from pods.rollout import episode_of_actions, reset_batch  # noqa: E402
 from sim2real import make_testbed  # noqa: E402
 from sim2real.evaluation import held_out_starts, seed_streams, solved_criterion  # noqa: E402
+from sim2real.lab import FrictionGradient  # noqa: E402
 
 METHODS = ("open_loop", "feedback")
 
@@ -154,8 +161,37 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--tolerance-onset", type=float, help="rad where the penalty begins (default 0.15)"
     )
+    parser.add_argument(
+        "--friction-gradient",
+        metavar="V|law",
+        help="differentiate the slider force through a surrogate whose friction switches sign "
+        "over V m/s (`law`: the law's own scale); the rollouts are unchanged",
+    )
+    parser.add_argument(
+        "--no-stiction-gradient",
+        action="store_true",
+        help="with --friction-gradient: drop the stiction's derivative",
+    )
+    parser.add_argument(
+        "--no-cogging-gradient",
+        action="store_true",
+        help="with --friction-gradient: drop the cogging's derivative",
+    )
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
+    friction_gradient = None
+    if args.friction_gradient is not None:
+        try:
+            velocity = None if args.friction_gradient == "law" else float(args.friction_gradient)
+            friction_gradient = FrictionGradient(
+                friction_velocity=velocity,
+                stiction=not args.no_stiction_gradient,
+                cogging=not args.no_cogging_gradient,
+            )
+        except ValueError as err:
+            parser.error(f"--friction-gradient: {err}")
+    elif args.no_stiction_gradient or args.no_cogging_gradient:
+        parser.error("--no-stiction-gradient and --no-cogging-gradient need --friction-gradient")
     for name in ("starts", "horizon", "iterations", "window"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
@@ -167,7 +203,12 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--grow must be in [0, --horizon={args.horizon}], got {args.grow}")
     filter_known_xla_logs()
     configure_jax()
-    env = make_testbed(args.testbed, backend="chain", episode_length=args.horizon)
+    env = make_testbed(
+        args.testbed,
+        backend="chain",
+        episode_length=args.horizon,
+        friction_gradient=friction_gradient,
+    )
     objective = (
         ToleranceBarrier(env, args.tolerance_weight, args.tolerance_onset)
         if args.tolerance_weight
@@ -204,6 +245,9 @@ def main(argv: list[str] | None = None) -> dict:
         "held_out": args.held_out,
         "tolerance_weight": args.tolerance_weight,
         "tolerance_onset": round(objective.onset, 6) if args.tolerance_weight else None,
+        "friction_gradient": (
+            None if friction_gradient is None else dataclasses.asdict(friction_gradient)
+        ),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),

@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import mujoco
 import numpy as np
 
@@ -196,6 +199,45 @@ class LabEffects:
         return m + np.floor_divide(j - self.latency_steps, n_frames)
 
 
+@dataclasses.dataclass(frozen=True)
+class FrictionGradient:
+    """A smooth surrogate for the derivative of the slider's force (`slider_force`) with
+    respect to the cart's position and velocity. The force itself, what every rollout steps,
+    stays the law's to the bit; only gradients and linearizations see the surrogate.
+
+    Why: the lab's friction switches sign within 5 mm/s (`Physics.lab`), so at rest its slope
+    acts like hundreds of N s/m of damping, and the stiction's adds to it. Linearized there,
+    a command does not move the cart, although full force moves it metres in a second, and
+    PODS's action improvement stalls (the stiff-dynamics bias of Suh et al., ICML 2022). The
+    surrogate's derivative is that of a friction whose sign switches over a wider velocity.
+    The derivative with respect to the physical parameters stays the law's, so system
+    identification fits the physics the rollouts step.
+    """
+
+    friction_velocity: float | None = 0.2
+    """m/s: the tanh velocity scale of the friction's sign (Coulomb and stiction) in the
+    derivative, where the law's `Physics.friction_velocity` is sharper; None: the law's.
+    0.05-1 all unstall the lab (docs/research-log/2026-12-07-stiction-gradients.md); 0.2
+    measured best with the two terms below dropped."""
+    stiction: bool = False
+    """Keep the stiction's derivative (with the sign widened as above); False drops it: its
+    slope at rest adds to the friction's, and dropped it measured no worse."""
+    cogging: bool = False
+    """Keep the cogging's derivative: a spring of 2 pi A / period (31 N/m in the lab) whose
+    sign alternates every half period, a landscape of 2 cm wells; False drops it."""
+
+    def __post_init__(self):
+        require(
+            self.friction_velocity is None
+            or (is_number(self.friction_velocity) and self.friction_velocity > 0),
+            self,
+            "friction_velocity",
+            "None or a finite number > 0",
+        )
+        for name in ("stiction", "cogging"):
+            require(isinstance(getattr(self, name), bool), self, name, "true or false")
+
+
 def physics_steps(control_period: float, timestep: float) -> int:
     """Physics steps per control period; the period must be a whole number of steps."""
     n = round(control_period / timestep)
@@ -211,11 +253,26 @@ def physics_steps(control_period: float, timestep: float) -> int:
 
 
 def slider_force(
-    physics: dict[str, Any], lab: LabEffects | None, x: Any, v: Any, *, xp: Any
+    physics: dict[str, Any],
+    lab: LabEffects | None,
+    x: Any,
+    v: Any,
+    *,
+    xp: Any,
+    gradient: FrictionGradient | None = None,
 ) -> Any:
     """The passive force on the cart, N: viscous damping and Coulomb friction (`Physics`),
     and with `lab` the Stribeck breakaway, the cable and the cogging. Terms whose coefficient
-    is zero are left out, not added as zeros, so a lab with them off steps exactly as `real`."""
+    is zero are left out, not added as zeros, so a lab with them off steps exactly as `real`.
+
+    With `gradient` (and `xp` jax.numpy), the value is still this law's, to the bit, and
+    its derivative with respect to `x` and `v` is `FrictionGradient`'s surrogate's."""
+    if gradient is None or xp is not jnp:
+        return _slider_law(physics, lab, x, v, xp=xp)
+    return _slider_force_with_surrogate(physics, x, v, lab, gradient)
+
+
+def _slider_law(physics: dict[str, Any], lab: LabEffects | None, x: Any, v: Any, *, xp: Any) -> Any:
     sign = xp.tanh(v / physics["friction_velocity"])
     force = -physics["slider_damping"] * v - physics["slider_friction"] * sign
     if lab is None:
@@ -227,6 +284,50 @@ def slider_force(
     if lab.cogging_amplitude:
         force = force - lab.cogging_amplitude * xp.sin(2 * math.pi * x / lab.cogging_period)
     return force
+
+
+def slider_force_surrogate(
+    physics: dict[str, Any], lab: LabEffects | None, x: Any, v: Any, gradient: FrictionGradient
+) -> Any:
+    """The smooth law whose derivative `slider_force` takes under `gradient`: the friction's
+    sign widened to `gradient.friction_velocity`, the stiction and cogging kept or dropped."""
+    width = physics["friction_velocity"]
+    if gradient.friction_velocity is not None:
+        # Never sharper than the law: on a profile already that smooth, its own derivative.
+        width = jnp.maximum(width, gradient.friction_velocity)
+    sign = jnp.tanh(v / width)
+    force = -physics["slider_damping"] * v - physics["slider_friction"] * sign
+    if lab is None:
+        return force
+    if lab.stiction and gradient.stiction:
+        force = force - lab.stiction * jnp.exp(-((v / lab.stribeck_velocity) ** 2)) * sign
+    if lab.cable_stiffness:
+        force = force - lab.cable_stiffness * (x - lab.cable_anchor)
+    if lab.cogging_amplitude and gradient.cogging:
+        force = force - lab.cogging_amplitude * jnp.sin(2 * math.pi * x / lab.cogging_period)
+    return force
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _slider_force_with_surrogate(
+    physics: dict[str, Any], x: Any, v: Any, lab: LabEffects | None, gradient: FrictionGradient
+) -> Any:
+    return _slider_law(physics, lab, x, v, xp=jnp)
+
+
+@_slider_force_with_surrogate.defjvp
+def _slider_force_surrogate_jvp(lab, gradient, primals, tangents):
+    physics, x, v = primals
+    d_physics, dx, dv = tangents
+    # The parameters' derivative stays the law's: system identification differentiates the
+    # force with respect to the friction, and must fit the physics the rollouts step.
+    force, by_physics = jax.jvp(
+        lambda p: _slider_law(p, lab, x, v, xp=jnp), (physics,), (d_physics,)
+    )
+    _, by_state = jax.jvp(
+        lambda x, v: slider_force_surrogate(physics, lab, x, v, gradient), (x, v), (dx, dv)
+    )
+    return force, by_physics + by_state
 
 
 def hinge_torques(physics: dict[str, Any], hinge_velocities: Any) -> Any:
@@ -406,6 +507,7 @@ def quantize(value: Any, resolution: float, *, xp: Any, straight_through: Any = 
 __all__ = [
     "LAB_INTEGRATORS",
     "ChainBody",
+    "FrictionGradient",
     "LabEffects",
     "apply_body_mismatch",
     "euler_step",
@@ -415,4 +517,5 @@ __all__ = [
     "quantize",
     "rk4_step",
     "slider_force",
+    "slider_force_surrogate",
 ]

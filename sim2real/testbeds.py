@@ -53,7 +53,7 @@ from jaxtyping import Array, Float
 import sim2real.lab as lab_physics
 from pods.action_history import check_action_history, push_command, with_history
 from pods.validation import require
-from sim2real.lab import LabEffects
+from sim2real.lab import FrictionGradient, LabEffects
 
 SYSTEMS = {"cartpole": 1, "double_cartpole": 2}
 """Testbed systems and their number of poles."""
@@ -368,6 +368,7 @@ class CartPole(PipelineEnv):
         *,
         physics: Physics | None = None,
         lab: LabEffects | None = None,
+        friction_gradient: FrictionGradient | None = None,
         reward_weights: RewardWeights = RewardWeights(),
         initial_noise: InitialStateNoise = InitialStateNoise(),
         episode_length: int = 100,
@@ -386,6 +387,8 @@ class CartPole(PipelineEnv):
           variant: `sim`, `real` or `lab`; chooses the default `physics`.
           physics: overrides the variant's physics.
           lab: the `lab` variant's effects (default `LabEffects()`); only that variant has them.
+          friction_gradient: a smooth surrogate for the slider force's derivative (None: the
+            law's own); the rollouts' values are unchanged (`sim2real.lab.FrictionGradient`).
           reward_weights: penalties of the task reward.
           initial_noise: spread of the initial states.
           episode_length: the horizon a rollout or a trainer should use, in env steps.
@@ -419,6 +422,11 @@ class CartPole(PipelineEnv):
             )
         self.system_name, self.task, self.variant = system, task, variant
         self.physics, self.lab = spec.physics, lab
+        if not (friction_gradient is None or isinstance(friction_gradient, FrictionGradient)):
+            raise ValueError(
+                f"friction_gradient must be None or a FrictionGradient, got {friction_gradient!r}"
+            )
+        self.friction_gradient = friction_gradient
         self.reward_weights = reward_weights
         self.initial_noise = initial_noise
         self.episode_length = episode_length
@@ -684,7 +692,9 @@ class CartPole(PipelineEnv):
         """Generalized forces of damping and friction on each joint (zero for `sim`), and the
         lab's stiction, cable and cogging on the slider (see `sim2real.lab.slider_force`)."""
         p = physics_from_sys(self.sys)
-        slider = lab_physics.slider_force(p, self.lab, q[:1], qd[:1], xp=jnp)
+        slider = lab_physics.slider_force(
+            p, self.lab, q[:1], qd[:1], xp=jnp, gradient=self.friction_gradient
+        )
         return jnp.concatenate([slider, lab_physics.hinge_torques(p, qd[1:])])
 
     def observe(self, q: Float[Array, " nq"], qd: Float[Array, " nv"]) -> Float[Array, " obs"]:
