@@ -37,6 +37,7 @@ ADDED = {
     "algo.horizon_start": None,
     "algo.horizon_growth_epochs": 30,
     "env.action_history": 0,
+    "env.friction_gradient": None,
 }
 """Keys added to the config after runs were made, each with the value that computes what
 those runs computed: a stored config without the key continues under that value."""

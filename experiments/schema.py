@@ -23,7 +23,7 @@ from baselines.lqr import LQRConfig
 from dynamics_models.factory import ModelConfig
 from pods.hds import HDSConfig
 from pods.train import PODSConfig
-from sim2real.lab import LabEffects
+from sim2real.lab import FrictionGradient, LabEffects
 from sim2real.loop import LoopConfig
 from sim2real.sysid import SysIDConfig
 from sim2real.testbeds import PHYSICS_FIELDS, REAL_PROFILES, SYSTEMS, Physics
@@ -106,6 +106,7 @@ PhysicsSchema = schema_of(Physics, "PhysicsSchema")
 LabSchema = merged_schema("LabSchema", PhysicsSchema, schema_of(LabEffects, "LabEffectsSchema"))
 """The lab profile in one flat node: `Physics`'s fields (the lab's in-family part) and
 `LabEffects`'s (the rest), e.g. env.lab.latency_steps=2 env.lab.slider_friction=0.5."""
+FrictionGradientSchema = schema_of(FrictionGradient, "FrictionGradientSchema")
 
 ENGINES = ("brax", "mujoco", "gym")
 """What stands for the physical system: the Brax twin of the profile, the same rig in MuJoCo C
@@ -143,6 +144,14 @@ class EnvSchema:
     lab: Any = dataclasses.field(
         default_factory=lambda: LabSchema(**dataclasses.asdict(Physics.lab()))
     )
+    friction_gradient: Any = dataclasses.field(default_factory=FrictionGradientSchema)
+    """How every Brax testbed of the run (sim, and the real's twin the oracle trains on and
+    HDS collects from) differentiates the slider's friction: through a smooth surrogate
+    (`sim2real.lab.FrictionGradient`), e.g. env.friction_gradient.friction_velocity=0.1;
+    null: the law's own derivative. The rollouts step the same physics either way: it changes
+    gradients only, where a profile has friction (not `sim`'s nominal physics). On, the lab's
+    action improvement no longer stalls at rest (docs/research-log/
+    2026-12-07-stiction-gradients.md)."""
 
 
 @dataclasses.dataclass
@@ -249,6 +258,15 @@ def build_lab(node: DictConfig, key: str = "env.lab") -> tuple[Physics, LabEffec
     physics = to_library_config(Physics, {k: values[k] for k in PHYSICS_FIELDS}, key)
     effects = {k: v for k, v in values.items() if k not in PHYSICS_FIELDS}
     return physics, to_library_config(LabEffects, effects, key)
+
+
+def build_friction_gradient(
+    node: DictConfig | None, key: str = "env.friction_gradient"
+) -> FrictionGradient | None:
+    """The testbeds' `FrictionGradient`; None (the law's own derivative) for a null node."""
+    if node is None:
+        return None
+    return to_library_config(FrictionGradient, node, key)
 
 
 def check_real_profile(node: DictConfig) -> str:

@@ -38,6 +38,7 @@ from experiments.run_dir import RunDirectory, atomic_write_bytes
 from experiments.schema import (
     LOOP_EXTRAS,
     ConfigError,
+    build_friction_gradient,
     build_physics,
     register_schemas,
     to_library_config,
@@ -98,6 +99,10 @@ def build_envs(cfg: DictConfig, dtype) -> tuple[Env, RealSpec | None]:
         dtype=dtype,
         n_frames=env.n_frames,
         action_history=history,
+        # A stored config from before the key differentiated the law itself.
+        friction_gradient=build_friction_gradient(
+            OmegaConf.select(env, "friction_gradient", default=None)
+        ),
     )
     try:
         sim = make_testbed(
