@@ -5,7 +5,7 @@ horizon grown stage by stage. Prints JSON.
     .venv/bin/python benchmarks/trajectory_optimizer.py [--testbed double_cartpole_balance_sim]
         [--starts 8] [--horizon 100] [--grow 10] [--iterations 8] [--window 10] [--seed 0]
         [--held-out] [--tolerance-weight W] [--tolerance-onset A] [--out FILE]
-        [--friction-gradient V|law] [--no-stiction-gradient] [--no-cogging-gradient]
+        [--friction-gradient [V|law]] [--stiction-gradient] [--cogging-gradient]
 
 From --starts initial states of the testbed (`chain` backend, float32) and all-zero actions,
 each method takes --iterations improvement steps per stage (`pods.improve.improve_actions`
@@ -25,9 +25,10 @@ the solved criterion's tolerance (`ToleranceBarrier`); every figure in the JSON 
 the testbed's own reward and criterion. It asks whether the starts can be held within the
 tolerance at all, not only whether the reward's optimum holds them.
 With --friction-gradient the testbed's slider force is differentiated through a smooth
-surrogate (`sim2real.lab.FrictionGradient`: the friction's sign widened to V m/s, or `law`
-for the law's own scale; --no-stiction-gradient and --no-cogging-gradient drop those terms'
-derivatives); the rollouts, and every figure in the JSON, step the testbed's own physics.
+surrogate (`sim2real.lab.FrictionGradient`, its defaults unless given: the friction's sign
+widened to V m/s, or `law` for the law's own scale; the stiction's and the cogging's
+derivatives dropped unless --stiction-gradient or --cogging-gradient keeps them); the
+rollouts, and every figure in the JSON, step the testbed's own physics.
 """
 
 from __future__ import annotations
@@ -163,35 +164,37 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument(
         "--friction-gradient",
+        nargs="?",
+        const="default",
         metavar="V|law",
         help="differentiate the slider force through a surrogate whose friction switches sign "
-        "over V m/s (`law`: the law's own scale); the rollouts are unchanged",
+        "over V m/s (`law`: the law's own scale; alone: FrictionGradient's default); the "
+        "rollouts are unchanged",
     )
     parser.add_argument(
-        "--no-stiction-gradient",
+        "--stiction-gradient",
         action="store_true",
-        help="with --friction-gradient: drop the stiction's derivative",
+        help="with --friction-gradient: keep the stiction's derivative",
     )
     parser.add_argument(
-        "--no-cogging-gradient",
+        "--cogging-gradient",
         action="store_true",
-        help="with --friction-gradient: drop the cogging's derivative",
+        help="with --friction-gradient: keep the cogging's derivative",
     )
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
     friction_gradient = None
     if args.friction_gradient is not None:
+        terms = dict(stiction=args.stiction_gradient, cogging=args.cogging_gradient)
         try:
-            velocity = None if args.friction_gradient == "law" else float(args.friction_gradient)
-            friction_gradient = FrictionGradient(
-                friction_velocity=velocity,
-                stiction=not args.no_stiction_gradient,
-                cogging=not args.no_cogging_gradient,
-            )
+            if args.friction_gradient != "default":
+                value = args.friction_gradient
+                terms["friction_velocity"] = None if value == "law" else float(value)
+            friction_gradient = FrictionGradient(**terms)
         except ValueError as err:
             parser.error(f"--friction-gradient: {err}")
-    elif args.no_stiction_gradient or args.no_cogging_gradient:
-        parser.error("--no-stiction-gradient and --no-cogging-gradient need --friction-gradient")
+    elif args.stiction_gradient or args.cogging_gradient:
+        parser.error("--stiction-gradient and --cogging-gradient need --friction-gradient")
     for name in ("starts", "horizon", "iterations", "window"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}")
