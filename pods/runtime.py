@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import io
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,19 @@ def _stop_log_filter(original: int) -> None:
         _log_filter.wait(timeout=5)
     except subprocess.TimeoutExpired:
         pass
+
+
+def cpu_description() -> str:
+    """The CPU a figure was measured on, as results pages name it: the model name, family and
+    model from /proc/cpuinfo (the same model name covers CPU types that train apart), and the
+    cores this process may use."""
+    fields = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    family = (
+        f" (family {fields['cpu family']}, model {fields['model']})" if "model" in fields else ""
+    )
+    return f"{name}{family}, {len(os.sched_getaffinity(0))} cores"

@@ -66,3 +66,13 @@ def test_the_trajectory_optimizer_refuses_a_bad_barrier_in_one_line(flag, value,
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert flag in lines[-1] and value in lines[-1]
+
+
+def test_held_from_is_the_step_from_which_the_pole_stays_up():
+    classical = _load("classical_swingup")
+    lean = np.full((3, 10), 3.0)
+    lean[0, 4:] = 0.1  # up from step 4 on
+    lean[1, :] = 0.1  # never down
+    lean[2, 6:] = 0.1
+    lean[2, 8] = 0.3  # down again at step 8: held from 9
+    np.testing.assert_array_equal(classical.held_from(lean, 0.2), [4, 0, 9])
