@@ -108,9 +108,16 @@ class EpochLoop:
     """Resume, logging, progress bar and checkpoints around a library `train` call."""
 
     def __init__(
-        self, ctx: RunContext, template: TrainingState, num_epochs: int, *, position: int = 0
+        self,
+        ctx: RunContext,
+        template: TrainingState,
+        num_epochs: int,
+        *,
+        position: int = 0,
+        env_name: str | None = None,
     ):
-        """`position`: the line of the progress bar, where several runs train together."""
+        """`position`: the line of the progress bar, where several runs train together;
+        `env_name`: the env it trains on, for the bar (by default the run's `sim`)."""
         self.ctx, self.num_epochs = ctx, num_epochs
         self.initial_state, self.elapsed = None, 0.0
         self.checked_gradient = False
@@ -131,7 +138,7 @@ class EpochLoop:
             from tqdm import tqdm
 
             done = 0 if self.initial_state is None else int(self.initial_state.epoch)
-            desc = f"{ctx.cfg.algo.name} {ctx.sim.name}"
+            desc = f"{ctx.cfg.algo.name} {env_name or ctx.sim.name}"
             if position:  # one bar per seed of a batch
                 desc += f" seed {ctx.cfg.seed}"
             self.progress = tqdm(total=num_epochs, initial=done, desc=desc, position=position)
@@ -188,7 +195,8 @@ def zero_gradient_warning(ctx: RunContext) -> str:
 def _pods(ctx: RunContext, env: Env) -> Trained:
     config: PODSConfig = algo_config(ctx.cfg)
     network = make_pods(config, env, devices=ctx.devices).network
-    loop = EpochLoop(ctx, init_training_state(config, env, network, ctx.key), config.num_epochs)
+    template = init_training_state(config, env, network, ctx.key)
+    loop = EpochLoop(ctx, template, config.num_epochs, env_name=env.name)
     make_policy, params, _ = train_pods(
         config,
         env,
@@ -230,6 +238,7 @@ def _pods_seeds(ctxs: list[RunContext], env: Env) -> list[Trained]:
             init_training_state(config, env, network, ctx.key),
             config.num_epochs,
             position=position,
+            env_name=env.name,
         )
         for position, ctx in enumerate(ctxs, start=1)
     ]
