@@ -35,9 +35,18 @@ from jaxtyping import Array, Float
 from dynamics_models.data import ObsLayout, TransitionDataset
 from dynamics_models.evaluation import state_at
 from pods.rollout import rollout_actions
-from pods.validation import is_integer, require
+from pods.validation import is_integer, is_number, require
+from sim2real.lab import LAB_INTEGRATORS
 from sim2real.real_system import RealTrajectories
 from sim2real.testbeds import PHYSICS_FIELDS, CartPole, Physics
+
+SYSID_FAMILIES = ("physics", "lab")
+"""The parameter families `SysIDConfig.family` chooses between."""
+LAB_FIT_PARAMETERS = ("motor_time_constant", "pole_mass_scale", "pole_length_scale")
+"""`LabEffects` fields the lab family can fit. `pole_length_scale` scales the pole's length
+and its centre of mass together (a geometrically similar pole, `pole_com_scale` tied to it):
+with the cart's mass known, the motion fixes two numbers of the pole (module docstring of
+sim2real.sysid_lab), so length and centre cannot both be free beside its mass."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +74,30 @@ class SysIDConfig:
     """Windows per Adam step, drawn without replacement; None uses every window every step."""
     initial_floor: float = 0.01
     """Smallest starting value: a simulator value below it (0 for `sim`'s damping and
-    friction) starts here instead, since log 0 does not exist."""
+    friction, and the lab family's motor time constant) starts here instead, since log 0
+    does not exist."""
+    family: str = "physics"
+    """`physics`: the `Physics` fields above, in the simulator as it is (`identify`). `lab`:
+    those, and the lab rig's actuator latency, motor lag and pole body, in a `lab`-variant
+    simulator (`sim2real.sysid_lab.identify_lab`)."""
+    max_delay_steps: int = 8
+    """Lab family: the actuator latencies tried, 0 .. this many physics steps of
+    `lab_timestep`; the one whose fit has the lowest loss is kept (an integer has no
+    gradient)."""
+    lab_parameters: tuple[str, ...] = LAB_FIT_PARAMETERS
+    """Lab family: the `LabEffects` fields fitted beside `parameters`, from
+    LAB_FIT_PARAMETERS; a field left out keeps its off value (no lag, the nominal pole)."""
+    cart_mass_scale: float = 1.0
+    """Lab family: the cart's mass / the MJCF's (1 kg), as weighed, not fitted. Motion and
+    commands fix masses and forces only up to one common factor (sim2real.sysid_lab), and
+    this value fixes it: the pole's mass, the gain, the damping and the friction are
+    identified relative to the cart's."""
+    lab_timestep: float | None = 0.005
+    """Lab family: s, the identified simulator's physics step (it must divide the control
+    period), which is also the latency's unit; None keeps the simulator's."""
+    lab_integrator: str = "rk4"
+    """Lab family: the identified simulator's integrator, `rk4` (the lab rig's) or `euler`
+    (the simulator's semi-implicit Euler)."""
 
     def __post_init__(self):
         parameters = tuple(self.parameters)
@@ -84,7 +116,30 @@ class SysIDConfig:
             "batch_size",
             "a positive integer or None",
         )
-        for name in ("learning_rate", "initial_floor"):
+        require(self.family in SYSID_FAMILIES, self, "family", f"one of {SYSID_FAMILIES}")
+        require(is_integer(self.max_delay_steps, 0), self, "max_delay_steps", "an integer >= 0")
+        lab_parameters = tuple(self.lab_parameters)
+        object.__setattr__(self, "lab_parameters", lab_parameters)
+        require(
+            set(lab_parameters) <= set(LAB_FIT_PARAMETERS)
+            and len(set(lab_parameters)) == len(lab_parameters),
+            self,
+            "lab_parameters",
+            f"distinct names from {LAB_FIT_PARAMETERS}",
+        )
+        require(
+            self.lab_timestep is None or (is_number(self.lab_timestep) and self.lab_timestep > 0),
+            self,
+            "lab_timestep",
+            "None or a finite number > 0",
+        )
+        require(
+            self.lab_integrator in LAB_INTEGRATORS,
+            self,
+            "lab_integrator",
+            f"one of {LAB_INTEGRATORS}",
+        )
+        for name in ("learning_rate", "initial_floor", "cart_mass_scale"):
             value = getattr(self, name)
             require(
                 isinstance(value, int | float) and math.isfinite(value) and value > 0,
@@ -221,4 +276,4 @@ def _fit(
     return log_theta, history
 
 
-__all__ = ["SysIDConfig", "as_dataset", "identify"]
+__all__ = ["LAB_FIT_PARAMETERS", "SYSID_FAMILIES", "SysIDConfig", "as_dataset", "identify"]

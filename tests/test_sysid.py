@@ -88,6 +88,12 @@ def test_recovers_other_physics_from_a_transition_dataset(sim, record):
         ("learning_rate", float("nan")),
         ("batch_size", -4),
         ("initial_floor", 0.0),
+        ("family", "grey_box"),
+        ("max_delay_steps", -1),
+        ("lab_parameters", ("stiction",)),
+        ("cart_mass_scale", 0.0),
+        ("lab_timestep", -0.005),
+        ("lab_integrator", "midpoint"),
     ],
 )
 def test_bad_config_raises_one_line_naming_the_value(field, value):
