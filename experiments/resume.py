@@ -38,6 +38,12 @@ ADDED = {
     "algo.horizon_growth_epochs": 30,
     "env.action_history": 0,
     "env.friction_gradient": None,
+    "sysid.family": "physics",
+    "sysid.max_delay_steps": 8,
+    "sysid.lab_parameters": ["motor_time_constant", "pole_mass_scale", "pole_length_scale"],
+    "sysid.cart_mass_scale": 1.0,
+    "sysid.lab_timestep": 0.005,
+    "sysid.lab_integrator": "rk4",
 }
 """Keys added to the config after runs were made, each with the value that computes what
 those runs computed: a stored config without the key continues under that value."""
@@ -121,6 +127,7 @@ def read_resume(cfg: DictConfig, path: Path, fingerprint: str) -> Resume:
                 resume.sysid = json.loads(sysid_path.read_text())
                 float(resume.sysid["real_transitions"])
                 dict(resume.sysid["physics"])
+                dict(resume.sysid.get("lab") or {})
             except (OSError, ValueError, KeyError, TypeError) as err:
                 raise _refuse(sysid_path, err) from None
     return resume

@@ -50,9 +50,11 @@ from pods.rollout import Policy
 from pods.sharding import check_divisible
 from pods.train import PODSConfig, TrainingState, init_training_state, make_pods, train_seeds
 from pods.train import train as train_pods
+from sim2real.lab import LabEffects, physics_steps
 from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop, run_loop_seeds
 from sim2real.sysid import SysIDConfig, identify
-from sim2real.testbeds import Physics
+from sim2real.sysid_lab import LAB_RECORD_FIELDS, identified_simulator, identify_lab
+from sim2real.testbeds import PHYSICS_STEP, Physics
 
 if TYPE_CHECKING:
     from brax.envs.base import Env
@@ -224,6 +226,10 @@ def program_store(ctx: RunContext, env: Env) -> ProgramStore | None:
     resolved.pop("seed", None)
     physics = getattr(env, "physics", None)
     context = f"{json.dumps(resolved, sort_keys=True)}\nenv={env.name} physics={physics!r}"
+    lab = getattr(env, "lab", None)
+    if lab is not None:
+        # The lab family of sysid sets the effects at run time, as it sets the physics.
+        context += f" lab={lab!r}"
     return ProgramStore(Path(cache) / "programs", context)
 
 
@@ -392,22 +398,36 @@ def train_pods_sysid(ctx: RunContext) -> Trained:
         real = ctx.real.system(loop_config.budget)
         data = real.play_random(key_data, episodes, correlation=loop_config.random_correlation)
         start = time.perf_counter()
-        physics, history = identify(sysid_config, ctx.sim, data, key_fit)
+        lab = None
+        if sysid_config.family == "lab":
+            physics, lab, history = identify_lab(sysid_config, ctx.sim, data, key_fit)
+        else:
+            physics, history = identify(sysid_config, ctx.sim, data, key_fit)
         record = {
+            "family": sysid_config.family,
             "physics": dataclasses.asdict(physics),
             "real_transitions": real.transitions,
             "final_loss": float(history["sysid/loss"][-1]),
             "wall_clock_s": time.perf_counter() - start,
         }
+        if lab is not None:
+            record["lab"] = {name: getattr(lab, name) for name in LAB_RECORD_FIELDS}
+            record["delay_loss"] = [float(x) for x in history["sysid/delay_loss"]]
         atomic_write_json(identified_path, record)
-    identified = ctx.sim.with_physics(Physics(**record["physics"]))
+    # A record from before the lab family has no `family`: the physics family made it.
+    lab = record.get("lab")
+    lab = None if lab is None else LabEffects.off(**lab)
+    identified = identified_simulator(ctx.sim, Physics(**record["physics"]), lab)
     trained = _pods(ctx, identified)
     summary = {
         **trained.summary,
         "real/transitions": record["real_transitions"],
         "real/budget": loop_config.budget,
+        "sysid/family": record.get("family", "physics"),
+        "sysid/final_loss": record.get("final_loss"),
         "sysid/wall_clock_s": record["wall_clock_s"],
         **{f"sysid/{name}": value for name, value in record["physics"].items()},
+        **{f"sysid/{name}": value for name, value in (record.get("lab") or {}).items()},
     }
     return trained._replace(summary=summary)
 
@@ -604,6 +624,29 @@ def _check_devices(cfg: DictConfig, config: PODSConfig) -> None:
         raise ConfigError(str(err)) from None
 
 
+def _check_lab_family(cfg: DictConfig, sysid: SysIDConfig) -> None:
+    """The lab family's identified simulator can be built on this env (before any data)."""
+    if cfg.env.system not in PHYSICS_STEP:
+        raise ConfigError(
+            f"sysid.family=lab identifies a testbed's physics, not env.system={cfg.env.system}"
+        )
+    if sysid.lab_integrator == "rk4" and cfg.env.backend == "mjx":
+        raise ConfigError(
+            "sysid.family=lab with sysid.lab_integrator=rk4 runs on env.backend=chain or "
+            "generalized, not mjx"
+        )
+    step, frames = PHYSICS_STEP[cfg.env.system]
+    frames = frames if cfg.env.n_frames is None else cfg.env.n_frames
+    if sysid.lab_timestep is not None:
+        try:
+            physics_steps(step * frames, sysid.lab_timestep)
+        except ValueError:
+            raise ConfigError(
+                f"sysid.lab_timestep={sysid.lab_timestep} does not divide the control period "
+                f"{step * frames} s into whole physics steps"
+            ) from None
+
+
 def _check_real_data(cfg: DictConfig, config: Any) -> None:
     """HDS's and pods_sysid's use of `real.budget` for episodes of env.episode_length."""
     loop: LoopConfig = to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS)
@@ -620,6 +663,8 @@ def _check_real_data(cfg: DictConfig, config: Any) -> None:
                 f"sysid.window={sysid.window} is longer than an episode "
                 f"(env.episode_length={horizon})"
             )
+        if sysid.family == "lab":
+            _check_lab_family(cfg, sysid)
         return
     try:
         loop.rounds(horizon)  # the budget holds the initial data
