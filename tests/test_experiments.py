@@ -493,6 +493,37 @@ def test_pods_sysid_run_identifies_then_trains(tmp_path):
     assert summary["sysid/slider_damping"] == identified["physics"]["slider_damping"] > 0
 
 
+@pytest.mark.slow  # collection, the lab family's fit and PODS in a lab testbed: three compiles
+def test_pods_sysid_lab_family_resumes_without_collecting_or_fitting_again(tmp_path):
+    run_dir = tmp_path / "sysid_lab"
+    lab_family = [
+        "algo=pods_sysid",
+        "sysid.family=lab",
+        "sysid.max_delay_steps=2",
+        "sysid.num_steps=5",
+        "real.budget=16",
+        "run.animation=false",
+    ]
+    run_train(run_dir, *lab_family, "algo.num_epochs=2")
+    path = run_dir / "artifacts" / "sysid.json"
+    identified = json.loads(path.read_text())
+    assert identified["family"] == "lab" and identified["real_transitions"] == 16
+    assert len(identified["delay_loss"]) == 3 and identified["lab"]["integrator"] == "rk4"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["sysid/family"] == "lab"
+    assert summary["sysid/latency_steps"] == identified["lab"]["latency_steps"]
+    # Values no fit would find: a continued run that shows them trained on the record.
+    identified["lab"]["motor_time_constant"] = 0.0123
+    identified["physics"]["actuator_gain"] = 0.777
+    path.write_text(json.dumps(identified))
+    resumed = run_train(run_dir, *lab_family, "algo.num_epochs=3")
+    assert "resuming" in resumed.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["train/epochs"] == 3 and summary["real/transitions"] == 16
+    assert summary["sysid/motor_time_constant"] == 0.0123
+    assert summary["sysid/actuator_gain"] == 0.777
+
+
 def test_compared_runs_take_only_the_overrides_their_algorithm_has(capsys):
     from experiments.train import compose_compared
 
