@@ -151,14 +151,23 @@ class Preset:
     def overrides_for(self, method: Method) -> tuple[str, ...]:
         return (*self.every_run, *self.sizes_by_algo.get(method.algo, self.sizes))
 
-    @property
-    def episode_length(self) -> int:
-        """The horizon every run has (the testbeds' 100 unless `every_run` sets one)."""
+    def episode_length(self, task: str) -> int:
+        """The horizon of `task`'s runs: `every_run`'s `env.episode_length`, else the task's."""
         for override in self.every_run:
             key, _, value = override.partition("=")
             if key == "env.episode_length":
                 return int(value)
-        return 100
+        return EPISODE_LENGTHS[task]
+
+
+EPISODE_LENGTHS = {
+    "cartpole_swingup": 200,
+    "cartpole_balance": 100,
+    "double_cartpole_swingup": 150,
+    "double_cartpole_balance": 100,
+}
+"""Each task's `env.episode_length` (experiments/conf/env/<task>.yaml; a test checks that
+they agree), which decides how many episodes a real budget holds."""
 
 
 INITIAL_TRAJECTORIES = 20
@@ -169,7 +178,8 @@ def at_budget(method: Method, budget: int, preset: Preset) -> Method:
     """`method` at `budget` real transitions. HDS with a budget smaller than its default
     initial data starts with the episodes the budget holds (and then collects no more)."""
     point = method.at("real.budget", budget)
-    held = budget // preset.episode_length
+    # The budget curve's methods run on every real task: the longest episode decides.
+    held = budget // max(preset.episode_length(task) for task in preset.real_tasks)
     if method.algo == "hds" and held < INITIAL_TRAJECTORIES:
         # Not a swept key: the run's facts, and so its folder, stay those of its budget.
         overrides = (*point.overrides, f"real.initial_trajectories={held}")

@@ -3,11 +3,12 @@
     python -m paper_figures.table outputs/hds_report [--json FILE]
 
 Rows are methods (algorithm, order, beta, model, real budget) per task and real profile;
-columns the mean over seeds, with its 95% Student-t interval, of the return and the solved
-share (of held-out starts) in sim and in real, the normalized real score
-(R - R_random) / (R_oracle - R_random) and the gap closure (R - R_pods) / (R_oracle - R_pods),
-each computed per seed against the oracle and PODS-in-sim runs of the same task and seed,
-then averaged; plus the real transitions, the training wall-clock, and the wall-clock at which
+columns the mean over seeds, with its 95% Student-t interval, of the solved share (of
+held-out starts) in real and in sim first, the normalized real score
+(S - S_random) / (S_ref - S_random) and the gap closure (S - S_pods) / (S_ref - S_pods) on
+solved shares S, then the returns and the same two on returns R, each computed per seed
+against the PODS-in-sim run and the reference of the same task and seed (the best policy
+known on the real: the oracle or energy_lqr, whichever solves more there), then averaged; plus the real transitions, the training wall-clock, and the wall-clock at which
 the training curve (`train/return` in metrics.jsonl) first reaches 90% of the way from the
 random policy's sim return to the best `train/return` any run of the task logged (a run that
 never gets there counts in the `reached` column, not in the mean). Runs of every size are
@@ -122,13 +123,29 @@ def time_to(run: Run, target: float) -> float | None:
     return next((t for t, value in points if value >= target), math.inf)
 
 
+REFERENCES = ("oracle", "energy_lqr")
+"""The runs that can be a real system's ceiling (`experiments.train.REFERENCES`)."""
+
+
+def best_reference(runs: dict[str, Run]) -> Run | None:
+    """Of one seed's reference runs, the best policy known on the real: the one that solves
+    the most held-out starts there, the higher real return breaking a tie."""
+
+    def rank(run: Run) -> tuple[float, float]:
+        solved = run.number("eval/solved_real")
+        return (solved if math.isfinite(solved) else -1.0, run.number("eval/return_real"))
+
+    candidates = [runs[name] for name in REFERENCES if name in runs]
+    return max(candidates, key=rank) if candidates else None
+
+
 def rows(runs: list[Run]) -> list[dict]:
     """One row per (task, method), its columns aggregated over seeds."""
     targets = curve_targets(runs)
     by_task_seed: dict[tuple, dict[str, Run]] = defaultdict(dict)
     for run in runs:
         algo = run.fact("algo")
-        if algo in ("oracle", "pods"):
+        if algo in ("pods", *REFERENCES):
             by_task_seed[(task_of(run), run.fact("seed"))].setdefault(algo, run)
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
@@ -141,18 +158,22 @@ def rows(runs: list[Run]) -> list[dict]:
         times = [t for t in times if t is not None]
         for run in members:
             references = by_task_seed.get((env, run.fact("seed")), {})
-            real, random = run.number("eval/return_real"), run.number("eval/return_random_real")
             columns["return_sim"].append(run.number("eval/return_sim"))
-            columns["return_real"].append(real)
+            columns["return_real"].append(run.number("eval/return_real"))
             columns["solved_sim"].append(run.number("eval/solved_sim"))
             columns["solved_real"].append(run.number("eval/solved_real"))
             columns["real_transitions"].append(run.number("real/transitions"))
             columns["wall_clock_s"].append(run.number("train/wall_clock_s"))
-            oracle, pods = references.get("oracle"), references.get("pods")
-            oracle_real = oracle.number("eval/return_real") if oracle else math.nan
-            columns["score_real"].append(normalized_score(real, random, oracle_real))
-            pods_real = pods.number("eval/return_real") if pods else math.nan
-            columns["gap_closure"].append(gap_closure(real, pods_real, oracle_real))
+            reference, pods = best_reference(references), references.get("pods")
+            for figure, suffix in (("eval/solved_real", "_solved"), ("eval/return_real", "")):
+                value = run.number(figure)
+                floor = run.number(
+                    "eval/solved_random_real" if suffix else "eval/return_random_real"
+                )
+                ceiling = reference.number(figure) if reference else math.nan
+                sim_only = pods.number(figure) if pods else math.nan
+                columns[f"score{suffix}_real"].append(normalized_score(value, floor, ceiling))
+                columns[f"gap_closure{suffix}"].append(gap_closure(value, sim_only, ceiling))
         table.append(
             {
                 "env": env,
@@ -177,17 +198,19 @@ def markdown(table: list[dict]) -> str:
         return f"{stats['mean']:.{digits}f} ± {stats['ci95']:.{digits}f}"
 
     header = (
-        "| task | method | seeds | return sim | return real | solved sim | solved real "
-        "| real score | gap closure "
+        "| task | method | seeds | solved real | solved sim | score (solved) | gap closure "
+        "(solved) | return real | return sim | real score | gap closure "
         f"| real transitions | wall-clock (s) | time to {TARGET_FRACTION:.0%} (s) | reached |"
     )
-    lines = [header, "|" + " --- |" * 13]
+    lines = [header, "|" + " --- |" * 15]
     for row in table:
         lines.append(
-            f"| {row['env']} | {row['method']} | {len(row['seeds'])} | {cell(row['return_sim'], 1)} "
-            f"| {cell(row['return_real'], 1)} | {cell(row['solved_sim'])} "
-            f"| {cell(row['solved_real'])} | {cell(row['score_real'])} "
-            f"| {cell(row['gap_closure'])} | {cell(row['real_transitions'], 0)} "
+            f"| {row['env']} | {row['method']} | {len(row['seeds'])} "
+            f"| {cell(row['solved_real'])} | {cell(row['solved_sim'])} "
+            f"| {cell(row['score_solved_real'])} | {cell(row['gap_closure_solved'])} "
+            f"| {cell(row['return_real'], 1)} | {cell(row['return_sim'], 1)} "
+            f"| {cell(row['score_real'])} | {cell(row['gap_closure'])} "
+            f"| {cell(row['real_transitions'], 0)} "
             f"| {cell(row['wall_clock_s'], 0)} | {cell(row['time_to_target_s'], 0)} "
             f"| {row['reached_target']} |"
         )
@@ -207,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(table))
     print(
         "\n± is the half-width of the 95% Student-t interval of the mean over seeds; scores "
-        "and gap closures per seed against that seed's oracle and PODS"
+        "and gap closures per seed, on solved shares and on returns, against that seed's PODS "
+        "and its best policy known on the real (the oracle or energy_lqr, whichever solves more)"
     )
     for env, target in sorted(curve_targets(runs).items()):
         print(f"{env}: time to {TARGET_FRACTION:.0%} = first train/return >= {target:.2f}")

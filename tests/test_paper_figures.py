@@ -550,3 +550,13 @@ def test_a_task_scored_against_two_reals_is_two_panels_of_its_own_runs(tmp_path)
     (job,) = make.sweep_jobs(sweep, [spec], make.Session(PRESETS["cpu"], tmp_path, tmp_path))
     assert "env.real_profile=friction" in job.command
     assert f"hydra.sweep.subdir=pods_order2_{TASK}_friction_seed${{seed}}" in job.command
+
+
+def test_the_presets_episode_lengths_are_the_env_configs():
+    from omegaconf import OmegaConf
+
+    from paper_figures.sweeps import EPISODE_LENGTHS
+
+    conf = Path(__file__).parents[1] / "experiments" / "conf" / "env"
+    for task, length in EPISODE_LENGTHS.items():
+        assert OmegaConf.load(conf / f"{task}.yaml").episode_length == length, task

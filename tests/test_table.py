@@ -46,6 +46,33 @@ def test_scores_are_per_seed_then_averaged(tmp_path, capsys):
     assert "hds, beta 0.5, mlp" in capsys.readouterr().out
 
 
+def test_solved_shares_lead_and_the_reference_is_the_best_known_policy(tmp_path, capsys):
+    """The classical controller solves more of the real than the oracle: it is the seed's
+    reference, on solved shares and on returns."""
+    solved = {"pods": (0.0, 30.0), "oracle": (0.25, 110.0), "energy_lqr": (1.0, 147.0)}
+    for algo, (share, real) in {**solved, "hds": (0.5, 90.0)}.items():
+        extra = {"hds/beta": 0.5, "model/kind": "mlp"} if algo == "hds" else {}
+        write_run(
+            tmp_path,
+            algo,
+            algo=algo,
+            seed=0,
+            **{"eval/solved_real": share, "eval/solved_random_real": 0.0},
+            **{"eval/return_real": real},
+            **extra,
+        )
+    table = {row["method"]: row for row in rows(find_runs(tmp_path))}
+    hds = table["hds, beta 0.5, mlp"]
+    assert hds["score_solved_real"]["mean"] == pytest.approx(0.5)
+    assert hds["gap_closure_solved"]["mean"] == pytest.approx(0.5)
+    assert hds["gap_closure"]["mean"] == pytest.approx(60.0 / 117.0)
+    assert table["energy_lqr"]["score_solved_real"]["mean"] == 1.0
+    assert table["oracle"]["gap_closure_solved"]["mean"] == pytest.approx(0.25)
+    assert main([str(tmp_path)]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.index("solved real") < header.index("return real")
+
+
 def test_a_folder_without_runs_is_an_error(tmp_path, capsys):
     assert main([str(tmp_path)]) == 1
     assert "no finished run" in capsys.readouterr().err
