@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from paper_figures import figures
+from paper_figures import figures, provenance
 from paper_figures.runs import Run, RunSpec, find_runs, select
 from paper_figures.scores import scored_without_oracle
 from paper_figures.sweeps import (
@@ -338,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the commands that would run; draw nothing"
     )
-    args = parser.parse_args(argv)
+    raw_argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(raw_argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     methods = None
@@ -373,6 +374,16 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(missing.lines), file=sys.stderr)
             failed = True
             continue
+        paths.append(
+            provenance.write_sidecar(
+                session.out_dir,
+                name,
+                caption=provenance.caption_of(getattr(figures, name)),
+                command=shlex.join(["python", "-m", "paper_figures.make", *raw_argv]),
+                preset=preset.name,
+                runs=str(session.root),
+            )
+        )
         for path in paths:
             print(path)
     return 1 if failed else 0

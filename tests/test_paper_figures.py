@@ -385,9 +385,15 @@ def test_runs_dir_with_every_run_draws_the_figure(tmp_path, capsys):
     written = capsys.readouterr().out.split()
     assert sorted(Path(p).name for p in written) == [
         "learning_curves.csv",
+        "learning_curves.json",
         "learning_curves.pdf",
         "learning_curves.png",
     ]
+    # The provenance sidecar the docs require of every committed figure.
+    record = json.loads((tmp_path / "out" / "learning_curves.json").read_text())
+    assert record["caption"].startswith("Training return")
+    assert record["command"].startswith("python -m paper_figures.make learning_curves --runs ")
+    assert record["commit"] and record["date"] and record["machine"]
 
 
 def test_missing_measurement_is_named_with_its_command(tmp_path, capsys):
