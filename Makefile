@@ -43,7 +43,7 @@ benchmarks: $(INSTALLED)
 
 ## The documentation site, built into site/ with --strict (a broken link or page fails).
 docs: $(INSTALLED) $(DOCS_INSTALLED)
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
