@@ -361,6 +361,28 @@ def save_hydra_config(
         atomic_write_bytes(output_dir / ".hydra" / name, OmegaConf.to_yaml(node).encode())
 
 
+def save_compared_config(
+    cfg: DictConfig, output_dir: Path, name: str, overrides: list[str]
+) -> None:
+    """A compared run's own `.hydra/`, so its folder is a run directory too (`deploy` loads
+    its policy): its config, and the overrides `compose_compared` composed it from (the job's,
+    less the `algo.` fields it lacks, with its own algorithm in the run's place)."""
+    missing = object()
+
+    def kept(override: str) -> bool:
+        key = _override_key(override)
+        if key == "algo" or key.startswith("run.compare"):
+            return False
+        return (
+            not key.startswith("algo.")
+            or OmegaConf.select(cfg, key, default=missing) is not missing
+        )
+
+    hydra_cfg = OmegaConf.create(OmegaConf.to_container(HydraConfig.instance().cfg))
+    hydra_cfg.hydra.overrides.task = [*filter(kept, overrides), f"algo={name}", "run.compare=[]"]
+    save_hydra_config(cfg, output_dir, hydra_cfg)
+
+
 def run_with_comparisons(runs: list[RunContext]) -> list[dict]:
     """Runs the prepared runs in order; with several, rewrites their summaries with the
     scores (see `compare`)."""
@@ -424,8 +446,11 @@ def main(cfg: DictConfig) -> float | None:
     start = time.perf_counter()
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        runs = prepare_comparisons(cfg, output_dir, list(HydraConfig.get().overrides.task))
+        overrides = list(HydraConfig.get().overrides.task)
+        runs = prepare_comparisons(cfg, output_dir, overrides)
         save_hydra_config(cfg, output_dir)
+        for name, run in zip(cfg.run.compare, runs[1:]):
+            save_compared_config(run.cfg, run.run_dir.path, name, overrides)
         summaries = run_with_comparisons(runs)
     except ConfigError as err:
         refuse(err, [output_dir])

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from test_experiments import run_train
 
+from experiments.deploy import load_policy
+
 HDS_TINY = [
     "algo=hds",
     "algo.num_epochs=4",
@@ -51,6 +53,10 @@ def test_hds_run_with_comparisons_writes_data_model_and_scores(tmp_path):
         oracle["eval/return_real"] - oracle["eval/return_random_real"]
     )
     assert summary["eval/score_real"] == pytest.approx(expected)
+    # A compared run's folder is a run directory of its own: its policy loads from it.
+    loaded = load_policy(run_dir / "oracle")
+    assert loaded.config.algo.name == "oracle" and loaded.epoch == 4
+    assert "algo=oracle" in (run_dir / "oracle" / ".hydra" / "overrides.yaml").read_text()
 
 
 # Slow: the fast suite has the batched loop's equality (tests/test_loop.py) and the launcher's
