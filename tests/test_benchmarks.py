@@ -2,6 +2,7 @@
 tolerance barrier, the objective it optimizes in place of the reward."""
 
 import importlib.util
+import json
 import pathlib
 
 import jax
@@ -76,3 +77,136 @@ def test_held_from_is_the_step_from_which_the_pole_stays_up():
     lean[2, 6:] = 0.1
     lean[2, 8] = 0.3  # down again at step 8: held from 9
     np.testing.assert_array_equal(classical.held_from(lean, 0.2), [4, 0, 9])
+
+
+seed_spread = _load("seed_spread")
+
+
+def _summary(seed: int, solved: float, ret: float, real: bool = True) -> dict:
+    return {
+        "seed": seed,
+        "eval/solved_sim": solved,
+        "eval/return_sim": ret,
+        "eval/solved_real": 0.5 if real else None,
+        "eval/return_real": 60.0 if real else None,
+        "train/wall_clock_s": 100.0 + seed,
+        "train/epochs": 60,
+    }
+
+
+def _rows(figures) -> list[dict]:
+    return [seed_spread.seed_row(s, _summary(s, *f)) for s, f in enumerate(figures)]
+
+
+def test_seed_spread_checks_the_swingup_targets_on_every_seed():
+    # Seed 1 solves too little; seed 2 solves, but ends below 90% of the best return.
+    report = seed_spread.summarize(
+        "cartpole_swingup", _rows([(1.0, 170.0), (0.9, 168.0), (1.0, 150.0), (0.97, 169.0)])
+    )
+    targets = report["targets"]
+    assert not targets["solved"]["met"] and targets["solved"]["seeds_below"] == [1]
+    assert targets["solved"]["reached"] == "3 of 4 seeds" and targets["solved"]["lowest"] == 0.9
+    assert not targets["return"]["met"] and targets["return"]["seeds_below"] == [2]
+    assert targets["return"]["floor"] == pytest.approx(153.0)
+    assert not targets["all_met"]
+    solved = report["distribution"]["solved_sim"]
+    assert (solved["min"], solved["median"], solved["max"]) == pytest.approx((0.9, 0.985, 1.0))
+    # The mean's 95% t-interval: t(0.975, 3) = 3.182.
+    returns = np.array([170.0, 168.0, 150.0, 169.0])
+    half = 3.182446 * returns.std(ddof=1) / 2
+    np.testing.assert_allclose(
+        report["distribution"]["return_sim"]["ci95"], [returns.mean() - half, returns.mean() + half]
+    )
+    assert report["distribution"]["solved_real"]["mean"] == 0.5
+
+
+def test_seed_spread_targets_met_and_the_double_swingups_share_of_seeds():
+    met = seed_spread.summarize("cartpole_balance", _rows([(1.0, 99.9), (0.96, 99.0)]))
+    assert met["targets"]["all_met"] and "return" not in met["targets"]
+    # 8 of 10 seeds at >= 80% is enough for the double swing-up; 7 is not.
+    eight = [(0.85, 50.0)] * 8 + [(0.1, 10.0)] * 2
+    assert seed_spread.summarize("double_cartpole_swingup", _rows(eight))["targets"]["all_met"]
+    seven = [(0.85, 50.0)] * 7 + [(0.1, 10.0)] * 3
+    double = seed_spread.summarize("double_cartpole_swingup", _rows(seven))["targets"]
+    assert not double["all_met"] and double["solved"]["reached"] == "7 of 10 seeds"
+    # No real, one seed: no real distribution, no interval, no targets for brax.
+    alone = seed_spread.summarize("brax", [seed_spread.seed_row(0, _summary(0, 1.0, 5.0, False))])
+    assert "solved_real" not in alone["distribution"] and alone["targets"] is None
+    assert alone["distribution"]["return_sim"]["ci95"] is None
+
+
+def _finished_run(out_dir: pathlib.Path, env: str, seed: int, solved: float, ret: float):
+    run = out_dir / f"seed{seed}"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(f"- env={env}\n- seed={seed}\n")
+    (run / "summary.json").write_text(json.dumps(_summary(seed, solved, ret)))
+
+
+def test_seed_spread_reads_a_finished_seed_and_runs_only_the_missing_ones(
+    tmp_path, monkeypatch, capsys
+):
+    for seed in (0, 1):
+        _finished_run(tmp_path, "cartpole_balance", seed, 1.0, 99.0 + seed)
+    launched = []
+
+    def launch(command, log):
+        # Stands in for the training process: seed 2's run finishes.
+        launched.append(command)
+        _finished_run(tmp_path, "cartpole_balance", 2, 0.5, 80.0)
+        return 0
+
+    monkeypatch.setattr(seed_spread, "launch", launch)
+    out = tmp_path / "spread.json"
+    args = ["--env", "cartpole_balance", "--out-dir", str(tmp_path), "--out", str(out)]
+    assert seed_spread.main([*args, "--seeds", "0", "1", "2"]) == 0
+    assert len(launched) == 1
+    assert launched[0][2:] == [
+        "experiments.train",
+        "env=cartpole_balance",
+        "seed=2",
+        f"hydra.run.dir={tmp_path / 'seed2'}",
+    ]
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads(out.read_text())
+    assert report["command"] == "python -m experiments.train env=cartpole_balance seed=S"
+    assert [r["status"] for r in report["per_seed"]] == ["read", "read", "ran"]
+    assert report["targets"]["solved"]["seeds_below"] == [2]
+
+    # Everything finished: a launch would fail the test.
+    def refuse(command, log):
+        raise AssertionError(f"ran {command}")
+
+    monkeypatch.setattr(seed_spread, "launch", refuse)
+    assert seed_spread.main([*args, "--seeds", "0", "1", "2"]) == 0
+    assert [r["status"] for r in json.loads(capsys.readouterr().out)["per_seed"]] == ["read"] * 3
+
+
+def test_seed_spread_refuses_a_directory_of_other_overrides(tmp_path, monkeypatch):
+    _finished_run(tmp_path, "cartpole_swingup", 0, 1.0, 170.0)
+    monkeypatch.setattr(seed_spread, "launch", lambda command, log: 1 / 0)
+    with pytest.raises(SystemExit) as exit_info:
+        seed_spread.main(["--seeds", "0", "--out-dir", str(tmp_path), "--set", "algo.num_epochs=2"])
+    assert "algo.num_epochs=2" in str(exit_info.value) and "\n" not in str(exit_info.value)
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--env", "cartpole_swing"], "cartpole_swing"),
+        (["--seeds"], "--seeds"),
+        (["--seeds", "0", "-3"], "-3"),
+        (["--seeds", "1", "1"], "repeats"),
+        (["--jobs", "0"], "--jobs"),
+        (["--set", "seed=4"], "seed=4"),
+    ],
+)
+def test_seed_spread_refuses_bad_input_in_one_line_before_running(
+    argv, named, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(seed_spread, "launch", lambda command, log: 1 / 0)
+    with pytest.raises(SystemExit) as exit_info:
+        seed_spread.main([*argv, "--out-dir", str(tmp_path / "runs")])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert named in lines[-1]
+    assert not (tmp_path / "runs").exists()
