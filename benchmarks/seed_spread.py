@@ -45,6 +45,9 @@ REPO = Path(__file__).resolve().parent.parent
 ENVS = sorted(p.stem for p in (REPO / "experiments" / "conf" / "env").glob("*.yaml"))
 """The `env=` options of experiments.train."""
 
+CODE = ("pods", "experiments", "sim2real", "dynamics_models", "baselines")
+"""The packages a training run imports."""
+
 TARGETS = {
     "cartpole_swingup": {"solved": 0.95, "seed_share": 1.0, "return_of_best": 0.9},
     "cartpole_balance": {"solved": 0.95, "seed_share": 1.0},
@@ -179,10 +182,11 @@ def run_seed(seed: int, args) -> dict:
     if summary is None:
         command = [sys.executable, *bare_command(args.env, seed, args.set)[1:]]
         command.append(f"hydra.run.dir={run}")
-        load = os.getloadavg()[0]
+        commit, load = git_commit(), os.getloadavg()[0]
         start = time.perf_counter()
         code = launch(command, args.out_dir / f"seed{seed}.log")
         process = {
+            "commit": commit,
             "process_s": round(time.perf_counter() - start, 1),
             "load_average_1m_before": round(load, 2),
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -210,10 +214,18 @@ def shown(path: Path) -> str:
 
 
 def git_commit() -> str | None:
-    result = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    """HEAD, with "+uncommitted" when the code a run imports has uncommitted changes (another
+    engineer may edit the same working tree while the seeds run)."""
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if not head.stdout.strip():
+        return None
+    changed = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no", "--", *CODE],
+        capture_output=True,
+        text=True,
     )
-    return result.stdout.strip() or None
+    return head.stdout.strip() + ("+uncommitted" if changed.stdout.strip() else "")
 
 
 def cpu() -> str:
@@ -263,6 +275,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    commit = git_commit()  # each seed run here records its own, beside its log
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda s: run_seed(s, args), args.seeds))
     failed = [r for r in results if "failed" in r]
@@ -273,7 +286,7 @@ def main(argv=None) -> int:
         "command": " ".join(bare_command(args.env, "S", args.set)),
         "run_dirs": f"{shown(args.out_dir)}/seedS (hydra.run.dir)",
         "overrides": args.set,
-        "commit": git_commit(),
+        "commit": commit,
         "cpu": cpu(),
         "jobs": args.jobs,
         "started": started,
