@@ -44,20 +44,16 @@ import_brax_quietly()
 from baselines.energy_lqr import EnergyLQRConfig, train  # noqa: E402
 from pods.rollout import policy_batch  # noqa: E402
 from sim2real import make_testbed  # noqa: E402
-from sim2real.evaluation import held_out_starts, seed_streams, solved_criterion  # noqa: E402
+from sim2real.evaluation import (  # noqa: E402
+    held_from,
+    held_out_starts,
+    seed_streams,
+    solved_criterion,
+)
 from sim2real.real_system import RealSystem  # noqa: E402
 
 PROFILES = {"sim": "sim", "friction": "real", "lab": "lab"}
 """Profile name -> testbed variant."""
-
-
-def held_from(lean: np.ndarray, tolerance: float) -> np.ndarray:
-    """[n]: the first step from which every later step is within `tolerance` (the episode's
-    length where the last step is not)."""
-    outside = lean > tolerance
-    steps = lean.shape[1]
-    last_outside = steps - 1 - np.argmax(outside[:, ::-1], axis=1)
-    return np.where(outside.any(axis=1), last_outside + 1, 0)
 
 
 def score(observations: np.ndarray, rewards: np.ndarray, criterion, lengths) -> tuple:

@@ -92,6 +92,16 @@ class Solved:
         return xp.abs(xp.arctan2(xp.sin(absolute), xp.cos(absolute)))
 
 
+def held_from(lean: np.ndarray, tolerance: float) -> np.ndarray:
+    """[n]: from lean [n, steps] (rad), the first step from which every later step is within
+    `tolerance` (the number of steps where the last one is not): an episode of T steps whose
+    last `window` must be upright is solved from a start exactly when T >= held_from + window."""
+    outside = lean > tolerance
+    steps = lean.shape[1]
+    last_outside = steps - 1 - np.argmax(outside[:, ::-1], axis=1)
+    return np.where(outside.any(axis=1), last_outside + 1, 0)
+
+
 def solved_criterion(env: Any) -> Solved | None:
     """The `Solved` criterion of a testbed's task; None for an env that is no cart-pole."""
     if not (hasattr(env, "task") and hasattr(env, "n_poles")):
@@ -257,6 +267,7 @@ __all__ = [
     "evaluate",
     "evaluate_sim_and_real",
     "gap_closure",
+    "held_from",
     "held_out_starts",
     "normalized_score",
     "seed_streams",
