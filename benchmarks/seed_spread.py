@@ -17,7 +17,11 @@ names other overrides is refused rather than mixed in.
 
 From each `summary.json`: the solved share and return in `sim` (`eval/solved_sim`,
 `eval/return_sim`), in the real where the run has one, and `train/wall_clock_s`. Over the
-seeds: min, median, max, mean and the mean's 95% t-interval. Then the targets of issue 35
+seeds: min, median, max, mean and the mean's 95% t-interval, mean ± t(0.975, n-1) s/sqrt(n),
+as computed (a share's may pass 0 or 1 when most seeds sit at 1: cut it where you quote it).
+Each seed run here also gets `DIR/seedS.process.json`: the commit it started at, its
+process's seconds (of the last start, for a seed continued from a checkpoint) and the load
+average before it. Then the targets of issue 35
 (stated for seeds 0-9; with other seeds they are checked on the seeds given):
 - `cartpole_swingup`: >= 95% of starts solved on every seed, and every seed's final `sim`
   return >= 90% of the best seed's;

@@ -210,3 +210,29 @@ def test_seed_spread_refuses_bad_input_in_one_line_before_running(
     lines = capsys.readouterr().err.strip().splitlines()
     assert named in lines[-1]
     assert not (tmp_path / "runs").exists()
+
+
+def test_seed_spread_runs_seeds_side_by_side_with_jobs(tmp_path, monkeypatch, capsys):
+    def launch(command, log):
+        seed = int(next(a for a in command if a.startswith("seed="))[5:])
+        _finished_run(tmp_path, "cartpole_swingup", seed, 1.0, 170.0 - seed)
+        return 0
+
+    monkeypatch.setattr(seed_spread, "launch", launch)
+    argv = ["--seeds", "3", "0", "2", "--jobs", "2", "--out-dir", str(tmp_path)]
+    assert seed_spread.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["seed"] for r in report["per_seed"]] == [0, 2, 3]
+    assert report["targets"]["all_met"]
+    assert all((tmp_path / f"seed{s}.process.json").exists() for s in (0, 2, 3))
+
+
+def test_seed_spread_reports_a_failed_seed_and_exits_nonzero(tmp_path, monkeypatch, capsys):
+    _finished_run(tmp_path, "cartpole_swingup", 0, 1.0, 170.0)
+    monkeypatch.setattr(seed_spread, "launch", lambda command, log: 1)
+    assert seed_spread.main(["--seeds", "0", "1", "--out-dir", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["failed"] == [{"seed": 1, "failed": 1}]
+    assert [r["seed"] for r in report["per_seed"]] == [0]
+    assert "seed 1: exit code 1" in captured.err
