@@ -37,6 +37,7 @@ ADDED = {
     "algo.horizon_start": None,
     "algo.horizon_growth_epochs": 30,
     "env.action_history": 0,
+    "algo.policy_selection": "last",
     "env.friction_gradient": None,
     "sysid.family": "physics",
     "sysid.max_delay_steps": 8,

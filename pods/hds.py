@@ -541,7 +541,7 @@ def train(
             progress_fn=progress_fn,
             checkpoint_fn=checkpoint_fn,
         )
-        return hds.make_policy, history.state.params, history.metrics
+        return hds.make_policy, history.state.policy_params, history.metrics
 
 
 __all__ = [

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from brax.envs.base import Env, State
-from flax import struct
+from flax import serialization, struct
 from jax.sharding import Mesh
 from jaxtyping import Array, Bool, Float
 
@@ -61,6 +61,8 @@ LEARNING_RATE_SCHEDULES = ("constant", "cosine")
 """How distillation's learning rate changes over the epochs (`PODSConfig.learning_rate_schedule`)."""
 START_STATES = ("reset", "visited")
 """Where an epoch's rollouts start (`PODSConfig.start_states`)."""
+POLICY_SELECTIONS = ("last", "best")
+"""Which of the epochs' policies a run returns (`PODSConfig.policy_selection`)."""
 
 
 # --- the configuration ------------------------------------------------------------------------
@@ -139,6 +141,13 @@ class PODSConfig:
     learning_rate_schedule: str = "constant"
     """`constant`, or `cosine`: epoch e's Adam updates scaled by (1 + cos(pi e /
     num_epochs)) / 2, so the last epochs barely move the policy."""
+    policy_selection: str = "last"
+    """The policy training returns: the `last` epoch's, or the `best`: of the policies the
+    epochs started from, the one whose deterministic mean return from its epoch's k fresh
+    starts (`train/return`, drawn from the training stream, so disjoint from the evaluation's
+    held-out starts) was the highest. A standard checkpoint selection: training that peaks
+    and then drifts keeps its peak. The last epoch's update is scored by no epoch, so it is
+    not a candidate. `train/best_return` and `train/best_epoch` report the kept one."""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """Widths of the policy MLP's hidden layers."""
     normalize_observations: bool = True
@@ -190,6 +199,12 @@ class PODSConfig:
             self,
             "step_size_min",
             f"<= step_size_max ({self.step_size_max})",
+        )
+        require(
+            self.policy_selection in POLICY_SELECTIONS,
+            self,
+            "policy_selection",
+            f"one of {POLICY_SELECTIONS}",
         )
         require(
             self.gradient_normalization in GRADIENT_NORMALIZATIONS,
@@ -268,6 +283,17 @@ class PODSConfig:
 
 
 @struct.dataclass
+class BestPolicy:
+    """The policy `policy_selection="best"` keeps, with its score."""
+
+    params: PolicyParams
+    value: jax.Array
+    """Its `train/return` (-inf before any epoch has scored one)."""
+    epoch: jax.Array
+    """The epochs of distillation it had."""
+
+
+@struct.dataclass
 class TrainingState:
     """What one epoch hands the next: the policy's parameters, distillation's Adam state and
     the count of epochs done (which also picks each epoch's key and exploration noise)."""
@@ -275,6 +301,47 @@ class TrainingState:
     params: PolicyParams
     optimizer_state: optax.OptState
     epoch: jax.Array
+    best: BestPolicy | None = None
+    """With `policy_selection="best"`, the best policy scored so far; None otherwise (so a
+    checkpoint of `last` has the structure it always had)."""
+
+    @property
+    def policy_params(self) -> PolicyParams:
+        """The policy the run returns: the kept best, else the current one."""
+        return self.params if self.best is None else self.best.params
+
+
+_STATE_FIELDS = ("params", "optimizer_state", "epoch")
+
+
+def _state_to_dict(state: TrainingState) -> dict:
+    """A checkpoint's form of the state: `best` only where it is kept, so the checkpoints of
+    `policy_selection="last"` are those of runs from before the option (they load as such)."""
+    fields = {name: serialization.to_state_dict(getattr(state, name)) for name in _STATE_FIELDS}
+    if state.best is not None:
+        fields["best"] = serialization.to_state_dict(state.best)
+    return fields
+
+
+def _state_from_dict(template: TrainingState, fields: dict) -> TrainingState:
+    restored = {
+        name: serialization.from_state_dict(getattr(template, name), fields[name], name=name)
+        for name in _STATE_FIELDS
+    }
+    if (template.best is None) != ("best" not in fields):
+        raise ValueError(
+            "the checkpoint's policy_selection differs: it "
+            + ("keeps no best policy" if "best" not in fields else "keeps a best policy")
+        )
+    best = None
+    if template.best is not None:
+        best = serialization.from_state_dict(template.best, fields["best"], name="best")
+    return template.replace(**restored, best=best)
+
+
+serialization.register_serialization_state(
+    TrainingState, _state_to_dict, _state_from_dict, override=True
+)
 
 
 # --- one epoch: roll out, improve, distill ----------------------------------------------------
@@ -569,6 +636,7 @@ def distill_improved(
         params=PolicyParams(normalizer, distilled.network_params),
         optimizer_state=distilled.optimizer_state,
         epoch=state.epoch + 1,
+        best=kept_best(state, jnp.mean(evaluation.value)),
     )
 
     finite_grad = ~steps.nonfinite[0]
@@ -588,7 +656,20 @@ def distill_improved(
         "train/exploration_noise": improvement.noise,
         "train/episode_steps": jnp.mean(evaluation.steps),
     }
+    if new_state.best is not None:
+        metrics["train/best_return"] = new_state.best.value
+        metrics["train/best_epoch"] = new_state.best.epoch
     return new_state, metrics
+
+
+def kept_best(state: TrainingState, value: jax.Array) -> BestPolicy | None:
+    """`state.best`, replaced by the policy the epoch started from (`state.params`) where
+    that policy's return `value` beats it (a non-finite value never does)."""
+    if state.best is None:
+        return None
+    better = value > state.best.value
+    candidate = BestPolicy(state.params, value.astype(state.best.value.dtype), state.epoch)
+    return jax.tree.map(lambda new, old: jnp.where(better, new, old), candidate, state.best)
 
 
 def learning_rate_scale(config: PODSConfig, epoch: jax.Array, dtype) -> jax.Array | None:
@@ -659,7 +740,7 @@ def train(
             checkpoint_fn=checkpoint_fn,
             clock_start=clock_start,
         )
-        return pods.make_policy, history.state.params, history.metrics
+        return pods.make_policy, history.state.policy_params, history.metrics
 
 
 def train_seeds(
@@ -707,7 +788,7 @@ def train_seeds(
             progress_fn=progress_fn,
             checkpoint_fn=checkpoint_fn,
         )
-        params = [seed_slice(history.state, s).params for s in range(len(keys))]
+        params = [seed_slice(history.state, s).policy_params for s in range(len(keys))]
         return pods.make_policy, params, history.metrics
 
 
@@ -896,10 +977,15 @@ def _initial_state(
 ) -> TrainingState:
     dtype = jnp.float64 if config.float64 else jnp.float32
     params = init_policy_params(network, obs_dim, key, dtype)
+    epoch = jnp.zeros((), jnp.int32)
+    best = None
+    if config.policy_selection == "best":
+        best = BestPolicy(params, jnp.asarray(-jnp.inf, dtype), epoch)
     return TrainingState(
         params=params,
         optimizer_state=policy_optimizer(config).init(params.network),
-        epoch=jnp.zeros((), jnp.int32),
+        epoch=epoch,
+        best=best,
     )
 
 
@@ -942,6 +1028,7 @@ __all__ = [
     "PODSProgram",
     "PolicyLearner",
     "TrainingState",
+    "BestPolicy",
     "init_training_state",
     "line_search_step",
     "starting_state",

@@ -369,7 +369,7 @@ def run_loop(
             metrics += history.metrics
 
         return LoopResult(
-            real_data.make_policy, state.params, metrics, real_data.dataset, real_data.model
+            real_data.make_policy, state.policy_params, metrics, real_data.dataset, real_data.model
         )
 
 
@@ -479,7 +479,7 @@ def run_loop_seeds(
         return [
             LoopResult(
                 hds.make_policy,
-                seed_slice(history.state, s).params,
+                seed_slice(history.state, s).policy_params,
                 history.metrics[s],
                 seed_data.dataset,
                 seed_data.model,

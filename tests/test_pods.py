@@ -320,6 +320,88 @@ def test_nan_gradient_in_training_leaves_params_unchanged_and_is_counted():
         np.testing.assert_array_equal(leaf, initial)
 
 
+def test_the_best_policy_is_the_highest_scored_epoch_start_and_survives_a_resume():
+    """policy_selection="best": the returned policy is the epoch start with the highest
+    train/return; a run resumed from a checkpointed state keeps the same one; "last" returns
+    the last epoch's params, as before."""
+    env = LinearQuadraticEnv()
+    config = PODSConfig(
+        num_epochs=6,
+        num_trajectories=8,
+        minibatch_size=16,
+        hidden_sizes=(8,),
+        exploration_noise=0.5,
+        learning_rate=3e-2,
+        policy_selection="best",
+    )
+    key = jax.random.PRNGKey(4)
+    states = []
+    make_policy, params, history = train(
+        config, env, key, checkpoint_fn=lambda state, _: states.append(state)
+    )
+    returns = [m["train/return"] for m in history]
+    best = int(np.argmax(returns))
+    assert history[-1]["train/best_return"] == pytest.approx(returns[best])
+    assert history[-1]["train/best_epoch"] == best
+    # The kept policy is the one epoch `best` started from: the state after `best` epochs.
+    assert 0 < best < config.num_epochs - 1, returns  # the training peaks, then drifts
+    for leaf, kept in zip(jax.tree.leaves(states[best - 1].params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(leaf, kept)
+    assert states[-1].best.epoch == best and states[-1].policy_params is states[-1].best.params
+    # Resumed from the state after 3 epochs: the same best, to the bit.
+    _, resumed, _ = train(config, env, key, initial_state=states[2])
+    for leaf, kept in zip(jax.tree.leaves(resumed), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(leaf, kept)
+    # "last": the params after the last epoch, whatever scored best.
+    _, last, last_history = train(dataclasses.replace(config, policy_selection="last"), env, key)
+    assert [m["train/return"] for m in last_history] == returns
+    assert "train/best_return" not in last_history[-1]
+    for leaf, final in zip(jax.tree.leaves(last), jax.tree.leaves(states[-1].params)):
+        np.testing.assert_array_equal(leaf, final)
+
+
+def test_a_checkpoint_from_before_the_option_loads_as_last_and_not_as_best():
+    """A state dict without `best` (every checkpoint from before policy_selection) restores
+    into a `last` state; a `best` state refuses it, and the reverse, in one line."""
+    env = LinearQuadraticEnv()
+    config = PODSConfig(num_trajectories=8, minibatch_size=16, hidden_sizes=(8,))
+    network = policy_learner(config, [env], env.episode_length).network
+    last = init_training_state(config, env, network, jax.random.PRNGKey(0))
+    best = init_training_state(
+        dataclasses.replace(config, policy_selection="best"), env, network, jax.random.PRNGKey(0)
+    )
+    stored = flax.serialization.to_state_dict(last)
+    assert set(stored) == {"params", "optimizer_state", "epoch"}
+    restored = flax.serialization.from_state_dict(last, stored)
+    assert restored.best is None and int(restored.epoch) == 0
+    with pytest.raises(ValueError, match="keeps no best policy"):
+        flax.serialization.from_state_dict(best, stored)
+    with pytest.raises(ValueError, match="keeps a best policy"):
+        flax.serialization.from_state_dict(last, flax.serialization.to_state_dict(best))
+    again = flax.serialization.from_state_dict(best, flax.serialization.to_state_dict(best))
+    assert float(again.best.value) == -np.inf
+
+
+def test_a_non_finite_return_never_replaces_the_kept_policy():
+    from pods.train import BestPolicy, TrainingState, kept_best
+
+    params = {"w": jnp.ones(2)}
+    state = TrainingState(
+        params={"w": jnp.zeros(2)},
+        optimizer_state=(),
+        epoch=jnp.asarray(4),
+        best=BestPolicy(params, jnp.asarray(1.0), jnp.asarray(2)),
+    )
+    for value in (jnp.nan, jnp.asarray(0.5), jnp.asarray(1.0)):
+        kept = kept_best(state, jnp.asarray(value))
+        assert int(kept.epoch) == 2 and float(kept.value) == 1.0
+        np.testing.assert_array_equal(kept.params["w"], params["w"])
+    kept = kept_best(state, jnp.asarray(1.5))
+    assert int(kept.epoch) == 4 and float(kept.value) == 1.5
+    np.testing.assert_array_equal(kept.params["w"], jnp.zeros(2))
+    assert kept_best(state.replace(best=None), jnp.asarray(9.0)) is None
+
+
 def linear_regression(seed: int, n: int):
     """A linear policy at zero, n (observation, target) pairs and Adam: (obs, targets, net,
     params, optimizer)."""
@@ -577,6 +659,7 @@ def test_improvement_of_terminating_episodes_keeps_each_returned_mask():
         ("distill_states", "everywhere"),
         ("horizon_growth_epochs", 0),
         ("learning_rate_schedule", "linear"),
+        ("policy_selection", "first"),
     ],
 )
 def test_config_rejects_bad_values_naming_them(field, value):
