@@ -27,9 +27,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from brax import base
 from brax.envs.base import Env
+from brax.training.acme import running_statistics, specs
 from brax.training.agents.apg import networks as apg_networks
 from brax.training.agents.apg import train as apg
 from brax.training.agents.ppo import networks as ppo_networks
@@ -360,6 +362,41 @@ class _MetricsHistory:
             self._progress_fn(index, metrics)
 
 
+def policy_template(config: APGConfig | PPOConfig, env: Env) -> tuple[Callable[[Any], Policy], Any]:
+    """`(make_policy, params)` of an untrained policy of `config` on `env`, built as
+    `train_apg` / `train_ppo` build theirs: the structure a trained run's params restore into
+    (`flax.serialization.from_state_dict`), and the deterministic policy they give, with no
+    training (how `experiments.deploy` loads a run's policy)."""
+    normalize = running_statistics.normalize if config.normalize_observations else None
+    key_policy, key_value = jax.random.split(jax.random.PRNGKey(0))
+    # Brax's trainers keep the statistics in float32 (APG's unless use_float64, never set here).
+    normalizer = running_statistics.init_state(
+        specs.Array((env.observation_size,), jnp.dtype("float32"))
+    )
+    if isinstance(config, APGConfig):
+        network = apg_networks.make_apg_networks(
+            env.observation_size,
+            env.action_size,
+            **({} if normalize is None else {"preprocess_observations_fn": normalize}),
+            hidden_layer_sizes=config.hidden_sizes,
+        )
+        params = (normalizer, network.policy_network.init(key_policy))
+        return _deterministic(apg_networks.make_inference_fn(network)), params
+    network = ppo_networks.make_ppo_networks(
+        env.observation_size,
+        env.action_size,
+        **({} if normalize is None else {"preprocess_observations_fn": normalize}),
+        policy_hidden_layer_sizes=config.policy_hidden_sizes,
+        value_hidden_layer_sizes=config.value_hidden_sizes,
+    )
+    params = (
+        normalizer,
+        network.policy_network.init(key_policy),
+        network.value_network.init(key_value),
+    )
+    return _deterministic(ppo_networks.make_inference_fn(network)), params
+
+
 def _check_env(env: Env, config: Any) -> int:
     episode_length = getattr(env, "episode_length", None)
     if not is_integer(episode_length):
@@ -459,6 +496,7 @@ __all__ = [
     "PPOConfig",
     "PhysicsRanges",
     "domain_randomization",
+    "policy_template",
     "train_apg",
     "train_ppo",
 ]

@@ -6,15 +6,18 @@
     python -m experiments.deploy outputs/runs/<run> real.engine=mujoco   # the MuJoCo C engine
     python -m experiments.deploy outputs/runs/<run> env.real_profile=lab # the lab twin
     python -m experiments.deploy outputs/runs/<run> real.engine=gym \\
-        real.gym_id=MyRig-v0 real.gym_adapter=my_package.rig:adapter   # a user's gymnasium env
+        real.gym_id=my_package.rig:MyRig-v0                            # a user's gymnasium env
 
 The overrides choose the real system (`env.*`, `real.*` keys, as for `experiments.train`);
-the policy is the run's. The episodes are recorded as a transition dataset (by default
-`RUN_DIR/artifacts/deploy_<profile>_<engine>.npz`), and the mean return and the share of
-episodes that solved the task are printed.
+the policy is the run's, of any algorithm that leaves one (`POLICY_ALGOS`: the PODS family,
+Brax's APG, PPO and PPO+DR, LQR and the energy swing-up). The episodes are recorded as a
+transition dataset (by default `RUN_DIR/artifacts/deploy_<profile>_<engine>.npz`, for a
+gymnasium env `deploy_gym_<id>.npz`), and the mean return and the share of episodes that
+solved the task are printed.
 
-In Python, `load_policy(run_dir).policy` is the observation -> action function, with the
-observation normalization it was trained with; no training script is needed. A policy trained
+In Python, `load_policy(run_dir).policy` is the observation -> action function (the
+deterministic one the run evaluated), with the observation normalization it was trained with;
+no training script is needed. A policy trained
 with `env.action_history=m` observes the sensors, then its last m commands, the newest first
 (`pods.action_history`); `deploy` appends them on any engine, and records the sensors.
 """
@@ -34,18 +37,27 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from baselines.brax_agents import policy_template
+from baselines.energy_lqr import train as train_energy_lqr
+from baselines.lqr import train as train_lqr
 from dynamics_models import TransitionDataset
 from experiments.run_dir import RunDirectory
 from experiments.schema import ConfigError
-from experiments.train import build_envs
+from experiments.train import build_envs, build_sim
 from experiments.trainers import algo_config
 from pods.rollout import Policy
-from pods.runtime import configure_jax
+from pods.runtime import configure_jax, filter_known_xla_logs
 from pods.train import init_training_state, policy_learner
 from sim2real.evaluation import seed_streams, solved_criterion
 
-POLICY_ALGOS = ("pods", "oracle", "hds", "pods_sysid")
-"""Algorithms whose runs checkpoint a PODS policy network."""
+PODS_ALGOS = ("pods", "oracle", "hds", "pods_sysid")
+"""Algorithms whose runs checkpoint a PODS policy network (its training state)."""
+BRAX_ALGOS = ("apg", "ppo", "ppo_dr")
+"""Brax's agents: their runs checkpoint Brax's params (normalizer, policy[, value])."""
+CLASSICAL_ALGOS = ("lqr", "energy_lqr")
+"""Controllers designed on `sim`: their runs checkpoint the LQR gain."""
+POLICY_ALGOS = (*PODS_ALGOS, *BRAX_ALGOS, *CLASSICAL_ALGOS)
+"""Every algorithm whose run leaves a policy that `load_policy` loads."""
 REQUIRED_KEYS = ("algo.name", "env.system", "env.task", "env.real_profile", "real.engine")
 """What a run directory of this version's config holds."""
 
@@ -58,7 +70,13 @@ class LoadedPolicy(NamedTuple):
     config: DictConfig
     """The run's resolved config."""
     epoch: int
-    """The epochs trained before the checkpoint the params come from."""
+    """The epochs trained before the checkpoint the params come from (Brax's agents: their
+    evaluations; a classical controller: 1, its design)."""
+
+    @property
+    def trained_for(self) -> str:
+        """ " (epoch N)" where the policy was trained for epochs; "" for a designed one."""
+        return "" if self.config.algo.name in CLASSICAL_ALGOS else f" (epoch {self.epoch})"
 
 
 def run_config(run_dir: str | Path) -> DictConfig:
@@ -83,34 +101,61 @@ def run_config(run_dir: str | Path) -> DictConfig:
 
 
 def load_policy(run_dir: str | Path) -> LoadedPolicy:
-    """The policy of a PODS-family run (PODS, oracle, HDS, PODS+sysid), from its checkpoint."""
+    """The deterministic policy of a run of any algorithm in `POLICY_ALGOS`, from its run
+    directory (config and checkpoint): what the run evaluated. One ConfigError line for a
+    run of another kind, or a missing or corrupt checkpoint."""
     cfg = run_config(run_dir)
-    if cfg.algo.name not in POLICY_ALGOS:
+    name = cfg.algo.name
+    if name not in POLICY_ALGOS:
         raise ConfigError(
-            f"{run_dir}: algo {cfg.algo.name!r} runs cannot be loaded; those of {POLICY_ALGOS} can"
+            f"{run_dir}: algo {name!r} runs cannot be loaded; those of {POLICY_ALGOS} can"
         )
     config = algo_config(cfg)
-    dtype = jnp.float64 if config.float64 else jnp.float32
-    configure_jax(float64=config.float64)
-    sim, _ = build_envs(cfg, dtype)
-    horizon = config.horizon or sim.episode_length
-    learner = policy_learner(config, [sim], horizon)
-    make_policy = learner.make_policy
-    template = init_training_state(config, sim, learner.network, jax.random.PRNGKey(0))
+    float64 = bool(getattr(config, "float64", False))
+    configure_jax(float64=float64)
+    sim = build_sim(cfg, jnp.float64 if float64 else jnp.float32)
     run = RunDirectory(run_dir, create=False)
     try:
         checkpoint = run.read_checkpoint()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if name in CLASSICAL_ALGOS:
+        make_policy, params = _classical(cfg, config, sim)
+        if checkpoint is not None:  # a run from before the gain was checkpointed has none
+            params = _restore(run, checkpoint, {"gain": params})["gain"]
+        epoch = 1 if checkpoint is None else int(checkpoint.info["epoch"])
+    else:
         if checkpoint is None:
             raise ConfigError(
                 f"{run_dir}: no checkpoint to load a policy from ({run.checkpoint_path})"
             )
-        state = run.restore(checkpoint, template)
+        if name in BRAX_ALGOS:
+            make_policy, template = policy_template(config, sim)
+            params = _restore(run, checkpoint, template)
+        else:
+            horizon = config.horizon or sim.episode_length
+            learner = policy_learner(config, [sim], horizon)
+            make_policy = learner.make_policy
+            template = init_training_state(config, sim, learner.network, jax.random.PRNGKey(0))
+            params = _restore(run, checkpoint, template).params
+        epoch = int(checkpoint.info["epoch"])
+    apply = jax.jit(lambda observation: make_policy(params)(observation))
+    return LoadedPolicy(apply, make_policy, params, cfg, epoch)
+
+
+def _restore(run: RunDirectory, checkpoint: Any, template: Any) -> Any:
+    try:
+        return run.restore(checkpoint, template)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    info = checkpoint.info
-    params = state.params
-    apply = jax.jit(lambda observation: make_policy(params)(observation))
-    return LoadedPolicy(apply, make_policy, params, cfg, int(info["epoch"]))
+
+
+def _classical(cfg: DictConfig, config: Any, sim: Any) -> tuple[Callable[[Any], Policy], Any]:
+    """The controller of a classical run, designed on `sim` again as the run designed it
+    (deterministic: the same gain), as (make_policy, gain)."""
+    train = train_lqr if cfg.algo.name == "lqr" else train_energy_lqr
+    make_policy, gain, _ = train(config, sim, jax.random.PRNGKey(0))
+    return make_policy, gain
 
 
 def deploy_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -161,6 +206,16 @@ def deploy(loaded: LoadedPolicy, cfg: DictConfig, episodes: int, seed: int) -> D
     return Deployment(dataset, data.rewards.sum(axis=1), solved, system.name)
 
 
+def real_label(cfg: DictConfig) -> tuple[str, str]:
+    """What deploy names a real system by: (the label it prints, its dataset file's stem).
+    A profile's twin or MuJoCo C engine: "profile, engine"; a gymnasium env has no profile,
+    its name (printed beside the label) is its id."""
+    if cfg.real.engine == "gym":
+        return "gym", f"deploy_gym_{str(cfg.real.gym_id).rpartition(':')[2]}"
+    profile, engine = cfg.env.real_profile, cfg.real.engine
+    return f"{profile}, {engine}", f"deploy_{profile}_{engine}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
@@ -188,13 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     seed = loaded.config.seed if args.seed is None else args.seed
     result = deploy(loaded, cfg, args.episodes, seed)
-    out = args.out or (
-        args.run_dir / "artifacts" / f"deploy_{cfg.env.real_profile}_{cfg.real.engine}.npz"
-    )
+    label, stem = real_label(cfg)
+    out = args.out or args.run_dir / "artifacts" / f"{stem}.npz"
     result.episodes.save(out)
     print(
-        f"{loaded.config.algo.name} policy (epoch {loaded.epoch}) on {result.real} "
-        f"[{cfg.env.real_profile}, {cfg.real.engine}]: return "
+        f"{loaded.config.algo.name} policy{loaded.trained_for} on {result.real} "
+        f"[{label}]: return "
         f"{result.returns.mean():.2f} +- {result.returns.std():.2f} over {args.episodes} "
         f"episodes, solved {result.solved.mean():.0%}, {result.episodes.n_transitions} "
         f"transitions recorded to {out}"
@@ -203,4 +257,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     sys.exit(main())

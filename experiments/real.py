@@ -9,6 +9,13 @@
                        mapped to the testbed's layout by `real.gym_adapter` ("module:name" of a
                        `sim2real.real_system.GymAdapter`, or of a function returning one)
 
+`real.gym_id` is a registered id, or `module:EnvId` as `gymnasium.make` takes it: the module
+(which registers the env when imported) is imported first. The adapter's module is imported
+before the id is looked up, so a module that registers its env beside its adapter needs no
+`module:` prefix. The env is made once when the config is checked, and its spaces through the
+adapter are checked against the testbed's layout: every mismatch is one line before any
+compute.
+
 The oracle trains on the profile's Brax twin; with `real.engine=gym` there is none.
 """
 
@@ -29,7 +36,7 @@ from experiments.schema import (
     build_physics,
     check_real_profile,
 )
-from sim2real.real_system import GymAdapter, RealSystem
+from sim2real.real_system import GymAdapter, RealSystem, check_gym_layout
 from sim2real.testbeds import CartPole, make_testbed
 
 
@@ -47,13 +54,22 @@ class RealSpec:
     action_history: int = 0
     """Past commands the policy observes: the twin carries them, the boundary appends them to
     a gymnasium env's sensors."""
+    gym_id: str | None = None
+    """The registered id of a gymnasium real (`engine=gym`)."""
 
     @property
     def name(self) -> str:
+        """What the real system is called: the twin's name, the MuJoCo C env's, or the
+        gymnasium id (a user's env is not made, hardware not opened, to name it)."""
         if self.twin is not None and self.engine == "brax":
             return self.twin.name
+        if self.gym_id is not None:
+            return self.gym_id
         env = self.make_env()
-        return str(getattr(env.unwrapped, "name", None) or env.spec.id)
+        try:
+            return str(getattr(env.unwrapped, "name", None) or env.spec.id)
+        finally:
+            env.close()
 
     def system(self, budget: int) -> RealSystem:
         """The real system behind the budgeted boundary."""
@@ -80,13 +96,18 @@ def _import(path: str, key: str) -> Any:
     module, _, attribute = path.partition(":")
     try:
         return getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"{key}: cannot import {path!r} ({err})") from None
+    except Exception as err:  # a user's module may raise anything while it imports
+        message = str(err).splitlines()[0] if str(err) else ""
+        raise ConfigError(
+            f"{key}: cannot import {path!r} ({type(err).__name__}: {message})"
+        ) from None
 
 
 def _gym_adapter(path: str | None) -> GymAdapter:
     if path is None:
         return GymAdapter()
+    if ":" not in path:
+        raise ConfigError(f"real.gym_adapter: give it as module:attribute, got {path!r}")
     adapter = _import(path, "real.gym_adapter")
     if not isinstance(adapter, GymAdapter) and callable(adapter):
         adapter = adapter()
@@ -97,9 +118,54 @@ def _gym_adapter(path: str | None) -> GymAdapter:
     return adapter
 
 
-def build_real(cfg: DictConfig, common: dict) -> RealSpec:
+def gym_env_id(gym_id: str) -> str:
+    """The registered id of `real.gym_id`: for `module:EnvId`, EnvId once `module` (which
+    registers it) is imported, as `gymnasium.make` does; one ConfigError line for a module
+    that does not import or an id gymnasium does not know."""
+    module, sep, env_id = gym_id.rpartition(":")
+    if sep:
+        if not module or not env_id:
+            raise ConfigError(f"real.gym_id: give an env id or module:EnvId, got {gym_id!r}")
+        try:
+            importlib.import_module(module)
+        except Exception as err:
+            message = str(err).splitlines()[0] if str(err) else ""
+            raise ConfigError(
+                f"real.gym_id={gym_id}: cannot import module {module!r} "
+                f"({type(err).__name__}: {message})"
+            ) from None
+    try:
+        gymnasium.spec(env_id)
+    except gymnasium.error.Error as err:
+        hint = "" if sep else " (an env of your own module: real.gym_id=module:EnvId)"
+        raise ConfigError(f"real.gym_id={gym_id}: {str(err).splitlines()[0]}{hint}") from None
+    return env_id
+
+
+def _check_gym_env(
+    gym_id: str, make_env: Callable[[], gymnasium.Env], adapter: GymAdapter, sim: Any
+) -> None:
+    """Makes the env once and checks its spaces through the adapter against `sim`'s layout."""
+    try:
+        env = make_env()
+    except Exception as err:
+        message = str(err).splitlines()[0] if str(err) else ""
+        raise ConfigError(
+            f"real.gym_id={gym_id}: the env cannot be made ({type(err).__name__}: {message})"
+        ) from None
+    try:
+        if sim is not None:
+            check_gym_layout(env, adapter, sim.sensor_size, sim.action_size)
+    except ValueError as err:
+        raise ConfigError(f"real.gym_id={gym_id}: {err}") from None
+    finally:
+        env.close()
+
+
+def build_real(cfg: DictConfig, common: dict, sim: Any = None) -> RealSpec:
     """The real system of `cfg` (see the module docstring); `common` holds the testbed
-    arguments the sim was built with (episode length, backend, dtype, action history)."""
+    arguments the sim was built with (episode length, backend, dtype, action history), and
+    `sim`, the sim testbed, the layout a gymnasium real must speak (None: unchecked)."""
     env, real = cfg.env, cfg.real
     variant = check_real_profile(env)
     if real.engine not in ENGINES:
@@ -135,12 +201,11 @@ def build_real(cfg: DictConfig, common: dict) -> RealSpec:
         if real.gym_id is None:
             raise ConfigError("real.gym_id: engine=gym needs the gymnasium id of the real system")
         kwargs = OmegaConf.to_container(real.gym_kwargs, resolve=True)
-        try:
-            gymnasium.spec(real.gym_id)
-        except gymnasium.error.Error as err:
-            raise ConfigError(f"real.gym_id: {err}") from None
-        spec.make_env = lambda: gymnasium.make(real.gym_id, **kwargs)
+        # The adapter's module first: importing it may register the env.
         spec.adapter = _gym_adapter(real.gym_adapter)
+        env_id = spec.gym_id = gym_env_id(real.gym_id)
+        spec.make_env = lambda: gymnasium.make(env_id, **kwargs)
+        _check_gym_env(real.gym_id, spec.make_env, spec.adapter, sim)
     elif real.gym_id is not None or real.gym_adapter is not None:
         raise ConfigError(
             f"real.gym_id / real.gym_adapter are set, but real.engine={real.engine!r} "
@@ -149,4 +214,4 @@ def build_real(cfg: DictConfig, common: dict) -> RealSpec:
     return spec
 
 
-__all__ = ["RealSpec", "build_real"]
+__all__ = ["RealSpec", "build_real", "gym_env_id"]

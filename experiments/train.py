@@ -86,6 +86,19 @@ def build_brax_env(cfg: DictConfig) -> Env:
 def build_envs(cfg: DictConfig, dtype) -> tuple[Env, RealSpec | None]:
     """The sim testbed and the real system the config describes; on `env=brax`, the Brax env
     and None (there is no real variant)."""
+    sim, common = _build_sim(cfg, dtype)
+    if common is None:
+        return sim, None
+    return sim, build_real(cfg, common, sim)
+
+
+def build_sim(cfg: DictConfig, dtype) -> Env:
+    """The env a policy of `cfg` trains on and observes in its layout: the sim testbed, or
+    on `env=brax` the Brax env (the real system is not built: `build_envs`)."""
+    return _build_sim(cfg, dtype)[0]
+
+
+def _build_sim(cfg: DictConfig, dtype) -> tuple[Env, dict | None]:
     env = cfg.env
     if env.system == "brax":
         return build_brax_env(cfg), None
@@ -110,7 +123,7 @@ def build_envs(cfg: DictConfig, dtype) -> tuple[Env, RealSpec | None]:
         )
     except ValueError as err:
         raise ConfigError(f"env: {err}") from None
-    return sim, build_real(cfg, common)
+    return sim, common
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -127,6 +140,9 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"run.compare: unknown algorithm {name!r}; expected any of {tuple(ALGORITHMS)}"
             )
+    if cfg.env.system == "brax":
+        # Whether the env exists, before what the algorithm asks of its reward.
+        build_brax_env(cfg)
     check_algo(cfg)
     to_library_config(ModelConfig, cfg.model, "model")
     to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS)
@@ -198,8 +214,12 @@ def finish_run(ctx: RunContext, trained: Trained) -> dict:
     summary = {
         "algo": cfg.algo.name,
         "env": f"{sim.system_name}_{sim.task}",
-        "real/profile": None if real is None else cfg.env.real_profile,
+        # The profile is the physics of a Brax twin or MuJoCo C rig; a gymnasium env has none.
+        "real/profile": None if real is None or real.engine == "gym" else cfg.env.real_profile,
         "real/engine": None if real is None else cfg.real.engine,
+        # What the policy is scored on, and (`train/env`, from the trainer) trained on.
+        "real/system": None if real is None else real.name,
+        "sim/system": sim.name,
         "seed": cfg.seed,
         # Whether first, then how much: the solved shares lead.
         "eval/solved_real": None if real_returns is None else real_returns.solved,
@@ -398,11 +418,14 @@ def format_table(summaries: list[dict]) -> str:
     """Every run's solved shares and mean returns in real and sim (and random commands'),
     with the score and the gap closure on solved shares where a reference ran."""
     first = summaries[0]
+    scored_on = f"{first.get('sim/system') or first['env']} (sim)"
+    if first.get("real/system"):
+        scored_on = f"{first['real/system']} (real) and {scored_on}"
     lines = [
         f"\n{first['env']}, seed {first['seed']}: solved share and mean return over "
-        f"{first['eval/trajectories']} held-out initial states",
+        f"{first['eval/trajectories']} held-out initial states of {scored_on}",
         f"{'policy':>10} {'solved real':>12} {'solved sim':>11} {'real':>9} {'sim':>9} "
-        f"{'score':>7} {'gap':>7} {'real data':>10}",
+        f"{'score':>7} {'gap':>7} {'real data':>10}  trained on",
     ]
 
     def number(value, width: int, digits: int) -> str:
@@ -424,6 +447,7 @@ def format_table(summaries: list[dict]) -> str:
             f"{s['algo']:>10} {share(s['eval/solved_real'], 12)} {share(s['eval/solved_sim'], 11)} "
             f"{number(s['eval/return_real'], 9, 2)} {s['eval/return_sim']:9.2f} "
             f"{number(s['eval/score_solved_real'], 7, 2)} {gap(s)} {s['real/transitions']:10d}"
+            f"  {s.get('train/env') or '-'}"
         )
     lines.append(
         f"{'random':>10} {share(first['eval/solved_random_real'], 12)} {'':>11} "

@@ -194,11 +194,14 @@ def zero_gradient_warning(ctx: RunContext) -> str:
     )
 
 
-def _pods(ctx: RunContext, env: Env) -> Trained:
+def _pods(ctx: RunContext, env: Env, env_name: str | None = None) -> Trained:
+    """PODS on `env`, which the progress bar and `train/env` name (`env_name`, by default
+    its own name)."""
     config: PODSConfig = algo_config(ctx.cfg)
+    env_name = env_name or env.name
     network = make_pods(config, env, devices=ctx.devices).network
     template = init_training_state(config, env, network, ctx.key)
-    loop = EpochLoop(ctx, template, config.num_epochs, env_name=env.name)
+    loop = EpochLoop(ctx, template, config.num_epochs, env_name=env_name)
     make_policy, params, _ = train_pods(
         config,
         env,
@@ -210,7 +213,7 @@ def _pods(ctx: RunContext, env: Env) -> Trained:
         programs=program_store(ctx, env),
     )
     loop.close()
-    return Trained(make_policy, params, _pods_summary(config))
+    return Trained(make_policy, params, _pods_summary(config, env_name))
 
 
 def program_store(ctx: RunContext, env: Env) -> ProgramStore | None:
@@ -259,11 +262,11 @@ def _pods_seeds(ctxs: list[RunContext], env: Env) -> list[Trained]:
     )
     for loop in loops:
         loop.close()
-    return [Trained(make_policy, p, _pods_summary(config)) for p in params]
+    return [Trained(make_policy, p, _pods_summary(config, env.name)) for p in params]
 
 
-def _pods_summary(config: PODSConfig) -> dict[str, Any]:
-    return {"algo/order": config.order, "real/transitions": 0}
+def _pods_summary(config: PODSConfig, env_name: str) -> dict[str, Any]:
+    return {"algo/order": config.order, "real/transitions": 0, "train/env": env_name}
 
 
 def train_pods_in_sim(ctx: RunContext) -> Trained:
@@ -306,7 +309,9 @@ def _hds_run(ctx: RunContext, config: HDSConfig, position: int = 0) -> _HDSRun:
     # The policy's structure does not depend on the model: the sim env alone builds it.
     network = make_hds(dataclasses.replace(config, beta=0.0), ctx.sim).network
     template = init_training_state(config, ctx.sim, network, ctx.key)
-    loop = EpochLoop(ctx, template, config.num_epochs, position=position)
+    loop = EpochLoop(
+        ctx, template, config.num_epochs, position=position, env_name=hds_env_name(ctx.sim)
+    )
     resume = None
     if loop.initial_state is not None and ctx.resume.dataset is not None:
         resume = LoopCheckpoint(ctx.resume.dataset, ctx.resume.model, ctx.resume.model_info)
@@ -320,7 +325,12 @@ def _hds_run(ctx: RunContext, config: HDSConfig, position: int = 0) -> _HDSRun:
     return _HDSRun(loop, resume, save_data, save)
 
 
-def _hds_trained(result, config: HDSConfig, loop_config, model_config) -> Trained:
+def hds_env_name(sim: Env) -> str:
+    """What HDS trains on: the simulator and the model fitted to the real's transitions."""
+    return f"{sim.name} + model"
+
+
+def _hds_trained(result, config: HDSConfig, loop_config, model_config, sim: Env) -> Trained:
     transitions = 0 if result.dataset is None else result.dataset.n_transitions
     summary = {
         "algo/order": config.order,
@@ -329,6 +339,7 @@ def _hds_trained(result, config: HDSConfig, loop_config, model_config) -> Traine
         "model/prediction": model_config.prediction,
         "real/transitions": transitions,
         "real/budget": loop_config.budget,
+        "train/env": hds_env_name(sim),
     }
     return Trained(result.make_policy, result.params, summary)
 
@@ -352,7 +363,7 @@ def train_hds(ctx: RunContext) -> Trained:
         devices=ctx.devices,
     )
     run.loop.close()
-    return _hds_trained(result, config, loop_config, model_config)
+    return _hds_trained(result, config, loop_config, model_config, ctx.sim)
 
 
 def train_hds_seeds(ctxs: list[RunContext]) -> list[Trained]:
@@ -377,7 +388,9 @@ def train_hds_seeds(ctxs: list[RunContext]) -> list[Trained]:
     )
     for run in runs:
         run.loop.close()
-    return [_hds_trained(result, config, loop_config, model_config) for result in results]
+    return [
+        _hds_trained(result, config, loop_config, model_config, ctxs[0].sim) for result in results
+    ]
 
 
 def train_pods_sysid(ctx: RunContext) -> Trained:
@@ -418,7 +431,8 @@ def train_pods_sysid(ctx: RunContext) -> Trained:
     lab = record.get("lab")
     lab = None if lab is None else LabEffects.off(**lab)
     identified = identified_simulator(ctx.sim, Physics(**record["physics"]), lab)
-    trained = _pods(ctx, identified)
+    # Named as what it is: the lab family's simulator is a `lab`-variant testbed, not the lab.
+    trained = _pods(ctx, identified, f"{identified.name}, identified")
     summary = {
         **trained.summary,
         "real/transitions": record["real_transitions"],
@@ -435,31 +449,42 @@ def train_pods_sysid(ctx: RunContext) -> Trained:
 def train_lqr(ctx: RunContext) -> Trained:
     config: LQRConfig = algo_config(ctx.cfg)
     ctx.run_dir.truncate_metrics(-1)
-    make_policy, gain, _ = train_lqr_gain(
+    make_policy, gain, metrics = train_lqr_gain(
         config, ctx.sim, ctx.key, progress_fn=ctx.run_dir.log_metrics
     )
-    return Trained(make_policy, gain, {"real/transitions": 0})
+    _save_gain(ctx, gain, metrics)
+    return Trained(make_policy, gain, {"real/transitions": 0, "train/env": ctx.sim.name})
+
+
+def _save_gain(ctx: RunContext, gain: Any, metrics: list[dict]) -> None:
+    """The designed gain, checkpointed for `experiments.deploy` to play it again."""
+    info = checkpoint_info(ctx, metrics[-1]["train/wall_clock_s"])
+    ctx.run_dir.save_checkpoint({"gain": gain}, len(metrics), info)
 
 
 def train_energy_lqr(ctx: RunContext) -> Trained:
     """The classical swing-up with LQR catch, designed on `sim` (nothing of the real)."""
     config: EnergyLQRConfig = algo_config(ctx.cfg)
     ctx.run_dir.truncate_metrics(-1)
-    make_policy, gain, _ = train_energy_lqr_policy(
+    make_policy, gain, metrics = train_energy_lqr_policy(
         config, ctx.sim, ctx.key, progress_fn=ctx.run_dir.log_metrics
     )
-    return Trained(make_policy, gain, {"real/transitions": 0})
+    _save_gain(ctx, gain, metrics)
+    return Trained(make_policy, gain, {"real/transitions": 0, "train/env": ctx.sim.name})
 
 
 def _brax_agent(ctx: RunContext, train_fn: Callable) -> Trained:
     config = algo_config(ctx.cfg)
     run_dir = ctx.run_dir
     run_dir.truncate_metrics(-1)  # Brax's agents cannot resume: a restarted run starts over
+    env_name = ctx.sim.name
+    if getattr(config, "randomization", None) is not None:
+        env_name += ", randomized"
     progress = None
     if ctx.cfg.run.progress_bar:
         from tqdm import tqdm
 
-        progress = tqdm(total=config.num_evals + 1, desc=f"{ctx.cfg.algo.name} {ctx.sim.name}")
+        progress = tqdm(total=config.num_evals + 1, desc=f"{ctx.cfg.algo.name} {env_name}")
 
     def log(index: int, metrics: dict) -> None:
         run_dir.log_metrics(index, metrics)
@@ -473,7 +498,7 @@ def _brax_agent(ctx: RunContext, train_fn: Callable) -> Trained:
     # The final params, for whoever wants the policy back (restore with Brax's structure).
     wall_clock = metrics[-1]["train/wall_clock_s"] if metrics else 0.0
     run_dir.save_checkpoint(params, len(metrics), checkpoint_info(ctx, wall_clock))
-    return Trained(make_policy, params, {"real/transitions": 0})
+    return Trained(make_policy, params, {"real/transitions": 0, "train/env": env_name})
 
 
 def train_apg_baseline(ctx: RunContext) -> Trained:

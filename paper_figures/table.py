@@ -75,6 +75,10 @@ def _stats(values: list[float]) -> dict:
 
 
 def task_of(run: Run) -> str:
+    """The env and the real it is scored on: a profile, or a gymnasium env by its id (which
+    has no profile)."""
+    if run.summary.get("real/engine") == "gym":
+        return f"{run.fact('env')}, {run.summary.get('real/system') or 'gym'} real (gym)"
     return task_label(run.fact("env"), run.fact("profile"))
 
 

@@ -172,6 +172,86 @@ def _seed(key: jax.Array) -> int:
     return int(jax.random.randint(key, (), 0, 2**31 - 1))
 
 
+def _shape(shape: Any) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def gym_sensor_size(env: gymnasium.Env, adapter: GymAdapter) -> int:
+    """The sensor size `env` gives through `adapter` (`adapter.observation_size`, else the
+    size of its adapted observation); one ValueError line if an observation does not map
+    to it, or the zero command maps outside the env's action space."""
+    size = _adapted_sensor_size(env, adapter)
+    _check_command(env, adapter)
+    return size
+
+
+def _adapted_sensor_size(env: gymnasium.Env, adapter: GymAdapter) -> int:
+    space = env.observation_space
+    try:
+        mapped = adapter.observation(np.asarray(space.sample()))
+        sample = np.asarray(mapped, np.float64)
+    except Exception as err:
+        raise ValueError(
+            f"GymAdapter.observation fails on the env's observation of shape "
+            f"{_shape(space.shape or ())} ({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
+    size = adapter.observation_size
+    if size is None:
+        size = int(np.prod(sample.shape))
+    if sample.shape != (size,):
+        raise ValueError(
+            f"the gymnasium env's observations map to shape {_shape(sample.shape)}, the testbed "
+            f"layout's sensors are ({size},): give GymAdapter.observation / observation_size"
+        )
+    return size
+
+
+def _check_command(env: gymnasium.Env, adapter: GymAdapter) -> None:
+    command = np.zeros(adapter.action_size)
+    try:
+        action = np.asarray(adapter.action(command), dtype=env.action_space.dtype)
+    except Exception as err:
+        raise ValueError(
+            f"GymAdapter.action fails on the zero command of shape ({adapter.action_size},) "
+            f"({type(err).__name__}: {str(err).splitlines()[0]})"
+        ) from None
+    wanted = env.action_space.shape
+    if wanted is not None and action.size != int(np.prod(wanted)):
+        raise ValueError(
+            f"the command of shape ({adapter.action_size},) maps to an action of shape "
+            f"{_shape(action.shape)}, the gymnasium env's action space {env.action_space} "
+            "takes " + _shape(wanted) + ": give GymAdapter.action (and action_size)"
+        )
+    if not env.action_space.contains(action.reshape(action.shape if wanted is None else wanted)):
+        raise ValueError(
+            f"the zero command maps to {action!r}, outside the gymnasium env's action space "
+            f"{env.action_space}: give GymAdapter.action"
+        )
+
+
+def check_gym_layout(
+    env: gymnasium.Env, adapter: GymAdapter, sensor_size: int, action_size: int
+) -> None:
+    """One ValueError line, naming both shapes and what to give the adapter, unless `env`
+    through `adapter` speaks the layout of a testbed with `sensor_size` sensors and
+    `action_size` commands: what a run checks before any compute."""
+    size = _adapted_sensor_size(env, adapter)
+    if size != sensor_size:
+        raw = _shape(env.observation_space.shape or ())
+        raise ValueError(
+            f"the gymnasium env's observations {raw} map to ({size},) sensors, the testbed "
+            f"layout's are ({sensor_size},): give the adapter an `observation` that maps "
+            f"{raw} to ({sensor_size},) (GymAdapter.observation, observation_size)"
+        )
+    if adapter.action_size != action_size:
+        raise ValueError(
+            f"the adapter's commands are ({adapter.action_size},), the testbed's ({action_size},): "
+            f"give GymAdapter.action_size={action_size} and an `action` that maps them to the "
+            f"env's action space {env.action_space}"
+        )
+    _check_command(env, adapter)
+
+
 class _GymSystem:
     """A gymnasium env as a real system: one transition at a time, through a `GymAdapter`."""
 
@@ -179,23 +259,7 @@ class _GymSystem:
         self, env: gymnasium.Env, adapter: GymAdapter, episode_length: int, action_history: int
     ):
         self.env, self.adapter = env, adapter
-        space = env.observation_space
-        sample = np.asarray(adapter.observation(np.asarray(space.sample())), np.float64)
-        size = adapter.observation_size
-        if size is None:
-            size = int(np.prod(sample.shape))
-        if sample.shape != (size,):
-            raise ValueError(
-                f"the gymnasium env's observations map to shape {sample.shape}, the testbed "
-                f"layout's sensors are ({size},): give GymAdapter.observation / observation_size"
-            )
-        command = np.zeros(adapter.action_size)
-        mapped = np.asarray(adapter.action(command), dtype=env.action_space.dtype)
-        if not env.action_space.contains(mapped.reshape(env.action_space.shape or mapped.shape)):
-            raise ValueError(
-                f"the zero command maps to {mapped!r}, outside the gymnasium env's action space "
-                f"{env.action_space}: give GymAdapter.action"
-            )
+        size = gym_sensor_size(env, adapter)
         self.sensor_size, self.action_size = size, adapter.action_size
         self.action_history = action_history
         self.observation_size = size + action_history * adapter.action_size
@@ -465,4 +529,4 @@ class RealSystem:
         return self.play(jax.random.fold_in(key, 1), commands)
 
 
-__all__ = ["GymAdapter", "RealSystem", "RealTrajectories"]
+__all__ = ["GymAdapter", "RealSystem", "RealTrajectories", "check_gym_layout", "gym_sensor_size"]

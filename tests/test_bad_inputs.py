@@ -76,6 +76,8 @@ def assert_refused(result, message: str) -> str:
         # The compared runs are checked too, before the first one trains.
         (["env=cartpole_swingup", "run.compare=[lqr]"], "run.compare=lqr"),
         (["env=brax", "env.name=no_such_env"], "'no_such_env'"),
+        # The solving settings' second order, which asks for a reward: the name comes first.
+        (["env=brax", "env.name=no_such_brax", "algo.order=2"], "unknown Brax env 'no_such_brax'"),
         (["env=brax", "env.name=cartpole_swingup_sim"], "'cartpole_swingup_sim'"),
         (["env=brax", "env.backend=warp"], "'warp'"),
         (["env=brax", "env.reward=no_such_module:reward"], "no_such_module:reward"),
@@ -85,6 +87,12 @@ def assert_refused(result, message: str) -> str:
         (["env=brax", "algo=ppo_dr"], "algo=ppo_dr"),
         (["env=brax", "algo.order=2"], "algo.order=2"),
         (["env=brax", "algo.float64=true"], "algo.float64=true"),
+        # A gymnasium real that does not fit the testbed's layout, or cannot be made.
+        (["real.engine=gym", "real.gym_id=Pendulum-v1"], "(3,) map to (3,) sensors"),
+        (
+            ["real.engine=gym", "real.gym_id=Pendulum-v1", "+real.gym_kwargs.port=1"],
+            "real.gym_id=Pendulum-v1: the env cannot be made",
+        ),
         (["run.devices=0"], "run.devices=0: this machine has"),
         ([f"run.devices={jax.local_device_count() + 1}"], "local device(s); give 1 to"),
     ],
@@ -93,6 +101,22 @@ def test_bad_values_exit_with_one_line_and_write_nothing(tmp_path, overrides, me
     run_dir = tmp_path / "bad"
     assert_refused(run_train(run_dir, *overrides, check=False), message)
     assert not run_dir.exists()  # not even hydra's .hydra/ or an empty folder
+
+
+def test_a_users_gymnasium_env_of_another_layout_is_refused_in_one_line(tmp_path):
+    """Its module imported by the id (`tests/user_cartpole.py`), its spaces checked."""
+    run_dir = tmp_path / "bad"
+    result = run_train(
+        run_dir,
+        "algo=hds",
+        "real.engine=gym",
+        "real.gym_id=user_cartpole:UserCartPoleAngles-v0",
+        check=False,
+        environment={"PYTHONPATH": str(Path(__file__).parent)},
+    )
+    last = assert_refused(result, "the testbed layout's are (5,)")
+    assert "(4,)" in last and "GymAdapter.observation" in last
+    assert not run_dir.exists()
 
 
 def test_a_seed_batch_with_a_bad_value_exits_with_one_line_and_writes_no_run(tmp_path):

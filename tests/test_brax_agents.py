@@ -24,6 +24,7 @@ from baselines.brax_agents import (
     PhysicsRanges,
     PPOConfig,
     domain_randomization,
+    policy_template,
     train_apg,
     train_ppo,
 )
@@ -313,3 +314,16 @@ def test_ppo_improves_on_balance():
     )
     _, _, metrics = train_ppo(config, env, jax.random.PRNGKey(0))
     assert metrics[-1]["train/return"] > metrics[0]["train/return"] + 8
+
+
+def test_a_trained_policy_restores_into_its_template(point_mass_run, point_mass):
+    """What `experiments.deploy` loads a run's policy with: the untrained structure, the
+    trained params' state dict restored into it, the very actions."""
+    algo, config, make_policy, params, _, _ = point_mass_run
+    make_loaded, template = policy_template(config, point_mass)
+    stored = flax.serialization.msgpack_restore(
+        flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(params))
+    )
+    restored = flax.serialization.from_state_dict(template, stored)
+    for obs in (jnp.array([0.3, -0.2]), jnp.array([-1.0, 2.0])):
+        np.testing.assert_array_equal(make_loaded(restored)(obs), make_policy(params)(obs))

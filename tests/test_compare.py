@@ -99,3 +99,18 @@ def test_the_table_leads_with_the_solved_shares():
 )
 def test_gap_stands_out_beyond_twice_its_std(gap, std, stands_out):
     assert gap_stands_out(gap, std) is stands_out
+
+
+def test_the_table_names_what_each_policy_trained_on_and_what_all_are_scored_on():
+    runs = [summary("pods", 0.0, 30.0), summary("oracle", 1.0, 147.0)]
+    runs[0] |= {"train/env": "cartpole_swingup_sim"}
+    runs[1] |= {"train/env": "cartpole_swingup_lab"}
+    for run in runs:
+        run |= {"real/system": "UserCartPole-v0", "sim/system": "cartpole_swingup_sim"}
+    lines = format_table(compare(runs)).splitlines()
+    assert lines[1].endswith(
+        "held-out initial states of UserCartPole-v0 (real) and cartpole_swingup_sim (sim)"
+    )
+    assert lines[2].endswith("trained on")
+    assert lines[3].split()[0] == "pods" and lines[3].endswith("  cartpole_swingup_sim")
+    assert lines[4].split()[0] == "oracle" and lines[4].endswith("  cartpole_swingup_lab")

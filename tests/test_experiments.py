@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
@@ -17,10 +19,12 @@ from hydra.core.global_hydra import GlobalHydra
 
 import experiments.train  # noqa: F401  (registers the schemas)
 from dynamics_models import ModelConfig
+from experiments.deploy import LoadedPolicy, load_policy
 from experiments.schema import ConfigError, to_library_config
 from experiments.trainers import NEEDS_TESTBED
 from pods.train import PODSConfig
 from pods.xla_log_filter import drop_known
+from sim2real.evaluation import evaluate, evaluate_sim_and_real, seed_streams
 from sim2real.testbeds import Physics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -201,6 +205,39 @@ def run_train(
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def assert_replays_its_summary(run_dir) -> LoadedPolicy:
+    """The policy `load_policy` loads from `run_dir`, played deterministically from the run's
+    held-out evaluation starts: the real (and sim) return and solved share of its
+    summary.json, exactly."""
+    loaded = load_policy(run_dir)
+    cfg = loaded.config
+    dtype = jnp.float64 if cfg.algo.get("float64") else jnp.float32
+    sim, real = experiments.train.build_envs(cfg, dtype)
+    n = cfg.run.eval_trajectories
+    _, eval_key = seed_streams(cfg.seed)
+    if real is None:  # env=brax: sim only
+        returns = {"sim": evaluate(sim, loaded.make_policy, loaded.params, eval_key, n)}
+    else:
+        returns = evaluate_sim_and_real(
+            loaded.make_policy, loaded.params, sim, real.evaluation_env(n), eval_key, n
+        )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["algo"] == cfg.algo.name
+    for variant, result in returns.items():
+        assert result.policy == summary[f"eval/return_{variant}"], variant
+        expected = summary[f"eval/solved_{variant}"]
+        # No criterion (a Brax registry env): NaN, which summary.json may hold as null.
+        unsolvable = np.isnan(result.solved) and (expected is None or np.isnan(expected))
+        assert result.solved == expected or unsolvable, variant
+    observation = np.asarray(sim.reset(jax.random.PRNGKey(0)).obs)
+    np.testing.assert_allclose(
+        np.asarray(loaded.policy(observation)),
+        loaded.make_policy(loaded.params)(observation),
+        rtol=1e-4,  # jitted against eager: float32's rounding
+    )
+    return loaded
 
 
 def read_tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
@@ -475,6 +512,8 @@ def test_brax_agent_runs_write_their_directory(tmp_path, overrides):
     assert summary["algo"] == overrides[0].split("=")[1] and summary["real/transitions"] == 0
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(records) >= 2 and all("train/return" in r for r in records)
+    # The trained params deploy: what the run evaluated, from its checkpoint.
+    assert_replays_its_summary(run_dir)
 
 
 @pytest.mark.slow  # the evaluation's compile dominates
@@ -496,6 +535,7 @@ def test_pods_sysid_run_identifies_then_trains(tmp_path):
     assert summary["real/transitions"] == 80 and summary["train/epochs"] == 300
     identified = json.loads((run_dir / "artifacts" / "sysid.json").read_text())
     assert summary["sysid/slider_damping"] == identified["physics"]["slider_damping"] > 0
+    assert_replays_its_summary(run_dir)  # the policy trained in the identified simulator
 
 
 @pytest.mark.slow  # collection, the lab family's fit and PODS in a lab testbed: three compiles

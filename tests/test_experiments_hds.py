@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from test_experiments import run_train
+from test_experiments import assert_replays_its_summary, run_train
 
 from experiments.deploy import load_policy
 
@@ -56,6 +56,9 @@ def test_hds_run_with_comparisons_writes_data_model_and_scores(tmp_path):
     # A compared run's folder is a run directory of its own: its policy loads from it.
     loaded = load_policy(run_dir / "oracle")
     assert loaded.config.algo.name == "oracle" and loaded.epoch == 4
+    # Both policies deploy as their runs played them.
+    assert_replays_its_summary(run_dir)
+    assert_replays_its_summary(run_dir / "oracle")
     assert "algo=oracle" in (run_dir / "oracle" / ".hydra" / "overrides.yaml").read_text()
 
 

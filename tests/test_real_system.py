@@ -9,7 +9,7 @@ import pytest
 from dynamics_models import TransitionDataset
 from pods.networks import PolicyNetwork, init_policy_params, make_policy_factory
 from sim2real import make_testbed
-from sim2real.real_system import GymAdapter, RealSystem, RealTrajectories
+from sim2real.real_system import GymAdapter, RealSystem, RealTrajectories, check_gym_layout
 
 HORIZON = 4
 
@@ -254,3 +254,29 @@ def test_gymnasiums_own_inverted_pendulum_through_an_adapter():
     assert np.all(lengths < 50) and np.all(lengths > 0)
     assert system.transitions == int(lengths.sum())
     np.testing.assert_allclose(np.hypot(data.observations[..., 1], data.observations[..., 2]), 1.0)
+
+
+class _TwoMotors(_Ramp):
+    """`_Ramp` with a second motor: an action space the testbeds' one command does not fill."""
+
+    def __init__(self):
+        super().__init__()
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+
+@pytest.mark.parametrize(
+    "env, adapter, message",
+    [
+        (_Ramp(obs_size=3), GymAdapter(), r"observations \(3,\) map to \(3,\) .* are \(5,\)"),
+        (_Ramp(), GymAdapter(observation=lambda o: o[:4]), r"\(4,\) sensors, .* are \(5,\)"),
+        (_Ramp(), GymAdapter(observation=lambda o: o[9]), r"fails on .* shape \(5,\)"),
+        (_TwoMotors(), GymAdapter(), r"maps to an action of shape \(1,\), .* takes \(2,\)"),
+        (_Ramp(), GymAdapter(action_size=2), r"commands are \(2,\), the testbed's \(1,\)"),
+        (_Ramp(), GymAdapter(action=lambda u: u + 3), "outside the gymnasium env's action space"),
+    ],
+)
+def test_a_gymnasium_layout_that_does_not_fit_the_testbeds_is_one_line(env, adapter, message):
+    with pytest.raises(ValueError, match=message) as error:
+        check_gym_layout(env, adapter, sensor_size=5, action_size=1)
+    assert "\n" not in str(error.value) and "GymAdapter" in str(error.value)
+    check_gym_layout(_Ramp(), GymAdapter(), sensor_size=5, action_size=1)
