@@ -208,7 +208,6 @@ def main():
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args()
 
-    filter_known_xla_logs()
     cache = configure_jax(cache_dir=tempfile.mkdtemp() if args.cold_cache else None)
     overrides = parse_overrides(args.set)
     runs = []
@@ -233,4 +232,5 @@ def main():
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     main()

@@ -110,7 +110,6 @@ def main() -> None:
     unknown = sorted(set(args.engines) - {"brax", "mujoco"})
     if unknown:
         parser.error(f"unknown --engines {unknown}; expected brax or mujoco")
-    filter_known_xla_logs()
     configure_jax()
 
     sim = make_testbed("cartpole_swingup_sim", backend="chain", episode_length=args.steps)
@@ -168,4 +167,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     main()

@@ -86,7 +86,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
-    filter_known_xla_logs()
     configure_jax()
 
     horizon = 100
@@ -169,4 +168,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     main()

@@ -36,7 +36,6 @@ def main():
     parser.add_argument("--repeats", type=int, default=7, help="timed calls (median reported)")
     args = parser.parse_args()
 
-    filter_known_xla_logs()
     configure_jax()
     from pods.improve import gauss_newton, newton_direction
     from pods.rollout import reset_batch
@@ -101,4 +100,5 @@ def main():
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     main()

@@ -107,7 +107,6 @@ def main():
     if args.epochs < 1:
         parser.error(f"--epochs must be positive, got {args.epochs}")
 
-    filter_known_xla_logs()
     cache = configure_jax() if args.warm_cache else configure_jax(cache_dir=tempfile.mkdtemp())
     from sim2real import make_testbed
 
@@ -145,4 +144,5 @@ def main():
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     main()

@@ -93,7 +93,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if min(args.horizons) <= 0 or args.batch <= 0 or any(k <= 0 for k in args.windows):
         parser.error("horizons, batch and windows must be positive")
-    filter_known_xla_logs()
     configure_jax()
 
     horizons = sorted(set(args.horizons))
@@ -151,4 +150,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     main()

@@ -47,7 +47,6 @@ def main(argv: list[str] | None = None) -> dict:
     if sorted(args.episodes) != args.episodes or args.episodes[0] < 5:
         parser.error(f"--episodes must be increasing and at least 5, got {args.episodes}")
 
-    filter_known_xla_logs()
     cache = configure_jax(cache_dir=tempfile.mkdtemp(prefix="model_refits_cache_"))
     real = make_testbed("cartpole_swingup_real", episode_length=HORIZON)
     sim = make_testbed("cartpole_swingup_sim", episode_length=HORIZON)
@@ -86,4 +85,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     main()

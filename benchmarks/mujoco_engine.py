@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pods.rollout import reset_batch
-from pods.runtime import configure_jax
+from pods.runtime import configure_jax, filter_known_xla_logs
 from sim2real.lab import LabEffects
 from sim2real.mujoco_lab import make_mujoco_testbed, rollout_actions
 from sim2real.testbeds import SYSTEMS, make_testbed
@@ -106,4 +106,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     main()

@@ -120,7 +120,6 @@ def main():
     )
     args = parser.parse_args()
 
-    filter_known_xla_logs()
     if args.warm_cache:
         cache = configure_jax()
     else:
@@ -158,4 +157,5 @@ def main():
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     main()

@@ -233,7 +233,6 @@ def main():
     )
     args = parser.parse_args()
 
-    filter_known_xla_logs()
     cache = configure_jax()
     overrides = {}
     for item in args.set:
@@ -300,4 +299,5 @@ def main():
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     main()

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from pods.rollout import reset_batch, rollout_actions
+from pods.runtime import filter_known_xla_logs
 from sim2real.testbeds import BACKENDS, make_testbed
 
 
@@ -95,4 +96,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     main()

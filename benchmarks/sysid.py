@@ -104,7 +104,6 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
-    filter_known_xla_logs()
     configure_jax()
 
     horizon = args.horizon
@@ -280,4 +279,5 @@ def _lab_row(args, sim, real, data, key_fit) -> dict:
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     main()

@@ -204,7 +204,6 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--tolerance-onset must be in (0, pi) rad, got {args.tolerance_onset}")
     if not 0 <= args.grow <= args.horizon:
         parser.error(f"--grow must be in [0, --horizon={args.horizon}], got {args.grow}")
-    filter_known_xla_logs()
     configure_jax()
     env = make_testbed(
         args.testbed,
@@ -271,4 +270,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     main()

@@ -38,7 +38,6 @@ def main() -> None:
         "--stored", action="store_true", help="the epoch through the cache's program store"
     )
     args = parser.parse_args()
-    filter_known_xla_logs()
     cache = configure_jax(cache_dir=args.cache)
 
     durations: dict[str, float] = collections.defaultdict(float)
@@ -108,4 +107,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     main()

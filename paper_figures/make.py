@@ -52,6 +52,7 @@ from paper_figures.sweeps import (
     figure_measurements,
     figure_sweeps,
 )
+from pods.runtime import filter_known_xla_logs
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = (
@@ -390,4 +391,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    filter_known_xla_logs()  # before anything compiles, --help included
     sys.exit(main())

@@ -49,24 +49,27 @@ def import_brax_quietly() -> None:
 
 
 _log_filter: subprocess.Popen | None = None
+_original_stderr: int | None = None
 
 
 def filter_known_xla_logs() -> None:
     """Drops, from this process's stderr, the two XLA log lines that every persistent-cache
     hit prints and that are false here (see `pods/xla_log_filter.py`); everything else
-    passes. For entry points (the CLI, reports): call it once, before the first compile.
-    `PODS_XLA_LOGS=all` leaves stderr alone.
+    passes. For entry points (the CLI, reports, benchmarks): call it once, before the first
+    compile; the scripts call it in their `__main__` block, before parsing their arguments,
+    so that their `main(argv)` called from Python (a test) leaves that process's stderr
+    alone. `PODS_XLA_LOGS=all` leaves stderr alone.
 
     XLA's C++ logging writes to file descriptor 2 directly, so the filter sits there: fd 2
     becomes a pipe to a filter process, which writes to the original stderr. The filter is a
     process of its own so that what this one writes before a crash is never lost; at exit
     this process restores fd 2 and waits for the filter to drain.
     """
-    global _log_filter
+    global _log_filter, _original_stderr
     if _log_filter is not None or os.environ.get("PODS_XLA_LOGS") == "all":
         return
     sys.stderr.flush()
-    original = os.dup(2)
+    original = _original_stderr = os.dup(2)
     script = Path(__file__).with_name("xla_log_filter.py")
     _log_filter = subprocess.Popen(
         [sys.executable, "-S", str(script)],
@@ -78,6 +81,19 @@ def filter_known_xla_logs() -> None:
     os.dup2(_log_filter.stdin.fileno(), 2)
     _log_filter.stdin.close()  # fd 2 is the pipe's one write end here now
     atexit.register(_stop_log_filter, original)
+
+
+def stop_filtering_xla_logs() -> None:
+    """Undoes `filter_known_xla_logs` once the filter has printed all it was given: file
+    descriptor 2 is the original stderr again. For a process that runs several entry points
+    in turn (tests/test_logs.py), each of which installs the filter anew."""
+    global _log_filter, _original_stderr
+    if _log_filter is None:
+        return
+    atexit.unregister(_stop_log_filter)
+    _stop_log_filter(_original_stderr)
+    os.close(_original_stderr)
+    _log_filter, _original_stderr = None, None
 
 
 def _stop_log_filter(original: int) -> None:

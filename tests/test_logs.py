@@ -1,6 +1,7 @@
 """The filter of XLA's known false log lines (`pods.runtime.filter_known_xla_logs`): it drops
 exactly those, passes everything else as it comes, and loses nothing when the process dies."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -110,3 +111,96 @@ def test_a_known_line_is_dropped_wherever_it_starts_and_however_it_is_cut():
             ready, held = drop_known(held + stream[start : start + size])
             written += ready
         assert written + held == expected, size
+
+
+# Every command-line entry point that runs XLA in its own process installs the filter: a line
+# of XLA's form written to file descriptor 2 once the entry point has run (as XLA's C++
+# logging writes it, past Python's sys.stderr) must not come out. Not every CPU prints the
+# real lines, so the test writes one itself. `--help` suffices: the filter goes in before the
+# arguments are parsed.
+FILTERING = [
+    ("module", "experiments.deploy", ["--help"]),
+    ("module", "paper_figures.make", ["--help"]),
+    *(
+        ("path", f"benchmarks/{name}.py", ["--help"])
+        for name in (
+            "brax_baselines",
+            "classical_swingup",
+            "dynamics_models",
+            "gauss_newton",
+            "gpu_scale",
+            "gradient_norms",
+            "model_refits",
+            "mujoco_engine",
+            "pods_epoch",
+            "pods_swingup_curve",
+            "rollout_throughput",
+            "sysid",
+            "trajectory_optimizer",
+            "warm_start",
+        )
+    ),
+    # Hydra's entry point: a refused value still runs its main, which installs the filter.
+    ("module", "experiments.train", ["algo.name=no_such_algo", "hydra.run.dir={tmp}/run"]),
+]
+# These run no XLA in their own process (their children, `experiments.train` and the
+# benchmark's per-method processes, filter their own): XLA is never loaded there.
+WITHOUT_XLA = [
+    ("module", "paper_figures.table", ["{tmp}"]),
+    ("path", "benchmarks/seed_batch.py", ["--help"]),
+    ("path", "benchmarks/seed_spread.py", ["--help"]),
+    ("path", "benchmarks/time_to_solve.py", ["--help"]),
+]
+RUN_ENTRY_POINTS = """
+import os, runpy, sys
+
+for kind, target, args in ENTRY_POINTS:
+    os.write(2, f"begin {target}\\n".encode())
+    sys.argv = [target, *args]
+    try:
+        if kind == "module":
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(target, run_name="__main__")
+    except SystemExit:
+        pass
+    os.write(2, LINE.encode())
+    os.write(2, f"end {target}\\n".encode())
+    if "pods.runtime" in sys.modules:  # imported by the entry point, never here
+        sys.modules["pods.runtime"].stop_filtering_xla_logs()
+    print(f"{target} xla={'jaxlib' in sys.modules}")
+"""
+
+
+def run_entry_points(entry_points, tmp_path) -> subprocess.CompletedProcess:
+    entry_points = [(k, t, [a.format(tmp=tmp_path) for a in args]) for k, t, args in entry_points]
+    script = (
+        f"ENTRY_POINTS = {entry_points!r}\nLINE = {AOT.format(feature='+prefer-no-gather')!r}\n"
+        + RUN_ENTRY_POINTS
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=600,
+    )
+    result.stderr, result.stdout = result.stderr.decode(), result.stdout.decode()
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_every_entry_point_that_runs_xla_drops_its_false_lines(tmp_path):
+    result = run_entry_points(FILTERING, tmp_path)
+    for _, target, _ in FILTERING:
+        begin, end = f"begin {target}\n", f"end {target}\n"
+        assert begin in result.stderr and end in result.stderr, target
+        between = result.stderr[result.stderr.index(begin) : result.stderr.index(end)]
+        assert "SIGILL" not in between, f"{target} prints XLA's false lines"
+    assert "algo.name" in result.stderr  # the refused run's own line still comes through
+
+
+def test_the_entry_points_that_do_not_filter_never_load_xla(tmp_path):
+    result = run_entry_points(WITHOUT_XLA, tmp_path)
+    for _, target, _ in WITHOUT_XLA:
+        assert f"{target} xla=False" in result.stdout, result.stdout
