@@ -142,3 +142,13 @@ def test_each_real_profile_is_its_own_task_with_student_t_intervals(tmp_path, ca
     assert lab["solved_real"]["mean"] == 0.5
     assert main([str(tmp_path)]) == 0
     assert "| 2.0 ± 2.5 |" in capsys.readouterr().out
+
+
+def test_a_task_on_a_gymnasium_real_is_named_by_its_id_not_a_profile(tmp_path):
+    gym = {"real/engine": "gym", "real/profile": None, "real/system": "UserCartPole-v0"}
+    write_run(tmp_path, "gym", algo="pods", seed=0, **{"eval/return_real": 1.0, **gym})
+    write_run(tmp_path, "twin", algo="pods", seed=0, **{"eval/return_real": 2.0})
+    (row_gym,) = [r for r in rows(find_runs(tmp_path / "gym"))]
+    (row_twin,) = [r for r in rows(find_runs(tmp_path / "twin"))]
+    assert row_gym["env"] == "cartpole_swingup, UserCartPole-v0 real (gym)"
+    assert row_twin["env"] == "cartpole_swingup"
