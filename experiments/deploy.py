@@ -137,7 +137,7 @@ def load_policy(run_dir: str | Path) -> LoadedPolicy:
             learner = policy_learner(config, [sim], horizon)
             make_policy = learner.make_policy
             template = init_training_state(config, sim, learner.network, jax.random.PRNGKey(0))
-            params = _restore(run, checkpoint, template).params
+            params = _restore(run, checkpoint, template).policy_params
         epoch = int(checkpoint.info["epoch"])
     apply = jax.jit(lambda observation: make_policy(params)(observation))
     return LoadedPolicy(apply, make_policy, params, cfg, epoch)

@@ -95,9 +95,16 @@ def test_a_bad_profile_on_the_command_line_exits_with_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def lab_run(tmp_path_factory):
-    """A tiny PODS run, evaluated against the lab twin."""
+    """A tiny PODS run, evaluated against the lab twin, that keeps its best epoch's policy
+    (with 3 epochs never the last one: the last update is scored by no epoch)."""
     run_dir = tmp_path_factory.mktemp("lab") / "run"
-    run_train(run_dir, "algo.num_epochs=3", "env.real_profile=lab", "run.animation=false")
+    run_train(
+        run_dir,
+        "algo.num_epochs=3",
+        "algo.policy_selection=best",
+        "env.real_profile=lab",
+        "run.animation=false",
+    )
     return run_dir
 
 
@@ -109,8 +116,13 @@ def test_a_run_on_the_lab_profile_reports_it_and_the_solved_share(lab_run):
 
 
 def test_a_loaded_policy_scores_exactly_what_the_run_reported(lab_run):
+    # The policy evaluated, and loaded, is the kept best, not the last epoch's.
     loaded = assert_replays_its_summary(lab_run)
     assert loaded.epoch == 3 and loaded.config.algo.name == "pods"
+    best_epoch = json.loads((lab_run / "metrics.jsonl").read_text().splitlines()[-1])[
+        "train/best_epoch"
+    ]
+    assert best_epoch < 3
 
 
 @pytest.fixture(scope="module")
