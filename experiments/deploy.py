@@ -59,7 +59,9 @@ CLASSICAL_ALGOS = ("lqr", "energy_lqr")
 POLICY_ALGOS = (*PODS_ALGOS, *BRAX_ALGOS, *CLASSICAL_ALGOS)
 """Every algorithm whose run leaves a policy that `load_policy` loads."""
 REQUIRED_KEYS = ("algo.name", "env.system", "env.task", "env.real_profile", "real.engine")
-"""What a run directory of this version's config holds."""
+"""What a run directory of this version's config holds (on a testbed)."""
+REQUIRED_KEYS_BRAX = ("algo.name", "env.system", "env.name")
+"""What it holds on `env=brax`, a Brax registry env with no real variant."""
 
 
 class LoadedPolicy(NamedTuple):
@@ -91,7 +93,10 @@ def run_config(run_dir: str | Path) -> DictConfig:
         raise ConfigError(f"{path}: unreadable ({str(err).splitlines()[0]})") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path}: not a run config")
-    missing = [key for key in REQUIRED_KEYS if OmegaConf.select(cfg, key) is None]
+    required = (
+        REQUIRED_KEYS_BRAX if OmegaConf.select(cfg, "env.system") == "brax" else REQUIRED_KEYS
+    )
+    missing = [key for key in required if OmegaConf.select(cfg, key) is None]
     if missing:
         raise ConfigError(
             f"{run_dir}: a run directory of another version of this code (its config has no "
@@ -237,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--out: dataset files end in .npz, got {str(args.out)!r}")
         loaded = load_policy(args.run_dir)
         cfg = deploy_config(loaded.config, args.overrides)
+        if cfg.env.system == "brax":
+            raise ConfigError(
+                f"{args.run_dir}: a run on env=brax (env.name={cfg.env.name}) has no real system "
+                "to play on; in Python, load_policy(run_dir).policy is its policy"
+            )
         build_envs(cfg, jnp.float32)  # every config error before any episode
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -2,6 +2,7 @@
 directory. A file of its own, so the test runner can give it its own worker."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,3 +91,22 @@ def test_an_hds_seed_batch_writes_each_seeds_data_model_and_run(tmp_path):
         observations.append(np.load(run_dir / "artifacts" / "real_transitions.npz")["observations"])
     # Each seed drew its own real episodes.
     assert not np.array_equal(observations[0], observations[1])
+
+
+# Slow: HDS's compile; the fast suite reaches the same env by the same id through deploy
+# (tests/test_experiments_real.py) and refuses its other layout in one line.
+@pytest.mark.slow
+def test_hds_collects_from_a_users_own_gymnasium_env_named_by_its_id(tmp_path):
+    run_dir = tmp_path / "gym"
+    run_train(
+        run_dir,
+        *HDS_TINY,
+        "real.engine=gym",
+        "real.gym_id=user_cartpole:UserCartPole-v0",
+        environment={"PYTHONPATH": str(Path(__file__).parent)},
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["real/engine"] == "gym" and summary["real/profile"] is None
+    assert summary["real/system"] == "UserCartPole-v0" and summary["real/transitions"] == 48
+    assert summary["train/env"] == "cartpole_balance_sim + model"
+    assert 0.0 <= summary["eval/solved_real"] <= 1.0

@@ -25,6 +25,7 @@ from test_experiments import (
 from baselines.brax_agents import policy_template
 from dynamics_models import load_dataset
 from experiments.deploy import load_policy
+from experiments.deploy import main as deploy_main
 from experiments.run_dir import RunDirectory
 from experiments.schema import ConfigError
 from experiments.train import build_envs, check_config
@@ -153,15 +154,20 @@ def test_a_classical_run_without_a_checkpoint_designs_its_gain_again(classical_r
 
 
 @pytest.mark.parametrize(
-    "algo, overrides", [("apg", APG_TINY), ("ppo", PPO_TINY), ("ppo_dr", PPO_TINY)]
+    "algo, overrides",
+    [
+        ("apg", APG_TINY[1:]),
+        ("ppo", PPO_TINY),
+        ("ppo_dr", PPO_TINY),
+        # A Brax registry env's run too (sim only: deploy has no real to play it on).
+        ("ppo", [*PPO_TINY, "env=brax", "env.name=inverted_pendulum"]),
+    ],
 )
-def test_a_brax_agents_run_loads_into_brax_structure(tmp_path, algo, overrides):
+def test_a_brax_agents_run_loads_into_brax_structure(tmp_path, capsys, algo, overrides):
     """The loader's structure for Brax's params without Brax's minutes of compiling: a run
     directory holding untrained params (the trained ones: the slow runs of
     tests/test_experiments.py)."""
-    cfg = compose_config(
-        [*TINY, f"algo={algo}", *BRAX_TINY, *overrides[1 if algo == "apg" else 0 :]]
-    )
+    cfg = compose_config([*TINY, f"algo={algo}", *BRAX_TINY, *overrides])
     run = RunDirectory(tmp_path / algo)
     (run.path / ".hydra").mkdir()
     (run.path / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
@@ -176,6 +182,9 @@ def test_a_brax_agents_run_loads_into_brax_structure(tmp_path, algo, overrides):
     np.testing.assert_allclose(
         np.asarray(loaded.policy(observation)), make_policy(params)(observation), rtol=1e-4
     )
+    if cfg.env.system == "brax":
+        assert deploy_main([str(run.path)]) == 2
+        assert "has no real system to play on" in capsys.readouterr().err
 
 
 def deploy(*args: str, environment: dict | None = None) -> subprocess.CompletedProcess:
