@@ -2,9 +2,10 @@
 
     python -m paper_figures.table outputs/hds_report [--json FILE]
 
-Rows are methods (algorithm, order, beta, model, real budget) per task and real profile;
-columns the mean over seeds, with its 95% Student-t interval, of the solved share (of
-held-out starts) in real and in sim first, the normalized real score
+Rows are methods (algorithm, order, beta, model, real budget) per task and real profile (a
+gymnasium real by its id), with the env the method trained on; columns the mean over seeds,
+with its 95% Student-t interval, of the solved share (of held-out starts) in real and in sim
+first, the normalized real score
 (S - S_random) / (S_ref - S_random) and the gap closure (S - S_pods) / (S_ref - S_pods) on
 solved shares S, then the returns and the same two on returns R, each computed per seed
 against the PODS-in-sim run and the reference of the same task and seed (the best policy
@@ -143,6 +144,12 @@ def best_reference(runs: dict[str, Run]) -> Run | None:
     return max(candidates, key=rank) if candidates else None
 
 
+def trained_on(runs: list[Run]) -> str:
+    """The envs a method's runs trained on (`train/env`); "-" for runs from before the key."""
+    envs = {run.summary.get("train/env") for run in runs} - {None}
+    return ", ".join(sorted(map(str, envs))) or "-"
+
+
 def rows(runs: list[Run]) -> list[dict]:
     """One row per (task, method), its columns aggregated over seeds."""
     targets = curve_targets(runs)
@@ -182,6 +189,7 @@ def rows(runs: list[Run]) -> list[dict]:
             {
                 "env": env,
                 "method": label(method),
+                "trained_on": trained_on(members),
                 "seeds": sorted(run.fact("seed") for run in members),
                 **{name: _stats(values) for name, values in columns.items()},
                 "time_to_target_s": _stats(times),
@@ -202,14 +210,15 @@ def markdown(table: list[dict]) -> str:
         return f"{stats['mean']:.{digits}f} ± {stats['ci95']:.{digits}f}"
 
     header = (
-        "| task | method | seeds | solved real | solved sim | score (solved) | gap closure "
+        "| task | method | trained on | seeds | solved real | solved sim | score (solved) "
+        "| gap closure "
         "(solved) | return real | return sim | real score | gap closure "
         f"| real transitions | wall-clock (s) | time to {TARGET_FRACTION:.0%} (s) | reached |"
     )
-    lines = [header, "|" + " --- |" * 15]
+    lines = [header, "|" + " --- |" * 16]
     for row in table:
         lines.append(
-            f"| {row['env']} | {row['method']} | {len(row['seeds'])} "
+            f"| {row['env']} | {row['method']} | {row['trained_on']} | {len(row['seeds'])} "
             f"| {cell(row['solved_real'])} | {cell(row['solved_sim'])} "
             f"| {cell(row['score_solved_real'])} | {cell(row['gap_closure_solved'])} "
             f"| {cell(row['return_real'], 1)} | {cell(row['return_sim'], 1)} "

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from paper_figures.runs import find_runs
-from paper_figures.table import main, rows
+from paper_figures.table import main, markdown, rows
 
 
 def write_run(root, name, **summary):
@@ -146,9 +146,13 @@ def test_each_real_profile_is_its_own_task_with_student_t_intervals(tmp_path, ca
 
 def test_a_task_on_a_gymnasium_real_is_named_by_its_id_not_a_profile(tmp_path):
     gym = {"real/engine": "gym", "real/profile": None, "real/system": "UserCartPole-v0"}
+    gym |= {"train/env": "cartpole_swingup_sim"}
     write_run(tmp_path, "gym", algo="pods", seed=0, **{"eval/return_real": 1.0, **gym})
     write_run(tmp_path, "twin", algo="pods", seed=0, **{"eval/return_real": 2.0})
     (row_gym,) = [r for r in rows(find_runs(tmp_path / "gym"))]
     (row_twin,) = [r for r in rows(find_runs(tmp_path / "twin"))]
     assert row_gym["env"] == "cartpole_swingup, UserCartPole-v0 real (gym)"
     assert row_twin["env"] == "cartpole_swingup"
+    # What it trained on beside what it is scored on; a run from before the key: "-".
+    assert row_gym["trained_on"] == "cartpole_swingup_sim" and row_twin["trained_on"] == "-"
+    assert "| cartpole_swingup_sim |" in markdown([row_gym])
