@@ -17,13 +17,14 @@ measures anything: `paper_figures.make` gets the runs and the JSON first.
 from __future__ import annotations
 
 import sys
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.patches import Patch
-from matplotlib.ticker import MaxNLocator, NullFormatter
+from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator
 
 from paper_figures import style
 from paper_figures.runs import Run, RunSpec
@@ -56,6 +57,23 @@ def _families(methods: Mapping[Any, list], key: str) -> tuple[dict[str, list], l
     return curves, references
 
 
+def _label(method: Any, pairs: Sequence[tuple[RunSpec, Run]]) -> str:
+    """A method's legend text; where the text depends on what ran, it is read from the runs.
+
+    The oracle trains on the twin of the real it is scored against, so its label names that
+    real: the profile each run records (`real/profile`, else its config's `env.real_profile`,
+    else the one the figure pinned). Where its runs name no profile, or several, the method's
+    own label stands.
+    """
+    if method.facts.get("algo") != "oracle":
+        return method.label
+    profiles = {run.fact("profile") or spec.profile for spec, run in pairs}
+    if len(profiles) != 1 or None in profiles:
+        return method.label
+    (profile,) = profiles
+    return f"oracle (PODS on the {profile} real's twin)"
+
+
 def _in_real(task: str) -> str:
     """A panel's title in real: the task, which names its real where a figure pins one."""
     return task if task.endswith(" real") else f"{task} (real)"
@@ -83,9 +101,10 @@ def learning_curves(found: Found, out_dir: Path) -> list[Path]:
         for (task, methods), (ax_epoch, ax_clock) in zip(groups.items(), axes, strict=True):
             for method, pairs in methods.items():
                 runs = [run for _, run in pairs]
+                label = _label(method, pairs)
                 if any(not run.metrics for run in runs):
                     print(
-                        f"note: {method.label} on {task}: a run has no metrics.jsonl, "
+                        f"note: {label} on {task}: a run has no metrics.jsonl, "
                         "so no learning curve",
                         file=sys.stderr,
                     )
@@ -95,10 +114,9 @@ def learning_curves(found: Found, out_dir: Path) -> list[Path]:
                     (ax_clock, "wall_clock_s", _by_wall_clock(runs)),
                 ):
                     x, estimates = curve
-                    style.line_with_band(ax, x, estimates, label=method.label, name=method.name)
+                    style.line_with_band(ax, x, estimates, label=label, name=method.name)
                     rows += [
-                        (task, method.name, method.label, x_axis, x_i, *e)
-                        for x_i, e in zip(x, estimates)
+                        (task, method.name, label, x_axis, x_i, *e) for x_i, e in zip(x, estimates)
                     ]
             ax_epoch.set(title=f"{task} (sim)", xlabel="epoch", ylabel="return")
             ax_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -154,13 +172,14 @@ def hds_beta(found: Found, out_dir: Path) -> list[Path]:
             for name, family in curves.items():
                 betas = [float(m.value("algo.beta")) for m in family]
                 estimates = [_estimate(methods[m], "eval/return_real") for m in family]
-                label = family[0].label
+                label = _label(family[0], methods[family[0]])
                 style.line_with_band(ax, betas, estimates, label=label, name=name, marker="o", ms=3)
                 rows += [(task, name, label, b, *e) for b, e in zip(betas, estimates)]
             for method in references:
                 estimate = _estimate(methods[method], "eval/return_real")
-                style.reference_line(ax, estimate, label=method.label, name=method.name)
-                rows.append((task, method.name, method.label, "", *estimate))
+                label = _label(method, methods[method])
+                style.reference_line(ax, estimate, label=label, name=method.name)
+                rows.append((task, method.name, label, "", *estimate))
             ax.set(
                 title=_in_real(task),
                 xlabel="β (share of rollouts in the model)",
@@ -184,6 +203,14 @@ def _score(found: Found, pairs: Sequence[tuple[RunSpec, Run]], testbed: str) -> 
 
 
 # -- 3. Sim vs real ---------------------------------------------------------------------
+SCORE_ROW_HEIGHT = 0.32
+"""Inches of `sim_vs_real` panel height per method: a pair of bars and a two-line label."""
+SCORE_PANEL_MARGIN = 0.9
+"""Inches of a `sim_vs_real` panel that are not rows: its title, ticks and axis label."""
+LABEL_CHARACTERS = 20
+"""Characters per line of a method's name beside its bars; a longer name wraps."""
+
+
 def sim_vs_real(found: Found, out_dir: Path) -> list[Path]:
     """Every method's normalized score in sim (light bar) and in real (solid bar).
 
@@ -194,19 +221,29 @@ def sim_vs_real(found: Found, out_dir: Path) -> list[Path]:
     header = ("task", "method", "label", "testbed", "mean", "low", "high", "n")
     rows = []
     groups = _groups(found)
-    width = 0.38
-    with style.panels(1, len(groups)) as (figure, axes):
+    # One row per method, its name horizontal beside its bars: the panel grows with the
+    # methods, and the names take width, not the height the bars need.
+    most = max(len(methods) for methods in groups.values())
+    size = (style.PANEL_SIZE[0], SCORE_PANEL_MARGIN + SCORE_ROW_HEIGHT * most)
+    height = 0.38
+    with style.panels(1, len(groups), panel_size=size) as (figure, axes):
         for (task, methods), ax in zip(groups.items(), axes[0], strict=True):
+            names = []
             for i, (method, pairs) in enumerate(methods.items()):
-                for offset, testbed, alpha in ((-width / 2, "sim", 0.4), (width / 2, "real", 1.0)):
+                label = _label(method, pairs)
+                names.append(textwrap.fill(label, LABEL_CHARACTERS))
+                for offset, testbed, alpha in (
+                    (-height / 2, "sim", 0.4),
+                    (height / 2, "real", 1.0),
+                ):
                     estimate = _score(found, pairs, testbed)
-                    rows.append((task, method.name, method.label, testbed, *estimate))
+                    rows.append((task, method.name, label, testbed, *estimate))
                     if np.isfinite(estimate.value):
-                        ax.bar(
+                        ax.barh(
                             i + offset,
                             estimate.value,
-                            width,
-                            yerr=[
+                            height,
+                            xerr=[
                                 [estimate.value - estimate.low],
                                 [estimate.high - estimate.value],
                             ],
@@ -215,11 +252,12 @@ def sim_vs_real(found: Found, out_dir: Path) -> list[Path]:
                             capsize=2,
                             error_kw={"linewidth": 0.8},
                         )
-            ax.set_xticks(range(len(methods)), [m.label for m in methods], rotation=45, ha="right")
-            ax.axhline(0, color="0.5", linewidth=0.8)
-            ax.axhline(1, color="0.5", linewidth=0.8, linestyle=":")
-            ax.set(title=task, ylabel="normalized score")
-            ax.grid(axis="x", visible=False)
+            ax.set_yticks(range(len(methods)), names)
+            ax.set_ylim(len(methods) - 0.5, -0.5)  # the sweep's first method on top
+            ax.axvline(0, color="0.5", linewidth=0.8)
+            ax.axvline(1, color="0.5", linewidth=0.8, linestyle=":")
+            ax.set(title=task, xlabel="normalized score")
+            ax.grid(axis="y", visible=False)
         handles = {"sim": Patch(color="0.4", alpha=0.4), "real": Patch(color="0.4")}
         return _finish(figure, axes, out_dir, "sim_vs_real", header, rows, handles)
 
@@ -336,27 +374,35 @@ def sample_efficiency(found: Found, out_dir: Path) -> list[Path]:
     """Real score against the real transitions a method used, for the methods that learn
     from real data at several budgets; a method trained without real data is a horizontal
     line. x is the mean of the transitions the runs report (`real/transitions`), which a
-    method may leave below its budget."""
+    method may leave below its budget; the ticks mark the budgets."""
     header = ("task", "method", "label", "budget", "real_transitions", "mean", "low", "high", "n")
     rows = []
     groups = _groups(found)
     with style.panels(1, len(groups)) as (figure, axes):
         for (task, methods), ax in zip(groups.items(), axes[0], strict=True):
             curves, references = _families(methods, "real.budget")
+            swept: set[int] = set()
             for name, family in curves.items():
                 budgets = [int(m.value("real.budget")) for m in family]
                 used = [_mean(methods[m], "real/transitions") for m in family]
                 estimates = [_score(found, methods[m], "real") for m in family]
-                label = family[0].label
+                label = _label(family[0], methods[family[0]])
                 style.line_with_band(ax, used, estimates, label=label, name=name, marker="o", ms=3)
                 rows += [(task, name, label, b, u, *e) for b, u, e in zip(budgets, used, estimates)]
+                swept.update(budgets)
             for method in references:
                 estimate = _score(found, methods[method], "real")
                 used = _mean(methods[method], "real/transitions")
-                style.reference_line(ax, estimate, label=method.label, name=method.name)
-                rows.append((task, method.name, method.label, "", used, *estimate))
+                label = _label(method, methods[method])
+                style.reference_line(ax, estimate, label=label, name=method.name)
+                rows.append((task, method.name, label, "", used, *estimate))
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^3, 3x10^3, ... overlap
+            if swept:
+                # A log axis over one decade or less labels one power of ten at most: the
+                # budgets, labelled in full, say where each point was measured.
+                ax.set_xticks(sorted(swept), [f"{b:,}" for b in sorted(swept)])
+                ax.xaxis.set_minor_locator(NullLocator())
             ax.set(
                 title=_in_real(task),
                 xlabel="real transitions used",

@@ -88,13 +88,15 @@ def color(name: str) -> str:
 
 
 @contextmanager
-def panels(rows: int, cols: int, **kwargs):
-    """A figure of rows x cols panels in the paper's style; yields (figure, 2-d axes)."""
+def panels(rows: int, cols: int, *, panel_size: tuple[float, float] = PANEL_SIZE, **kwargs):
+    """A figure of rows x cols panels in the paper's style; yields (figure, 2-d axes).
+    `panel_size`: inches per panel, where a figure's content needs other than `PANEL_SIZE`
+    (a bar per method needs height for every method)."""
     with plt.rc_context(RC):
         figure, axes = plt.subplots(
             rows,
             cols,
-            figsize=(PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows),
+            figsize=(panel_size[0] * cols, panel_size[1] * rows),
             squeeze=False,
             **kwargs,
         )

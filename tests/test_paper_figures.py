@@ -4,6 +4,7 @@ table checked against them; --runs on incomplete runs names what is missing. No 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from paper_figures import figures, make
+from paper_figures import figures, make, style
 from paper_figures.runs import Run, RunSpec, facts_of_overrides, find_runs, same_value, select
 from paper_figures.stats import Estimate, bootstrap, bootstrap_columns, on_common_grid
 from paper_figures.sweeps import (
@@ -21,6 +22,7 @@ from paper_figures.sweeps import (
     ORACLE,
     PODS_1,
     PODS_2,
+    PODS_SYSID,
     PPO_DR,
     PRESETS,
     FigureSweep,
@@ -566,3 +568,132 @@ def test_the_presets_episode_lengths_are_the_env_configs():
     conf = Path(__file__).parents[1] / "experiments" / "conf" / "env"
     for task, length in EPISODE_LENGTHS.items():
         assert OmegaConf.load(conf / f"{task}.yaml").episode_length == length, task
+
+
+# -- How the figures look -------------------------------------------------------------------
+@dataclasses.dataclass
+class Drawn:
+    """What a figure showed when saved: its legend, and per panel its ticks and its share of
+    the saved image (which `bbox_inches="tight"` crops to the panels, labels and legend)."""
+
+    legend: list[str]
+    panels: list[dict]
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> dict[str, Drawn]:
+    """Figure name -> what it drew, read off the figure as `style.save` writes it."""
+    seen: dict[str, Drawn] = {}
+    save = style.save
+
+    def save_and_look(figure, out_dir, name):
+        paths = save(figure, out_dir, name)
+        renderer = figure.canvas.get_renderer()
+        image = figure.get_tightbbox(renderer)  # inches
+        panels = []
+        for ax in figure.axes:
+            box = ax.get_window_extent(renderer)  # pixels
+            panels.append(
+                {
+                    "title": ax.get_title(),
+                    "ylabels": [t.get_text() for t in ax.get_yticklabels()],
+                    "xticks": list(ax.get_xticks()),
+                    "xlabels": [t.get_text() for t in ax.get_xticklabels()],
+                    "minor_xticks": list(ax.xaxis.get_minorticklocs()),
+                    "height_share": box.height / (image.height * figure.dpi),
+                    "width_share": box.width / (image.width * figure.dpi),
+                }
+            )
+        legend = [t.get_text() for legend in figure.legends for t in legend.get_texts()]
+        seen[name] = Drawn(legend, panels)
+        return paths
+
+    monkeypatch.setattr(style, "save", save_and_look)
+    return seen
+
+
+def write_sweep_runs(root: Path, sweep: FigureSweep, summary_of) -> None:
+    """A run for every spec of `sweep`, its summary `summary_of(spec)` and its profile."""
+    for spec in sweep.specs():
+        summary = {**summary_of(spec), "real/profile": spec.profile}
+        write_run(root / str(spec.profile), spec.method, spec.seed, summary, env=spec.env)
+
+
+def test_sim_vs_real_names_the_methods_beside_bars_that_keep_most_of_the_figure(tmp_path, drawn):
+    sweep = figure_sweeps(PRESETS["cpu"])["sim_vs_real"]  # the longest names: HDS (ensemble, ...)
+    scale = {method: i for i, method in enumerate(sweep.methods)}
+    write_sweep_runs(
+        tmp_path / "runs",
+        sweep,
+        lambda spec: scored_summary(sim=10.0 + scale[spec.method], real=5.0 + spec.seed),
+    )
+    figures.sim_vs_real(found_for(tmp_path / "runs", sweep), tmp_path / "out")
+
+    (panel,) = drawn["sim_vs_real"].panels
+    names = [label.replace("\n", " ") for label in panel["ylabels"]]
+    expected = [m.label for m in sweep.methods if m is not ORACLE and m.runs_on(sweep.tasks[0])]
+    assert names == [*expected, "oracle (PODS on the lab real's twin)"]
+    assert max(len(line) for label in panel["ylabels"] for line in label.split("\n")) <= 20
+    assert panel["height_share"] >= 0.5 and panel["width_share"] >= 0.5, panel
+    assert drawn["sim_vs_real"].legend == ["sim", "real"]
+
+
+@pytest.mark.parametrize("budgets", [(1000, 5000), (1000, 2000, 5000, 10000, 20000)])
+def test_sample_efficiency_ticks_the_budgets_with_their_values(tmp_path, drawn, budgets):
+    curves = tuple(m.at("real.budget", b) for m in (HDS_RESIDUAL, PODS_SYSID) for b in budgets)
+    sweep = FigureSweep("sample_efficiency", (TASK,), (*curves, PPO_DR, ORACLE), SEEDS, ORACLE)
+    for seed in SEEDS:
+        write_run(tmp_path / "runs", ORACLE, seed, scored_summary(sim=0.0, real=102.0))
+        write_run(
+            tmp_path / "runs", PPO_DR, seed, {**scored_summary(0.0, 12.0), "real/transitions": 0}
+        )
+        for method in curves:
+            budget = int(method.value("real.budget"))
+            summary = {
+                **scored_summary(0.0, 2.0 + budget / 1000),
+                "real/transitions": budget - seed,
+            }
+            write_run(tmp_path / "runs", method, seed, summary)
+    figures.sample_efficiency(found_for(tmp_path / "runs", sweep), tmp_path / "out")
+
+    (panel,) = drawn["sample_efficiency"].panels
+    assert panel["xticks"] == pytest.approx(budgets)
+    assert panel["xlabels"] == [f"{b:,}" for b in budgets]
+    assert panel["minor_xticks"] == []  # no unlabelled tick to read as a budget
+    # Without a profile in its runs the oracle keeps the method's own label.
+    assert ORACLE.label in drawn["sample_efficiency"].legend
+
+
+@pytest.mark.parametrize("figure", ["hds_beta", "sample_efficiency"])
+def test_the_oracle_is_labelled_by_the_real_whose_twin_it_trained_on(tmp_path, drawn, figure):
+    sweep = dataclasses.replace(
+        figure_sweeps(PRESETS["smoke"])[figure], profiles={TASK: ("lab", "friction")}
+    )
+
+    def summary_of(spec):
+        return {
+            **scored_summary(sim=1.0, real=10.0 + spec.seed),
+            "real/transitions": 100 * (spec.seed + 1),
+            **(
+                {"hds/beta": float(spec.method.value("algo.beta"))}
+                if "algo.beta" in spec.method.varied
+                else {}
+            ),
+        }
+
+    write_sweep_runs(tmp_path / "runs", sweep, summary_of)
+    getattr(figures, figure)(found_for(tmp_path / "runs", sweep), tmp_path / "out")
+
+    legend = drawn[figure].legend
+    assert "oracle (PODS on the lab real's twin)" in legend
+    assert "oracle (PODS on the friction real's twin)" in legend
+    assert ORACLE.label not in legend
+    oracle_rows = {
+        r["task"]: r["label"]
+        for r in read_table(tmp_path / "out" / f"{figure}.csv")
+        if r["method"] == "oracle"
+    }
+    assert oracle_rows == {
+        f"{TASK}, lab real": "oracle (PODS on the lab real's twin)",
+        f"{TASK}, friction real": "oracle (PODS on the friction real's twin)",
+    }
