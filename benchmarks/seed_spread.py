@@ -13,7 +13,8 @@ output in `DIR/seedS.log`. The seeds run one after another; `--jobs J` runs J at
 It resumes: a seed whose directory holds a `summary.json` is read, not run again, so a killed
 benchmark continues where it stopped (a seed killed mid-run continues from its checkpoint,
 as `experiments.train` does on its own directory). A directory whose `.hydra/overrides.yaml`
-names other overrides is refused rather than mixed in.
+names other overrides, or whose stored config differs from what the command composes today
+(a default changed since), is refused rather than mixed in.
 
 From each `summary.json`: the solved share and return in `sim` (`eval/solved_sim`,
 `eval/return_sim`), in the real where the run has one, and `train/wall_clock_s`. Over the
@@ -170,7 +171,57 @@ def read_done(run: Path, env: str, seed: int, overrides: list[str]) -> dict | No
     summary_path = run / "summary.json"
     if not summary_path.exists():
         return None
+    stored = run / ".hydra" / "config.yaml"
+    if stored.exists():
+        differences = config_differences(stored, bare_command(env, seed, overrides))
+        if differences:
+            sys.exit(
+                f"error: {run} holds a run of another config than the command composes today "
+                f"({'; '.join(differences[:3])}): a default changed since; pick another --out-dir"
+            )
     return json.loads(summary_path.read_text())
+
+
+def config_differences(stored: Path, command: list[str]) -> list[str]:
+    """`key: stored -> today` for every config key where the run directory's stored config
+    and the one `command` composes now (hydra's `--cfg job`, in a subprocess: this process
+    loads no XLA) differ, `run.*` (where and how a run reports) left out. A changed default
+    makes a finished seed another computation, though its overrides are the same."""
+    import yaml
+
+    printed = subprocess.run(
+        [sys.executable, *command[1:], "--cfg", "job"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if printed.returncode != 0:
+        sys.exit(
+            f"error: {' '.join(command)} --cfg job: {printed.stderr.strip().splitlines()[-1:]}"
+        )
+
+    def flat(tree, prefix=""):
+        if not isinstance(tree, dict):
+            return {prefix: tree}
+        out = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+
+    before = {
+        k: v
+        for k, v in flat(yaml.safe_load(stored.read_text())).items()
+        if not k.startswith("run.")
+    }
+    after = {
+        k: v for k, v in flat(yaml.safe_load(printed.stdout)).items() if not k.startswith("run.")
+    }
+    missing = "(none)"
+    return [
+        f"{key}: {before.get(key, missing)} -> {after.get(key, missing)}"
+        for key in sorted(set(before) | set(after))
+        if before.get(key, missing) != after.get(key, missing)
+    ]
 
 
 def launch(command: list[str], log: Path) -> int:

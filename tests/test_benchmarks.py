@@ -236,3 +236,35 @@ def test_seed_spread_reports_a_failed_seed_and_exits_nonzero(tmp_path, monkeypat
     assert report["failed"] == [{"seed": 1, "failed": 1}]
     assert [r["seed"] for r in report["per_seed"]] == [0]
     assert "seed 1: exit code 1" in captured.err
+
+
+def test_seed_spread_refuses_a_finished_seed_whose_config_a_default_change_made_stale(
+    tmp_path, monkeypatch, capsys
+):
+    """Same overrides, another config: a finished seed run before a default changed is
+    another computation, refused in one line naming the key; an unchanged one is read."""
+    import subprocess
+    import sys
+
+    command = seed_spread.bare_command("cartpole_balance", 0, [])
+    job = subprocess.run(
+        [sys.executable, *command[1:], "--cfg", "job"],
+        cwd=seed_spread.REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    _finished_run(tmp_path, "cartpole_balance", 0, 1.0, 99.0)
+    (tmp_path / "seed0" / ".hydra" / "config.yaml").write_text(job)
+    monkeypatch.setattr(seed_spread, "launch", lambda command, log: 1 / 0)
+    args = ["--env", "cartpole_balance", "--seeds", "0", "--out-dir", str(tmp_path)]
+    assert seed_spread.main(args) == 0
+    assert json.loads(capsys.readouterr().out)["per_seed"][0]["status"] == "read"
+
+    stale = job.replace("policy_selection: best", "policy_selection: last")
+    assert stale != job
+    (tmp_path / "seed0" / ".hydra" / "config.yaml").write_text(stale)
+    with pytest.raises(SystemExit) as exit_info:
+        seed_spread.main(args)
+    message = str(exit_info.value)
+    assert "algo.policy_selection: last -> best" in message and "\n" not in message
