@@ -43,7 +43,7 @@ import_brax_quietly()
 
 from baselines.energy_lqr import EnergyLQRConfig, train  # noqa: E402
 from pods.rollout import policy_batch  # noqa: E402
-from sim2real import make_testbed  # noqa: E402
+from sim2real import REAL_PROFILES, make_testbed  # noqa: E402
 from sim2real.evaluation import (  # noqa: E402
     held_from,
     held_out_starts,
@@ -52,8 +52,8 @@ from sim2real.evaluation import (  # noqa: E402
 )
 from sim2real.real_system import RealSystem  # noqa: E402
 
-PROFILES = {"sim": "sim", "friction": "real", "lab": "lab"}
-"""Profile name -> testbed variant."""
+PROFILES = {"sim": "sim", **REAL_PROFILES}
+"""Profile name -> testbed variant: `sim` and every real profile."""
 
 
 def score(observations: np.ndarray, rewards: np.ndarray, criterion, lengths) -> tuple:

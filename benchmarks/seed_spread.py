@@ -197,7 +197,7 @@ def config_differences(stored: Path, command: list[str]) -> list[str]:
     )
     if printed.returncode != 0:
         sys.exit(
-            f"error: {' '.join(command)} --cfg job: {printed.stderr.strip().splitlines()[-1:]}"
+            f"error: {' '.join(command)} --cfg job: {(printed.stderr.strip().splitlines() or [''])[-1]}"
         )
 
     def flat(tree, prefix=""):

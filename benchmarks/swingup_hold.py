@@ -36,7 +36,7 @@ from experiments.deploy import load_policy  # noqa: E402
 from experiments.schema import ConfigError  # noqa: E402
 from experiments.train import build_friction_gradient  # noqa: E402
 from pods.rollout import policy_batch  # noqa: E402
-from sim2real import make_testbed  # noqa: E402
+from sim2real import REAL_PROFILES, make_testbed  # noqa: E402
 from sim2real.evaluation import (  # noqa: E402
     held_from,
     held_out_starts,
@@ -44,8 +44,8 @@ from sim2real.evaluation import (  # noqa: E402
     solved_criterion,
 )
 
-PROFILES = {"sim": "sim", "friction": "real", "lab": "lab"}
-"""Profile name -> testbed variant."""
+PROFILES = {"sim": "sim", **REAL_PROFILES}
+"""Profile name -> testbed variant: `sim` and every real profile."""
 REACHED = 0.3
 """rad: the lean under which the pole counts as swung up ("reached")."""
 
