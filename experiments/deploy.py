@@ -13,7 +13,7 @@ the policy is the run's, of any algorithm that leaves one (`POLICY_ALGOS`: the P
 Brax's APG, PPO and PPO+DR, LQR and the energy swing-up). The episodes are recorded as a
 transition dataset (by default `RUN_DIR/artifacts/deploy_<profile>_<engine>.npz`, for a
 gymnasium env `deploy_gym_<id>.npz`), and the mean return and the share of episodes that
-solved the task are printed.
+solved the task are printed and written beside it (the same name, `.json`).
 
 In Python, `load_policy(run_dir).policy` is the observation -> action function (the
 deterministic one the run evaluated), with the observation normalization it was trained with;
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -256,6 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     label, stem = real_label(cfg)
     out = args.out or args.run_dir / "artifacts" / f"{stem}.npz"
     result.episodes.save(out)
+    figures = {
+        "algo": loaded.config.algo.name,
+        "real": result.real,
+        "label": label,
+        "episodes": args.episodes,
+        "seed": seed,
+        "return_mean": float(result.returns.mean()),
+        "return_std": float(result.returns.std()),
+        "solved": float(result.solved.mean()),
+    }
+    out.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
     print(
         f"{loaded.config.algo.name} policy{loaded.trained_for} on {result.real} "
         f"[{label}]: return "

@@ -43,6 +43,7 @@ from experiments.schema import (
     register_schemas,
     to_library_config,
 )
+from experiments.study_ranges import format_ranges
 from experiments.trainers import ALGORITHMS, RunContext, Trained, check_algo
 from pods.runtime import configure_jax, filter_known_xla_logs
 from pods.validation import is_integer
@@ -66,7 +67,18 @@ register_schemas()
 
 def config_fingerprint(cfg: DictConfig) -> str:
     """A hash of everything that determines a run's results (not where it writes)."""
+    return _digest(resolved_config(cfg))
+
+
+def setting_fingerprint(cfg: DictConfig) -> str:
+    """`config_fingerprint` without the seed: one value for every seed of one setting, by
+    which `experiments.study_ranges` finds the seed ranges a study measured for it."""
     resolved = resolved_config(cfg)
+    resolved.pop("seed", None)
+    return _digest(resolved)
+
+
+def _digest(resolved: dict) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -479,6 +491,9 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as err:
         refuse(err, [output_dir])
     print(format_table(summaries))
+    ranges = format_ranges([s["algo"] for s in summaries], setting_fingerprint(cfg))
+    if ranges is not None:
+        print(ranges)
     print(f"done in {time.perf_counter() - start:.0f} s: {output_dir}")
     return sweep_objective(summaries[0])
 

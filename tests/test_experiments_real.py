@@ -303,6 +303,11 @@ def test_the_deploy_command_plays_a_classical_controller(classical_run, tmp_path
         "energy_lqr policy on cartpole_balance_real [friction, brax]"
     )
     assert load_dataset(out).n_transitions == 2 * 8
+    # The printed figures, written beside the episodes for a study to read.
+    figures = json.loads(out.with_suffix(".json").read_text())
+    assert (figures["algo"], figures["episodes"]) == ("energy_lqr", 2)
+    assert figures["label"] == "friction, brax"
+    assert 0.0 <= figures["solved"] <= 1.0 and np.isfinite(figures["return_mean"])
 
 
 def test_a_run_of_an_unknown_kind_is_one_line(classical_run, tmp_path):

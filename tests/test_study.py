@@ -1,0 +1,231 @@
+"""The study over seeds (benchmarks/study.py) and the ranges `make run` prints from it
+(experiments.study_ranges): synthetic run directories, no training."""
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import pytest
+
+from experiments.study_ranges import STUDY, format_ranges
+
+REPO = pathlib.Path(__file__).parents[1]
+
+
+def _load_study():
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_study", REPO / "benchmarks" / "study.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+study = _load_study()
+PART = study.PARTS["lab_b5000"]
+
+
+def _summary(algo: str, seed: int, solved: float, **extra) -> dict:
+    return {
+        "algo": algo,
+        "real/profile": "lab",
+        "seed": seed,
+        "eval/solved_real": solved,
+        "eval/solved_sim": 1.0,
+        "eval/return_real": 100.0 * solved,
+        "eval/return_sim": 150.0,
+        "eval/trajectories": 64,
+        "real/transitions": 0,
+        **extra,
+    }
+
+
+def _finished(root: pathlib.Path, seed: int, hds: float, rivals: dict[str, float]) -> None:
+    """`make run`'s directory for one seed: HDS's summary, then each compared run's."""
+    run = root / PART.name / f"seed{seed}"
+    (run / ".hydra").mkdir(parents=True)
+    overrides = study.command(PART, seed)[3:]
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    compare = list(rivals)
+    (run / ".hydra" / "config.yaml").write_text(json.dumps({"run": {"compare": compare}}))
+    hds_extra = {"hds/beta": 0.5, "real/budget": 5000, "real/transitions": 5000}
+    (run / "summary.json").write_text(json.dumps(_summary("hds", seed, hds, **hds_extra)))
+    for algo, solved in rivals.items():
+        (run / algo).mkdir()
+        (run / algo / "summary.json").write_text(json.dumps(_summary(algo, seed, solved)))
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Fingerprints without composing configs, and a launch that must not happen."""
+    monkeypatch.setattr(study, "setting_fingerprint", lambda part: "f" + part.name)
+    monkeypatch.setattr(study, "stored_fingerprint", lambda run: "f" + run.parent.name)
+    monkeypatch.setattr(study, "launch", lambda command, log: pytest.fail(f"ran {command}"))
+
+
+# HDS solves 0.5, 0.25, 0.75 on seeds 0-2; PODS in sim 0.0, 0.25, 0.5; the classical
+# controller 1.0 on every seed.
+SEEDS = {0: (0.5, 0.0), 1: (0.25, 0.25), 2: (0.75, 0.5)}
+
+
+def test_the_study_pairs_methods_seed_by_seed_and_checks_the_target(tmp_path, offline, capsys):
+    for seed, (hds, pods) in SEEDS.items():
+        _finished(tmp_path, seed, hds, {"pods": pods, "energy_lqr": 1.0})
+    argv = ["--parts", PART.name, "--seeds", "0", "1", "2", "--root", str(tmp_path)]
+    out = tmp_path / "study.json"
+    assert study.main([*argv, "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads(out.read_text())
+    part = report["parts"][PART.name]
+    assert (part["done"], part["missing"], part["fingerprint"]) == ([0, 1, 2], [], "flab_b5000")
+    assert part["command"] == "python -m experiments.train experiment=main seed=S"
+    assert part["ranges"]["hds"]["solved_real"]["median"] == 0.5
+
+    lab = report["profiles"]["lab"]
+    assert set(lab["methods"]) == {"hds beta=0.5 @5000", "pods", "energy_lqr"}
+    assert lab["methods"]["hds beta=0.5 @5000"]["solved_real"]["mean"] == pytest.approx(0.5)
+    versus_pods = lab["hds_paired"]["hds beta=0.5 @5000"]["pods"]["solved_real"]
+    # Differences 0.5, 0.0, 0.25: two wins, one tie; the sign test over the two is p = 0.5.
+    assert (versus_pods["wins"], versus_pods["losses"], versus_pods["ties"]) == (2, 0, 1)
+    assert versus_pods["difference"]["mean"] == pytest.approx(0.25)
+    assert versus_pods["sign_test_p"] == pytest.approx(0.5)
+    versus_classical = lab["hds_paired"]["hds beta=0.5 @5000"]["energy_lqr"]["solved_real"]
+    assert (versus_classical["wins"], versus_classical["losses"]) == (0, 3)
+    # HDS ran at 5,000 transitions only: nothing reaches the 1,000-transition target.
+    target = lab["targets"]["target (brax twin)"]
+    assert target["reached"] == {} and not target["met"]
+    assert "energy_lqr's 1.000" in target["target"]
+
+
+def test_the_target_is_met_by_hds_within_the_budget(tmp_path, offline, monkeypatch):
+    monkeypatch.setitem(study.TARGET_BUDGETS, "target", 5000)
+    for seed in (0, 1):
+        _finished(tmp_path, seed, 0.95, {"oracle": 1.0})
+    args = study.parse(["--parts", PART.name, "--seeds", "0", "1", "--root", str(tmp_path)])
+    rows = {PART.name: [study.run_seed(PART, s, args, "flab_b5000") for s in (0, 1)]}
+    targets = study.report(rows, {PART.name: "flab_b5000"}, args)["profiles"]["lab"]["targets"]
+    assert targets["target (brax twin)"]["met"]  # 0.95 >= 0.9 x 1.0
+    assert not targets["stretch (brax twin)"]["met"]  # nothing at <= 400
+
+
+def test_a_seed_whose_compared_runs_have_not_finished_runs_again(tmp_path, offline, monkeypatch):
+    _finished(tmp_path, 0, 0.5, {"pods": 0.0, "energy_lqr": 1.0})
+    (tmp_path / PART.name / "seed0" / "energy_lqr" / "summary.json").unlink()
+    launched = []
+
+    def launch(command, log):
+        launched.append(command)
+        summary = tmp_path / PART.name / "seed0" / "energy_lqr" / "summary.json"
+        summary.write_text(json.dumps(_summary("energy_lqr", 0, 1.0)))
+        return 0
+
+    monkeypatch.setattr(study, "launch", launch)
+    args = study.parse(["--parts", PART.name, "--seeds", "0", "--root", str(tmp_path)])
+    row = study.run_seed(PART, 0, args, "flab_b5000")
+    assert len(launched) == 1 and launched[0][-2:] == [
+        "seed=0",
+        f"hydra.run.dir={tmp_path / PART.name / 'seed0'}",
+    ]
+    assert [p["algo"] for p in row["policies"]] == ["hds", "energy_lqr", "pods"]
+    assert (tmp_path / PART.name / "seed0.process.json").exists()
+
+    # --report-only runs nothing: an unfinished seed is missing.
+    (tmp_path / PART.name / "seed0" / "pods" / "summary.json").unlink()
+    args = study.parse(
+        [*["--parts", PART.name, "--seeds", "0"], "--root", str(tmp_path), "--report-only"]
+    )
+    assert study.run_seed(PART, 0, args, "flab_b5000") == {"seed": 0, "missing": True}
+
+
+def test_the_study_refuses_a_directory_of_another_run_or_config(tmp_path, offline, monkeypatch):
+    _finished(tmp_path, 0, 0.5, {"pods": 0.0})
+    overrides = tmp_path / PART.name / "seed0" / ".hydra" / "overrides.yaml"
+    args = study.parse(["--parts", PART.name, "--seeds", "0", "--root", str(tmp_path)])
+    monkeypatch.setattr(study, "stored_fingerprint", lambda run: "another")
+    with pytest.raises(SystemExit) as exit_info:
+        study.run_seed(PART, 0, args, "flab_b5000")
+    assert "another config" in str(exit_info.value) and "\n" not in str(exit_info.value)
+    overrides.write_text("- experiment=main\n- seed=0\n- algo.beta=0.25\n")
+    with pytest.raises(SystemExit) as exit_info:
+        study.run_seed(PART, 0, args, "flab_b5000")
+    assert "algo.beta=0.25" in str(exit_info.value) and "\n" not in str(exit_info.value)
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--parts", "lab_b999"], "lab_b999"),
+        (["--seeds", "0", "-1"], "-1"),
+        (["--seeds", "2", "2"], "[2, 2]"),
+        (["--jobs", "0"], "--jobs"),
+    ],
+)
+def test_the_study_refuses_bad_input_in_one_line(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        study.parse(argv)
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_every_budget_holds_the_episodes_its_loop_settings_spend():
+    from sim2real.loop import LoopConfig
+
+    for transitions, (initial, collect) in study.LOOP.items():
+        loop = LoopConfig(
+            budget=transitions, initial_trajectories=initial, collect_trajectories=collect
+        )
+        spent = (initial + loop.rounds(200) * collect) * 200
+        assert spent == transitions, (transitions, spent)
+
+
+def _ranges_file(tmp_path, fingerprint="abc", done=(0, 1, 2)) -> pathlib.Path:
+    spread = {"min": 0.03125, "median": 0.125, "max": 0.5}
+    path = tmp_path / "study.json"
+    path.write_text(
+        json.dumps(
+            {
+                "cpu": "a CPU",
+                "parts": {
+                    "lab_b5000": {
+                        "fingerprint": fingerprint,
+                        "done": list(done),
+                        "ranges": {
+                            "hds": {"solved_real": spread, "return_real": {**spread, "max": 150.0}}
+                        },
+                    }
+                },
+            }
+        )
+    )
+    return path
+
+
+def test_make_run_prints_the_studys_ranges_for_its_own_setting_only(tmp_path):
+    path = _ranges_file(tmp_path)
+    lines = format_ranges(["hds", "pods"], "abc", path).splitlines()
+    assert "over seeds 0-2" in lines[1] and "part lab_b5000" in lines[1] and "a CPU" in lines[1]
+    (hds,) = [line for line in lines if line.split()[:1] == ["hds"]]
+    assert hds.split()[1:4] == ["3-50%", "(12%)", "-"]
+    assert "0.0-150.0" in hds
+    assert not any(line.split()[:1] == ["pods"] for line in lines)  # the study has no PODS row
+    assert format_ranges(["hds"], "another setting", path) is None
+    assert format_ranges(["hds"], "abc", _ranges_file(tmp_path, done=())) is None
+    path.write_text("{not json")
+    assert format_ranges(["hds"], "abc", path) is None
+    assert format_ranges(["hds"], "abc", tmp_path / "missing.json") is None
+
+
+def test_the_kept_study_was_measured_at_make_runs_setting_today():
+    """A default that changes make run's config makes the kept ranges another setting's:
+    this fails until the study's lab_b5000 part is rerun (benchmarks/study.py)."""
+    from hydra import compose, initialize_config_module
+
+    from experiments.train import setting_fingerprint
+
+    with initialize_config_module(config_module="experiments.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=main", "seed=0"])
+    kept = json.loads(STUDY.read_text())["parts"]["lab_b5000"]
+    assert kept["fingerprint"] == setting_fingerprint(cfg)
+    assert kept["done"], "the kept study has no finished seed of make run's setting"
