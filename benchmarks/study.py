@@ -2,7 +2,7 @@
 as the control where identification is exact. Runs what is missing, then prints JSON.
 
     .venv/bin/python benchmarks/study.py [--parts PART ...] [--seeds 0 1 ... 9] [--jobs 1]
-        [--root outputs/study] [--mujoco] [--report-only] [--out FILE]
+        [--root outputs/study] [--mujoco] [--report-only] [--out FILE] [--set OVERRIDE ...]
 
 A part is one training command, run once per seed: `python -m experiments.train PART'S
 OVERRIDES seed=S`, into `ROOT/PART/seedS` (`hydra.run.dir`), its output in
@@ -16,7 +16,9 @@ It resumes: a seed whose run directory holds its `summary.json` is read, not run
 a seed killed mid-run continues from its checkpoint. A directory holding a run of another
 command, or of a config the command no longer composes (a default changed since; compared
 by `experiments.train.setting_fingerprint`), is refused in one line. `--report-only` runs
-nothing and reports what is there.
+nothing and reports what is there. `--set` adds overrides to every part's command (tiny
+sizes, for a check of the plumbing; its runs are another setting, so give them another
+`--root`).
 
 `--mujoco` also plays every policy of the parts on the MuJoCo C engine of its real
 (`python -m experiments.deploy RUN real.engine=mujoco --episodes E`, E the run's held-out
@@ -311,9 +313,9 @@ def distribution(by_seed: dict[int, dict]) -> dict:
     seeds = sorted(by_seed)
     out = {"seeds": seeds}
     for figure in FIGURES:
-        values = [by_seed[s][figure] for s in seeds if by_seed[s][figure] is not None]
+        values = {s: by_seed[s][figure] for s in seeds if by_seed[s][figure] is not None}
         if values:
-            out[figure] = spread(values)
+            out[figure] = {**spread(values.values()), "per_seed": values}
     return out
 
 
@@ -389,7 +391,9 @@ def targets(table: dict[str, dict[int, dict]]) -> dict | None:
     return out or None
 
 
-def report(parts: dict[str, list[dict]], fingerprints: dict[str, str], args) -> dict:
+def report(
+    parts: dict[str, list[dict]], fingerprints: dict[str, str], args, chosen: dict[str, Part]
+) -> dict:
     table = cells(parts)
     profiles = {
         profile: {
@@ -406,8 +410,8 @@ def report(parts: dict[str, list[dict]], fingerprints: dict[str, str], args) -> 
         "seeds": args.seeds,
         "parts": {
             name: {
-                "command": " ".join(command(PARTS[name], "S")),  # type: ignore[arg-type]
-                "about": PARTS[name].about,
+                "command": " ".join(command(chosen[name], "S")),  # type: ignore[arg-type]
+                "about": chosen[name].about,
                 "fingerprint": fingerprints[name],
                 "run_dirs": f"{shown(args.root / name)}/seedS",
                 "done": [r["seed"] for r in rows if "policies" in r],
@@ -446,6 +450,9 @@ def parse(argv=None):
     parser.add_argument("--mujoco", action="store_true", help="also play every policy on MuJoCo C")
     parser.add_argument("--report-only", action="store_true", help="run nothing")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="OVERRIDE", help="added to every part's command"
+    )
     args = parser.parse_args(argv)
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown or not args.parts:
@@ -454,20 +461,30 @@ def parse(argv=None):
         parser.error(f"--seeds must be distinct integers >= 0, got {args.seeds}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    for override in args.set:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "=" not in override or key == "seed" or key.startswith("hydra."):
+            parser.error(
+                f"--set {override!r}: give key=value overrides other than seed and hydra.*"
+            )
     args.root = args.root.resolve()  # the runs' working directory is the repository's
     return args
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    fingerprints = {name: setting_fingerprint(PARTS[name]) for name in args.parts}
+    chosen = {
+        name: dataclasses.replace(PARTS[name], overrides=(*PARTS[name].overrides, *args.set))
+        for name in args.parts
+    }
+    fingerprints = {name: setting_fingerprint(part) for name, part in chosen.items()}
     parts = {}
-    for name in args.parts:
+    for name, part in chosen.items():
         with ThreadPoolExecutor(args.jobs) as pool:
-            work = lambda seed, name=name: run_seed(PARTS[name], seed, args, fingerprints[name])
+            work = lambda seed, part=part: run_seed(part, seed, args, fingerprints[part.name])
             parts[name] = list(pool.map(work, args.seeds))
     failed = [(n, r) for n, rows in parts.items() for r in rows if "failed" in r]
-    result = report(parts, fingerprints, args)
+    result = report(parts, fingerprints, args, chosen)
     result["failed"] = [{"part": n, **r} for n, r in failed]
     text = json.dumps(result, indent=2)
     if args.out is not None:

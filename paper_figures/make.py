@@ -3,7 +3,7 @@
     python -m paper_figures.make <figure|all> [--preset smoke|paper] [--runs DIR] [--jobs N]
 
 Figures: learning_curves, hds_beta, sim_vs_real, dynamics_models, gradient_norms,
-sample_efficiency (`paper_figures.figures`). A `make` works in three steps:
+sample_efficiency, study (`paper_figures.figures`). A `make` works in three steps:
 
 1. plan: every run and measurement the chosen figures need and the root lacks, each once
    though several figures draw it. A run that already has its `summary.json` under the root
@@ -62,6 +62,7 @@ FIGURES = (
     "dynamics_models",
     "gradient_norms",
     "sample_efficiency",
+    "study",
 )
 
 
@@ -291,6 +292,9 @@ def draw(name: str, session: Session) -> list[Path]:
     if name == "gradient_norms":
         (report,) = reports["gradient_norms"]
         return figures.gradient_norms(report, session.out_dir)
+    if name == "study":
+        (report,) = reports["study"]
+        return figures.study(report, session.out_dir)
     raise ValueError(f"unknown figure {name!r}; expected one of {FIGURES}")
 
 

@@ -145,6 +145,8 @@ class Preset:
     dynamics_models_args: tuple[str, ...]
     sysid_args: tuple[str, ...]
     gradient_norms_args: tuple[str, ...]
+    study_args: tuple[str, ...] = ()
+    """`benchmarks/study.py`'s arguments (its parts, seeds and runs root) for the study figure."""
     measurement_seeds: tuple[int, ...] | None = None
     """Data seeds of the dynamics-model and sysid measurements; None: `seeds`."""
 
@@ -227,6 +229,13 @@ PRESETS: dict[str, Preset] = {
         dynamics_models_args=("--sizes", "500", "--max-steps", "200", "--test-trajectories", "4"),
         sysid_args=("--sizes", "500", "--test-trajectories", "4"),
         gradient_norms_args=("--horizons", "10", "50", "100", "200", "--batch", "8"),
+        # make run's setting at the smoke sizes: 32-step episodes hold the budget's episodes.
+        study_args=(
+            *("--parts", "lab_b5000", "--seeds", "0", "--root", "outputs/study_smoke", "--set"),
+            *_PODS_SMOKE,
+            *("env.episode_length=32", "run.eval_trajectories=8", "sysid.num_steps=50"),
+            "model.max_steps=100",
+        ),
     ),
     "cpu": Preset(
         name="cpu",
@@ -247,6 +256,12 @@ PRESETS: dict[str, Preset] = {
         dynamics_models_args=("--profile", "lab", "--sizes", "1000", "5000"),
         sysid_args=("--profile", "lab", "--sizes", "1000", "5000"),
         gradient_norms_args=(),
+        # make run's setting and the target budget on the preset's seeds (the 10-seed study
+        # is the paper preset's); the runs are the study's own, shared with the paper preset.
+        study_args=(
+            *("--parts", "lab_b5000", "lab_b1000", "--seeds", "0", "1", "2"),
+            *("--root", "outputs/study"),
+        ),
         # One data seed: each lab measurement costs minutes of a 2-core CPU; the figure's
         # spread over data seeds is the paper preset's.
         measurement_seeds=(0,),
@@ -267,6 +282,7 @@ PRESETS: dict[str, Preset] = {
         dynamics_models_args=(),
         sysid_args=(),
         gradient_norms_args=(),
+        study_args=("--root", "outputs/study"),  # every part, seeds 0-9
     ),
 }
 
@@ -373,4 +389,5 @@ def figure_measurements(preset: Preset) -> dict[str, tuple[Measurement, ...]]:
                 "benchmarks/gradient_norms.py", preset.gradient_norms_args, "gradient_norms.json"
             ),
         ),
+        "study": (Measurement("benchmarks/study.py", preset.study_args, "study.json"),),
     }

@@ -105,7 +105,8 @@ def test_the_target_is_met_by_hds_within_the_budget(tmp_path, offline, monkeypat
         _finished(tmp_path, seed, 0.95, {"oracle": 1.0})
     args = study.parse(["--parts", PART.name, "--seeds", "0", "1", "--root", str(tmp_path)])
     rows = {PART.name: [study.run_seed(PART, s, args, "flab_b5000") for s in (0, 1)]}
-    targets = study.report(rows, {PART.name: "flab_b5000"}, args)["profiles"]["lab"]["targets"]
+    reported = study.report(rows, {PART.name: "flab_b5000"}, args, {PART.name: PART})
+    targets = reported["profiles"]["lab"]["targets"]
     assert targets["target (brax twin)"]["met"]  # 0.95 >= 0.9 x 1.0
     assert not targets["stretch (brax twin)"]["met"]  # nothing at <= 400
 
@@ -160,6 +161,7 @@ def test_the_study_refuses_a_directory_of_another_run_or_config(tmp_path, offlin
         (["--seeds", "0", "-1"], "-1"),
         (["--seeds", "2", "2"], "[2, 2]"),
         (["--jobs", "0"], "--jobs"),
+        (["--set", "seed=3"], "seed=3"),
     ],
 )
 def test_the_study_refuses_bad_input_in_one_line(argv, named, capsys):
@@ -229,3 +231,25 @@ def test_the_kept_study_was_measured_at_make_runs_setting_today():
     kept = json.loads(STUDY.read_text())["parts"]["lab_b5000"]
     assert kept["fingerprint"] == setting_fingerprint(cfg)
     assert kept["done"], "the kept study has no finished seed of make run's setting"
+
+
+def test_the_study_figure_draws_every_method_and_the_budget_curve(tmp_path, offline, capsys):
+    import csv
+
+    from paper_figures import figures
+
+    for seed, (hds, pods) in SEEDS.items():
+        _finished(tmp_path, seed, hds, {"pods": pods, "energy_lqr": 1.0})
+    assert (
+        study.main(["--parts", PART.name, "--seeds", "0", "1", "2", "--root", str(tmp_path)]) == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    paths = figures.study(report, tmp_path / "figures")
+    assert {p.suffix for p in paths} == {".pdf", ".png", ".csv"}
+    with (tmp_path / "figures" / "study.csv").open() as table:
+        rows = {(r["method"], r["budget"]): r for r in csv.DictReader(table)}
+    assert set(rows) == {("hds beta=0.5", "5000"), ("pods", ""), ("energy_lqr", "")}
+    hds = rows["hds beta=0.5", "5000"]
+    assert (float(hds["mean"]), int(hds["n"])) == (pytest.approx(0.5), 3)
+    # The t-interval over 0.25, 0.5, 0.75, clipped to [0, 1].
+    assert float(hds["low"]) == 0.0 and float(hds["high"]) == pytest.approx(1.0)
