@@ -20,7 +20,8 @@ nothing and reports what is there. `--set` adds overrides to every part's comman
 sizes, for a check of the plumbing; its runs are another setting, so give them another
 `--root`).
 
-`--mujoco` also plays every policy of the parts on the MuJoCo C engine of its real
+`--mujoco [ALGO ...]` also plays the policies of the parts (of these algorithms) on the
+MuJoCo C engine of their real
 (`python -m experiments.deploy RUN real.engine=mujoco --episodes E`, E the run's held-out
 starts, from the same seed's starts), kept in `RUN/artifacts/deploy_<profile>_mujoco.json`.
 
@@ -255,8 +256,9 @@ def run_seed(part: Part, seed: int, args, fingerprint: str) -> dict:
     policies = []
     for policy_dir in policy_dirs(run):
         policy = json.loads((policy_dir / "summary.json").read_text())
-        mujoco = deploy_mujoco(policy_dir, policy) if args.mujoco else None
-        if mujoco is None and not args.mujoco:
+        chosen = args.mujoco is not None and (not args.mujoco or policy["algo"] in args.mujoco)
+        mujoco = deploy_mujoco(policy_dir, policy) if chosen and not args.report_only else None
+        if mujoco is None:
             found = policy_dir / "artifacts" / f"deploy_{policy['real/profile']}_mujoco.json"
             mujoco = json.loads(found.read_text()) if found.exists() else None
         policies.append(policy_row(policy, mujoco))
@@ -447,7 +449,12 @@ def parse(argv=None):
     parser.add_argument("--seeds", type=int, nargs="*", default=list(range(10)))
     parser.add_argument("--root", type=Path, default=REPO / "outputs" / "study")
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--mujoco", action="store_true", help="also play every policy on MuJoCo C")
+    parser.add_argument(
+        "--mujoco",
+        nargs="*",
+        metavar="ALGO",
+        help="also play the policies of these algorithms (all, if none named) on MuJoCo C",
+    )
     parser.add_argument("--report-only", action="store_true", help="run nothing")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument(
@@ -457,6 +464,9 @@ def parse(argv=None):
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown or not args.parts:
         parser.error(f"unknown --parts {unknown}; expected some of {list(PARTS)}")
+    algos = sorted(p.stem for p in (REPO / "experiments" / "conf" / "algo").glob("*.yaml"))
+    if args.mujoco and (wrong := [a for a in args.mujoco if a not in algos]):
+        parser.error(f"unknown --mujoco {wrong}; expected some of {algos}")
     if not args.seeds or any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds must be distinct integers >= 0, got {args.seeds}")
     if args.jobs < 1:

@@ -162,6 +162,7 @@ def test_the_study_refuses_a_directory_of_another_run_or_config(tmp_path, offlin
         (["--seeds", "2", "2"], "[2, 2]"),
         (["--jobs", "0"], "--jobs"),
         (["--set", "seed=3"], "seed=3"),
+        (["--mujoco", "hds", "ddpg"], "ddpg"),
     ],
 )
 def test_the_study_refuses_bad_input_in_one_line(argv, named, capsys):
@@ -253,3 +254,30 @@ def test_the_study_figure_draws_every_method_and_the_budget_curve(tmp_path, offl
     assert (float(hds["mean"]), int(hds["n"])) == (pytest.approx(0.5), 3)
     # The t-interval over 0.25, 0.5, 0.75, clipped to [0, 1].
     assert float(hds["low"]) == 0.0 and float(hds["high"]) == pytest.approx(1.0)
+
+
+def test_mujoco_plays_only_the_named_algorithms_once_and_reads_them_back(
+    tmp_path, offline, monkeypatch
+):
+    _finished(tmp_path, 0, 0.5, {"pods": 0.0})
+    played = []
+
+    def launch(command, log):
+        # Stands in for experiments.deploy: writes the figures beside the episodes.
+        run = pathlib.Path(command[3])
+        played.append((run.name, command[-2:]))
+        (run / "artifacts").mkdir(exist_ok=True)
+        figures = {"solved": 0.25, "return_mean": 80.0}
+        (run / "artifacts" / "deploy_lab_mujoco.json").write_text(json.dumps(figures))
+        return 0
+
+    monkeypatch.setattr(study, "launch", launch)
+    argv = ["--parts", PART.name, "--seeds", "0", "--root", str(tmp_path), "--mujoco", "hds"]
+    row = study.run_seed(PART, 0, study.parse(argv), "flab_b5000")
+    assert played == [("seed0", ["--episodes", "64"])]  # the run's held-out starts
+    hds, pods = row["policies"]
+    assert (hds["solved_mujoco"], hds["return_mujoco"], pods["solved_mujoco"]) == (0.25, 80.0, None)
+    # Played once: a second report reads the JSON, and --report-only never plays.
+    monkeypatch.setattr(study, "launch", lambda command, log: pytest.fail(f"ran {command}"))
+    row = study.run_seed(PART, 0, study.parse(argv), "flab_b5000")
+    assert row["policies"][0]["solved_mujoco"] == 0.25
