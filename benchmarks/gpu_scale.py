@@ -48,7 +48,10 @@ def peak_memory(devices) -> int | None:
 
 
 def benchmark(env, fields: dict, k: int, seeds: int, epochs: int) -> dict:
-    from pods.train import PODSConfig, init_training_state, make_pods, seed_batch_epoch
+    from pods.config import PODSConfig
+    from pods.drivers import seed_batch_epoch
+    from pods.state import init_training_state
+    from pods.train import make_pods
 
     config = PODSConfig(**{**fields, "num_trajectories": k})
     pods = make_pods(config, env)

@@ -71,7 +71,8 @@ def run_pods(
     num_trajectories: int | None,
     overrides: dict,
 ):
-    from pods.train import PODSConfig, evaluate_policy, train
+    from pods.config import PODSConfig
+    from pods.train import evaluate_policy, train
     from sim2real import make_testbed
 
     env = make_testbed(env_name)

@@ -7,6 +7,7 @@ from pods.runtime import import_brax_quietly
 
 import_brax_quietly()  # before the modules below import brax
 
+from pods.config import PODSConfig
 from pods.distill import DistillationResult, distill_policy
 from pods.feedback import improve_with_feedback
 from pods.improve import (
@@ -29,7 +30,8 @@ from pods.rollout import (
     rollout_actions,
     rollout_policy,
 )
-from pods.train import PODSConfig, TrainingState, evaluate_policy, make_pods, train
+from pods.state import TrainingState
+from pods.train import evaluate_policy, make_pods, train
 
 __all__ = [
     "DistillationResult",

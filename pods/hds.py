@@ -28,6 +28,8 @@ from brax.envs.base import Env, State
 from flax import struct
 from jaxtyping import Array, Bool, Float
 
+from pods.config import PODSConfig, check_horizons
+from pods.drivers import run_epochs
 from pods.improve import (
     ImprovedActions,
     LineSearchResult,
@@ -37,18 +39,13 @@ from pods.improve import (
 from pods.networks import PolicyNetwork, PolicyParams
 from pods.rollout import Policy, episode_of_actions
 from pods.sharding import check_divisible, device_count, trajectory_mesh
+from pods.state import TrainingState, policy_learner, starting_state
 from pods.train import (
     Improvement,
-    PODSConfig,
-    TrainingState,
-    check_horizons,
     distill_improved,
     line_search_step,
     make_pods,
-    policy_learner,
     roll_out_and_improve,
-    run_epochs,
-    starting_state,
 )
 from pods.validation import is_integer, is_number, require
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from doubles import LinearQuadraticEnv
 
+from pods.config import PODSConfig
 from pods.feedback import backward_pass, improve_with_feedback, linearize
 from pods.hds import HDSConfig
 from pods.improve import action_gradient, step_size_grid
@@ -22,7 +23,7 @@ from pods.rollout import (
     state_vector,
     with_state_vector,
 )
-from pods.train import PODSConfig, train
+from pods.train import train
 from sim2real import make_testbed
 
 

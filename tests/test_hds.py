@@ -15,7 +15,7 @@ from doubles import LinearEnv
 from pods.hds import HDSConfig, anneal_step_size, improve_actions_annealed, make_hds
 from pods.hds import train as train_hds
 from pods.rollout import reset_batch, rollout_actions
-from pods.train import init_training_state
+from pods.state import init_training_state
 from pods.train import train as train_pods
 
 

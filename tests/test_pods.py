@@ -16,6 +16,7 @@ import pytest
 from brax.envs.base import Env, State
 from doubles import LinearQuadraticEnv
 
+from pods.config import PODSConfig
 from pods.distill import distill_policy
 from pods.improve import (
     ImprovedActions,
@@ -37,17 +38,14 @@ from pods.rollout import (
     rollout_actions,
     rollout_policy,
 )
+from pods.state import init_training_state, learning_rate_scale, policy_learner
 from pods.train import (
     Improvement,
-    PODSConfig,
     distill_improved,
     elite,
     evaluate_policy,
     grown_horizon,
-    init_training_state,
-    learning_rate_scale,
     make_pods,
-    policy_learner,
     train,
 )
 from sim2real import make_testbed
@@ -383,7 +381,7 @@ def test_a_checkpoint_from_before_the_option_loads_as_last_and_not_as_best():
 
 
 def test_a_non_finite_return_never_replaces_the_kept_policy():
-    from pods.train import BestPolicy, TrainingState, kept_best
+    from pods.state import BestPolicy, TrainingState, kept_best
 
     params = {"w": jnp.ones(2)}
     state = TrainingState(

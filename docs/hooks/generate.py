@@ -146,8 +146,8 @@ def configuration_reference() -> str:
     from baselines.lqr import LQRConfig
     from dynamics_models.factory import ModelConfig
     from experiments import schema
+    from pods.config import PODSConfig
     from pods.hds import HDSConfig
-    from pods.train import PODSConfig
     from sim2real.lab import FrictionGradient, LabEffects
     from sim2real.loop import LoopConfig
     from sim2real.sysid import SysIDConfig
