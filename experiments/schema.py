@@ -21,8 +21,7 @@ from baselines.brax_agents import APGConfig, PPOConfig
 from baselines.energy_lqr import EnergyLQRConfig
 from baselines.lqr import LQRConfig
 from dynamics_models.factory import ModelConfig
-from pods.config import PODSConfig
-from pods.hds import HDSConfig
+from pods.config import HDSConfig, PODSConfig
 from sim2real.lab import FrictionGradient, LabEffects
 from sim2real.loop import LoopConfig
 from sim2real.sysid import SysIDConfig

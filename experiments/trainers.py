@@ -44,8 +44,8 @@ from experiments.real import RealSpec
 from experiments.resume import Resume, resolved_config
 from experiments.run_dir import RunDirectory, atomic_write_json
 from experiments.schema import LOOP_EXTRAS, ConfigError, to_library_config
-from pods.config import PODSConfig
-from pods.hds import HDSConfig, make_hds
+from pods.config import HDSConfig, PODSConfig
+from pods.hds import make_hds
 from pods.programs import ProgramStore
 from pods.rollout import Policy
 from pods.sharding import check_divisible

@@ -8,17 +8,10 @@ from pods.runtime import import_brax_quietly
 import_brax_quietly()  # before the modules below import brax
 
 from pods.config import PODSConfig
+from pods.derivatives import action_gradient, gauss_newton_matrix
 from pods.distill import DistillationResult, distill_policy
 from pods.feedback import improve_with_feedback
-from pods.improve import (
-    ImprovedActions,
-    LineSearchResult,
-    action_gradient,
-    gauss_newton_matrix,
-    improve_actions,
-    line_search,
-    step_size_grid,
-)
+from pods.improve import improve_actions
 from pods.networks import PolicyNetwork, PolicyParams
 from pods.rollout import (
     Episode,
@@ -31,6 +24,7 @@ from pods.rollout import (
     rollout_policy,
 )
 from pods.state import TrainingState
+from pods.step_size import ImprovedActions, LineSearchResult, line_search, step_size_grid
 from pods.train import evaluate_policy, make_pods, train
 
 __all__ = [

@@ -1,7 +1,9 @@
-"""PODS's configuration: every hyperparameter of an epoch and a run, checked where it is made.
+"""The configurations of PODS and HDS: every hyperparameter of an epoch and a run, checked
+where it is made.
 
-`PODSConfig` is a frozen dataclass, all static (a change means a new compile); HDS's config
-(`pods.hds.HDSConfig`) extends it. `check_horizons` checks a config against an env's episode.
+`PODSConfig` is a frozen dataclass, all static (a change means a new compile); `HDSConfig`
+extends it with the model fraction and the step-size search. `check_horizons` checks a
+config against an env's episode.
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from pods.improve import GRADIENT_NORMALIZATIONS
-from pods.validation import is_integer, require
+from pods.derivatives import GRADIENT_NORMALIZATIONS
+from pods.validation import is_integer, is_number, require
 
 DISTILL_STATES = ("improved", "original", "both")
 """Where distillation regresses the policy on the improved actions (`PODSConfig.distill_states`)."""
@@ -251,6 +253,98 @@ def check_horizons(config: PODSConfig, horizon: int, episode_length: int) -> Non
             f"{name}.horizon_start must be <= the horizon ({horizon} steps), "
             f"got {config.horizon_start}"
         )
+
+
+STEP_SIZE_SEARCHES = ("line_search", "annealing")
+
+
+@dataclasses.dataclass(frozen=True)
+class HDSConfig(PODSConfig):
+    """Hyperparameters of HDS: PODS's, plus the model fraction and the step-size search."""
+
+    beta: float = 0.0
+    """Fraction of the k rollouts run in the learned model env, in [0, 1]; the model group has
+    floor(beta * k + 0.5) trajectories, the sim group the rest."""
+    step_size_search: str = "line_search"
+    """`line_search`: PODS's batched geometric grid; `annealing`: simulated annealing over alpha,
+    one chain per trajectory (see `pods.step_size.anneal_step_size`). Both stay in [step_size_min,
+    step_size_max] and never accept a worse return."""
+    annealing_iterations: int = 8
+    """Annealing proposals per improvement step, each one batched rollout of all k."""
+    annealing_temperature: float = 1.0
+    """Initial temperature T_0, in return units: a proposal worse by delta is accepted with
+    probability exp(-delta / T)."""
+    annealing_cooling: float = 0.7
+    """Factor on the temperature after every proposal, in (0, 1]: T_i = T_0 * cooling^i."""
+    annealing_proposal_scale: float = 1.0
+    """Std of the Gaussian random walk on log(alpha); 1.0 moves alpha by a factor e."""
+
+    def __post_init__(self):
+        super().__post_init__()  # `require` names type(self): HDSConfig
+
+        def number(name: str) -> bool:
+            return is_number(getattr(self, name))
+
+        require(number("beta") and 0 <= self.beta <= 1, self, "beta", "a number in [0, 1]")
+        require(
+            self.step_size_search in STEP_SIZE_SEARCHES,
+            self,
+            "step_size_search",
+            f"one of {STEP_SIZE_SEARCHES}",
+        )
+        require(
+            not self.feedback or self.step_size_search == "line_search",
+            self,
+            "step_size_search",
+            "'line_search' with feedback=true (the feedback step searches its grid closed loop)",
+        )
+        require(
+            is_integer(self.annealing_iterations),
+            self,
+            "annealing_iterations",
+            "a positive integer",
+        )
+        require(
+            number("annealing_temperature") and self.annealing_temperature > 0,
+            self,
+            "annealing_temperature",
+            "a finite number > 0",
+        )
+        require(
+            number("annealing_cooling") and 0 < self.annealing_cooling <= 1,
+            self,
+            "annealing_cooling",
+            "in (0, 1]",
+        )
+        require(
+            number("annealing_proposal_scale") and self.annealing_proposal_scale > 0,
+            self,
+            "annealing_proposal_scale",
+            "a finite number > 0",
+        )
+
+    def pods_config(self) -> PODSConfig:
+        """The PODS part of this config."""
+        return PODSConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(PODSConfig)})
+
+    def group_sizes(self) -> tuple[int, int]:
+        """(sim trajectories, model trajectories) per epoch; half-way rounds up to the model."""
+        model = math.floor(self.beta * self.num_trajectories + 0.5)
+        return self.num_trajectories - model, model
+
+    def rollout_batches(self, prefix: str | None = None) -> dict[str, int]:
+        """PODS's, for each of the two groups: each is its own batch of rollouts."""
+        k_sim, k_model = self.group_sizes()
+        fields = f"{type(self).__name__}." if prefix is None else prefix
+        beta = "beta" if prefix is None else f"{prefix}beta"
+        split = f"{fields}num_trajectories={self.num_trajectories} at {beta}={self.beta}"
+        return {f"{split} (model group {k_model})": k_model, f"{split} (sim group {k_sim})": k_sim}
+
+    def step_size_candidates(self) -> int:
+        """The line search's grid, or annealing's start and proposals."""
+        if self.step_size_search == "line_search":
+            return self.num_step_sizes
+        return self.annealing_iterations + 1
 
 
 __all__ = [

@@ -19,9 +19,9 @@ from brax.envs.base import Env
 from flax import serialization, struct
 
 from pods.config import PODSConfig
-from pods.improve import step_size_grid
 from pods.networks import PolicyNetwork, PolicyParams, init_policy_params, make_policy_factory
 from pods.rollout import Policy
+from pods.step_size import step_size_grid
 
 
 @struct.dataclass

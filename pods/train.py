@@ -40,7 +40,7 @@ from pods.drivers import (
     stack_seeds,
 )
 from pods.feedback import improve_with_feedback
-from pods.improve import ImprovedActions, improve_actions
+from pods.improve import improve_actions
 from pods.networks import PolicyNetwork, PolicyParams, policy_apply
 from pods.programs import ProgramStore
 from pods.rollout import (
@@ -61,6 +61,7 @@ from pods.state import (
     policy_learner,
     starting_state,
 )
+from pods.step_size import ImprovedActions
 
 # --- one epoch: roll out, improve, distill ----------------------------------------------------
 

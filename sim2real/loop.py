@@ -39,8 +39,9 @@ from dynamics_models import (
     make_model,
 )
 from dynamics_models import train as fit_model
+from pods.config import HDSConfig
 from pods.drivers import run_epochs, run_seed_epochs, seed_batch_epoch, seed_slice, stack_seeds
-from pods.hds import HDSConfig, make_hds, step_counters
+from pods.hds import make_hds, step_counters
 from pods.networks import PolicyParams
 from pods.rollout import Policy
 from pods.state import TrainingState, policy_learner, starting_state

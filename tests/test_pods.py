@@ -17,19 +17,16 @@ from brax.envs.base import Env, State
 from doubles import LinearQuadraticEnv
 
 from pods.config import PODSConfig
-from pods.distill import distill_policy
-from pods.improve import (
-    ImprovedActions,
+from pods.derivatives import (
     action_gradient,
     gauss_newton,
     gauss_newton_factor,
     gauss_newton_matrix,
-    improve_actions,
-    line_search,
     newton_direction,
     reward_derivatives,
-    step_size_grid,
 )
+from pods.distill import distill_policy
+from pods.improve import improve_actions
 from pods.rollout import (
     Episode,
     Trajectory,
@@ -39,6 +36,7 @@ from pods.rollout import (
     rollout_policy,
 )
 from pods.state import init_training_state, learning_rate_scale, policy_learner
+from pods.step_size import ImprovedActions, line_search, step_size_grid
 from pods.train import (
     Improvement,
     distill_improved,

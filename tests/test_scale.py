@@ -117,7 +117,8 @@ SHARDED = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import jax, jax.numpy as jnp
     from doubles import LinearEnv
-    from pods.hds import HDSConfig, train as train_hds
+    from pods.config import HDSConfig
+    from pods.hds import train as train_hds
     from pods.config import PODSConfig
     from pods.train import train, train_seeds
 
