@@ -72,7 +72,8 @@ def run_pods(
     overrides: dict,
 ):
     from pods.config import PODSConfig
-    from pods.train import evaluate_policy, train
+    from pods.rollout import evaluate_policy
+    from pods.train import train
     from sim2real import make_testbed
 
     env = make_testbed(env_name)

@@ -19,13 +19,14 @@ from pods.rollout import (
     Trajectory,
     episode_of_actions,
     episode_of_policy,
+    evaluate_policy,
     reset_batch,
     rollout_actions,
     rollout_policy,
 )
 from pods.state import TrainingState
 from pods.step_size import ImprovedActions, LineSearchResult, line_search, step_size_grid
-from pods.train import evaluate_policy, make_pods, train
+from pods.train import make_pods, train
 
 __all__ = [
     "DistillationResult",

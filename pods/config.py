@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
+import jax.numpy as jnp
+
 from pods.derivatives import GRADIENT_NORMALIZATIONS
 from pods.validation import is_integer, is_number, require
 
@@ -347,7 +350,15 @@ class HDSConfig(PODSConfig):
         return self.annealing_iterations + 1
 
 
+def grown_horizon(config: PODSConfig, horizon: int, epoch: jax.Array) -> jax.Array:
+    """The steps epoch `epoch`'s rollouts are improved over (`PODSConfig.horizon_start`)."""
+    start = config.horizon_start
+    growth = config.horizon_growth_epochs
+    return start + (horizon - start) * jnp.minimum(epoch, growth) // growth
+
+
 __all__ = [
+    "grown_horizon",
     "DISTILL_STATES",
     "LEARNING_RATE_SCHEDULES",
     "POLICY_SELECTIONS",

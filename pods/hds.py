@@ -26,18 +26,12 @@ from brax.envs.base import Env
 
 from pods.config import HDSConfig, check_horizons
 from pods.drivers import Metrics, run_epochs
-from pods.improve import ImprovedActions, improve_actions_annealed
+from pods.improve import Improvement, improvement_step
 from pods.networks import PolicyNetwork, PolicyParams
 from pods.rollout import Policy
 from pods.sharding import check_divisible, device_count, trajectory_mesh
 from pods.state import TrainingState, policy_learner, starting_state
-from pods.train import (
-    Improvement,
-    distill_improved,
-    line_search_step,
-    make_pods,
-    roll_out_and_improve,
-)
+from pods.train import distill_improved, make_pods, roll_out_and_improve
 
 
 def _is_pytree(env: Any) -> bool:
@@ -105,35 +99,7 @@ def make_hds(
     check_divisible(device_count(mesh), config.rollout_batches())
     default_model_env = model_env
 
-    def annealed_step(env, states, actions, observations, active, key) -> ImprovedActions:
-        shared = dict(
-            order=config.order,
-            gradient_normalization=config.gradient_normalization,
-            max_gradient_norm=config.max_gradient_norm,
-            damping=config.damping,
-            gradient_window=config.gradient_window,
-            active=active,
-        )
-        return improve_actions_annealed(
-            env,
-            states,
-            actions,
-            observations,
-            key,
-            step_size_min=config.step_size_min,
-            step_size_max=config.step_size_max,
-            iterations=config.annealing_iterations,
-            initial_temperature=config.annealing_temperature,
-            cooling=config.annealing_cooling,
-            proposal_scale=config.annealing_proposal_scale,
-            **shared,
-        )
-
-    search_step = (
-        line_search_step(config, learner.step_sizes)
-        if config.step_size_search == "line_search"
-        else annealed_step
-    )
+    search_step = improvement_step(config, learner.step_sizes)
 
     def improve_group(env: Env, size: int, params: PolicyParams, epoch: jax.Array, key):
         """PODS steps 1-2 for one group, in its own env."""

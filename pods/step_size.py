@@ -3,7 +3,9 @@
 Along a direction d, each trajectory's candidates clip(a + alpha d) are rolled out, and a
 trajectory takes its best candidate only if that return is finite and strictly above V(a):
 no trajectory ever gets worse. PODS searches a geometric grid of alphas in one batched
-rollout (`line_search`); HDS anneals alpha, one chain per trajectory (`anneal_step_size`).
+rollout (`line_search`, as a `StepSizeSearch`: `searched_on_grid`); HDS anneals alpha, one
+chain per trajectory (`anneal_step_size`, `searched_by_annealing`). A search returns a
+`LineSearchResult`, an improvement step an `ImprovedActions`: both a `StepTaken`.
 """
 
 from __future__ import annotations
@@ -22,28 +24,47 @@ from pods.rollout import episode_of_actions
 
 
 @struct.dataclass
-class ImprovedActions:
-    """The outcome of one improvement step on a batch of k trajectories."""
+class StepTaken:
+    """What a step did to each of k trajectories: the fields a step-size search's result and an
+    improvement step's share."""
 
     actions: Float[Array, "k horizon act_dim"]
-    """a' where the line search found a better return, else the original a (clipped to bounds)."""
+    """The step's actions where it was accepted (it strictly raised the return), else the
+    input actions (clipped to the bounds)."""
+    step_size: Float[Array, " k"]
+    """The accepted alpha, 0 where the actions were kept."""
+    accepted: Bool[Array, " k"]
+    observations: Float[Array, "k horizon+1 obs_dim"]
+    """The states the accepted step's actions visit; where none was accepted, see the
+    subclass."""
+    active: Float[Array, "k horizon"]
+    """1 for the steps of `actions` taken before their episode ended (see `pods.rollout`):
+    distillation learns only from those."""
+
+
+@struct.dataclass
+class LineSearchResult(StepTaken):
+    """A step-size search's outcome along one direction per trajectory (`line_search`, or
+    annealing): where no candidate was accepted, `observations` are NaN rows and `active` 0."""
+
+    value: Float[Array, " k"]
+    """The return `actions` reach: the accepted candidate's, else the `value` it had to beat."""
+
+
+@struct.dataclass
+class ImprovedActions(StepTaken):
+    """The outcome of one improvement step on a batch of k trajectories: a step-size search's
+    along the step's direction, with the direction's diagnostics. Where the step was
+    rejected, `observations` and `active` are those of the rollout of the input actions."""
+
     value: Float[Array, " k"]
     """V(a), the return before the step."""
     value_improved: Float[Array, " k"]
     """V(a'), never below `value` for a finite `value`."""
     gradient_norm: Float[Array, " k"]
     """||dV/da||, before any normalization."""
-    step_size: Float[Array, " k"]
-    """The accepted alpha, 0 where the step was rejected."""
-    accepted: Bool[Array, " k"]
     nonfinite: Bool[Array, " k"]
     """The direction (gradient or Newton step) was not finite: the trajectory was rejected."""
-    observations: Float[Array, "k horizon+1 obs_dim"]
-    """The states the returned actions visit: the candidate's rollout where accepted, else the
-    rollout of the original actions."""
-    active: Float[Array, "k horizon"]
-    """1 for the steps of `actions` taken before their episode ended (see `pods.rollout`):
-    distillation learns only from those."""
     anchor_actions: Float[Array, "k horizon act_dim"] | None = None
     """What the step would play at the states it started from (the rollout it improved,
     `observations` of the input): an open-loop step's `actions` themselves; a feedback
@@ -61,20 +82,6 @@ def step_size_grid(largest: float, smallest: float, count: int) -> Float[Array, 
     if count == 1:
         return jnp.array([largest])
     return jnp.geomspace(largest, smallest, count)
-
-
-@struct.dataclass
-class LineSearchResult:
-    actions: Float[Array, "k horizon act_dim"]
-    """The best candidate where it strictly improves the return, else the input actions."""
-    value: Float[Array, " k"]
-    step_size: Float[Array, " k"]
-    """The accepted alpha, 0 where the actions were kept."""
-    accepted: Bool[Array, " k"]
-    observations: Float[Array, "k horizon+1 obs_dim"]
-    """The states the accepted candidate visits (NaN rows where none was accepted)."""
-    active: Float[Array, "k horizon"]
-    """The accepted candidate's steps before its episode ended (0 where none was accepted)."""
 
 
 def best_candidate(
@@ -243,6 +250,84 @@ def anneal_step_size(
     )
 
 
+def searched_on_grid(
+    env: Env,
+    states: State,
+    actions: Float[Array, "k horizon act_dim"],
+    step_sizes: Float[Array, " m"],
+    action_bounds: tuple[float, float] = (-1.0, 1.0),
+) -> StepSizeSearch:
+    """The `StepSizeSearch` of `actions` from `states`: `line_search` over `step_sizes`."""
+
+    def search(direction, value) -> LineSearchResult:
+        return line_search(
+            env, states, actions, direction, value, step_sizes, action_bounds=action_bounds
+        )
+
+    return search
+
+
+def searched_by_annealing(
+    env: Env,
+    states: State,
+    actions: Float[Array, "k horizon act_dim"],
+    key: jax.Array,
+    *,
+    step_size_min: float,
+    step_size_max: float,
+    iterations: int,
+    initial_temperature: float,
+    cooling: float,
+    proposal_scale: float,
+    action_bounds: tuple[float, float] = (-1.0, 1.0),
+) -> StepSizeSearch:
+    """The `StepSizeSearch` of `actions` from `states` by simulated annealing over alpha in
+    [step_size_min, step_size_max], one chain per trajectory (`anneal_step_size`).
+
+    One chain per trajectory: each trajectory's return is its own function of alpha (their
+    gradients span orders of magnitude through unstable rollouts, the reason the line search is
+    per trajectory too), a shared alpha would let one diverging trajectory veto every other's
+    step, and k chains cost the same batched rollout per proposal as one. As with the line
+    search, a trajectory takes the best alpha seen only if its return is finite and strictly
+    above `value`.
+    """
+    low, high = action_bounds
+
+    def search(direction, value) -> LineSearchResult:
+        def candidates(alphas):
+            return jnp.clip(actions + alphas[:, None, None] * direction, low, high)
+
+        def objective(alphas):
+            episodes = jax.vmap(lambda state, a: episode_of_actions(env, state, a))(
+                states, candidates(alphas)
+            )
+            return episodes.value, (episodes.observations, episodes.active)
+
+        annealed = anneal_step_size(
+            objective,
+            key,
+            actions.shape[0],
+            step_size_min=step_size_min,
+            step_size_max=step_size_max,
+            iterations=iterations,
+            initial_temperature=initial_temperature,
+            cooling=cooling,
+            proposal_scale=proposal_scale,
+            dtype=actions.dtype,
+        )
+        observations_seen, active_seen = annealed.aux
+        return LineSearchResult(
+            actions=candidates(annealed.step_size),
+            value=annealed.value,
+            step_size=annealed.step_size,
+            accepted=annealed.value > value,
+            observations=observations_seen,
+            active=active_seen,
+        )
+
+    return search
+
+
 def _all_active(actions: jax.Array, active: jax.Array | None) -> jax.Array:
     """`active`, or every step of `actions` where it is None."""
     return jnp.ones(actions.shape[:2], actions.dtype) if active is None else active
@@ -253,8 +338,11 @@ __all__ = [
     "ImprovedActions",
     "LineSearchResult",
     "StepSizeSearch",
+    "StepTaken",
     "anneal_step_size",
     "best_candidate",
     "line_search",
+    "searched_by_annealing",
+    "searched_on_grid",
     "step_size_grid",
 ]

@@ -24,13 +24,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from brax.envs.base import Env, State
-from flax import struct
+from brax.envs.base import Env
 from jax.sharding import Mesh
-from jaxtyping import Array, Bool, Float
 
-from pods.config import PODSConfig, check_horizons
-from pods.distill import distill_policy
+from pods.config import PODSConfig, check_horizons, grown_horizon
+from pods.distill import distill_policy, elite
 from pods.drivers import (
     Metrics,
     run_epochs,
@@ -39,16 +37,13 @@ from pods.drivers import (
     seed_slice,
     stack_seeds,
 )
-from pods.feedback import improve_with_feedback
-from pods.improve import improve_actions
+from pods.improve import Improvement, SearchStep, improvement_step
 from pods.networks import PolicyNetwork, PolicyParams, policy_apply
 from pods.programs import ProgramStore
 from pods.rollout import (
-    Episode,
     EpisodeLimit,
     Policy,
     episode_of_policy,
-    policy_batch,
     policy_states_after,
     reset_batch,
     with_episode_limit,
@@ -61,7 +56,6 @@ from pods.state import (
     policy_learner,
     starting_state,
 )
-from pods.step_size import ImprovedActions
 
 # --- one epoch: roll out, improve, distill ----------------------------------------------------
 
@@ -78,39 +72,6 @@ class PODSProgram(NamedTuple):
     """`epoch(state, key)`: the whole PODS epoch."""
 
 
-def line_search_step(config: PODSConfig, step_sizes: jax.Array) -> SearchStep:
-    """PODS step 2 as a `SearchStep`: the config's first- or second-order direction, its
-    step size from the line search over `step_sizes` (HDS's default search too)."""
-
-    def search_step(env, states, actions, observations, active, _key) -> ImprovedActions:
-        if config.feedback:
-            return improve_with_feedback(
-                env,
-                states,
-                actions,
-                observations,
-                step_sizes,
-                damping=config.damping,
-                gradient_window=config.gradient_window,
-                active=active,
-            )
-        return improve_actions(
-            env,
-            states,
-            actions,
-            observations,
-            step_sizes,
-            order=config.order,
-            gradient_normalization=config.gradient_normalization,
-            max_gradient_norm=config.max_gradient_norm,
-            damping=config.damping,
-            gradient_window=config.gradient_window,
-            active=active,
-        )
-
-    return search_step
-
-
 def make_pods(
     config: PODSConfig, env: Env, *, devices: Sequence[jax.Device] | None = None
 ) -> PODSProgram:
@@ -123,7 +84,7 @@ def make_pods(
     mesh = trajectory_mesh(devices)
     check_divisible(device_count(mesh), config.rollout_batches())
 
-    search_step = line_search_step(config, learner.step_sizes)
+    search_step = improvement_step(config, learner.step_sizes)
 
     def improve(params: PolicyParams, epoch: jax.Array, key: jax.Array):
         return roll_out_and_improve(
@@ -158,48 +119,6 @@ def make_pods(
 
 
 # --- steps 1-2: roll out and improve ----------------------------------------------------------
-
-
-@struct.dataclass
-class Improvement:
-    """PODS steps 1-2 on a batch of k trajectories: what distillation and the metrics need."""
-
-    data: Episode
-    """The rollouts the actions were improved from (with exploration noise, if any)."""
-    evaluation: Episode
-    """The deterministic policy's rollouts from the same initial states."""
-    steps: ImprovedActions
-    """Every improvement step, stacked on a leading axis (trajectories second)."""
-    selected: Bool[Array, " k"]
-    """The trajectories to distill: the elite of the batch (see `elite`)."""
-    noise: jax.Array
-    """The exploration noise level used."""
-
-    @property
-    def improved(self) -> ImprovedActions:
-        """The last improvement step."""
-        return jax.tree.map(lambda x: x[-1], self.steps)
-
-    @staticmethod
-    def concatenate(parts: list[Improvement]) -> Improvement:
-        """The batches of `parts` as one, e.g. HDS's two env groups (each its own elite)."""
-
-        def joined(field: str, axis: int = 0):
-            leaves = [getattr(part, field) for part in parts]
-            return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=axis), *leaves)
-
-        return Improvement(
-            data=joined("data"),
-            evaluation=joined("evaluation"),
-            steps=joined("steps", axis=1),
-            selected=joined("selected"),
-            noise=parts[0].noise,
-        )
-
-
-SearchStep = Callable[[Env, State, jax.Array, jax.Array, jax.Array, jax.Array], ImprovedActions]
-"""(env, states, actions, observations, active, key) -> one improvement step of every
-trajectory (`active`: the steps before each episode ended)."""
 
 
 def roll_out_and_improve(
@@ -265,13 +184,6 @@ def roll_out_and_improve(
         selected=elite(steps.value_improved[-1], config.elite_fraction),
         noise=noise,
     )
-
-
-def grown_horizon(config: PODSConfig, horizon: int, epoch: jax.Array) -> jax.Array:
-    """The steps epoch `epoch`'s rollouts are improved over (`PODSConfig.horizon_start`)."""
-    start = config.horizon_start
-    growth = config.horizon_growth_epochs
-    return start + (horizon - start) * jnp.minimum(epoch, growth) // growth
 
 
 # --- step 3: distill --------------------------------------------------------------------------
@@ -477,32 +389,9 @@ def train_seeds(
         return pods.make_policy, params, history.metrics
 
 
-def elite(values: Float[Array, " k"], fraction: float) -> Bool[Array, " k"]:
-    """The top `fraction` of `values`: round(fraction * k) of them, at least one, more where
-    values tie at the threshold. Non-finite values count as the lowest."""
-    count = max(1, round(fraction * values.shape[0]))
-    values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
-    threshold = jnp.sort(values)[-count]
-    return values >= threshold
-
-
-def evaluate_policy(
-    env: Env, policy: Policy, key: jax.Array, num_trajectories: int, horizon: int | None = None
-) -> jax.Array:
-    """Returns of the deterministic `policy` from `num_trajectories` fresh initial states."""
-    horizon = horizon or env.episode_length
-    return policy_batch(env, reset_batch(env, key, num_trajectories), policy, horizon).value
-
-
 __all__ = [
-    "Improvement",
     "PODSProgram",
-    "SearchStep",
     "distill_improved",
-    "elite",
-    "evaluate_policy",
-    "grown_horizon",
-    "line_search_step",
     "make_pods",
     "roll_out_and_improve",
     "train",

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from pods.config import PODSConfig
-from pods.rollout import episode_of_policy, reset_batch
+from pods.rollout import episode_of_policy, evaluate_policy, reset_batch
 from pods.state import init_training_state
-from pods.train import evaluate_policy, make_pods, train
+from pods.train import make_pods, train
 from sim2real.brax_envs import inverted_pendulum_upright, make_brax_env, registry_names
 
 

@@ -16,7 +16,7 @@ import pytest
 from brax.envs.base import Env, State
 from doubles import LinearQuadraticEnv
 
-from pods.config import PODSConfig
+from pods.config import PODSConfig, grown_horizon
 from pods.derivatives import (
     action_gradient,
     gauss_newton,
@@ -25,27 +25,20 @@ from pods.derivatives import (
     newton_direction,
     reward_derivatives,
 )
-from pods.distill import distill_policy
-from pods.improve import improve_actions
+from pods.distill import distill_policy, elite
+from pods.improve import Improvement, improve_actions
 from pods.rollout import (
     Episode,
     Trajectory,
     episode_of_actions,
+    evaluate_policy,
     reset_batch,
     rollout_actions,
     rollout_policy,
 )
 from pods.state import init_training_state, learning_rate_scale, policy_learner
 from pods.step_size import ImprovedActions, line_search, step_size_grid
-from pods.train import (
-    Improvement,
-    distill_improved,
-    elite,
-    evaluate_policy,
-    grown_horizon,
-    make_pods,
-    train,
-)
+from pods.train import distill_improved, make_pods, train
 from sim2real import make_testbed
 
 
