@@ -11,7 +11,8 @@ counted, and keeps its actions. With feedback, the step is an iLQR step instead
 
 `improvement_step(config, step_sizes)` builds the step a config asks for, in the one form
 PODS and HDS call it; `improve_actions` and `improve_actions_annealed` are the open-loop
-steps with their settings as keywords.
+steps with their settings as keywords. An epoch's steps 1-2 over a batch (its rollouts and
+every improvement step) are one `Improvement`, which distillation reads.
 """
 
 from __future__ import annotations
@@ -303,8 +304,8 @@ class Improvement:
 
 
 __all__ = [
-    "Improvement",
     "DirectionSettings",
+    "Improvement",
     "SearchStep",
     "improve_actions",
     "improve_actions_annealed",

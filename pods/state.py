@@ -3,7 +3,9 @@
 `TrainingState` is one immutable pytree (the policy, distillation's Adam state, the epoch
 count, the best policy kept); its checkpoint form is registered with flax's serialization.
 `policy_learner` checks a config against its envs and builds the pieces every epoch is made
-of; `starting_state` is where a run starts: a checkpoint (resume), or fresh parameters.
+of; `starting_state` is where a run starts: a checkpoint (resume), or fresh parameters. An
+epoch moves the state on with `kept_best` (the best policy so far) and
+`learning_rate_scale` (the factor on its distillation updates).
 """
 
 from __future__ import annotations
