@@ -5,7 +5,7 @@ For each k in `--trajectories` and each seed count S in `--seeds`, one PODS epoc
 solving settings (`experiments/conf/solving/pods.yaml`: second order, 10-step windows,
 exploration noise, the best eighth distilled) on `--env` with k rollouts of the env's
 episode length: S = 1 is `pods.train.make_pods`'s epoch, S > 1 the epoch vmapped over S
-seeds (`pods.train.seed_batch_epoch`, as `train_seeds` runs it). The rollouts are sharded
+seeds (`pods.drivers.seed_batch_epoch`, as `train_seeds` runs it). The rollouts are sharded
 over every local device (`pods.sharding`; one device: unsharded). Per point:
 - `compile_s`: the first epoch's time less a steady epoch's: tracing, lowering and
   compiling it (a fresh compilation cache per invocation unless --warm-cache);
