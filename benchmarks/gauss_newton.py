@@ -1,6 +1,6 @@
 """The second-order direction's cost: one tangent per action against tangents shared by windows.
 
-`pods.improve.gauss_newton` builds the Jacobian of the rollout with forward mode. With a
+`pods.derivatives.gauss_newton` builds the Jacobian of the rollout with forward mode. With a
 gradient window of W steps no window's states see another window's actions, so W tangents
 (tangent j moves actions j, W + j, ...) give exactly the Jacobian that one tangent per action
 gives (tested in tests/test_pods.py), and the Gauss-Newton matrix is block-diagonal: one
@@ -37,7 +37,7 @@ def main():
     args = parser.parse_args()
 
     configure_jax()
-    from pods.improve import gauss_newton, newton_direction
+    from pods.derivatives import gauss_newton, newton_direction
     from pods.rollout import reset_batch
     from sim2real import make_testbed
 

@@ -5,7 +5,7 @@ For each k in `--trajectories` and each seed count S in `--seeds`, one PODS epoc
 solving settings (`experiments/conf/solving/pods.yaml`: second order, 10-step windows,
 exploration noise, the best eighth distilled) on `--env` with k rollouts of the env's
 episode length: S = 1 is `pods.train.make_pods`'s epoch, S > 1 the epoch vmapped over S
-seeds (`pods.train.seed_batch_epoch`, as `train_seeds` runs it). The rollouts are sharded
+seeds (`pods.drivers.seed_batch_epoch`, as `train_seeds` runs it). The rollouts are sharded
 over every local device (`pods.sharding`; one device: unsharded). Per point:
 - `compile_s`: the first epoch's time less a steady epoch's: tracing, lowering and
   compiling it (a fresh compilation cache per invocation unless --warm-cache);
@@ -48,7 +48,10 @@ def peak_memory(devices) -> int | None:
 
 
 def benchmark(env, fields: dict, k: int, seeds: int, epochs: int) -> dict:
-    from pods.train import PODSConfig, init_training_state, make_pods, seed_batch_epoch
+    from pods.config import PODSConfig
+    from pods.drivers import seed_batch_epoch
+    from pods.state import init_training_state
+    from pods.train import make_pods
 
     config = PODSConfig(**{**fields, "num_trajectories": k})
     pods = make_pods(config, env)

@@ -50,7 +50,9 @@ def benchmark(
     backend: str,
     fields: dict,
 ) -> dict:
-    from pods.train import PODSConfig, init_training_state, make_pods
+    from pods.config import PODSConfig
+    from pods.state import init_training_state
+    from pods.train import make_pods
     from sim2real import make_testbed
 
     env = make_testbed(env_name, backend=backend)

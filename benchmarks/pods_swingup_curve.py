@@ -71,7 +71,9 @@ def run_pods(
     num_trajectories: int | None,
     overrides: dict,
 ):
-    from pods.train import PODSConfig, evaluate_policy, train
+    from pods.config import PODSConfig
+    from pods.rollout import evaluate_policy
+    from pods.train import train
     from sim2real import make_testbed
 
     env = make_testbed(env_name)

@@ -157,7 +157,8 @@ def library_config(config_class: type, fields: dict):
 def train_pods(spec: dict, env, train_key, held_out_key, curve: Curve) -> dict:
     """PODS through `pods.train.train`, whose `checkpoint_fn` hands over the state (and so
     the params) after every epoch."""
-    from pods.train import PODSConfig, make_pods, train
+    from pods.config import PODSConfig
+    from pods.train import make_pods, train
 
     config = library_config(PODSConfig, spec["config"])
     make_policy = make_pods(config, env).make_policy

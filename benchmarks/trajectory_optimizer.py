@@ -59,8 +59,9 @@ import_brax_quietly()
 from brax.envs.base import Wrapper  # noqa: E402
 
 from pods.feedback import improve_with_feedback  # noqa: E402
-from pods.improve import improve_actions, step_size_grid  # noqa: E402
+from pods.improve import improve_actions  # noqa: E402
 from pods.rollout import episode_of_actions, reset_batch  # noqa: E402
+from pods.step_size import step_size_grid  # noqa: E402
 from sim2real import make_testbed  # noqa: E402
 from sim2real.evaluation import held_out_starts, seed_streams, solved_criterion  # noqa: E402
 from sim2real.lab import FrictionGradient  # noqa: E402

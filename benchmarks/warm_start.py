@@ -65,8 +65,10 @@ def main() -> None:
         phases.append({"phase": name, "s": round(time.perf_counter() - start, 3), "events": events})
         return out
 
+    from pods.config import PODSConfig
     from pods.programs import ProgramStore
-    from pods.train import PODSConfig, init_training_state, make_pods
+    from pods.state import init_training_state
+    from pods.train import make_pods
     from sim2real import make_testbed
 
     env = phase("testbed", lambda: make_testbed(args.env, backend=args.backend))

@@ -48,7 +48,7 @@ from experiments.train import build_envs, build_sim
 from experiments.trainers import algo_config
 from pods.rollout import Policy
 from pods.runtime import configure_jax, filter_known_xla_logs
-from pods.train import init_training_state, policy_learner
+from pods.state import init_training_state, policy_learner
 from sim2real.evaluation import seed_streams, solved_criterion
 
 PODS_ALGOS = ("pods", "oracle", "hds", "pods_sysid")

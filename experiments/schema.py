@@ -1,6 +1,6 @@
 """Structured-config schemas: what hydra validates every YAML config group against.
 
-The library's config dataclasses (`sim2real.Physics`, `pods.train.PODSConfig`, ...) are the one
+The library's config dataclasses (`sim2real.Physics`, `pods.config.PODSConfig`, ...) are the one
 source of truth for field names, types and defaults; the schemas here are derived from them,
 so a field added there appears here. Those dataclasses are frozen and check their own ranges;
 `build` turns a composed config into them, and a bad value fails there, before any compute,
@@ -21,8 +21,7 @@ from baselines.brax_agents import APGConfig, PPOConfig
 from baselines.energy_lqr import EnergyLQRConfig
 from baselines.lqr import LQRConfig
 from dynamics_models.factory import ModelConfig
-from pods.hds import HDSConfig
-from pods.train import PODSConfig
+from pods.config import HDSConfig, PODSConfig
 from sim2real.lab import FrictionGradient, LabEffects
 from sim2real.loop import LoopConfig
 from sim2real.sysid import SysIDConfig

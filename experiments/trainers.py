@@ -44,11 +44,13 @@ from experiments.real import RealSpec
 from experiments.resume import Resume, resolved_config
 from experiments.run_dir import RunDirectory, atomic_write_json
 from experiments.schema import LOOP_EXTRAS, ConfigError, to_library_config
-from pods.hds import HDSConfig, make_hds
+from pods.config import HDSConfig, PODSConfig
+from pods.hds import make_hds
 from pods.programs import ProgramStore
 from pods.rollout import Policy
 from pods.sharding import check_divisible
-from pods.train import PODSConfig, TrainingState, init_training_state, make_pods, train_seeds
+from pods.state import TrainingState, init_training_state
+from pods.train import make_pods, train_seeds
 from pods.train import train as train_pods
 from sim2real.lab import LabEffects, physics_steps
 from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop, run_loop_seeds

@@ -7,17 +7,11 @@ from pods.runtime import import_brax_quietly
 
 import_brax_quietly()  # before the modules below import brax
 
+from pods.config import PODSConfig
+from pods.derivatives import action_gradient, gauss_newton_matrix
 from pods.distill import DistillationResult, distill_policy
 from pods.feedback import improve_with_feedback
-from pods.improve import (
-    ImprovedActions,
-    LineSearchResult,
-    action_gradient,
-    gauss_newton_matrix,
-    improve_actions,
-    line_search,
-    step_size_grid,
-)
+from pods.improve import improve_actions
 from pods.networks import PolicyNetwork, PolicyParams
 from pods.rollout import (
     Episode,
@@ -25,11 +19,14 @@ from pods.rollout import (
     Trajectory,
     episode_of_actions,
     episode_of_policy,
+    evaluate_policy,
     reset_batch,
     rollout_actions,
     rollout_policy,
 )
-from pods.train import PODSConfig, TrainingState, evaluate_policy, make_pods, train
+from pods.state import TrainingState
+from pods.step_size import ImprovedActions, LineSearchResult, line_search, step_size_grid
+from pods.train import make_pods, train
 
 __all__ = [
     "DistillationResult",

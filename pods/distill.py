@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 
 @struct.dataclass
@@ -108,3 +108,12 @@ def distill_policy(
         loss=jnp.where(applied > 0, jnp.sum(losses) / jnp.maximum(applied, 1), jnp.nan),
         skipped_updates=jnp.sum(~finite).astype(losses.dtype),
     )
+
+
+def elite(values: Float[Array, " k"], fraction: float) -> Bool[Array, " k"]:
+    """The top `fraction` of `values`: round(fraction * k) of them, at least one, more where
+    values tie at the threshold. Non-finite values count as the lowest."""
+    count = max(1, round(fraction * values.shape[0]))
+    values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
+    threshold = jnp.sort(values)[-count]
+    return values >= threshold

@@ -36,19 +36,14 @@ from brax.envs.base import Env, State
 from flax import struct
 from jaxtyping import Array, Bool, Float
 
-from pods.improve import (
-    ImprovedActions,
-    RewardFn,
-    _all_active,
-    best_candidate,
-    reward_derivatives,
-)
+from pods.derivatives import RewardFn, reward_derivatives
 from pods.rollout import (
     episode_of_feedback,
     state_vector,
     states_of_actions,
     with_state_vector,
 )
+from pods.step_size import ImprovedActions, _all_active, best_candidate
 
 
 @struct.dataclass

@@ -341,3 +341,11 @@ def policy_batch(
             env, state, policy, horizon, key=k, action_noise=action_noise
         )
     )(states, keys)
+
+
+def evaluate_policy(
+    env: Env, policy: Policy, key: jax.Array, num_trajectories: int, horizon: int | None = None
+) -> jax.Array:
+    """Returns of the deterministic `policy` from `num_trajectories` fresh initial states."""
+    horizon = horizon or env.episode_length
+    return policy_batch(env, reset_batch(env, key, num_trajectories), policy, horizon).value

@@ -39,19 +39,12 @@ from dynamics_models import (
     make_model,
 )
 from dynamics_models import train as fit_model
-from pods.hds import HDSConfig, make_hds, step_counters
+from pods.config import HDSConfig
+from pods.drivers import run_epochs, run_seed_epochs, seed_batch_epoch, seed_slice, stack_seeds
+from pods.hds import make_hds, step_counters
 from pods.networks import PolicyParams
 from pods.rollout import Policy
-from pods.train import (
-    TrainingState,
-    policy_learner,
-    run_epochs,
-    run_seed_epochs,
-    seed_batch_epoch,
-    seed_slice,
-    stack_seeds,
-    starting_state,
-)
+from pods.state import TrainingState, policy_learner, starting_state
 from pods.validation import is_integer, require
 from sim2real.real_system import RealSystem, RealTrajectories
 

@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pods.rollout import episode_of_policy, reset_batch
-from pods.train import PODSConfig, evaluate_policy, init_training_state, make_pods, train
+from pods.config import PODSConfig
+from pods.rollout import episode_of_policy, evaluate_policy, reset_batch
+from pods.state import init_training_state
+from pods.train import make_pods, train
 from sim2real.brax_envs import inverted_pendulum_upright, make_brax_env, registry_names
 
 

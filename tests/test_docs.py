@@ -96,7 +96,7 @@ def test_site_builds_with_strict(site):
 def test_configuration_reference_keys_every_field_as_the_command_line_spells_it(site):
     import dataclasses
 
-    from pods.hds import HDSConfig
+    from pods.config import HDSConfig
     from sim2real.lab import LabEffects
     from sim2real.loop import LoopConfig
 

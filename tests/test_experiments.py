@@ -22,7 +22,7 @@ from dynamics_models import ModelConfig
 from experiments.deploy import LoadedPolicy, load_policy
 from experiments.schema import ConfigError, to_library_config
 from experiments.trainers import NEEDS_TESTBED
-from pods.train import PODSConfig
+from pods.config import PODSConfig
 from pods.xla_log_filter import drop_known
 from sim2real.evaluation import evaluate, evaluate_sim_and_real, seed_streams
 from sim2real.testbeds import Physics

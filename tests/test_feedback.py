@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from doubles import LinearQuadraticEnv
 
+from pods.config import HDSConfig, PODSConfig
+from pods.derivatives import action_gradient
 from pods.feedback import backward_pass, improve_with_feedback, linearize
-from pods.hds import HDSConfig
-from pods.improve import action_gradient, step_size_grid
 from pods.rollout import (
     episode_of_actions,
     episode_of_feedback,
@@ -22,7 +22,8 @@ from pods.rollout import (
     state_vector,
     with_state_vector,
 )
-from pods.train import PODSConfig, train
+from pods.step_size import step_size_grid
+from pods.train import train
 from sim2real import make_testbed
 
 

@@ -8,9 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pods.derivatives import action_gradient
 from pods.feedback import improve_with_feedback
-from pods.improve import action_gradient, step_size_grid
 from pods.rollout import episode_of_actions, reset_batch
+from pods.step_size import step_size_grid
 from sim2real import make_testbed
 from sim2real.lab import FrictionGradient, LabEffects, slider_force
 from sim2real.testbeds import Physics

@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 from doubles import LinearEnv
 
-from pods.hds import HDSConfig, anneal_step_size, improve_actions_annealed, make_hds
+from pods.config import HDSConfig
+from pods.hds import make_hds
 from pods.hds import train as train_hds
+from pods.improve import improve_actions_annealed
 from pods.rollout import reset_batch, rollout_actions
-from pods.train import init_training_state
+from pods.state import init_training_state
+from pods.step_size import anneal_step_size
 from pods.train import train as train_pods
 
 

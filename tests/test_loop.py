@@ -9,7 +9,7 @@ import pytest
 from brax.envs.wrappers.training import Wrapper
 
 from dynamics_models import ModelConfig
-from pods.hds import HDSConfig
+from pods.config import HDSConfig
 from sim2real import make_testbed
 from sim2real.evaluation import evaluate_sim_and_real, gap_closure, normalized_score, seed_streams
 from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop, run_loop_seeds

@@ -16,40 +16,29 @@ import pytest
 from brax.envs.base import Env, State
 from doubles import LinearQuadraticEnv
 
-from pods.distill import distill_policy
-from pods.improve import (
-    ImprovedActions,
+from pods.config import PODSConfig, grown_horizon
+from pods.derivatives import (
     action_gradient,
     gauss_newton,
     gauss_newton_factor,
     gauss_newton_matrix,
-    improve_actions,
-    line_search,
     newton_direction,
     reward_derivatives,
-    step_size_grid,
 )
+from pods.distill import distill_policy, elite
+from pods.improve import Improvement, improve_actions
 from pods.rollout import (
     Episode,
     Trajectory,
     episode_of_actions,
+    evaluate_policy,
     reset_batch,
     rollout_actions,
     rollout_policy,
 )
-from pods.train import (
-    Improvement,
-    PODSConfig,
-    distill_improved,
-    elite,
-    evaluate_policy,
-    grown_horizon,
-    init_training_state,
-    learning_rate_scale,
-    make_pods,
-    policy_learner,
-    train,
-)
+from pods.state import init_training_state, learning_rate_scale, policy_learner
+from pods.step_size import ImprovedActions, line_search, step_size_grid
+from pods.train import distill_improved, make_pods, train
 from sim2real import make_testbed
 
 
@@ -383,7 +372,7 @@ def test_a_checkpoint_from_before_the_option_loads_as_last_and_not_as_best():
 
 
 def test_a_non_finite_return_never_replaces_the_kept_policy():
-    from pods.train import BestPolicy, TrainingState, kept_best
+    from pods.state import BestPolicy, TrainingState, kept_best
 
     params = {"w": jnp.ones(2)}
     state = TrainingState(

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from brax.envs.base import State
 
-from pods.improve import gauss_newton_factor
+from pods.derivatives import gauss_newton_factor
 from pods.rollout import (
     episode_of_actions,
     policy_states_after,

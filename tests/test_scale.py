@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from doubles import LinearEnv
 
+from pods.config import PODSConfig
 from pods.sharding import check_divisible, trajectory_mesh
-from pods.train import PODSConfig, train, train_seeds
+from pods.train import train, train_seeds
 
 TESTS = Path(__file__).resolve().parent
 
@@ -116,8 +117,10 @@ SHARDED = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import jax, jax.numpy as jnp
     from doubles import LinearEnv
-    from pods.hds import HDSConfig, train as train_hds
-    from pods.train import PODSConfig, train, train_seeds
+    from pods.config import HDSConfig
+    from pods.hds import train as train_hds
+    from pods.config import PODSConfig
+    from pods.train import train, train_seeds
 
     assert jax.local_device_count() == 2, jax.devices()
     sim = LinearEnv([[1.0, 0.1], [0.0, 1.0]], [[0.0], [0.1]], episode_length=10)

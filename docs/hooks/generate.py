@@ -146,8 +146,7 @@ def configuration_reference() -> str:
     from baselines.lqr import LQRConfig
     from dynamics_models.factory import ModelConfig
     from experiments import schema
-    from pods.hds import HDSConfig
-    from pods.train import PODSConfig
+    from pods.config import HDSConfig, PODSConfig
     from sim2real.lab import FrictionGradient, LabEffects
     from sim2real.loop import LoopConfig
     from sim2real.sysid import SysIDConfig

@@ -1,0 +1,156 @@
+"""The epoch drivers: the impure loops that run a compiled epoch of PODS or HDS.
+
+`run_epochs` runs one seed's epochs, `run_seed_epochs` a batch of seeds' (the epoch vmapped
+over them by `seed_batch_epoch`). They sync, time and report through callbacks; epoch e's key
+is `fold_in(key, e)`, so a run resumed from a checkpointed state repeats no randomness. They
+know nothing of what an epoch does: any `epoch(state, key, *args) -> (state, metrics)` runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from pods.state import TrainingState
+
+Metrics = dict[str, float]
+
+
+def seed_batch_epoch(epoch: Callable[..., tuple[TrainingState, dict]]):
+    """`epoch(state, key, *args)` for a batch of seeds: `(states, keys, i, *args) -> (states,
+    metrics)`, each seed's key `fold_in(keys[s], i)` as in `run_epochs` and `args` (HDS's
+    model envs) stacked per seed. Seeds whose state is not at epoch i keep it (their metrics
+    are computed and discarded)."""
+
+    def batch_epoch(states: TrainingState, keys: jax.Array, i: jax.Array, *args):
+        epoch_keys = jax.vmap(lambda key: jax.random.fold_in(key, i))(keys)
+        new_states, metrics = jax.vmap(epoch)(states, epoch_keys, *args)
+        due = states.epoch == i
+
+        def pick(new, old):
+            return jnp.where(due.reshape(due.shape + (1,) * (new.ndim - 1)), new, old)
+
+        return jax.tree.map(pick, new_states, states), metrics
+
+    return batch_epoch
+
+
+def stack_seeds(trees: Sequence) -> Any:
+    """Per-seed pytrees of one structure (training states, model envs) as one, the seeds on
+    a leading axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def seed_slice(states: TrainingState, s: int) -> TrainingState:
+    """Seed s's state of a batch."""
+    return jax.tree.map(lambda x: x[s], states)
+
+
+class EpochHistory(NamedTuple):
+    state: TrainingState
+    metrics: list[Metrics]
+
+
+def run_epochs(
+    epoch: Callable[..., tuple[TrainingState, dict[str, jax.Array]]],
+    state: TrainingState,
+    key: jax.Array,
+    num_epochs: int,
+    counters_per_epoch: dict[str, int],
+    *,
+    epoch_args: tuple = (),
+    progress_fn: Callable[[int, Metrics], None] | None = None,
+    checkpoint_fn: Callable[[TrainingState, Metrics], None] | None = None,
+    clock_start: float | None = None,
+) -> EpochHistory:
+    """Runs a compiled `epoch(state, key, *epoch_args)` from `state.epoch` to `num_epochs`.
+
+    The one impure loop of PODS and HDS: it syncs, times and reports. Epoch e's key is
+    `fold_in(key, e)`, so a run resumed from a checkpointed state repeats no randomness.
+    `counters_per_epoch` (env steps, say) are reported cumulatively under their names.
+    `train/wall_clock_s` counts from `clock_start` (a `time.perf_counter()` reading; default
+    now), so a caller running the epochs in segments keeps one clock.
+    """
+    metrics_history: list[Metrics] = []
+    start = time.perf_counter() if clock_start is None else clock_start
+    for i in range(int(state.epoch), num_epochs):
+        state, metrics = epoch(state, jax.random.fold_in(key, i), *epoch_args)
+        metrics = _reported(jax.device_get(metrics), i, counters_per_epoch, start)
+        metrics_history.append(metrics)
+        if progress_fn is not None:
+            progress_fn(i, metrics)
+        if checkpoint_fn is not None:
+            checkpoint_fn(state, metrics)
+    return EpochHistory(state, metrics_history)
+
+
+class SeedHistory(NamedTuple):
+    state: TrainingState
+    """Every seed's state, stacked on a leading axis."""
+    metrics: list[list[Metrics]]
+    """Per seed, the metrics of the epochs this call ran for it."""
+
+
+def run_seed_epochs(
+    epoch: Callable[..., tuple[TrainingState, dict[str, jax.Array]]],
+    states: TrainingState,
+    keys: jax.Array,
+    num_epochs: int,
+    counters_per_epoch: dict[str, int],
+    *,
+    args_for_epoch: Callable[[int, list[int], TrainingState], tuple] | None = None,
+    progress_fn: Callable[[int, int, Metrics], None] | None = None,
+    checkpoint_fn: Callable[[int, TrainingState, Metrics], None] | None = None,
+    clock_start: float | None = None,
+) -> SeedHistory:
+    """`run_epochs` for a batch of seeds: runs a compiled `epoch(states, keys, i, *args)`
+    (see `seed_batch_epoch`) from the earliest seed's epoch to `num_epochs`, and reports each
+    seed's epochs, from its own on, to the callbacks with the seed's index first.
+    `args_for_epoch(i, due, states)` gives epoch i's `args`, `due` the seeds it trains (HDS
+    collects and refits their models there); none by default."""
+    start = time.perf_counter() if clock_start is None else clock_start
+    done = [int(e) for e in jax.device_get(states.epoch)]
+    history: list[list[Metrics]] = [[] for _ in done]
+    for i in range(min(done), num_epochs):
+        due = [s for s in range(len(done)) if done[s] == i]  # the others are ahead
+        args = () if args_for_epoch is None else args_for_epoch(i, due, states)
+        states, batch_metrics = epoch(states, keys, jnp.asarray(i, jnp.int32), *args)
+        batch_metrics = jax.device_get(batch_metrics)
+        for s in due:
+            metrics = _reported(
+                {name: value[s] for name, value in batch_metrics.items()},
+                i,
+                counters_per_epoch,
+                start,
+            )
+            history[s].append(metrics)
+            done[s] = i + 1
+            if progress_fn is not None:
+                progress_fn(s, i, metrics)
+            if checkpoint_fn is not None:
+                checkpoint_fn(s, seed_slice(states, s), metrics)
+    return SeedHistory(states, history)
+
+
+def _reported(metrics: dict, i: int, counters_per_epoch: dict[str, int], start: float) -> Metrics:
+    """Epoch i's metrics as floats, with the cumulative counters and the wall-clock."""
+    reported = {name: float(value) for name, value in metrics.items()}
+    reported.update({name: float((i + 1) * n) for name, n in counters_per_epoch.items()})
+    reported["train/wall_clock_s"] = time.perf_counter() - start
+    return reported
+
+
+__all__ = [
+    "EpochHistory",
+    "Metrics",
+    "SeedHistory",
+    "run_epochs",
+    "run_seed_epochs",
+    "seed_batch_epoch",
+    "seed_slice",
+    "stack_seeds",
+]
