@@ -36,7 +36,9 @@ The report, per real profile and per method (and its real budget):
   (the stretch: 400), on the Brax twin and on MuJoCo C;
 - each part's setting fingerprint and its seeds' commit and process seconds: `make run`
   prints the ranges of the part whose fingerprint its config has
-  (`experiments.study_ranges`, from the JSON written with `--out`).
+  (`experiments.study_ranges`, from the kept report, written with
+  `--out docs/results/data/study/study.json`; `python -m paper_figures.make study --preset
+  paper --runs docs/results/data` draws it).
 """
 
 from __future__ import annotations
@@ -130,6 +132,13 @@ PARTS = {
                 f"HDS, beta 0.25, at {b:,}",
             )
             for b in (1000, 400, 5000)
+        ),
+        Part(
+            "lab_b1000_hist2",
+            (*MAIN, *budget(1000), "env.action_history=2", "algo.num_trajectories=256")
+            + ("run.compare=[]",),
+            "HDS at 1,000 with the oracle's solving settings: 2 past commands observed, 256 "
+            "rollouts an epoch",
         ),
         Part("lab_ppo_dr", (*MAIN, "algo=ppo_dr", "run.compare=[]"), "PPO + domain randomization"),
         Part("lab_apg", (*MAIN, "algo=apg", "run.compare=[]"), "Brax's APG"),

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-STUDY = REPO / "docs" / "results" / "data" / "study.json"
+STUDY = REPO / "docs" / "results" / "data" / "study" / "study.json"
 """The study's kept report (`benchmarks/study.py --out`)."""
 
 COLUMNS = (
