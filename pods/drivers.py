@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from pods.state import TrainingState
 
 Metrics = dict[str, float]
+"""What a run reports per epoch (or per call): namespaced names (`train/return`) to floats.
+Every trainer's `progress_fn` and history use it."""
 
 
 def seed_batch_epoch(epoch: Callable[..., tuple[TrainingState, dict]]):

@@ -29,7 +29,7 @@ from pods.config import HDSConfig
 from pods.drivers import Metrics, run_epochs
 from pods.networks import PolicyNetwork, PolicyParams
 from pods.rollout import Policy
-from pods.state import TrainingState, starting_state
+from pods.state import TrainingState, init_training_state
 from pods.train import RolloutGroup, make_grouped_pods
 
 
@@ -128,7 +128,7 @@ def train(
     with jax.enable_x64(True) if config.float64 else nullcontext():
         hds = make_hds(config, sim_env, model_env, devices=devices)
         key_init, key_epochs = jax.random.split(key)
-        state = starting_state(
+        state = init_training_state(
             config,
             sim_env,
             hds.network,

@@ -38,7 +38,7 @@ from pods.drivers import (
     seed_slice,
     stack_seeds,
 )
-from pods.improve import Improvement, SearchStep, improvement_step
+from pods.improve import Improvement, SearchStep, make_improvement_step
 from pods.networks import PolicyNetwork, PolicyParams, policy_apply
 from pods.programs import ProgramStore
 from pods.rollout import (
@@ -52,10 +52,10 @@ from pods.rollout import (
 from pods.sharding import check_divisible, device_count, shard_trajectories, trajectory_mesh
 from pods.state import (
     TrainingState,
+    init_training_state,
     kept_best,
     learning_rate_scale,
     policy_learner,
-    starting_state,
 )
 
 # --- one epoch: roll out, improve, distill ----------------------------------------------------
@@ -119,7 +119,7 @@ def make_grouped_pods(
     learner = policy_learner(config, [g.env for g in groups if g.env is not None], horizon)
     mesh = trajectory_mesh(devices)
     check_divisible(device_count(mesh), config.rollout_batches())
-    search_step = improvement_step(config, learner.step_sizes)
+    search_step = make_improvement_step(config, learner.step_sizes)
     dtype = jnp.float64 if config.float64 else jnp.float32
 
     def improve(params: PolicyParams, epoch: jax.Array, key: jax.Array, envs=None):
@@ -219,13 +219,13 @@ def roll_out_and_improve(
     else:
         data = evaluation
 
-    def improvement_step(trajectories, step_key):
+    def scanned_step(trajectories, step_key):
         actions, observations, active = trajectories
         step = search_step(env, states, actions, observations, active, step_key)
         return (step.actions, step.observations, step.active), step
 
     _, steps = jax.lax.scan(
-        improvement_step,
+        scanned_step,
         (data.actions, data.observations, data.active),
         jax.random.split(jax.random.fold_in(key, 2), config.improve_iterations),
     )
@@ -358,7 +358,7 @@ def train(
     with jax.enable_x64(True) if config.float64 else nullcontext():
         pods = make_pods(config, env, devices=devices)
         key_init, key_epochs = jax.random.split(key)
-        state = starting_state(
+        state = init_training_state(
             config,
             env,
             pods.network,
@@ -423,7 +423,9 @@ def train_seeds(
         for key, initial_state in zip(keys, initial_states, strict=True):
             key_init, key_epochs = jax.random.split(key)
             states.append(
-                starting_state(config, env, pods.network, key_init, initial_state=initial_state)
+                init_training_state(
+                    config, env, pods.network, key_init, initial_state=initial_state
+                )
             )
             epoch_keys.append(key_epochs)
         horizon = config.horizon or env.episode_length

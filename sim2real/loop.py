@@ -40,15 +40,20 @@ from dynamics_models import (
 )
 from dynamics_models import train as fit_model
 from pods.config import HDSConfig
-from pods.drivers import run_epochs, run_seed_epochs, seed_batch_epoch, seed_slice, stack_seeds
+from pods.drivers import (
+    Metrics,
+    run_epochs,
+    run_seed_epochs,
+    seed_batch_epoch,
+    seed_slice,
+    stack_seeds,
+)
 from pods.hds import make_hds, step_counters
 from pods.networks import PolicyParams
 from pods.rollout import Policy
-from pods.state import TrainingState, policy_learner, starting_state
+from pods.state import TrainingState, init_training_state, policy_learner
 from pods.validation import is_integer, require
 from sim2real.real_system import RealSystem, RealTrajectories
-
-Metrics = dict[str, float]
 
 INITIAL_DATA = ("random", "policy")
 
@@ -321,7 +326,7 @@ def run_loop(
         real_data.make_policy = hds.make_policy
         compiled = jax.jit(hds.epoch)
         key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))
-        state = starting_state(
+        state = init_training_state(
             config,
             sim_env,
             hds.network,
@@ -437,7 +442,9 @@ def run_loop_seeds(
             seed_data.make_policy = hds.make_policy
             key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))
             states.append(
-                starting_state(config, sim_env, hds.network, key_init, initial_state=initial_state)
+                init_training_state(
+                    config, sim_env, hds.network, key_init, initial_state=initial_state
+                )
             )
             epoch_keys.append(key_epochs)
         model_envs = [stack_seeds([d.model_env for d in real_data]) if k_model else None]
