@@ -65,6 +65,7 @@ def run_epochs(
     counters_per_epoch: dict[str, int],
     *,
     epoch_args: tuple = (),
+    args_for_epoch: Callable[[int, TrainingState], tuple] | None = None,
     progress_fn: Callable[[int, Metrics], None] | None = None,
     checkpoint_fn: Callable[[TrainingState, Metrics], None] | None = None,
     clock_start: float | None = None,
@@ -75,8 +76,10 @@ def run_epochs(
     program it runs being the unbatched epoch (a seed vmapped alone would round differently).
     Epoch e's key is `fold_in(key, e)`, so a run resumed from a checkpointed state repeats no
     randomness. `counters_per_epoch` (env steps, say) are reported cumulatively under their
-    names. `train/wall_clock_s` counts from `clock_start` (a `time.perf_counter()` reading;
-    default now), so a caller running the epochs in segments keeps one clock.
+    names. `args_for_epoch(i, state)`, if given, gives epoch i's arguments instead of
+    `epoch_args` (the HDS loop collects and refits there). `train/wall_clock_s` counts from
+    `clock_start` (a `time.perf_counter()` reading; default now), so a caller that did work
+    before (the HDS loop's first collection) keeps one clock.
     """
 
     def one_seed_epoch(state: TrainingState, i: int, args: tuple):
@@ -90,7 +93,9 @@ def run_epochs(
         [int(state.epoch)],
         num_epochs,
         counters_per_epoch,
-        args_for_epoch=lambda i, due, state: epoch_args,
+        args_for_epoch=lambda i, due, state: (
+            epoch_args if args_for_epoch is None else args_for_epoch(i, state)
+        ),
         seed_state=lambda state, _: state,
         progress_fn=None if progress_fn is None else lambda _, i, m: progress_fn(i, m),
         checkpoint_fn=None if checkpoint_fn is None else lambda _, st, m: checkpoint_fn(st, m),

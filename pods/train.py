@@ -29,7 +29,7 @@ from brax.envs.base import Env
 from jax.sharding import Mesh
 
 from pods.config import PODSConfig, check_horizons, grown_horizon
-from pods.distill import distill_policy, elite
+from pods.distill import DistillationResult, distill_policy, elite
 from pods.drivers import (
     Metrics,
     run_epochs,
@@ -57,6 +57,7 @@ from pods.state import (
     learning_rate_scale,
     policy_learner,
 )
+from pods.step_size import ImprovementStep
 
 # --- one epoch: roll out, improve, distill ----------------------------------------------------
 
@@ -305,6 +306,20 @@ def distill_improved(
         best=kept_best(state, jnp.mean(evaluation.value)),
     )
 
+    return new_state, _epoch_metrics(improvement, improved, distilled, new_state)
+
+
+def _epoch_metrics(
+    improvement: Improvement,
+    improved: ImprovementStep,
+    distilled: DistillationResult,
+    new_state: TrainingState,
+) -> dict[str, jax.Array]:
+    """The epoch's metrics: the returns before and after the steps (`improved`: the last),
+    the search's statistics, distillation's loss and, with `policy_selection="best"`, the
+    kept best."""
+    data, evaluation, steps = improvement.data, improvement.evaluation, improvement.steps
+    selected = improvement.selected
     finite_grad = ~steps.nonfinite[0]
     accepted = steps.accepted
     metrics = {
@@ -325,7 +340,7 @@ def distill_improved(
     if new_state.best is not None:
         metrics["train/best_return"] = new_state.best.value
         metrics["train/best_epoch"] = new_state.best.epoch
-    return new_state, metrics
+    return metrics
 
 
 # --- the loop ---------------------------------------------------------------------------------

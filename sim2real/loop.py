@@ -302,7 +302,8 @@ def run_loop(
     horizon = real.episode_length
     _check_real(real, sim_env)
     _, k_model = config.group_sizes()
-    rounds = loop.rounds(horizon) if k_model else 0
+    if k_model:
+        loop.rounds(horizon)  # raises if the budget cannot hold the initial data
     if loop.initial_data == "policy" and initial_params is None and resume is None and k_model:
         raise ValueError("LoopConfig.initial_data='policy' needs initial_params to collect with")
 
@@ -324,7 +325,6 @@ def run_loop(
 
         hds = make_hds(config, sim_env, real_data.model_env, devices=devices)
         real_data.make_policy = hds.make_policy
-        compiled = jax.jit(hds.epoch)
         key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))
         state = init_training_state(
             config,
@@ -340,32 +340,24 @@ def run_loop(
             if progress_fn is not None:
                 progress_fn(epoch_index, metrics)
 
-        metrics: list[Metrics] = []
-        counters = step_counters(config, sim_env)
-        while int(state.epoch) < config.num_epochs:
-            first = int(state.epoch)
+        def args_for_epoch(epoch: int, state: TrainingState) -> tuple:
             # 2. The collections due before this epoch, and a refit on all the data.
             if k_model:
-                real_data.catch_up(first, state.params)
-            # 3. HDS epochs up to the next collection (or to the end).
-            next_round = first // loop.collect_every + 1
-            last = config.num_epochs
-            if k_model and next_round <= rounds:
-                last = min(last, next_round * loop.collect_every)
-            history = run_epochs(
-                compiled,
-                state,
-                key_epochs,
-                last,
-                counters,
-                epoch_args=(real_data.model_env,),
-                progress_fn=report,
-                checkpoint_fn=checkpoint_fn,
-                clock_start=clock_start,
-            )
-            state = history.state
-            metrics += history.metrics
+                real_data.catch_up(epoch, state.params)
+            return (real_data.model_env,)
 
+        # 3. The HDS epochs.
+        state, metrics = run_epochs(
+            jax.jit(hds.epoch),
+            state,
+            key_epochs,
+            config.num_epochs,
+            step_counters(config, sim_env),
+            args_for_epoch=args_for_epoch,
+            progress_fn=report,
+            checkpoint_fn=checkpoint_fn,
+            clock_start=clock_start,
+        )
         return LoopResult(
             real_data.make_policy, state.policy_params, metrics, real_data.dataset, real_data.model
         )
