@@ -8,13 +8,13 @@ called unchanged. This module only translates between their conventions and ours
 - Brax's progress callbacks become our metrics history (`train/return`, `train/sim_steps`,
   `train/wall_clock_s`, ...; Brax's own metrics ride along under `brax/`);
 - Brax's stochastic policy becomes a deterministic `obs -> action` function (the distribution's
-  mode), which `pods.rollout.rollout_policy` runs like any PODS policy;
+  mode), which `pods.rollout.trajectory_of_policy` runs like any PODS policy;
 - PPO's domain randomization: uniform ranges for the `real` system's physical parameters, drawn
   once per training env through Brax's `randomization_fn`.
 
 Episodes last the env's `episode_length` steps and Brax evaluates the deterministic policy, so
 Brax's `eval/episode_reward` is our return, the sum of the rewards over `env.episode_length`
-steps, with no rescaling (tested against `rollout_policy` on the same initial states).
+steps, with no rescaling (tested against `trajectory_of_policy` on the same initial states).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from brax.training.agents.apg import train as apg
 from brax.training.agents.ppo import networks as ppo_networks
 from brax.training.agents.ppo import train as ppo
 
+from pods.drivers import Metrics
 from pods.rollout import Policy
 from pods.validation import is_integer, is_number, require
 from sim2real.testbeds import physics_randomization
 
-Metrics = dict[str, float]
 ProgressFn = Callable[[int, Metrics], None]
 RandomizationFn = Callable[[base.System, jax.Array], tuple[base.System, Any]]
 

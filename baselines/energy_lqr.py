@@ -44,11 +44,11 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from baselines import lqr
+from pods.drivers import Metrics
 from pods.rollout import Policy
 from pods.validation import is_number, require
 from sim2real.lab import ChainBody
 
-Metrics = dict[str, float]
 ProgressFn = Callable[[int, Metrics], None]
 
 

@@ -33,10 +33,10 @@ import numpy as np
 import scipy.linalg
 from jaxtyping import Array, Float
 
+from pods.drivers import Metrics
 from pods.rollout import Policy
 from pods.validation import is_number, require
 
-Metrics = dict[str, float]
 ProgressFn = Callable[[int, Metrics], None]
 
 
@@ -124,7 +124,7 @@ def train(
     """The LQR policy of `env` (normally a `sim` balance testbed) about its upright.
 
     Returns `(make_policy, K, metrics)`, the baselines' convention: `make_policy(K)` is the
-    policy for `pods.rollout.rollout_policy`; `metrics` holds one entry, also passed to
+    policy for `pods.rollout.trajectory_of_policy`; `metrics` holds one entry, also passed to
     `progress_fn(0, ...)`. LQR is deterministic: `key` is accepted for the common signature and
     not used.
     """

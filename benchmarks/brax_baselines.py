@@ -10,7 +10,7 @@ Per algorithm and seed, through `baselines.brax_agents`:
   evaluation whose return reaches 90% of the run's best one;
 - `eval_sim` / `eval_real`: the final policy's mean (and std) return over `--eval-states`
   held-out initial states, the same states in `{system}_{task}_sim` and `..._real`, rolled out
-  by `pods.rollout.rollout_policy`.
+  by `pods.rollout.trajectory_of_policy`.
 The summary gives per algorithm the median over seeds. Wall-clock depends on the load of the
 machine (`load_average` is recorded before and after every run) and on the compilation cache
 (`--cold-cache` compiles everything afresh).
@@ -87,7 +87,7 @@ def first_reaching(curve: list[dict], fraction: float) -> dict | None:
 
 def run(algo: str, seed: int, env_name: str, config, eval_states: int) -> dict:
     from baselines.brax_agents import train_apg, train_ppo
-    from pods.rollout import reset_batch, rollout_policy
+    from pods.rollout import reset_batch, trajectory_of_policy
     from sim2real import make_testbed, parse_testbed_name
 
     env = make_testbed(env_name)
@@ -129,7 +129,9 @@ def run(algo: str, seed: int, env_name: str, config, eval_states: int) -> dict:
         test_env = make_testbed(f"{system}_{task}_{variant}", episode_length=env.episode_length)
         states = reset_batch(test_env, held_out, eval_states)
         returns = jax.jit(
-            jax.vmap(lambda s, e=test_env: rollout_policy(e, s, policy, e.episode_length).value)
+            jax.vmap(
+                lambda s, e=test_env: trajectory_of_policy(e, s, policy, e.episode_length).value
+            )
         )(states)
         evaluation[f"eval_{variant}"] = {
             "mean": round(float(np.mean(returns)), 3),

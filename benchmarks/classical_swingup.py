@@ -42,7 +42,7 @@ from pods.runtime import (  # noqa: E402
 import_brax_quietly()
 
 from baselines.energy_lqr import EnergyLQRConfig, train  # noqa: E402
-from pods.rollout import policy_batch  # noqa: E402
+from pods.rollout import trajectories_of_policy  # noqa: E402
 from sim2real import REAL_PROFILES, make_testbed  # noqa: E402
 from sim2real.evaluation import (  # noqa: E402
     held_from,
@@ -119,7 +119,9 @@ def main() -> None:
         name = f"cartpole_swingup_{variant}"
         twin = make_testbed(name, backend="chain", episode_length=args.steps)
         criterion = solved_criterion(twin)
-        play = jax.jit(lambda s, twin=twin: policy_batch(twin, s, make_policy(gain), args.steps))
+        play = jax.jit(
+            lambda s, twin=twin: trajectories_of_policy(twin, s, make_policy(gain), args.steps)
+        )
         for engine in args.engines:
             start, per_seed = time.perf_counter(), []
             for seed in args.seeds:

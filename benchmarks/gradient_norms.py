@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pods.rollout import reset_batch, rollout_actions
+from pods.rollout import reset_batch, trajectory_of_actions
 from pods.runtime import configure_jax, filter_known_xla_logs
 from sim2real import make_testbed
 
@@ -71,7 +71,7 @@ def gradient_norms(
 
         def norms(state, action_sequence):
             def rewards(a):
-                return rollout_actions(env, state, a, gradient_window=window).rewards
+                return trajectory_of_actions(env, state, a, gradient_window=window).rewards
 
             _, pull_back = jax.vjp(rewards, action_sequence)
             (grads,) = jax.vmap(pull_back)(masks)

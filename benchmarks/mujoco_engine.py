@@ -28,7 +28,7 @@ import numpy as np
 from pods.rollout import reset_batch
 from pods.runtime import configure_jax, filter_known_xla_logs
 from sim2real.lab import LabEffects
-from sim2real.mujoco_lab import make_mujoco_testbed, rollout_actions
+from sim2real.mujoco_lab import make_mujoco_testbed, trajectory_of_actions
 from sim2real.testbeds import SYSTEMS, make_testbed
 
 QUIET_LAB = LabEffects(linear_velocity_noise=0.0, angular_velocity_noise=0.0)
@@ -74,7 +74,7 @@ def agreement(testbed: str, n: int = 4) -> dict:
     env = make_mujoco_testbed(testbed, **lab)
     got = []
     for i in range(n):
-        t = rollout_actions(env, q0[i], qd0[i], np.asarray(actions[i]))
+        t = trajectory_of_actions(env, q0[i], qd0[i], np.asarray(actions[i]))
         got.append(np.concatenate([t.qpos[1:], t.qvel[1:]], axis=-1))
     deviation = np.abs(np.stack(got) - expected).max(axis=(0, 2))
     return {

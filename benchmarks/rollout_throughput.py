@@ -20,7 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from pods.rollout import reset_batch, rollout_actions
+from pods.rollout import reset_batch, trajectory_of_actions
 from pods.runtime import filter_known_xla_logs
 from sim2real.testbeds import BACKENDS, make_testbed
 
@@ -45,7 +45,7 @@ def measure(testbed: str, backend: str, batch: int, horizon: int, repeats: int) 
     actions = jax.random.uniform(jax.random.PRNGKey(1), (batch, horizon, 1), minval=-1, maxval=1)
 
     def value(a, s):
-        return rollout_actions(env, s, a).value
+        return trajectory_of_actions(env, s, a).value
 
     forward = jax.vmap(value)
     backward = jax.vmap(jax.grad(value))

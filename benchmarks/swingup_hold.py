@@ -35,7 +35,7 @@ import_brax_quietly()
 from experiments.deploy import load_policy  # noqa: E402
 from experiments.schema import ConfigError  # noqa: E402
 from experiments.train import build_friction_gradient  # noqa: E402
-from pods.rollout import policy_batch  # noqa: E402
+from pods.rollout import trajectories_of_policy  # noqa: E402
 from sim2real import REAL_PROFILES, make_testbed  # noqa: E402
 from sim2real.evaluation import (  # noqa: E402
     held_from,
@@ -104,7 +104,7 @@ def main() -> None:
     starts = held_out_starts(twin, seed_streams(int(cfg.seed))[1], args.starts)
     policy = loaded.make_policy(loaded.params)
     trajectory = jax.device_get(
-        jax.jit(lambda s: policy_batch(twin, s, policy, args.steps))(starts)
+        jax.jit(lambda s: trajectories_of_policy(twin, s, policy, args.steps))(starts)
     )
     lean = np.max(criterion.lean(np.asarray(trajectory.observations)[:, 1:], xp=np), axis=-1)
     output = {

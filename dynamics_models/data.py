@@ -27,7 +27,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from pods.action_history import sensor_size, sensors_of
-from pods.rollout import Policy, play_batch, policy_batch, reset_batch
+from pods.rollout import Policy, reset_batch, trajectories_of_actions, trajectories_of_policy
 
 DATASET_FORMAT = "dynamics_models.TransitionDataset"
 DATASET_VERSION = 2
@@ -494,10 +494,12 @@ def collect_transitions(
             correlation=action_correlation,
             dtype=dtype,
         )
-        trajectories = jax.jit(lambda s, a: play_batch(env, s, a))(states, actions)
+        trajectories = jax.jit(lambda s, a: trajectories_of_actions(env, s, a))(states, actions)
     else:
         collect = jax.jit(
-            lambda s, k: policy_batch(env, s, policy, horizon, key=k, action_noise=action_noise)
+            lambda s, k: trajectories_of_policy(
+                env, s, policy, horizon, key=k, action_noise=action_noise
+            )
         )
         trajectories = collect(states, key_act)
     physics = getattr(env, "physics", None)

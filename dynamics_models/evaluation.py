@@ -4,7 +4,7 @@ From every window start t of a held-out real trajectory, the model (or a simulat
 at the real observation s_t and fed the real actions a_t .. a_{t+K-1}, never corrected by the
 real states in between; the error after k steps is measured in state coordinates (angles
 wrapped) for k = 1..K. This is the error an optimizer rolling out K steps through the model
-sees. Replays run through `pods.rollout.rollout_actions`, the code PODS uses.
+sees. Replays run through `pods.rollout.trajectory_of_actions`, the code PODS uses.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from brax.envs.base import State
 from dynamics_models.data import ObsLayout, TransitionDataset
 from dynamics_models.learned_env import LearnedEnv
 from pods.action_history import sensor_size, sensors_of
-from pods.rollout import rollout_actions
+from pods.rollout import trajectory_of_actions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,7 @@ def _replay(stepper: Any, obs0: jax.Array, actions: jax.Array) -> jax.Array:
     # every trained model of the same structure.
     env = _as_env(stepper)
     states = jax.vmap(lambda o: state_at(env, o))(obs0)
-    trajectories = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, actions)
+    trajectories = jax.vmap(lambda s, a: trajectory_of_actions(env, s, a))(states, actions)
     return sensors_of(env, trajectories.observations[:, 1:])
 
 

@@ -149,7 +149,7 @@ class EnvSchema:
     (`sim2real.lab.FrictionGradient`), e.g. env.friction_gradient.friction_velocity=0.1;
     null: the law's own derivative. The rollouts step the same physics either way: it changes
     gradients only, where a profile has friction (not `sim`'s nominal physics). On, the lab's
-    action improvement no longer stalls at rest (docs/research-log/
+    action improvement does not stall at rest (docs/research-log/
     2026-12-07-stiction-gradients.md)."""
 
 

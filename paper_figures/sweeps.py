@@ -8,8 +8,7 @@ the facts the overrides pin (algorithm, order, beta, model, budget, task, seed).
 
 Presets:
 - `smoke` checks the whole pipeline (one task, two seeds, three tiny epochs: the figures are
-  meaningless, the plumbing is not; 15 min on 2 CPU cores from an empty compilation cache,
-  mostly compiling);
+  meaningless, the plumbing is not; mostly compiling);
 - `cpu` is the study at the solving sizes, cut to fit an hour of a 2-core CPU: swing-up
   against the lab real, 3 seeds, HDS's beta swept with the residual model only, the MLP and
   the member-sampled ensemble at the headline beta, two real budgets;

@@ -21,17 +21,17 @@ from pods.rollout import (
     episode_of_policy,
     evaluate_policy,
     reset_batch,
-    rollout_actions,
-    rollout_policy,
+    trajectory_of_actions,
+    trajectory_of_policy,
 )
 from pods.state import TrainingState
-from pods.step_size import ImprovedActions, LineSearchResult, line_search, step_size_grid
+from pods.step_size import ImprovementStep, LineSearchResult, line_search, step_size_grid
 from pods.train import make_pods, train
 
 __all__ = [
     "DistillationResult",
     "Episode",
-    "ImprovedActions",
+    "ImprovementStep",
     "LineSearchResult",
     "PODSConfig",
     "Policy",
@@ -50,8 +50,8 @@ __all__ = [
     "line_search",
     "make_pods",
     "reset_batch",
-    "rollout_actions",
-    "rollout_policy",
+    "trajectory_of_actions",
+    "trajectory_of_policy",
     "step_size_grid",
     "train",
 ]

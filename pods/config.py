@@ -78,8 +78,7 @@ class PODSConfig:
     """Where the k rollouts start: fresh initial states (`reset`, as in the paper), or states
     the deterministic policy visits (`visited`): from each reset it runs a uniformly drawn
     number of steps in [0, episode_length - horizon] first, so that a horizon shorter than the
-    episode trains on every part of it. Tried on the double cart-pole, whose open-loop action
-    sequences cannot be improved over the whole episode: it did not help there (README)."""
+    episode trains on every part of it."""
     distill_states: str = "improved"
     """Regress pi(s_t) on a'_t at the states a' visits (`improved`), at those of the data
     rollout (`original`, as in the paper's pseudo-code), or both (`both`): beside a'_t at

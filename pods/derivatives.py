@@ -25,7 +25,7 @@ from brax.envs.base import Env, State, Wrapper
 from flax import struct
 from jaxtyping import Array, Bool, Float
 
-from pods.rollout import episode_of_actions, rollout_actions
+from pods.rollout import episode_of_actions, trajectory_of_actions
 
 RewardFn = Callable[[Float[Array, " obs_dim"], Float[Array, " act_dim"]], Float[Array, ""]]
 """r(s_{t+1}, a_t): the reward for arriving at observation s_{t+1} by action a_t."""
@@ -56,7 +56,7 @@ def action_gradient(
     """V(a) and dV/da by reverse mode through one open-loop rollout."""
     env = RematerializedStep(env) if rematerialize else env
     return jax.value_and_grad(
-        lambda a: rollout_actions(env, state, a, gradient_window=gradient_window).value
+        lambda a: trajectory_of_actions(env, state, a, gradient_window=gradient_window).value
     )(actions)
 
 

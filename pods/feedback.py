@@ -43,7 +43,7 @@ from pods.rollout import (
     states_of_actions,
     with_state_vector,
 )
-from pods.step_size import ImprovedActions, _all_active, best_candidate
+from pods.step_size import ImprovementStep, _all_active, best_candidate
 
 
 @struct.dataclass
@@ -215,7 +215,7 @@ def improve_with_feedback(
     reward_fn: RewardFn | None = None,
     action_bounds: tuple[float, float] = (-1.0, 1.0),
     active: Float[Array, "k horizon"] | None = None,
-) -> ImprovedActions:
+) -> ImprovementStep:
     """One iLQR step with a batched closed-loop line search, for k rollouts (module
     docstring). Arguments and result as `pods.improve.improve_actions`; `step_size` is the
     accepted alpha, the fraction of the feedforward change."""
@@ -257,7 +257,7 @@ def improve_with_feedback(
     best, best_return, chosen = best_candidate(episodes.value, episodes)
     accepted = (best_return > value) & finite
     alpha = jnp.where(accepted, step_sizes[best], 0.0)
-    return ImprovedActions(
+    return ImprovementStep(
         actions=jnp.where(accepted[:, None, None], chosen.actions, actions),
         value=value,
         value_improved=jnp.where(accepted, best_return, value),

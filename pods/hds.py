@@ -1,15 +1,16 @@
 """HDS: PODS with part of its rollouts in a learned dynamics model (Steinhauser et al., ETH 2024).
 
-One epoch, as PODS's (`pods.train`) with the k rollouts split in two groups:
+One epoch is PODS's (`pods.train`) with the k rollouts split in two groups of rollouts
+(`pods.train.RolloutGroup`):
   1. sample k initial states; round(beta * k) of them are rolled out in the learned `model`
-     env, the rest in `sim` (two vmapped groups: never a `lax.cond` under `vmap`, which would
-     run both envs for every trajectory), with decaying Gaussian exploration noise;
+     env, the rest in `sim`, each group vmapped in its own env, with decaying Gaussian
+     exploration noise;
   2. improve each group's actions with its own env's derivatives; the step size alpha comes
      from PODS's batched line search or from simulated annealing
      (`pods.step_size.anneal_step_size`), and neither ever accepts a worse return;
   3. distill the improved (s, a') pairs of both groups together into one policy.
 
-With beta = 0 and the line search, the epoch *is* PODS's epoch (`make_pods`), so HDS at
+With beta = 0 and the line search, the one group is PODS's, with PODS's key, so HDS at
 beta = 0 reproduces PODS exactly. With beta = 1 the sim group is empty and `sim.step` is never
 traced into the data rollouts.
 """
@@ -24,14 +25,12 @@ import jax
 import jax.numpy as jnp
 from brax.envs.base import Env
 
-from pods.config import HDSConfig, check_horizons
+from pods.config import HDSConfig
 from pods.drivers import Metrics, run_epochs
-from pods.improve import Improvement, improvement_step
 from pods.networks import PolicyNetwork, PolicyParams
 from pods.rollout import Policy
-from pods.sharding import check_divisible, device_count, trajectory_mesh
-from pods.state import TrainingState, policy_learner, starting_state
-from pods.train import distill_improved, make_pods, roll_out_and_improve
+from pods.state import TrainingState, init_training_state
+from pods.train import RolloutGroup, make_grouped_pods
 
 
 def _is_pytree(env: Any) -> bool:
@@ -58,10 +57,9 @@ def make_hds(
     *,
     devices: Sequence[jax.Device] | None = None,
 ) -> HDSProgram:
-    """Builds HDS's pure pieces for one config and pair of envs. Each group's rollouts are
-    sharded over `devices` (default: every local device; see `pods.sharding`)."""
-    horizon = config.horizon or sim_env.episode_length
-    check_horizons(config, horizon, sim_env.episode_length)
+    """Builds HDS's pure pieces for one config and pair of envs: PODS over two groups of
+    rollouts (`pods.train.make_grouped_pods`), the model's and the simulator's, each sharded
+    over `devices` (default: every local device; see `pods.sharding`)."""
     k = config.num_trajectories
     k_sim, k_model = config.group_sizes()
     if k_model > 0:
@@ -76,81 +74,23 @@ def make_hds(
                     f"the model env's {name} is {getattr(model_env, name)}, "
                     f"the sim env's {getattr(sim_env, name)}"
                 )
-
-    if k_model == 0 and config.step_size_search == "line_search":
-        # No model rollouts: the epoch is PODS's, so beta = 0 reproduces PODS bit for bit.
-        pods = make_pods(config.pods_config(), sim_env, devices=devices)
-
-        def epoch(state: TrainingState, key: jax.Array, model_env: Env | None = None):
-            state, metrics = pods.epoch(state, key)
-            return state, {
-                **metrics,
-                "train/beta": jnp.zeros_like(metrics["train/return"]),
-                "train/return_sim": metrics["train/return"],
-                "train/return_model": jnp.full_like(metrics["train/return"], jnp.nan),
-            }
-
-        return HDSProgram(pods.network, pods.make_policy, epoch)
-
+    # The model group takes PODS's key, so beta = 1 with the simulator as the "model" is PODS
+    # again; so does the sim group at beta = 0 with the line search, so that HDS there is
+    # PODS bit for bit (tests check both). Annealing's sim group takes a key of its own.
+    alone = k_model == 0 and config.step_size_search == "line_search"
+    groups = [
+        RolloutGroup(model_env if k_model else None, k_model, name="model"),
+        RolloutGroup(sim_env, k_sim, key_fold=None if alone else 1, name="sim"),
+    ]
+    pods = make_grouped_pods(config, groups, episode_length=sim_env.episode_length, devices=devices)
     dtype = jnp.float64 if config.float64 else jnp.float32
-    envs = [sim_env, model_env] if k_model else [sim_env]
-    learner = policy_learner(config, envs, horizon)
-    mesh = trajectory_mesh(devices)
-    check_divisible(device_count(mesh), config.rollout_batches())
-    default_model_env = model_env
-
-    search_step = improvement_step(config, learner.step_sizes)
-
-    def improve_group(env: Env, size: int, params: PolicyParams, epoch: jax.Array, key):
-        """PODS steps 1-2 for one group, in its own env."""
-        return roll_out_and_improve(
-            config,
-            env,
-            params,
-            epoch,
-            key,
-            make_policy=learner.make_policy,
-            search_step=search_step,
-            size=size,
-            horizon=horizon,
-            episode_length=sim_env.episode_length,
-            mesh=mesh,
-        )
 
     def epoch(state: TrainingState, key: jax.Array, model_env: Env | None = None):
-        model_env = default_model_env if model_env is None else model_env
-        key_improve, key_distill = jax.random.split(key)
-        # 1-2. Roll out and improve each group in its own env. The model group takes PODS's
-        # key, so beta = 1 with the simulator as the "model" is PODS again (a test checks it).
-        groups = []
-        if k_model:
-            groups.append(improve_group(model_env, k_model, state.params, state.epoch, key_improve))
-        if k_sim:
-            key_sim = jax.random.fold_in(key_improve, 1)
-            groups.append(improve_group(sim_env, k_sim, state.params, state.epoch, key_sim))
+        envs = None if model_env is None else [model_env, sim_env]
+        state, metrics = pods.epoch(state, key, envs)
+        return state, {**metrics, "train/beta": jnp.asarray(k_model / k, dtype)}
 
-        # 3. Distill the improved actions of both groups into the one policy, as PODS does.
-        improvement = Improvement.concatenate(groups)
-        new_state, metrics = distill_improved(
-            config,
-            state,
-            improvement,
-            key_distill,
-            network=learner.network,
-            optimizer=learner.optimizer,
-        )
-        evaluation = improvement.evaluation
-        nan = jnp.full((), jnp.nan, dtype)
-        metrics.update(
-            {
-                "train/beta": jnp.asarray(k_model / k, dtype),
-                "train/return_model": jnp.mean(evaluation.value[:k_model]) if k_model else nan,
-                "train/return_sim": jnp.mean(evaluation.value[k_model:]) if k_sim else nan,
-            }
-        )
-        return new_state, metrics
-
-    return HDSProgram(learner.network, learner.make_policy, epoch)
+    return HDSProgram(pods.network, pods.make_policy, epoch)
 
 
 def step_counters(config: HDSConfig, sim_env: Env) -> dict[str, int]:
@@ -188,7 +128,7 @@ def train(
     with jax.enable_x64(True) if config.float64 else nullcontext():
         hds = make_hds(config, sim_env, model_env, devices=devices)
         key_init, key_epochs = jax.random.split(key)
-        state = starting_state(
+        state = init_training_state(
             config,
             sim_env,
             hds.network,

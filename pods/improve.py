@@ -9,7 +9,7 @@ its return is strictly higher; a trajectory whose direction is not finite is rej
 counted, and keeps its actions. With feedback, the step is an iLQR step instead
 (`pods.feedback`).
 
-`improvement_step(config, step_sizes)` builds the step a config asks for, in the one form
+`make_improvement_step(config, step_sizes)` builds the step a config asks for, in the one form
 PODS and HDS call it; `improve_actions` and `improve_actions_annealed` are the open-loop
 steps with their settings as keywords. An epoch's steps 1-2 over a batch (its rollouts and
 every improvement step) are one `Improvement`, which distillation reads.
@@ -32,7 +32,7 @@ from pods.derivatives import RewardFn, action_gradient, first_order_direction, n
 from pods.feedback import improve_with_feedback
 from pods.rollout import Episode
 from pods.step_size import (
-    ImprovedActions,
+    ImprovementStep,
     StepSizeSearch,
     _all_active,
     searched_by_annealing,
@@ -73,12 +73,12 @@ class DirectionSettings:
         )
 
 
-SearchStep = Callable[[Env, State, jax.Array, jax.Array, jax.Array, jax.Array], ImprovedActions]
+SearchStep = Callable[[Env, State, jax.Array, jax.Array, jax.Array, jax.Array], ImprovementStep]
 """(env, states, actions, observations, active, key) -> one improvement step of every
 trajectory (`active`: the steps before each episode ended)."""
 
 
-def improvement_step(config: PODSConfig, step_sizes: Float[Array, " m"]) -> SearchStep:
+def make_improvement_step(config: PODSConfig, step_sizes: Float[Array, " m"]) -> SearchStep:
     """PODS step 2 as a `SearchStep`, the one `config` asks for: with `feedback`, an iLQR step
     whose closed-loop line search runs over `step_sizes`; else the config's first- or
     second-order direction, its step size from the line search over `step_sizes` or, for an
@@ -87,7 +87,7 @@ def improvement_step(config: PODSConfig, step_sizes: Float[Array, " m"]) -> Sear
     settings = DirectionSettings.of(config)
     if config.feedback:
 
-        def feedback_step(env, states, actions, observations, active, _key) -> ImprovedActions:
+        def feedback_step(env, states, actions, observations, active, _key) -> ImprovementStep:
             return improve_with_feedback(
                 env,
                 states,
@@ -125,7 +125,7 @@ def improvement_step(config: PODSConfig, step_sizes: Float[Array, " m"]) -> Sear
         def search_of(env, states, actions, _key) -> StepSizeSearch:
             return searched_on_grid(env, states, actions, step_sizes, settings.action_bounds)
 
-    def open_loop_step(env, states, actions, observations, active, key) -> ImprovedActions:
+    def open_loop_step(env, states, actions, observations, active, key) -> ImprovementStep:
         search = search_of(env, states, actions, key)
         return improve_along_direction(
             env, states, actions, observations, search, settings, active=active
@@ -143,7 +143,7 @@ def improve_actions(
     *,
     active: Float[Array, "k horizon"] | None = None,
     **settings: Any,
-) -> ImprovedActions:
+) -> ImprovementStep:
     """One first- or second-order improvement step with a batched line search, for k rollouts;
     `settings` are `DirectionSettings`'s fields (its defaults where not given).
 
@@ -174,7 +174,7 @@ def improve_actions_annealed(
     proposal_scale: float,
     active: Float[Array, "k horizon"] | None = None,
     **settings: Any,
-) -> ImprovedActions:
+) -> ImprovementStep:
     """`improve_actions` with alpha from simulated annealing instead of the grid line search
     (`pods.step_size.searched_by_annealing`, whose arguments the keywords before `active`
     are); `settings` are `DirectionSettings`'s fields."""
@@ -206,7 +206,7 @@ def improve_along_direction(
     settings: DirectionSettings,
     *,
     active: Float[Array, "k horizon"] | None = None,
-) -> ImprovedActions:
+) -> ImprovementStep:
     """One improvement step for k rollouts, whatever chooses the step size.
 
     The direction (first order: the normalized gradient; second order: the damped
@@ -248,7 +248,7 @@ def improve_along_direction(
     kept = jnp.where(
         accepted[:, None, None], search.actions, jnp.clip(actions, *settings.action_bounds)
     )
-    return ImprovedActions(
+    return ImprovementStep(
         actions=kept,
         value=value,
         value_improved=jnp.where(accepted, search.value, value),
@@ -274,7 +274,7 @@ class Improvement:
     """The rollouts the actions were improved from (with exploration noise, if any)."""
     evaluation: Episode
     """The deterministic policy's rollouts from the same initial states."""
-    steps: ImprovedActions
+    steps: ImprovementStep
     """Every improvement step, stacked on a leading axis (trajectories second)."""
     selected: Bool[Array, " k"]
     """The trajectories to distill: the elite of the batch (see `pods.distill.elite`)."""
@@ -282,7 +282,7 @@ class Improvement:
     """The exploration noise level used."""
 
     @property
-    def improved(self) -> ImprovedActions:
+    def improved(self) -> ImprovementStep:
         """The last improvement step."""
         return jax.tree.map(lambda x: x[-1], self.steps)
 
@@ -310,5 +310,5 @@ __all__ = [
     "improve_actions",
     "improve_actions_annealed",
     "improve_along_direction",
-    "improvement_step",
+    "make_improvement_step",
 ]

@@ -149,13 +149,13 @@ def episode_of_actions(
     *,
     gradient_window: int | None = None,
 ) -> Episode:
-    """`rollout_actions`, with the mask of the steps taken before the episode ended."""
+    """`trajectory_of_actions`, with the mask of the steps taken before the episode ended."""
     return _rollout(
         env, state, lambda _, action: action, actions, actions.shape[0], gradient_window
     )[1]
 
 
-def rollout_actions(
+def trajectory_of_actions(
     env: Env,
     state: State,
     actions: Float[Array, "horizon act_dim"],
@@ -192,7 +192,9 @@ def episode_of_policy(
     return _rollout(env, state, choose_action, keys, horizon, gradient_window)[1]
 
 
-def rollout_policy(env: Env, state: State, policy: Policy, horizon: int, **options) -> Trajectory:
+def trajectory_of_policy(
+    env: Env, state: State, policy: Policy, horizon: int, **options
+) -> Trajectory:
     """The trajectory of `episode_of_policy` (same options: `key`, `action_noise`,
     `gradient_window`)."""
     return episode_of_policy(env, state, policy, horizon, **options).trajectory
@@ -316,12 +318,14 @@ def reset_batch(env: Env, key: jax.Array, batch_size: int) -> State:
     return jax.vmap(env.reset)(jax.random.split(key, batch_size))
 
 
-def play_batch(env: Env, states: State, actions: Float[Array, "n horizon act_dim"]) -> Trajectory:
-    """`rollout_actions` from each of a batch of states, its own action sequence each."""
-    return jax.vmap(lambda state, a: rollout_actions(env, state, a))(states, actions)
+def trajectories_of_actions(
+    env: Env, states: State, actions: Float[Array, "n horizon act_dim"]
+) -> Trajectory:
+    """`trajectory_of_actions` from each of a batch of states, its own action sequence each."""
+    return jax.vmap(lambda state, a: trajectory_of_actions(env, state, a))(states, actions)
 
 
-def policy_batch(
+def trajectories_of_policy(
     env: Env,
     states: State,
     policy: Policy,
@@ -330,14 +334,14 @@ def policy_batch(
     key: jax.Array | None = None,
     action_noise: float | jax.Array = 0.0,
 ) -> Trajectory:
-    """`rollout_policy` from each of a batch of states: deterministic without `key`; with
+    """`trajectory_of_policy` from each of a batch of states: deterministic without `key`; with
     it, exploration noise of std `action_noise` from a key of its own per trajectory (split
     from `key`). Collection and evaluation of a batch use it."""
     if key is None:
-        return jax.vmap(lambda state: rollout_policy(env, state, policy, horizon))(states)
+        return jax.vmap(lambda state: trajectory_of_policy(env, state, policy, horizon))(states)
     keys = jax.random.split(key, states.obs.shape[0])
     return jax.vmap(
-        lambda state, k: rollout_policy(
+        lambda state, k: trajectory_of_policy(
             env, state, policy, horizon, key=k, action_noise=action_noise
         )
     )(states, keys)
@@ -348,4 +352,6 @@ def evaluate_policy(
 ) -> jax.Array:
     """Returns of the deterministic `policy` from `num_trajectories` fresh initial states."""
     horizon = horizon or env.episode_length
-    return policy_batch(env, reset_batch(env, key, num_trajectories), policy, horizon).value
+    return trajectories_of_policy(
+        env, reset_batch(env, key, num_trajectories), policy, horizon
+    ).value

@@ -3,7 +3,7 @@
 `TrainingState` is one immutable pytree (the policy, distillation's Adam state, the epoch
 count, the best policy kept); its checkpoint form is registered with flax's serialization.
 `policy_learner` checks a config against its envs and builds the pieces every epoch is made
-of; `starting_state` is where a run starts: a checkpoint (resume), or fresh parameters. An
+of; `init_training_state` is where a run starts: a checkpoint (resume), or fresh parameters. An
 epoch moves the state on with `kept_best` (the best policy so far) and
 `learning_rate_scale` (the factor on its distillation updates).
 """
@@ -147,18 +147,11 @@ def policy_optimizer(config: PODSConfig) -> optax.GradientTransformation:
     return optax.adam(config.learning_rate)
 
 
-def init_training_state(
-    config: PODSConfig, env: Env, network: PolicyNetwork, key: jax.Array
-) -> TrainingState:
-    return _initial_state(config, network, env.observation_size, key)
-
-
 # One program, traced once per config, network and observation size (a run builds its state
 # twice: the checkpoint template and the start): run eagerly, each op of the network's
-# initialization compiles on its own (1.4 s of compiles on a cold start, 0.3 s of cache
-# loads on a warm one). The same bits.
+# initialization would compile on its own. The same bits.
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _initial_state(
+def _init_training_state(
     config: PODSConfig, network: PolicyNetwork, obs_dim: int, key: jax.Array
 ) -> TrainingState:
     dtype = jnp.float64 if config.float64 else jnp.float32
@@ -175,7 +168,7 @@ def _initial_state(
     )
 
 
-def starting_state(
+def init_training_state(
     config: PODSConfig,
     env: Env,
     network: PolicyNetwork,
@@ -185,10 +178,11 @@ def starting_state(
     initial_params: PolicyParams | None = None,
 ) -> TrainingState:
     """Where a run's epochs start: a checkpointed `initial_state` (a resume), else a fresh
-    state, warm-started from `initial_params` if given. PODS, HDS and the HDS loop share it."""
+    state from `key`, warm-started from `initial_params` if given. PODS, HDS and the HDS loop
+    share it."""
     if initial_state is not None:
         return initial_state
-    state = init_training_state(config, env, network, key)
+    state = _init_training_state(config, network, env.observation_size, key)
     return state if initial_params is None else state.replace(params=initial_params)
 
 
@@ -201,5 +195,4 @@ __all__ = [
     "learning_rate_scale",
     "policy_learner",
     "policy_optimizer",
-    "starting_state",
 ]

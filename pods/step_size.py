@@ -5,7 +5,7 @@ trajectory takes its best candidate only if that return is finite and strictly a
 no trajectory ever gets worse. PODS searches a geometric grid of alphas in one batched
 rollout (`line_search`, as a `StepSizeSearch`: `searched_on_grid`); HDS anneals alpha, one
 chain per trajectory (`anneal_step_size`, `searched_by_annealing`). A search returns a
-`LineSearchResult`, an improvement step an `ImprovedActions`: both a `StepTaken`.
+`LineSearchResult`, an improvement step an `ImprovementStep`: both a `StepTaken`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class LineSearchResult(StepTaken):
 
 
 @struct.dataclass
-class ImprovedActions(StepTaken):
+class ImprovementStep(StepTaken):
     """The outcome of one improvement step on a batch of k trajectories: a step-size search's
     along the step's direction, with the direction's diagnostics. Where the step was
     rejected, `observations` and `active` are those of the rollout of the input actions."""
@@ -335,7 +335,7 @@ def _all_active(actions: jax.Array, active: jax.Array | None) -> jax.Array:
 
 __all__ = [
     "AnnealingResult",
-    "ImprovedActions",
+    "ImprovementStep",
     "LineSearchResult",
     "StepSizeSearch",
     "StepTaken",

@@ -10,8 +10,9 @@ Algorithm 1, one epoch (`make_pods(...).epoch`, one jitted pure function):
      them as in the paper or the elite (`distill_improved`, with `pods.distill`).
 Then the loop: `train` for one seed, `train_seeds` for a batch of seeds in one program, both
 running the compiled epoch with `pods.drivers`. The hyperparameters are `pods.config`'s
-`PODSConfig`; what one epoch hands the next is `pods.state`'s `TrainingState`. HDS
-(`pods.hds`) builds its epoch from the pieces here.
+`PODSConfig`; what one epoch hands the next is `pods.state`'s `TrainingState`. The k rollouts
+may be split in groups, each in its own env (`make_grouped_pods`): PODS is one group, HDS
+(`pods.hds`) adds a learned model's.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from brax.envs.base import Env
 from jax.sharding import Mesh
 
 from pods.config import PODSConfig, check_horizons, grown_horizon
-from pods.distill import distill_policy, elite
+from pods.distill import DistillationResult, distill_policy, elite
 from pods.drivers import (
     Metrics,
     run_epochs,
@@ -37,7 +38,7 @@ from pods.drivers import (
     seed_slice,
     stack_seeds,
 )
-from pods.improve import Improvement, SearchStep, improvement_step
+from pods.improve import Improvement, SearchStep, make_improvement_step
 from pods.networks import PolicyNetwork, PolicyParams, policy_apply
 from pods.programs import ProgramStore
 from pods.rollout import (
@@ -51,62 +52,104 @@ from pods.rollout import (
 from pods.sharding import check_divisible, device_count, shard_trajectories, trajectory_mesh
 from pods.state import (
     TrainingState,
+    init_training_state,
     kept_best,
     learning_rate_scale,
     policy_learner,
-    starting_state,
 )
+from pods.step_size import ImprovementStep
 
 # --- one epoch: roll out, improve, distill ----------------------------------------------------
 
 
+class RolloutGroup(NamedTuple):
+    """Some of an epoch's k rollouts, all in one env: PODS has one group, HDS (`pods.hds`) the
+    learned model's and the simulator's. Each group is rolled out and improved in its own env
+    (never a `lax.cond` under `vmap`, which would run every env for every trajectory) and
+    picks its own elite; distillation reads the groups together, in order."""
+
+    env: Env | None
+    """The group's env; None only for an empty group (HDS's model at beta = 0)."""
+    size: int
+    """Its rollouts per epoch; an empty group is never rolled out."""
+    key_fold: int | None = None
+    """Its key is the epoch's improvement key folded in with this (None: that key itself)."""
+    name: str | None = None
+    """If given, the epoch reports the group's mean return as `train/return_<name>` (NaN for
+    an empty group)."""
+
+
 class PODSProgram(NamedTuple):
-    """PODS's pure pieces for one config and env; neither function is jitted."""
+    """PODS's pure pieces for one config and its groups of rollouts; neither function is
+    jitted. `envs`, where given, replaces the groups' envs in order (same structure: a pytree
+    env such as `LearnedEnv` passed to the jitted function reuses its compiled program)."""
 
     network: PolicyNetwork
     make_policy: Callable[[PolicyParams], Policy]
-    improve: Callable[[PolicyParams, jax.Array, jax.Array], Improvement]
-    """`improve(params, epoch, key)`: the epoch's simulation work alone (rollouts,
+    improve: Callable[..., Improvement]
+    """`improve(params, epoch, key, envs=None)`: the epoch's simulation work alone (rollouts,
     derivatives, line searches)."""
-    epoch: Callable[[TrainingState, jax.Array], tuple[TrainingState, dict[str, jax.Array]]]
-    """`epoch(state, key)`: the whole PODS epoch."""
+    epoch: Callable[..., tuple[TrainingState, dict[str, jax.Array]]]
+    """`epoch(state, key, envs=None)`: the whole PODS epoch."""
 
 
 def make_pods(
     config: PODSConfig, env: Env, *, devices: Sequence[jax.Device] | None = None
 ) -> PODSProgram:
-    """Builds PODS's pure pieces for one config and env. The k rollouts are sharded over
-    `devices` (default: every local device; see `pods.sharding`)."""
-    horizon = config.horizon or env.episode_length
-    check_horizons(config, horizon, env.episode_length)
+    """Builds PODS's pure pieces for one config and env: one group of k rollouts. The rollouts
+    are sharded over `devices` (default: every local device; see `pods.sharding`)."""
+    group = RolloutGroup(env, config.num_trajectories)
+    return make_grouped_pods(config, [group], episode_length=env.episode_length, devices=devices)
+
+
+def make_grouped_pods(
+    config: PODSConfig,
+    groups: Sequence[RolloutGroup],
+    *,
+    episode_length: int,
+    devices: Sequence[jax.Device] | None = None,
+) -> PODSProgram:
+    """Builds PODS's pure pieces for k rollouts split in `groups` (their sizes sum to
+    `config.num_trajectories`), all in episodes of `episode_length` steps. Each group's
+    rollouts are sharded over `devices` (default: every local device)."""
+    horizon = config.horizon or episode_length
+    check_horizons(config, horizon, episode_length)
     k = config.num_trajectories
-    learner = policy_learner(config, [env], horizon)
+    if sum(group.size for group in groups) != k:
+        raise ValueError(f"the groups' sizes {[g.size for g in groups]} do not sum to k = {k}")
+    learner = policy_learner(config, [g.env for g in groups if g.env is not None], horizon)
     mesh = trajectory_mesh(devices)
     check_divisible(device_count(mesh), config.rollout_batches())
+    search_step = make_improvement_step(config, learner.step_sizes)
+    dtype = jnp.float64 if config.float64 else jnp.float32
 
-    search_step = improvement_step(config, learner.step_sizes)
+    def improve(params: PolicyParams, epoch: jax.Array, key: jax.Array, envs=None):
+        envs = [group.env for group in groups] if envs is None else envs
+        improvements = [
+            roll_out_and_improve(
+                config,
+                env,
+                params,
+                epoch,
+                key if group.key_fold is None else jax.random.fold_in(key, group.key_fold),
+                make_policy=learner.make_policy,
+                search_step=search_step,
+                size=group.size,
+                horizon=horizon,
+                episode_length=episode_length,
+                mesh=mesh,
+            )
+            for group, env in zip(groups, envs, strict=True)
+            if group.size
+        ]
+        return improvements[0] if len(improvements) == 1 else Improvement.concatenate(improvements)
 
-    def improve(params: PolicyParams, epoch: jax.Array, key: jax.Array):
-        return roll_out_and_improve(
-            config,
-            env,
-            params,
-            epoch,
-            key,
-            make_policy=learner.make_policy,
-            search_step=search_step,
-            size=k,
-            horizon=horizon,
-            episode_length=env.episode_length,
-            mesh=mesh,
-        )
-
-    def epoch(state: TrainingState, key: jax.Array) -> tuple[TrainingState, dict[str, jax.Array]]:
+    def epoch(state: TrainingState, key: jax.Array, envs=None):
         key_improve, key_distill = jax.random.split(key)
-        # 1-2. Roll out and improve the actions.
-        improvement = improve(state.params, state.epoch, key_improve)
-        # 3. Distill the improved actions (of the elite, if asked) into the policy.
-        return distill_improved(
+        # 1-2. Roll out and improve the actions, each group in its own env.
+        improvement = improve(state.params, state.epoch, key_improve, envs)
+        # 3. Distill the improved actions (of each group's elite, if asked) into the policy.
+        new_state, metrics = distill_improved(
             config,
             state,
             improvement,
@@ -114,6 +157,16 @@ def make_pods(
             network=learner.network,
             optimizer=learner.optimizer,
         )
+        values, start = improvement.evaluation.value, 0
+        for group in groups:
+            if group.name is not None:
+                metrics[f"train/return_{group.name}"] = (
+                    jnp.mean(values[start : start + group.size])
+                    if group.size
+                    else jnp.full((), jnp.nan, dtype)
+                )
+            start += group.size
+        return new_state, metrics
 
     return PODSProgram(learner.network, learner.make_policy, improve, epoch)
 
@@ -167,13 +220,13 @@ def roll_out_and_improve(
     else:
         data = evaluation
 
-    def improvement_step(trajectories, step_key):
+    def scanned_step(trajectories, step_key):
         actions, observations, active = trajectories
         step = search_step(env, states, actions, observations, active, step_key)
         return (step.actions, step.observations, step.active), step
 
     _, steps = jax.lax.scan(
-        improvement_step,
+        scanned_step,
         (data.actions, data.observations, data.active),
         jax.random.split(jax.random.fold_in(key, 2), config.improve_iterations),
     )
@@ -253,6 +306,20 @@ def distill_improved(
         best=kept_best(state, jnp.mean(evaluation.value)),
     )
 
+    return new_state, _epoch_metrics(improvement, improved, distilled, new_state)
+
+
+def _epoch_metrics(
+    improvement: Improvement,
+    improved: ImprovementStep,
+    distilled: DistillationResult,
+    new_state: TrainingState,
+) -> dict[str, jax.Array]:
+    """The epoch's metrics: the returns before and after the steps (`improved`: the last),
+    the search's statistics, distillation's loss and, with `policy_selection="best"`, the
+    kept best."""
+    data, evaluation, steps = improvement.data, improvement.evaluation, improvement.steps
+    selected = improvement.selected
     finite_grad = ~steps.nonfinite[0]
     accepted = steps.accepted
     metrics = {
@@ -273,7 +340,7 @@ def distill_improved(
     if new_state.best is not None:
         metrics["train/best_return"] = new_state.best.value
         metrics["train/best_epoch"] = new_state.best.epoch
-    return new_state, metrics
+    return metrics
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -306,7 +373,7 @@ def train(
     with jax.enable_x64(True) if config.float64 else nullcontext():
         pods = make_pods(config, env, devices=devices)
         key_init, key_epochs = jax.random.split(key)
-        state = starting_state(
+        state = init_training_state(
             config,
             env,
             pods.network,
@@ -371,7 +438,9 @@ def train_seeds(
         for key, initial_state in zip(keys, initial_states, strict=True):
             key_init, key_epochs = jax.random.split(key)
             states.append(
-                starting_state(config, env, pods.network, key_init, initial_state=initial_state)
+                init_training_state(
+                    config, env, pods.network, key_init, initial_state=initial_state
+                )
             )
             epoch_keys.append(key_epochs)
         horizon = config.horizon or env.episode_length
@@ -391,7 +460,9 @@ def train_seeds(
 
 __all__ = [
     "PODSProgram",
+    "RolloutGroup",
     "distill_improved",
+    "make_grouped_pods",
     "make_pods",
     "roll_out_and_improve",
     "train",

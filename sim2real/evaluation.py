@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pods.rollout import Policy, play_batch, policy_batch, reset_batch
+from pods.rollout import Policy, reset_batch, trajectories_of_actions, trajectories_of_policy
 from scoring import gap_closure, normalized_score
 from sim2real.real_system import RealSystem
 
@@ -154,8 +154,8 @@ def _evaluator(
         horizon = env.episode_length
         shape = (num_trajectories, horizon, env.action_size)
         random_actions = jax.random.uniform(key_actions, shape, env.dtype, -1.0, 1.0)
-        random = play_batch(env, states, random_actions)
-        learned = policy_batch(env, states, make_policy(params), horizon)
+        random = trajectories_of_actions(env, states, random_actions)
+        learned = trajectories_of_policy(env, states, make_policy(params), horizon)
         if criterion is None:
             unsolved = jnp.full((num_trajectories,), jnp.nan, learned.value.dtype)
             solved, random_solved = unsolved, unsolved

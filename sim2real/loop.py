@@ -40,15 +40,20 @@ from dynamics_models import (
 )
 from dynamics_models import train as fit_model
 from pods.config import HDSConfig
-from pods.drivers import run_epochs, run_seed_epochs, seed_batch_epoch, seed_slice, stack_seeds
+from pods.drivers import (
+    Metrics,
+    run_epochs,
+    run_seed_epochs,
+    seed_batch_epoch,
+    seed_slice,
+    stack_seeds,
+)
 from pods.hds import make_hds, step_counters
 from pods.networks import PolicyParams
 from pods.rollout import Policy
-from pods.state import TrainingState, policy_learner, starting_state
+from pods.state import TrainingState, init_training_state, policy_learner
 from pods.validation import is_integer, require
 from sim2real.real_system import RealSystem, RealTrajectories
-
-Metrics = dict[str, float]
 
 INITIAL_DATA = ("random", "policy")
 
@@ -297,7 +302,8 @@ def run_loop(
     horizon = real.episode_length
     _check_real(real, sim_env)
     _, k_model = config.group_sizes()
-    rounds = loop.rounds(horizon) if k_model else 0
+    if k_model:
+        loop.rounds(horizon)  # raises if the budget cannot hold the initial data
     if loop.initial_data == "policy" and initial_params is None and resume is None and k_model:
         raise ValueError("LoopConfig.initial_data='policy' needs initial_params to collect with")
 
@@ -319,9 +325,8 @@ def run_loop(
 
         hds = make_hds(config, sim_env, real_data.model_env, devices=devices)
         real_data.make_policy = hds.make_policy
-        compiled = jax.jit(hds.epoch)
         key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))
-        state = starting_state(
+        state = init_training_state(
             config,
             sim_env,
             hds.network,
@@ -335,32 +340,24 @@ def run_loop(
             if progress_fn is not None:
                 progress_fn(epoch_index, metrics)
 
-        metrics: list[Metrics] = []
-        counters = step_counters(config, sim_env)
-        while int(state.epoch) < config.num_epochs:
-            first = int(state.epoch)
+        def args_for_epoch(epoch: int, state: TrainingState) -> tuple:
             # 2. The collections due before this epoch, and a refit on all the data.
             if k_model:
-                real_data.catch_up(first, state.params)
-            # 3. HDS epochs up to the next collection (or to the end).
-            next_round = first // loop.collect_every + 1
-            last = config.num_epochs
-            if k_model and next_round <= rounds:
-                last = min(last, next_round * loop.collect_every)
-            history = run_epochs(
-                compiled,
-                state,
-                key_epochs,
-                last,
-                counters,
-                epoch_args=(real_data.model_env,),
-                progress_fn=report,
-                checkpoint_fn=checkpoint_fn,
-                clock_start=clock_start,
-            )
-            state = history.state
-            metrics += history.metrics
+                real_data.catch_up(epoch, state.params)
+            return (real_data.model_env,)
 
+        # 3. The HDS epochs.
+        state, metrics = run_epochs(
+            jax.jit(hds.epoch),
+            state,
+            key_epochs,
+            config.num_epochs,
+            step_counters(config, sim_env),
+            args_for_epoch=args_for_epoch,
+            progress_fn=report,
+            checkpoint_fn=checkpoint_fn,
+            clock_start=clock_start,
+        )
         return LoopResult(
             real_data.make_policy, state.policy_params, metrics, real_data.dataset, real_data.model
         )
@@ -437,7 +434,9 @@ def run_loop_seeds(
             seed_data.make_policy = hds.make_policy
             key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))
             states.append(
-                starting_state(config, sim_env, hds.network, key_init, initial_state=initial_state)
+                init_training_state(
+                    config, sim_env, hds.network, key_init, initial_state=initial_state
+                )
             )
             epoch_keys.append(key_epochs)
         model_envs = [stack_seeds([d.model_env for d in real_data]) if k_model else None]

@@ -314,7 +314,7 @@ class MujocoTrajectory(NamedTuple):
     """[horizon]."""
 
 
-def rollout_actions(
+def trajectory_of_actions(
     env: MujocoCartPole, qpos: Any, qvel: Any, actions: Any, *, seed: int | None = None
 ) -> MujocoTrajectory:
     """Plays `actions` ([horizon, 1]) open loop from the state (`qpos`, `qvel`)."""
@@ -351,5 +351,5 @@ __all__ = [
     "gymnasium_id",
     "make_mujoco_testbed",
     "register_testbeds",
-    "rollout_actions",
+    "trajectory_of_actions",
 ]

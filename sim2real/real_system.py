@@ -40,7 +40,7 @@ import numpy as np
 
 from dynamics_models import random_actions
 from pods.action_history import check_action_history, push_command, with_history
-from pods.rollout import play_batch, policy_batch, reset_batch
+from pods.rollout import reset_batch, trajectories_of_actions, trajectories_of_policy
 from sim2real.testbeds import make_testbed
 
 
@@ -146,7 +146,7 @@ class _BraxSystem:
                 key_reset, key_noise = jax.random.split(key)
                 states = reset_batch(env, key_reset, num_trajectories)
                 policy = make_policy(params) if make_policy is not None else (lambda _: zeros)
-                trajectories = policy_batch(
+                trajectories = trajectories_of_policy(
                     env, states, policy, horizon, key=key_noise, action_noise=action_noise
                 )
                 return jax.lax.stop_gradient(self._sensors(trajectories))
@@ -161,7 +161,9 @@ class _BraxSystem:
 
             def play(key, actions):
                 states = reset_batch(env, key, actions.shape[0])
-                return jax.lax.stop_gradient(self._sensors(play_batch(env, states, actions)))
+                return jax.lax.stop_gradient(
+                    self._sensors(trajectories_of_actions(env, states, actions))
+                )
 
             self.rollouts["play"] = jax.jit(play)
         return _whole(*jax.device_get(self.rollouts["play"](key, jnp.asarray(actions, self.dtype))))

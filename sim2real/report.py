@@ -27,7 +27,7 @@ import numpy as np
 
 from pods.rollout import reset_batch
 from pods.runtime import configure_jax, filter_known_xla_logs
-from sim2real.mujoco_lab import MujocoCartPole, rollout_actions
+from sim2real.mujoco_lab import MujocoCartPole, trajectory_of_actions
 from sim2real.testbeds import SYSTEMS, TASKS, make_testbed
 
 DIVERGENCE_STEPS = (1, 10, 50)
@@ -62,7 +62,7 @@ def _play_mujoco(env: MujocoCartPole, starts: np.ndarray, actions) -> tuple:
     """True states and rewards of open-loop commands in MuJoCo C, as `_brax_player`'s."""
     nq = env.n_poles + 1
     runs = [
-        rollout_actions(env, start[:nq], start[nq:], a)
+        trajectory_of_actions(env, start[:nq], start[nq:], a)
         for start, a in zip(starts, np.asarray(actions))
     ]
     states = np.stack([np.concatenate([r.qpos, r.qvel], axis=-1) for r in runs])

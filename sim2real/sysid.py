@@ -34,7 +34,7 @@ from jaxtyping import Array, Float
 
 from dynamics_models.data import ObsLayout, TransitionDataset
 from dynamics_models.evaluation import state_at
-from pods.rollout import rollout_actions
+from pods.rollout import trajectory_of_actions
 from pods.validation import is_integer, is_number, require
 from sim2real.lab import LAB_INTEGRATORS
 from sim2real.real_system import RealTrajectories
@@ -238,7 +238,7 @@ def _fit(
         )
 
         def window_error(obs0, actions, targets):
-            predicted = rollout_actions(env, state_at(env, obs0), actions).observations[1:]
+            predicted = trajectory_of_actions(env, state_at(env, obs0), actions).observations[1:]
             return layout.difference(layout.to_state(predicted), targets) / scale
 
         return jnp.mean(jax.vmap(window_error)(obs0, actions, targets) ** 2)

@@ -14,7 +14,7 @@ from experiments.deploy import deploy_config, load_policy
 from experiments.deploy import main as deploy_main
 from experiments.resume import config_differences
 from experiments.schema import ConfigError
-from pods.rollout import rollout_actions
+from pods.rollout import trajectory_of_actions
 from sim2real import LabEffects, make_testbed
 from sim2real.mujoco_lab import MujocoCartPole
 from sim2real.real_system import GymAdapter, RealSystem
@@ -146,7 +146,7 @@ def test_return_gradient_through_a_policy_that_reads_the_history_matches_finite_
         relative_error = jnp.linalg.norm(analytic - finite) / jnp.linalg.norm(finite)
         assert float(relative_error) <= 1e-4, float(relative_error)
         # The history is differentiable: the observation's last entry is u_{t-2}.
-        final = lambda a: rollout_actions(env, state, a).observations[-1, -1]  # noqa: E731
+        final = lambda a: trajectory_of_actions(env, state, a).observations[-1, -1]  # noqa: E731
         np.testing.assert_array_equal(jax.grad(final)(actions)[:, 0], np.eye(8)[-2])
 
 
@@ -180,7 +180,7 @@ def test_the_boundary_appends_the_sent_commands_to_a_gymnasium_envs_sensors_as_t
         start = twin.reset(jax.random.PRNGKey(0))
         start = start.replace(pipeline_state=twin.pipeline_init(jnp.asarray(q), jnp.asarray(qd)))
         start = start.replace(obs=jnp.concatenate([jnp.asarray(first[:SENSORS]), jnp.zeros(2)]))
-        brax = np.asarray(rollout_actions(twin, start, jnp.asarray(commands)).observations)
+        brax = np.asarray(trajectory_of_actions(twin, start, jnp.asarray(commands)).observations)
     # The same layout: the same history exactly, the same sensors to an encoder count.
     np.testing.assert_array_equal(brax[:, SENSORS:], seen[:, SENSORS:])
     count = max(QUIET_LAB.position_resolution, QUIET_LAB.angle_resolution)
@@ -268,7 +268,7 @@ def test_a_learned_env_predicts_the_sensors_and_shifts_the_history_exactly(learn
     _, with_two, _, _, model = learned
     env = LearnedEnv(model, with_two)
     assert (env.sensor_size, env.observation_size) == (SENSORS, SENSORS + 2)
-    trajectory = jax.jit(lambda s, a: rollout_actions(env, s, a))(
+    trajectory = jax.jit(lambda s, a: trajectory_of_actions(env, s, a))(
         env.reset(jax.random.PRNGKey(0)), ACTIONS[:5]
     )
     obs = np.asarray(trajectory.observations)

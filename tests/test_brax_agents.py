@@ -28,7 +28,7 @@ from baselines.brax_agents import (
     train_apg,
     train_ppo,
 )
-from pods.rollout import reset_batch, rollout_policy
+from pods.rollout import reset_batch, trajectory_of_policy
 from sim2real import InitialStateNoise, make_testbed
 from sim2real.testbeds import physics_from_sys
 
@@ -151,9 +151,9 @@ def train_tiny(algo: str, env):
 def deterministic_returns(env, make_policy, params, num_states=2):
     states = reset_batch(env, jax.random.PRNGKey(1), num_states)
     policy = make_policy(params)
-    return jax.jit(jax.vmap(lambda s: rollout_policy(env, s, policy, env.episode_length).value))(
-        states
-    )
+    return jax.jit(
+        jax.vmap(lambda s: trajectory_of_policy(env, s, policy, env.episode_length).value)
+    )(states)
 
 
 def check_metrics(algo, config, metrics, calls):

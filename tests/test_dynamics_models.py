@@ -33,7 +33,7 @@ from dynamics_models import (
     train,
     training,
 )
-from pods.rollout import reset_batch, rollout_actions, rollout_policy
+from pods.rollout import reset_batch, trajectory_of_actions, trajectory_of_policy
 from sim2real import make_testbed
 
 
@@ -375,7 +375,7 @@ def test_learned_env_runs_pods_rollouts_like_the_simulator(cartpole, ensemble):
     @jax.jit
     def play(key):
         states = reset_batch(env, key, 3)
-        return jax.vmap(lambda s: rollout_policy(env, s, policy, 10))(states)
+        return jax.vmap(lambda s: trajectory_of_policy(env, s, policy, 10))(states)
 
     trajectory = play(jax.random.PRNGKey(0))
     assert trajectory.observations.shape == (3, 11, 5)
@@ -401,7 +401,7 @@ def test_a_sampled_member_steps_each_rollout_of_the_ensemble(cartpole, ensemble)
     @jax.jit
     def play(env, key):
         states = reset_batch(env, key, 64)
-        return states, jax.vmap(lambda s: rollout_policy(env, s, policy, 6))(states)
+        return states, jax.vmap(lambda s: trajectory_of_policy(env, s, policy, 6))(states)
 
     key = jax.random.PRNGKey(3)
     states, trajectories = play(sampled, key)
@@ -415,7 +415,7 @@ def test_a_sampled_member_steps_each_rollout_of_the_ensemble(cartpole, ensemble)
     # Each rollout is its member's own, start to end, and not the mean's.
     for i in (0, 1):
         alone = LearnedEnv(ensemble.member(int(members[i])), cartpole["real"])
-        own = rollout_policy(alone, alone.state_at(states.obs[i]), policy, 6)
+        own = trajectory_of_policy(alone, alone.state_at(states.obs[i]), policy, 6)
         np.testing.assert_allclose(trajectories.observations[i], own.observations, atol=1e-6)
     assert not np.allclose(trajectories.observations, mean_trajectories.observations)
     with pytest.raises(ValueError, match="sample_member needs an ensemble"):
@@ -430,7 +430,7 @@ def test_a_refitted_model_reuses_the_compiled_rollout(cartpole, ensemble):
     @jax.jit
     def value(env, obs, actions):
         traces.append(1)
-        return rollout_actions(env, env.state_at(obs), actions).value
+        return trajectory_of_actions(env, env.state_at(obs), actions).value
 
     obs = jnp.asarray(cartpole["held_out"].observations[0, 0])
     actions = jnp.asarray(cartpole["held_out"].actions[0, :8])
@@ -441,7 +441,7 @@ def test_a_refitted_model_reuses_the_compiled_rollout(cartpole, ensemble):
 
 
 def _value_and_fd_gradient(env, state, actions, eps=1e-6):
-    value = lambda a: rollout_actions(env, state, a).value
+    value = lambda a: trajectory_of_actions(env, state, a).value
     grad = jax.jit(jax.grad(value))(actions)
     value = jax.jit(value)
     flat = np.asarray(actions).ravel()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from baselines.energy_lqr import EnergyLQRConfig, PoleEnergy, train
-from pods.rollout import policy_batch
+from pods.rollout import trajectories_of_policy
 from sim2real import make_testbed
 from sim2real.evaluation import evaluate, seed_streams, solved_criterion
 from sim2real.lab import LabEffects
@@ -48,7 +48,7 @@ def test_the_pump_raises_the_energy_from_hanging(designed):
     config = EnergyLQRConfig(cart_position_gain=0.0, cart_velocity_gain=0.0)
     make_policy, gain, _ = train(config, sim, None)
     states = jax.vmap(sim.reset)(jax.random.split(jax.random.PRNGKey(3), 8))
-    trajectory = policy_batch(sim, states, make_policy(gain), 30)
+    trajectory = trajectories_of_policy(sim, states, make_policy(gain), 30)
     q, qd = jax.vmap(jax.vmap(sim.state_from_obs))(trajectory.observations)
     energy = np.asarray(PoleEnergy.of_env(sim).energy(q[..., 1], qd[..., 1]))
     assert np.all(energy[:, -1] > energy[:, 0] + 0.5)

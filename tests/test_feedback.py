@@ -18,8 +18,8 @@ from pods.rollout import (
     episode_of_actions,
     episode_of_feedback,
     reset_batch,
-    rollout_actions,
     state_vector,
+    trajectory_of_actions,
     with_state_vector,
 )
 from pods.step_size import step_size_grid
@@ -32,7 +32,7 @@ def _batch(env, k, seed, scale=1.0):
     actions = scale * jax.random.normal(
         jax.random.PRNGKey(seed + 1), (k, env.episode_length, 1), env.dtype
     )
-    obs = jax.vmap(lambda s, a: rollout_actions(env, s, a).observations)(states, actions)
+    obs = jax.vmap(lambda s, a: trajectory_of_actions(env, s, a).observations)(states, actions)
     return states, actions, obs
 
 
@@ -59,7 +59,7 @@ def test_one_undamped_feedback_step_reaches_the_linear_quadratic_optimum():
             # The return is concave quadratic in the actions: the optimum has a zero gradient.
             _, gradient = action_gradient(env, state, step.actions[i])
             assert float(jnp.max(jnp.abs(gradient))) < 1e-9
-            replay = rollout_actions(env, state, step.actions[i])
+            replay = trajectory_of_actions(env, state, step.actions[i])
             np.testing.assert_allclose(step.observations[i], replay.observations, atol=1e-12)
             np.testing.assert_allclose(step.value_improved[i], replay.value, rtol=1e-12)
 
@@ -79,8 +79,8 @@ def test_backward_pass_gradient_is_the_windowed_return_gradient(window):
             eps = 1e-6
             for t in range(env.episode_length):
                 bump = jnp.zeros_like(actions).at[t, 0].set(eps)
-                fd = rollout_actions(env, state, actions + bump).value
-                fd = (fd - rollout_actions(env, state, actions - bump).value) / (2 * eps)
+                fd = trajectory_of_actions(env, state, actions + bump).value
+                fd = (fd - trajectory_of_actions(env, state, actions - bump).value) / (2 * eps)
                 np.testing.assert_allclose(law.gradient[t, 0], fd, rtol=1e-6, atol=1e-8)
 
 

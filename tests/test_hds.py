@@ -16,7 +16,7 @@ from pods.config import HDSConfig
 from pods.hds import make_hds
 from pods.hds import train as train_hds
 from pods.improve import improve_actions_annealed
-from pods.rollout import reset_batch, rollout_actions
+from pods.rollout import reset_batch, trajectory_of_actions
 from pods.state import init_training_state
 from pods.step_size import anneal_step_size
 from pods.train import train as train_pods
@@ -284,7 +284,7 @@ def test_annealed_improvement_never_returns_worse_actions():
     k, horizon = 16, 5
     states = reset_batch(env, jax.random.PRNGKey(9), k)
     actions = jax.random.uniform(jax.random.PRNGKey(10), (k, horizon, 1), minval=-0.9, maxval=0.9)
-    start = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, actions)
+    start = jax.vmap(lambda s, a: trajectory_of_actions(env, s, a))(states, actions)
     improved = jax.jit(
         lambda states, actions, observations, key: improve_actions_annealed(
             env,
@@ -300,7 +300,7 @@ def test_annealed_improvement_never_returns_worse_actions():
             proposal_scale=2.0,
         )
     )(states, actions, start.observations, jax.random.PRNGKey(11))
-    replay = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, improved.actions)
+    replay = jax.vmap(lambda s, a: trajectory_of_actions(env, s, a))(states, improved.actions)
     assert np.all(improved.value_improved >= improved.value)
     np.testing.assert_allclose(replay.value, improved.value_improved, rtol=1e-5, atol=1e-5)
     kept = ~np.asarray(improved.accepted)

@@ -8,7 +8,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from pods.rollout import reset_batch, rollout_actions
+from pods.rollout import reset_batch, trajectory_of_actions
 from sim2real import InitialStateNoise, LabEffects, Physics, make_testbed
 from sim2real.lab import slider_force
 from sim2real.testbeds import load_mj_model
@@ -56,7 +56,7 @@ def test_every_effect_off_steps_exactly_like_sim(system):
     actions = jax.random.uniform(jax.random.PRNGKey(2), (4, 30, 1), minval=-1.2, maxval=1.2)
 
     def play(env, states):
-        return jax.jit(jax.vmap(lambda s, a: rollout_actions(env, s, a)))(states, actions)
+        return jax.jit(jax.vmap(lambda s, a: trajectory_of_actions(env, s, a)))(states, actions)
 
     a, b = play(sim, states), play(off, lab_states)
     np.testing.assert_array_equal(b.observations, a.observations)
@@ -327,7 +327,7 @@ def test_lab_return_gradient_matches_finite_differences_in_float64(system):
         actions = 0.6 * jax.random.uniform(jax.random.PRNGKey(8), (10, 1), jnp.float64, -1, 1)
 
         def value(a):
-            return rollout_actions(env, state, a).value
+            return trajectory_of_actions(env, state, a).value
 
         @jax.jit
         def analytic_and_finite(a, eps=1e-6):

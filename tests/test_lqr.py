@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from baselines.lqr import LQRConfig, linearize, step_state, train, upright
-from pods.rollout import reset_batch, rollout_policy
+from pods.rollout import reset_batch, trajectory_of_policy
 from sim2real import make_testbed
 
 
@@ -73,7 +73,9 @@ def _returns(template, make_policy):
         env = copy.copy(template)
         env.sys = sys
         states = reset_batch(env, jax.random.PRNGKey(1), 32)
-        trajectories = jax.vmap(lambda s: rollout_policy(env, s, make_policy(gain), 100))(states)
+        trajectories = jax.vmap(lambda s: trajectory_of_policy(env, s, make_policy(gain), 100))(
+            states
+        )
         return trajectories.value, trajectories.observations[:, -1]
 
     return lambda env, gain: jax.tree.map(np.asarray, play(env.sys, gain))

@@ -18,7 +18,7 @@ from sim2real.mujoco_lab import (
     MujocoCartPole,
     gymnasium_id,
     make_mujoco_testbed,
-    rollout_actions,
+    trajectory_of_actions,
 )
 from sim2real.testbeds import task_reward
 
@@ -58,7 +58,7 @@ def paired(request):
         expected = _twin_trajectories(twin, states, actions)
         starts = (np.asarray(states.pipeline_state.q), np.asarray(states.pipeline_state.qd))
     env = make_mujoco_testbed(name, **lab)
-    runs = [rollout_actions(env, q, qd, a) for q, qd, a in zip(*starts, np.asarray(actions))]
+    runs = [trajectory_of_actions(env, q, qd, a) for q, qd, a in zip(*starts, np.asarray(actions))]
     return system, env, expected, runs
 
 

@@ -33,17 +33,17 @@ from pods.rollout import (
     episode_of_actions,
     evaluate_policy,
     reset_batch,
-    rollout_actions,
-    rollout_policy,
+    trajectory_of_actions,
+    trajectory_of_policy,
 )
 from pods.state import init_training_state, learning_rate_scale, policy_learner
-from pods.step_size import ImprovedActions, line_search, step_size_grid
+from pods.step_size import ImprovementStep, line_search, step_size_grid
 from pods.train import distill_improved, make_pods, train
 from sim2real import make_testbed
 
 
 def _value(env, state, actions):
-    return rollout_actions(env, state, actions).value
+    return trajectory_of_actions(env, state, actions).value
 
 
 # ---------------------------------------------------------------- second order
@@ -63,7 +63,7 @@ def test_gauss_newton_equals_hessian_and_one_undamped_step_reaches_the_optimum()
         _, gradient = action_gradient(env, state, actions)
         optimum = actions + jnp.linalg.solve(-hessian, gradient.reshape(n)).reshape(n, 1)
         states = jax.tree.map(lambda x: x[None], state)
-        obs = rollout_actions(env, state, actions).observations[None]
+        obs = trajectory_of_actions(env, state, actions).observations[None]
         step = improve_actions(
             env,
             states,
@@ -80,7 +80,7 @@ def test_gauss_newton_equals_hessian_and_one_undamped_step_reaches_the_optimum()
         assert float(jnp.max(jnp.abs(gradient_at_step))) < 1e-9
         # The returned states are those the improved actions visit.
         np.testing.assert_allclose(
-            step.observations[0], rollout_actions(env, state, step.actions[0]).observations
+            step.observations[0], trajectory_of_actions(env, state, step.actions[0]).observations
         )
 
 
@@ -256,7 +256,7 @@ def test_first_order_improvement_on_linear_quadratic_never_worsens():
     k = 16
     states = reset_batch(env, jax.random.PRNGKey(8), k)
     actions = jax.random.normal(jax.random.PRNGKey(9), (k, env.episode_length, 1))
-    obs = jax.vmap(lambda s, a: rollout_actions(env, s, a).observations)(states, actions)
+    obs = jax.vmap(lambda s, a: trajectory_of_actions(env, s, a).observations)(states, actions)
     step = jax.jit(lambda s, a, o: improve_actions(env, s, a, o, step_size_grid(1.0, 1e-3, 8)))(
         states, actions, obs
     )
@@ -275,7 +275,7 @@ def test_nan_gradient_rejects_exactly_the_poisoned_trajectories():
     poisoned = np.asarray(states.info["poisoned"])
     assert 0 < poisoned.sum() < k
     actions = jax.random.normal(jax.random.PRNGKey(11), (k, env.episode_length, 1))
-    obs = jax.vmap(lambda s, a: rollout_actions(env, s, a).observations)(states, actions)
+    obs = jax.vmap(lambda s, a: trajectory_of_actions(env, s, a).observations)(states, actions)
     for order in (1, 2):
         step = improve_actions(env, states, actions, obs, step_size_grid(1.0, 1e-3, 8), order=order)
         np.testing.assert_array_equal(np.asarray(step.nonfinite), poisoned)
@@ -526,7 +526,7 @@ def test_distilling_the_elite_learns_its_actions_where_distilling_all_averages()
     better = jnp.arange(k) < k // 2
     actions = jnp.where(better, 0.8, -0.8)[:, None, None] * jnp.ones((k, horizon, 1))
     values = jnp.where(better, 10.0, 5.0)
-    steps = ImprovedActions(
+    steps = ImprovementStep(
         actions=actions,
         value=values - 1.0,
         value_improved=values,
@@ -574,7 +574,7 @@ def test_steps_after_termination_are_not_distilled():
     first_half = jnp.arange(horizon) < horizon // 2
     actions = jnp.where(first_half, 0.8, -0.8)[None, :, None] * jnp.ones((k, horizon, 1))
     active = jnp.broadcast_to(first_half.astype(jnp.float32), (k, horizon))
-    steps = ImprovedActions(
+    steps = ImprovementStep(
         actions=actions,
         value=jnp.zeros(k),
         value_improved=jnp.ones(k),
@@ -674,7 +674,9 @@ def test_visited_starts_lie_on_the_policys_own_episodes():
     starts = improvement.evaluation.observations[:, 0]
     # The same reset states as `reset` draws, then up to 12 - 4 = 8 of the policy's steps.
     resets = reset_batch(env, jax.random.split(key)[0], 16)
-    episodes = jax.vmap(lambda s: rollout_policy(env, s, pods.make_policy(params), 12))(resets)
+    episodes = jax.vmap(lambda s: trajectory_of_policy(env, s, pods.make_policy(params), 12))(
+        resets
+    )
     distance = jnp.linalg.norm(episodes.observations[:, :9] - starts[:, None], axis=-1)
     offsets = jnp.argmin(distance, axis=1)
     np.testing.assert_allclose(jnp.min(distance, axis=1), 0.0, atol=1e-6)

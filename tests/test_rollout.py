@@ -9,8 +9,8 @@ from pods.rollout import (
     episode_of_actions,
     policy_states_after,
     reset_batch,
-    rollout_actions,
-    rollout_policy,
+    trajectory_of_actions,
+    trajectory_of_policy,
 )
 from sim2real import SYSTEMS, TASKS, make_testbed
 
@@ -31,7 +31,7 @@ def test_return_gradient_matches_finite_differences_in_float64(system):
         env = make_testbed(f"{system}_balance_real", dtype=jnp.float64, backend="chain")
 
         def value(a, state):
-            return rollout_actions(env, state, a).value
+            return trajectory_of_actions(env, state, a).value
 
         grad = jax.jit(jax.grad(value))
         numeric = jax.jit(lambda a, s: _central_differences(lambda x: value(x, s), a, 1e-6))
@@ -72,7 +72,7 @@ def test_gradient_window_cuts_gradients_across_windows_only():
     window = 4
 
     def late_reward(a, gradient_window):
-        return rollout_actions(env, state, a, gradient_window=gradient_window).rewards[9]
+        return trajectory_of_actions(env, state, a, gradient_window=gradient_window).rewards[9]
 
     windowed = jax.jit(jax.grad(lambda a: late_reward(a, window)))(actions)
     full = jax.jit(jax.grad(lambda a: late_reward(a, None)))(actions)
@@ -82,8 +82,8 @@ def test_gradient_window_cuts_gradients_across_windows_only():
     np.testing.assert_allclose(windowed[8:], full[8:], rtol=1e-5)
     # The forward pass is unchanged.
     np.testing.assert_array_equal(
-        rollout_actions(env, state, actions, gradient_window=window).rewards,
-        rollout_actions(env, state, actions).rewards,
+        trajectory_of_actions(env, state, actions, gradient_window=window).rewards,
+        trajectory_of_actions(env, state, actions).rewards,
     )
 
 
@@ -95,15 +95,15 @@ def test_policy_rollout_records_the_noisy_actions_it_plays():
         return jnp.tanh(-obs[2:3] - 0.5 * obs[4:5])
 
     run = jax.jit(
-        jax.vmap(lambda s, k: rollout_policy(env, s, policy, 20, key=k, action_noise=0.3))
+        jax.vmap(lambda s, k: trajectory_of_policy(env, s, policy, 20, key=k, action_noise=0.3))
     )
     keys = jax.random.split(jax.random.PRNGKey(3), 3)
     noisy, again = run(states, keys), run(states, keys)
-    clean = jax.vmap(lambda s: rollout_policy(env, s, policy, 20))(states)
+    clean = jax.vmap(lambda s: trajectory_of_policy(env, s, policy, 20))(states)
     np.testing.assert_array_equal(noisy.actions, again.actions)
     noise = noisy.actions - jax.vmap(jax.vmap(policy))(noisy.observations[:, :-1])
     assert 0.2 < float(jnp.std(noise)) < 0.4
-    replayed = jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, noisy.actions)
+    replayed = jax.vmap(lambda s, a: trajectory_of_actions(env, s, a))(states, noisy.actions)
     np.testing.assert_allclose(replayed.rewards, noisy.rewards, rtol=1e-5, atol=1e-6)
     assert not np.allclose(clean.actions, noisy.actions)
 
@@ -117,13 +117,13 @@ def test_policy_states_after_are_where_the_policy_rollout_is_after_that_many_ste
 
     steps = jnp.array([0, 3, 11, 12])
     after = jax.jit(lambda s, n: policy_states_after(env, s, policy, n, 12))(states, steps)
-    rollouts = jax.vmap(lambda s: rollout_policy(env, s, policy, 12))(states)
+    rollouts = jax.vmap(lambda s: trajectory_of_policy(env, s, policy, 12))(states)
     # The kept state is the state itself, not only its observation: a rollout from it
     # continues the one it was taken from.
     expected = rollouts.observations[jnp.arange(4), steps]
     np.testing.assert_allclose(after.obs, expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(after.obs[0], states.obs[0])
-    onward = jax.vmap(lambda s: rollout_policy(env, s, policy, 5))(after)
+    onward = jax.vmap(lambda s: trajectory_of_policy(env, s, policy, 5))(after)
     np.testing.assert_allclose(
         onward.observations[1, -1], rollouts.observations[1, 8], rtol=1e-5, atol=1e-6
     )
@@ -134,9 +134,11 @@ def test_bad_horizon_or_window_raises_naming_the_value(bad):
     env = make_testbed("cartpole_balance_sim", backend="chain")
     state = env.reset(jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match=f"horizon.*{bad}"):
-        rollout_policy(env, state, lambda o: jnp.zeros(1), bad)
+        trajectory_of_policy(env, state, lambda o: jnp.zeros(1), bad)
     with pytest.raises(ValueError, match=f"gradient_window.*{bad}" if bad else "horizon"):
-        rollout_actions(env, state, jnp.zeros((5 if bad else 0, 1)), gradient_window=bad or None)
+        trajectory_of_actions(
+            env, state, jnp.zeros((5 if bad else 0, 1)), gradient_window=bad or None
+        )
 
 
 class FallingPoint:
@@ -185,7 +187,7 @@ def test_return_gradient_stops_at_termination_and_matches_finite_differences():
     actions = jnp.full((8, 1), 0.3)
 
     def value(a):
-        return rollout_actions(env, state, a).value
+        return trajectory_of_actions(env, state, a).value
 
     analytic = jax.jit(jax.grad(value))(actions)
     # Actions after the terminating step (the 4th) change nothing that is counted.
@@ -200,9 +202,11 @@ def test_second_order_terms_ignore_the_steps_after_termination():
     state = env.reset(jax.random.PRNGKey(0))
     actions = jnp.full((8, 1), 0.3)
     value, gradient, factor = jax.jit(lambda a: gauss_newton_factor(env, state, a))(actions)
-    np.testing.assert_allclose(value, rollout_actions(env, state, actions).value, rtol=1e-6)
+    np.testing.assert_allclose(value, trajectory_of_actions(env, state, actions).value, rtol=1e-6)
     np.testing.assert_allclose(
-        gradient, jax.grad(lambda a: rollout_actions(env, state, a).value)(actions)[:, 0], rtol=1e-5
+        gradient,
+        jax.grad(lambda a: trajectory_of_actions(env, state, a).value)(actions)[:, 0],
+        rtol=1e-5,
     )
     matrix = factor.T @ factor
     assert jnp.all(matrix[4:] == 0) and jnp.all(matrix[:, 4:] == 0) and jnp.all(matrix[:4, :4] != 0)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dynamics_models import TransitionDataset, random_actions
-from pods.rollout import reset_batch, rollout_actions
+from pods.rollout import reset_batch, trajectory_of_actions
 from sim2real import Physics, make_testbed
 from sim2real.real_system import RealTrajectories
 from sim2real.sysid import SysIDConfig, identify
@@ -35,7 +35,7 @@ def record():
         env.sys = sys
         states = reset_batch(env, jax.random.PRNGKey(0), N_TRAJECTORIES)
         actions = random_actions(jax.random.PRNGKey(1), N_TRAJECTORIES, HORIZON, 1, correlation=0.8)
-        return jax.vmap(lambda s, a: rollout_actions(env, s, a))(states, actions)
+        return jax.vmap(lambda s, a: trajectory_of_actions(env, s, a))(states, actions)
 
     def record(physics: Physics) -> RealTrajectories:
         trajectory = play(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dynamics_models import random_actions
-from pods.rollout import reset_batch, rollout_actions
+from pods.rollout import reset_batch, trajectory_of_actions
 from sim2real import Physics, make_testbed
 from sim2real.real_system import RealTrajectories
 from sim2real.sysid import SysIDConfig
@@ -39,7 +39,7 @@ def sim():
 def record(env, n=N_TRAJECTORIES) -> RealTrajectories:
     actions = random_actions(jax.random.PRNGKey(1), n, HORIZON, 1, correlation=0.8)
     states = reset_batch(env, jax.random.PRNGKey(0), n)
-    played = jax.jit(jax.vmap(lambda s, a: rollout_actions(env, s, a)))(states, actions)
+    played = jax.jit(jax.vmap(lambda s, a: trajectory_of_actions(env, s, a)))(states, actions)
     return RealTrajectories(*(np.asarray(x) for x in played))
 
 

@@ -8,7 +8,7 @@ import pytest
 from brax.envs.wrappers.training import DomainRandomizationVmapWrapper
 
 import sim2real
-from pods.rollout import reset_batch, rollout_actions
+from pods.rollout import reset_batch, trajectory_of_actions
 from sim2real import CartPole, Physics, list_testbeds, make_testbed
 from sim2real.testbeds import (
     PHYSICS_FIELDS,
@@ -71,7 +71,7 @@ def play_actions():
 
     def play(env, states, actions):
         if env not in cache:
-            cache[env] = jax.jit(jax.vmap(lambda s, a: rollout_actions(env, s, a)))
+            cache[env] = jax.jit(jax.vmap(lambda s, a: trajectory_of_actions(env, s, a)))
         return cache[env](states, actions)
 
     return play
@@ -110,7 +110,7 @@ def test_real_physics_matches_newtons_second_law():
     m_cart, m_pole, half_length, gear = 1.0, 0.1, 0.5, 10.0
     state = env.reset(jax.random.PRNGKey(0))
     actions = jnp.full((400, 1), 0.7)
-    traj = jax.jit(lambda s, a: rollout_actions(env, s, a))(state, actions)
+    traj = jax.jit(lambda s, a: trajectory_of_actions(env, s, a))(state, actions)
     q, qd = jax.vmap(env.state_from_obs)(traj.observations)
     momentum = (m_cart + m_pole) * qd[:, 0] + m_pole * half_length * jnp.cos(q[:, 1]) * qd[:, 1]
     # Semi-implicit Euler: the force acts with the velocity at the start of each step.
@@ -194,10 +194,12 @@ def test_chain_backend_steps_and_differentiates_like_generalized_to_rounding(nam
         actions = 0.8 * jax.random.normal(jax.random.PRNGKey(4), (100, 1), jnp.float64)
 
         def value(env, a):
-            return rollout_actions(env, env.reset(key), a, gradient_window=20).value
+            return trajectory_of_actions(env, env.reset(key), a, gradient_window=20).value
 
         def observations(env):
-            return jax.jit(lambda a: rollout_actions(env, env.reset(key), a).observations)(actions)
+            return jax.jit(lambda a: trajectory_of_actions(env, env.reset(key), a).observations)(
+                actions
+            )
 
         assert isinstance(chain.reset(key).pipeline_state, ChainState)
         assert chain.backend == "chain" and generalized.backend == "generalized"
@@ -279,7 +281,9 @@ def test_rollout_gradient_with_respect_to_physics_matches_finite_differences():
 
         def loss(theta):
             values = dict(zip(PHYSICS_FIELDS, theta, strict=True))
-            final = rollout_actions(env.with_physics_values(values), state, actions).observations
+            final = trajectory_of_actions(
+                env.with_physics_values(values), state, actions
+            ).observations
             return jnp.dot(weights, final[-1])
 
         @jax.jit
