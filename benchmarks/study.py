@@ -87,6 +87,9 @@ class Part:
     overrides: tuple[str, ...]
     """After `python -m experiments.train`, before `seed=S`."""
     about: str
+    variant: str = ""
+    """Added to its methods' names where the part changes more than the budget, beta or
+    identification family (which the names carry), so its cells stay apart."""
 
 
 MAIN = ("experiment=main",)
@@ -139,6 +142,7 @@ PARTS = {
             + ("run.compare=[]",),
             "HDS at 1,000 with the oracle's solving settings: 2 past commands observed, 256 "
             "rollouts an epoch",
+            variant=", history 2, 256 rollouts",
         ),
         Part("lab_ppo_dr", (*MAIN, "algo=ppo_dr", "run.compare=[]"), "PPO + domain randomization"),
         Part("lab_apg", (*MAIN, "algo=apg", "run.compare=[]"), "Brax's APG"),
@@ -270,17 +274,17 @@ def run_seed(part: Part, seed: int, args, fingerprint: str) -> dict:
         if mujoco is None:
             found = policy_dir / "artifacts" / f"deploy_{policy['real/profile']}_mujoco.json"
             mujoco = json.loads(found.read_text()) if found.exists() else None
-        policies.append(policy_row(policy, mujoco))
+        policies.append(policy_row(policy, mujoco, part.variant))
     row = {"seed": seed, "policies": policies}
     if process_file.exists():
         row.update(json.loads(process_file.read_text()))
     return row
 
 
-def policy_row(summary: dict, mujoco: dict | None) -> dict:
+def policy_row(summary: dict, mujoco: dict | None, variant: str = "") -> dict:
     """One policy of one seed: what it is, and its figures."""
     return {
-        "method": method_name(summary),
+        "method": method_name(summary) + variant,
         "algo": summary["algo"],
         "budget": summary.get("real/budget") if summary["algo"] in ("hds", "pods_sysid") else None,
         "profile": summary["real/profile"],

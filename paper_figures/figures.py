@@ -427,14 +427,6 @@ STUDY_REFERENCES = {
     "ppo_dr": "PPO + DR",
     "apg": "APG",
 }
-STUDY_COLORS = {
-    "hds beta=0.5": "hds_residual",
-    "hds beta=0.25": "hds_mlp",
-    "pods_sysid (physics)": "sysid",
-    "pods_sysid (lab)": "pods_sysid",
-    "energy_lqr": "lqr",
-    "pods": "pods_order2",
-}
 
 
 def _study_estimate(spread: Mapping | None) -> Estimate:
@@ -467,7 +459,7 @@ def study(report: dict, out_dir: Path) -> list[Path]:
                 name, _, budget = key.partition(" @")
                 estimate = _study_estimate(cell.get("solved_real"))
                 rows.append((profile, name, budget, "solved_real", *estimate))
-                color = style.color(STUDY_COLORS.get(name, name))
+                color = style.color(name)
                 if np.isfinite(estimate.value):
                     bars.barh(
                         i,
@@ -500,14 +492,14 @@ def study(report: dict, out_dir: Path) -> list[Path]:
                     continue
                 x = [b for b, _ in points]
                 estimates = [_study_estimate(c.get("solved_real")) for _, c in points]
-                name = STUDY_COLORS.get(family, family)
-                style.line_with_band(curve, x, estimates, label=label, name=name, marker="o", ms=3)
+                style.line_with_band(
+                    curve, x, estimates, label=label, name=family, marker="o", ms=3
+                )
                 budgets.update(x)
             for name, label in STUDY_REFERENCES.items():
                 if name in methods:
                     estimate = _study_estimate(methods[name].get("solved_real"))
-                    color_name = STUDY_COLORS.get(name, name)
-                    style.reference_line(curve, estimate, label=label, name=color_name)
+                    style.reference_line(curve, estimate, label=label, name=name)
             curve.set_xscale("log")
             if budgets:
                 curve.set_xticks(sorted(budgets), [f"{b:,}" for b in sorted(budgets)])

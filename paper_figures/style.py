@@ -53,6 +53,14 @@ COLORS = {
     "ensemble": "#CC79A7",
     "residual": "#D55E00",
     "sysid": "#0072B2",
+    # The study's methods (benchmarks/study.py names them so).
+    "hds beta=0.5": "#D55E00",
+    "hds beta=0.25": "#E69F00",
+    "hds beta=0.5, history 2, 256 rollouts": "#882255",
+    "pods": "#0072B2",
+    "pods_sysid (physics)": "#009E73",
+    "pods_sysid (lab)": "#56B4E9",
+    "energy_lqr": "#8C564B",
     # Gradient norms.
     "float32": "#D55E00",
     "float64": "#0072B2",

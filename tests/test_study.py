@@ -281,3 +281,17 @@ def test_mujoco_plays_only_the_named_algorithms_once_and_reads_them_back(
     monkeypatch.setattr(study, "launch", lambda command, log: pytest.fail(f"ran {command}"))
     row = study.run_seed(PART, 0, study.parse(argv), "flab_b5000")
     assert row["policies"][0]["solved_mujoco"] == 0.25
+
+
+def test_a_part_that_changes_more_than_the_names_carry_keeps_its_own_cells():
+    """HDS at 1,000 transitions with the oracle's settings is another cell than plain HDS at
+    1,000: its part's variant is in the method's name."""
+    summary = _summary("hds", 0, 0.4, **{"hds/beta": 0.5, "real/budget": 1000})
+    hist2 = study.policy_row(summary, None, study.PARTS["lab_b1000_hist2"].variant)
+    plain = study.policy_row(summary, None)
+    assert study.cell_key(plain) == "hds beta=0.5 @1000"
+    assert study.cell_key(hist2) == "hds beta=0.5, history 2, 256 rollouts @1000"
+    table = study.cells(
+        {"a": [{"seed": 0, "policies": [plain]}], "b": [{"seed": 0, "policies": [hist2]}]}
+    )
+    assert len(table["lab"]) == 2
