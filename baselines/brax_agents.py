@@ -40,7 +40,7 @@ from brax.training.agents.ppo import train as ppo
 from pods.drivers import Metrics
 from pods.rollout import Policy
 from pods.validation import is_integer, is_number, require
-from sim2real.testbeds import physics_randomization
+from sim2real.testbed_spec import physics_randomization
 
 ProgressFn = Callable[[int, Metrics], None]
 RandomizationFn = Callable[[base.System, jax.Array], tuple[base.System, Any]]
@@ -296,7 +296,7 @@ def domain_randomization(ranges: PhysicsRanges) -> RandomizationFn:
     """A Brax `randomization_fn(sys, rng)`: one uniform draw of every ranged parameter per key.
 
     The parameters without a range keep the values `sys` carries, and only the physics slot
-    of the System is batched (`sim2real.testbeds.physics_randomization`).
+    of the System is batched (`sim2real.testbed_spec.physics_randomization`).
     """
     ranged = ranges.ranged()
 

@@ -56,7 +56,7 @@ from sim2real.lab import LabEffects, physics_steps
 from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop, run_loop_seeds
 from sim2real.sysid import SysIDConfig, identify
 from sim2real.sysid_lab import LAB_RECORD_FIELDS, identified_simulator, identify_lab
-from sim2real.testbeds import PHYSICS_STEP, Physics
+from sim2real.testbed_spec import PHYSICS_STEP, Physics
 
 if TYPE_CHECKING:
     from brax.envs.base import Env

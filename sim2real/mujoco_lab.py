@@ -34,7 +34,7 @@ import numpy as np
 
 from sim2real import lab as lab_physics
 from sim2real.lab import LabEffects
-from sim2real.testbeds import (
+from sim2real.testbed_spec import (
     InitialStateNoise,
     Physics,
     RewardWeights,
@@ -57,7 +57,7 @@ def gymnasium_id(testbed: str) -> str:
 
 class MujocoCartPole(gymnasium.Env):
     """A testbed (system x task x variant) stepped by MuJoCo C; the arguments mean what they
-    mean for `sim2real.testbeds.CartPole` (`sim2real.testbeds.resolve_testbed` applies their
+    mean for `sim2real.testbeds.CartPole` (`sim2real.testbed_spec.resolve_testbed` applies their
     rules for both).
 
     Observation: `[x, cos th_i, sin th_i ..., xdot, th_i dot ...]`, what the lab's encoders

@@ -72,7 +72,8 @@ from dynamics_models.data import ObsLayout, TransitionDataset
 from sim2real.lab import ChainBody, LabEffects
 from sim2real.real_system import RealTrajectories
 from sim2real.sysid import SysIDConfig, as_dataset
-from sim2real.testbeds import CartPole, Physics
+from sim2real.testbed_spec import Physics
+from sim2real.testbeds import CartPole
 
 LAB_RECORD_FIELDS = (
     "latency_steps",

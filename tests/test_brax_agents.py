@@ -30,7 +30,7 @@ from baselines.brax_agents import (
 )
 from pods.rollout import reset_batch, trajectory_of_policy
 from sim2real import InitialStateNoise, make_testbed
-from sim2real.testbeds import physics_from_sys
+from sim2real.testbed_spec import physics_from_sys
 
 
 def _point_mass_reward(obs, action):

@@ -150,7 +150,7 @@ def configuration_reference() -> str:
     from sim2real.lab import FrictionGradient, LabEffects
     from sim2real.loop import LoopConfig
     from sim2real.sysid import SysIDConfig
-    from sim2real.testbeds import Physics
+    from sim2real.testbed_spec import Physics
 
     algo_classes = {
         "pods": PODSConfig,
