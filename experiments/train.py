@@ -32,8 +32,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dynamics_models import ModelConfig
+from experiments.checks import check_algo
 from experiments.real import RealSpec, build_real
 from experiments.resume import read_resume, resolved_config
+from experiments.run_context import RunContext, Trained
 from experiments.run_dir import RunDirectory, atomic_write_bytes
 from experiments.schema import (
     LOOP_EXTRAS,
@@ -44,7 +46,7 @@ from experiments.schema import (
     to_library_config,
 )
 from experiments.study_ranges import format_ranges
-from experiments.trainers import ALGORITHMS, RunContext, Trained, check_algo
+from experiments.trainers import ALGORITHMS
 from pods.runtime import configure_jax, filter_known_xla_logs
 from pods.validation import is_integer
 from scoring import difference_std, gap_stands_out, share_std
