@@ -196,7 +196,7 @@ def test_the_loop_runs_against_a_gymnasium_real_system_whose_episodes_end_early(
     them, and HDS runs its epochs (the sim env is the tiny loop's: its epoch is compiled)."""
     import gymnasium
 
-    from sim2real.real_system import GymAdapter
+    from sim2real.gym_adapter import GymAdapter
 
     adapter = GymAdapter(
         observation=lambda o: np.array([o[0], np.cos(o[1]), np.sin(o[1]), o[2], o[3]]),

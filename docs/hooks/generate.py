@@ -34,7 +34,7 @@ KEY_NOTES = {
     "env of your own, `real.gym_id`).",
     "real.gym_id": "With `real.engine=gym`: the id `gymnasium.make` takes.",
     "real.gym_adapter": "With `real.engine=gym`: `module:attribute` of a "
-    "`sim2real.real_system.GymAdapter` (or a function returning one); none: the env already "
+    "`sim2real.gym_adapter.GymAdapter` (or a function returning one); none: the env already "
     "speaks the testbed's layout.",
     "real.gym_kwargs": "With `real.engine=gym`: keyword arguments for `gymnasium.make`.",
     "env.system": "`cartpole` or `double_cartpole` (set by the `env/` option).",
