@@ -33,6 +33,7 @@ import mujoco
 import numpy as np
 
 from sim2real import lab as lab_physics
+from sim2real.chain_body import apply_body_mismatch
 from sim2real.lab import LabEffects
 from sim2real.testbed_spec import (
     InitialStateNoise,
@@ -110,7 +111,7 @@ class MujocoCartPole(gymnasium.Env):
         lab = spec.lab
         model = load_mj_model(system)
         if lab is not None and lab.body_mismatch:
-            model = lab_physics.apply_body_mismatch(model, lab)
+            model = apply_body_mismatch(model, lab)
         model.opt.timestep = self.timestep
         self.model = model
         self._data = mujoco.MjData(model)

@@ -45,6 +45,7 @@ from jaxtyping import Array, Float
 
 import sim2real.lab as lab_physics
 from pods.action_history import check_action_history, push_command, with_history
+from sim2real.chain_body import ChainBody, apply_body_mismatch
 from sim2real.lab import FrictionGradient, LabEffects
 from sim2real.testbed_spec import (
     InitialStateNoise,
@@ -64,7 +65,7 @@ from sim2real.testbed_spec import (
 BACKENDS = ("generalized", "mjx", "chain")
 """How the testbeds are simulated. `generalized` and `mjx` are Brax pipelines (`positional`
 and `spring` were tried and left out: their joint springs let the light pole spin up or blow
-up). `chain` steps the same equations in closed form (`sim2real.lab.ChainBody`) with the
+up). `chain` steps the same equations in closed form (`sim2real.chain_body.ChainBody`) with the
 generalized pipeline's semi-implicit Euler: its states agree with `generalized` to rounding
 (tested), and its programs are a fraction of the size, so they compile and run faster (README
 "Speed to a solved policy"). Its pipeline state is a `ChainState`: joint coordinates and
@@ -195,7 +196,7 @@ class CartPole(PipelineEnv):
             # testbeds pin brax and test their physics themselves.
             warnings.filterwarnings("ignore", message="Brax System, piplines")
             if lab is not None and lab.body_mismatch:
-                sys = mjcf.load_model(lab_physics.apply_body_mismatch(load_mj_model(system), lab))
+                sys = mjcf.load_model(apply_body_mismatch(load_mj_model(system), lab))
             else:
                 sys = mjcf.loads(asset_xml(system))
         # An exact mass-matrix solve instead of Brax's 10-iteration approximate inverse: the
@@ -212,7 +213,7 @@ class CartPole(PipelineEnv):
         super().__init__(sys=sys, backend=pipeline, n_frames=spec.n_frames, **kwargs)
         self._closed_form = closed_form
         if closed_form or lab is not None:
-            self._chain = lab_physics.ChainBody.of_model(sys.mj_model)
+            self._chain = ChainBody.of_model(sys.mj_model)
         else:
             self._chain = None
 
