@@ -20,7 +20,7 @@ from experiments.trainers import ALGORITHMS, NEEDS_TESTBED, algo_config
 from pods.config import PODSConfig
 from pods.sharding import check_divisible
 from sim2real.lab import physics_steps
-from sim2real.loop import LoopConfig
+from sim2real.loop_config import LoopConfig
 from sim2real.sysid import SysIDConfig
 from sim2real.testbed_spec import PHYSICS_STEP
 

@@ -23,7 +23,7 @@ from baselines.lqr import LQRConfig
 from dynamics_models.factory import ModelConfig
 from pods.config import HDSConfig, PODSConfig
 from sim2real.lab import FrictionGradient, LabEffects
-from sim2real.loop import LoopConfig
+from sim2real.loop_config import LoopConfig
 from sim2real.sysid import SysIDConfig
 from sim2real.testbed_spec import PHYSICS_FIELDS, REAL_PROFILES, SYSTEMS, Physics
 

@@ -54,7 +54,7 @@ from sim2real.evaluation import (
     evaluate_sim_and_real,
     seed_streams,
 )
-from sim2real.loop import LoopConfig
+from sim2real.loop_config import LoopConfig
 from sim2real.sysid import SysIDConfig
 from sim2real.testbeds import CartPole, make_testbed
 

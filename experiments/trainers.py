@@ -51,7 +51,8 @@ from pods.state import init_training_state
 from pods.train import make_pods, train_seeds
 from pods.train import train as train_pods
 from sim2real.lab import LabEffects
-from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop, run_loop_seeds
+from sim2real.loop import LoopCheckpoint, run_loop, run_loop_seeds
+from sim2real.loop_config import LoopConfig
 from sim2real.sysid import SysIDConfig, identify
 from sim2real.sysid_lab import LAB_RECORD_FIELDS, identified_simulator, identify_lab
 from sim2real.testbed_spec import Physics

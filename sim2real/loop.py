@@ -10,9 +10,10 @@ data collected under a budget and the model refitted as the data grows.
     ...       until the next round would exceed the budget; the remaining epochs keep the
               last model
 
-HDS itself sees only envs; the real system is reached through `RealSystem` alone, which counts
-every transition and refuses to go past the budget. A refitted model has the structure of
-the previous one, so it rides into the same compiled HDS epoch as an argument.
+How the loop spends its budget is `sim2real.loop_config.LoopConfig`. HDS itself sees only
+envs; the real system is reached through `RealSystem` alone, which counts every transition
+and refuses to go past the budget. A refitted model has the structure of the previous one, so
+it rides into the same compiled HDS epoch as an argument.
 
 Everything random comes from the run's key: round r's collection from fold_in(data key, r),
 its fit from fold_in(fit key, r) and its train/validation split from seed r; epoch e's from
@@ -22,7 +23,6 @@ and the model if it was saved) therefore repeats exactly what an uninterrupted r
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -52,71 +52,11 @@ from pods.hds import make_hds, step_counters
 from pods.networks import PolicyParams
 from pods.rollout import Policy
 from pods.state import TrainingState, init_training_state, policy_learner
-from pods.validation import is_integer, require
+from sim2real.loop_config import LoopConfig
 from sim2real.real_system import RealSystem, RealTrajectories
-
-INITIAL_DATA = ("random", "policy")
 
 # Named streams of the loop's key.
 _EPOCH_STREAM, _DATA_STREAM, _FIT_STREAM = 0, 1, 2
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopConfig:
-    """How the loop spends its real transitions."""
-
-    budget: int = 5000
-    """Real transitions the loop may take in all (initial data included)."""
-    initial_trajectories: int = 20
-    """Real episodes recorded before the first epoch."""
-    initial_data: str = "random"
-    """`random`: correlated random commands (see `random_correlation`); `policy`: the
-    warm-start policy (`initial_params`) plus `collect_noise`."""
-    random_correlation: float = 0.8
-    """Lag-1 correlation of the random commands; white noise barely moves the cart."""
-    collect_every: int = 5
-    """Epochs between collections of the current policy's real episodes."""
-    collect_trajectories: int = 5
-    """Real episodes per collection."""
-    collect_noise: float = 0.1
-    """Std of the Gaussian noise on the policy's commands while collecting."""
-    validation_fraction: float = 0.2
-    """Share of the real episodes held out to early-stop each model fit."""
-
-    def __post_init__(self):
-        def integer(name: str, low: int) -> bool:
-            return is_integer(getattr(self, name), low)
-
-        require(integer("budget", 1), self, "budget", "a positive integer")
-        require(integer("initial_trajectories", 2), self, "initial_trajectories", "an integer >= 2")
-        require(integer("collect_every", 1), self, "collect_every", "a positive integer")
-        require(
-            integer("collect_trajectories", 1), self, "collect_trajectories", "a positive integer"
-        )
-        require(self.initial_data in INITIAL_DATA, self, "initial_data", f"one of {INITIAL_DATA}")
-        require(0 <= self.random_correlation < 1, self, "random_correlation", "a number in [0, 1)")
-        require(
-            math.isfinite(self.collect_noise) and self.collect_noise >= 0,
-            self,
-            "collect_noise",
-            "a finite number >= 0",
-        )
-        require(0 < self.validation_fraction < 1, self, "validation_fraction", "a number in (0, 1)")
-
-    def rounds(self, horizon: int) -> int:
-        """Collections after the initial data that fit in the budget, for episodes of
-        `horizon` steps; raises if not even the initial data does."""
-        initial = self.initial_trajectories * horizon
-        if initial > self.budget:
-            raise ValueError(
-                f"LoopConfig.budget={self.budget} real transitions cannot hold the initial "
-                f"{self.initial_trajectories} episodes of {horizon} steps ({initial})"
-            )
-        return (self.budget - initial) // (self.collect_trajectories * horizon)
-
-    def rounds_before(self, epoch: int, horizon: int) -> int:
-        """Collections (after the initial data) done before `epoch` starts."""
-        return min(epoch // self.collect_every, self.rounds(horizon))
 
 
 class LoopCheckpoint(NamedTuple):
@@ -489,11 +429,4 @@ def _check_real(real: RealSystem, sim_env: Any) -> None:
             )
 
 
-__all__ = [
-    "INITIAL_DATA",
-    "LoopCheckpoint",
-    "LoopConfig",
-    "LoopResult",
-    "run_loop",
-    "run_loop_seeds",
-]
+__all__ = ["LoopCheckpoint", "LoopResult", "run_loop", "run_loop_seeds"]

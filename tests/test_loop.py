@@ -12,7 +12,8 @@ from dynamics_models import ModelConfig
 from pods.config import HDSConfig
 from sim2real import make_testbed
 from sim2real.evaluation import evaluate_sim_and_real, gap_closure, normalized_score, seed_streams
-from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop, run_loop_seeds
+from sim2real.loop import LoopCheckpoint, run_loop, run_loop_seeds
+from sim2real.loop_config import LoopConfig
 from sim2real.real_system import RealSystem
 
 HORIZON = 10

@@ -173,7 +173,7 @@ def test_the_study_refuses_bad_input_in_one_line(argv, named, capsys):
 
 
 def test_every_budget_holds_the_episodes_its_loop_settings_spend():
-    from sim2real.loop import LoopConfig
+    from sim2real.loop_config import LoopConfig
 
     for transitions, (initial, collect) in study.LOOP.items():
         loop = LoopConfig(

@@ -148,7 +148,7 @@ def configuration_reference() -> str:
     from experiments import schema
     from pods.config import HDSConfig, PODSConfig
     from sim2real.lab import FrictionGradient, LabEffects
-    from sim2real.loop import LoopConfig
+    from sim2real.loop_config import LoopConfig
     from sim2real.sysid import SysIDConfig
     from sim2real.testbed_spec import Physics
 
@@ -258,7 +258,7 @@ def configuration_reference() -> str:
         out += [
             "## `real`: how real data is spent",
             "",
-            "`sim2real.loop.LoopConfig`, and the keys that choose the real system.",
+            "`sim2real.loop_config.LoopConfig`, and the keys that choose the real system.",
             "",
             *table("real", [LoopConfig], base["real"]),
             "## `sysid`: system identification (`algo=pods_sysid`)",
