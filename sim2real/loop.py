@@ -332,53 +332,21 @@ def run_loop_seeds(
     initial_states = initial_states or [None] * seeds
     resumes = resumes or [None] * seeds
     data_fns, model_fns = data_fns or [None] * seeds, model_fns or [None] * seeds
-    for name, values in (
-        ("reals", reals),
-        ("initial_states", initial_states),
-        ("resumes", resumes),
-    ):
-        if len(values) != seeds:
-            raise ValueError(f"{len(values)} {name} for {seeds} seeds")
-    for real in reals:
-        _check_real(real, sim_env)
+    _check_seeds(config, loop, sim_env, reals, seeds, initial_states, resumes)
     _, k_model = config.group_sizes()
-    if loop.initial_data == "policy" and k_model:
-        raise ValueError("LoopConfig.initial_data='policy' needs a warm-start policy: run_loop")
 
     with jax.enable_x64(True) if config.float64 else nullcontext():
         horizon = config.horizon or reals[0].episode_length
         make_policy = policy_learner(config, [sim_env], horizon).make_policy
-        real_data = [
-            _RealDataAndModel(
-                loop,
-                model_config,
-                sim_env,
-                real,
-                key,
-                make_policy=make_policy,
-                dataset=resume.dataset if resume is not None else None,
-                data_fn=data_fn,
-                model_fn=model_fn,
-            )
-            for real, key, resume, data_fn, model_fn in zip(
-                reals, keys, resumes, data_fns, model_fns, strict=True
-            )
-        ]
+        real_data = _seeds_data(
+            loop, model_config, sim_env, reals, keys, resumes, data_fns, model_fns, make_policy
+        )
         # 1. Each seed's round-0 data and model (or its resumed run's).
         if k_model:
             for seed_data, resume in zip(real_data, resumes, strict=True):
                 seed_data.start(resume, None)
         hds = make_hds(config, sim_env, real_data[0].model_env, devices=devices)
-        states, epoch_keys = [], []
-        for seed_data, key, initial_state in zip(real_data, keys, initial_states, strict=True):
-            seed_data.make_policy = hds.make_policy
-            key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))
-            states.append(
-                init_training_state(
-                    config, sim_env, hds.network, key_init, initial_state=initial_state
-                )
-            )
-            epoch_keys.append(key_epochs)
+        states, epoch_keys = _seeds_start(config, sim_env, hds, real_data, keys, initial_states)
         model_envs = [stack_seeds([d.model_env for d in real_data]) if k_model else None]
 
         def args_for_epoch(epoch: int, due: list[int], states: TrainingState) -> tuple:
@@ -418,6 +386,82 @@ def run_loop_seeds(
             )
             for s, seed_data in enumerate(real_data)
         ]
+
+
+def _check_seeds(
+    config: HDSConfig,
+    loop: LoopConfig,
+    sim_env: Any,
+    reals: Sequence[RealSystem],
+    seeds: int,
+    initial_states: Sequence[TrainingState | None],
+    resumes: Sequence[LoopCheckpoint | None],
+) -> None:
+    """`run_loop_seeds`' arguments: one of each per seed, every real system in the layout
+    of `sim_env`, and no warm start."""
+    for name, values in (
+        ("reals", reals),
+        ("initial_states", initial_states),
+        ("resumes", resumes),
+    ):
+        if len(values) != seeds:
+            raise ValueError(f"{len(values)} {name} for {seeds} seeds")
+    for real in reals:
+        _check_real(real, sim_env)
+    _, k_model = config.group_sizes()
+    if loop.initial_data == "policy" and k_model:
+        raise ValueError("LoopConfig.initial_data='policy' needs a warm-start policy: run_loop")
+
+
+def _seeds_data(
+    loop: LoopConfig,
+    model_config: ModelConfig,
+    sim_env: Any,
+    reals: Sequence[RealSystem],
+    keys: Sequence[jax.Array],
+    resumes: Sequence[LoopCheckpoint | None],
+    data_fns: Sequence[Callable[[TransitionDataset], None] | None],
+    model_fns: Sequence[Callable[[Any, dict], None] | None],
+    make_policy: Callable[[PolicyParams], Policy],
+) -> list[_RealDataAndModel]:
+    """Each seed's real data and model (a resumed seed's data from its checkpoint)."""
+    return [
+        _RealDataAndModel(
+            loop,
+            model_config,
+            sim_env,
+            real,
+            key,
+            make_policy=make_policy,
+            dataset=resume.dataset if resume is not None else None,
+            data_fn=data_fn,
+            model_fn=model_fn,
+        )
+        for real, key, resume, data_fn, model_fn in zip(
+            reals, keys, resumes, data_fns, model_fns, strict=True
+        )
+    ]
+
+
+def _seeds_start(
+    config: HDSConfig,
+    sim_env: Any,
+    hds: Any,
+    real_data: list[_RealDataAndModel],
+    keys: Sequence[jax.Array],
+    initial_states: Sequence[TrainingState | None],
+) -> tuple[list[TrainingState], list[jax.Array]]:
+    """Each seed's training state (or its resumed one) and epoch key; the seeds' data collect
+    with `hds`'s policy from here on."""
+    states, epoch_keys = [], []
+    for seed_data, key, initial_state in zip(real_data, keys, initial_states, strict=True):
+        seed_data.make_policy = hds.make_policy
+        key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))
+        states.append(
+            init_training_state(config, sim_env, hds.network, key_init, initial_state=initial_state)
+        )
+        epoch_keys.append(key_epochs)
+    return states, epoch_keys
 
 
 def _check_real(real: RealSystem, sim_env: Any) -> None:
