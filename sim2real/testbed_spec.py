@@ -1,6 +1,6 @@
 """What a cart-pole testbed is, whatever engine steps it: the systems, tasks and variants, the
-physics a variant adds (`Physics`, and where a Brax `System` carries it), the task reward, and
-the testbed names.
+physics a variant adds (`Physics`, and where a Brax `System` carries it), the task reward, the
+testbed names, and the Brax `System` a resolved testbed is built on (`brax_system`).
 
 Split from `sim2real.testbeds` (the Brax env, `CartPole`) so that the other engine, MuJoCo C
 (`sim2real.mujoco_lab`), builds from the same resolved arguments (`resolve_testbed`) and
@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from importlib import resources
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import mujoco
+import numpy as np
 from brax.base import System
+from brax.io import mjcf
 from jaxtyping import Array, Float
 
 import sim2real.lab as lab_physics
 from pods.validation import require
+from sim2real.chain_body import apply_body_mismatch
 from sim2real.lab import LabEffects
 
 SYSTEMS = {"cartpole": 1, "double_cartpole": 2}
@@ -305,3 +309,34 @@ def parse_testbed_name(name: str) -> tuple[str, str, str]:
             if task in TASKS and variant in VARIANTS:
                 return system, task, variant
     raise ValueError(f"unknown testbed {name!r}; expected one of {list_testbeds()}")
+
+
+def _cast_floats(tree: Any, dtype: Any) -> Any:
+    def cast(leaf):
+        if isinstance(leaf, jax.Array | np.ndarray) and jnp.issubdtype(leaf.dtype, jnp.floating):
+            return jnp.asarray(leaf, dtype)
+        return leaf
+
+    return jax.tree.map(cast, tree)
+
+
+def brax_system(spec: CartPoleSpec, dtype: Any = None) -> System:
+    """The Brax `System` of a resolved testbed: its MJCF body (off its nominal by the lab's
+    body mismatch, where it has one), its physics step, its float dtype (None: as loaded) and
+    its physics (`physics_to_sys`)."""
+    with warnings.catch_warnings():
+        # Brax's notice that its pipelines are unmaintained: known, and the reason the
+        # testbeds pin brax and test their physics themselves.
+        warnings.filterwarnings("ignore", message="Brax System, piplines")
+        if spec.lab is not None and spec.lab.body_mismatch:
+            sys = mjcf.load_model(apply_body_mismatch(load_mj_model(spec.system), spec.lab))
+        else:
+            sys = mjcf.loads(asset_xml(spec.system))
+    # An exact mass-matrix solve instead of Brax's 10-iteration approximate inverse: the
+    # matrix is at most 3x3, and exact dynamics keep gradients and finite differences
+    # consistent.
+    sys = sys.tree_replace({"opt.timestep": spec.timestep, "matrix_inv_iterations": 0})
+    if dtype is not None:
+        sys = _cast_floats(sys, dtype)
+    sys = physics_to_sys(sys, spec.physics)
+    return sys

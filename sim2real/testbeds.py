@@ -30,31 +30,28 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from brax import actuator, envs
 from brax.envs.base import PipelineEnv, State
-from brax.io import mjcf
 from flax import struct
 from jaxtyping import Array, Float
 
 import sim2real.lab as lab_physics
 from pods.action_history import check_action_history, push_command, with_history
-from sim2real.chain_body import ChainBody, apply_body_mismatch
+from sim2real.chain_body import ChainBody
 from sim2real.lab import FrictionGradient, LabEffects
 from sim2real.testbed_spec import (
+    CartPoleSpec,
     InitialStateNoise,
     Physics,
     PhysicsValues,
     RewardWeights,
-    asset_xml,
+    brax_system,
     list_testbeds,
-    load_mj_model,
     parse_testbed_name,
     physics_from_sys,
     physics_to_sys,
@@ -70,15 +67,6 @@ generalized pipeline's semi-implicit Euler: its states agree with `generalized` 
 (tested), and its programs are a fraction of the size, so they compile and run faster (README
 "Speed to a solved policy"). Its pipeline state is a `ChainState`: joint coordinates and
 velocities, no link frames."""
-
-
-def _cast_floats(tree: Any, dtype: Any) -> Any:
-    def cast(leaf):
-        if isinstance(leaf, jax.Array | np.ndarray) and jnp.issubdtype(leaf.dtype, jnp.floating):
-            return jnp.asarray(leaf, dtype)
-        return leaf
-
-    return jax.tree.map(cast, tree)
 
 
 @struct.dataclass
@@ -99,6 +87,46 @@ class LabState:
     """The lagged command the motor delivers now (times the gear: the force, N)."""
     key: jax.Array
     """The sensors' noise stream."""
+
+
+def _checked_spec(
+    system: str,
+    task: str,
+    variant: str,
+    backend: str,
+    physics: Physics | None,
+    lab: LabEffects | None,
+    friction_gradient: FrictionGradient | None,
+    episode_length: int,
+    timestep: float | None,
+    n_frames: int | None,
+) -> CartPoleSpec:
+    """`CartPole`'s arguments checked (the backend, the lab's integrator on it, the friction
+    gradient) and resolved (`resolve_testbed`)."""
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"unsupported Brax backend {backend!r} for the testbeds; expected one of {BACKENDS}"
+        )
+    spec = resolve_testbed(
+        system,
+        task,
+        variant,
+        physics=physics,
+        lab=lab,
+        episode_length=episode_length,
+        timestep=timestep,
+        n_frames=n_frames,
+    )
+    lab = spec.lab
+    if lab is not None and lab.integrator == "rk4" and backend == "mjx":
+        raise ValueError(
+            "the lab's RK4 integrator runs on the generalized or chain backend, not 'mjx'"
+        )
+    if not (friction_gradient is None or isinstance(friction_gradient, FrictionGradient)):
+        raise ValueError(
+            f"friction_gradient must be None or a FrictionGradient, got {friction_gradient!r}"
+        )
+    return spec
 
 
 class CartPole(PipelineEnv):
@@ -160,59 +188,34 @@ class CartPole(PipelineEnv):
             commands as sent, before the gain; the lab's latency queue is separate).
         """
         self.action_history = check_action_history(action_history)
-        if backend not in BACKENDS:
-            raise ValueError(
-                f"unsupported Brax backend {backend!r} for the testbeds; expected one of {BACKENDS}"
-            )
-        spec = resolve_testbed(
+        spec = _checked_spec(
             system,
             task,
             variant,
-            physics=physics,
-            lab=lab,
-            episode_length=episode_length,
-            timestep=timestep,
-            n_frames=n_frames,
+            backend,
+            physics,
+            lab,
+            friction_gradient,
+            episode_length,
+            timestep,
+            n_frames,
         )
-        lab = spec.lab
-        if lab is not None and lab.integrator == "rk4" and backend == "mjx":
-            raise ValueError(
-                "the lab's RK4 integrator runs on the generalized or chain backend, not 'mjx'"
-            )
         self.system_name, self.task, self.variant = system, task, variant
-        self.physics, self.lab = spec.physics, lab
-        if not (friction_gradient is None or isinstance(friction_gradient, FrictionGradient)):
-            raise ValueError(
-                f"friction_gradient must be None or a FrictionGradient, got {friction_gradient!r}"
-            )
+        self.physics, self.lab = spec.physics, spec.lab
         self.friction_gradient = friction_gradient
         self.reward_weights = reward_weights
         self.initial_noise = initial_noise
         self.episode_length = episode_length
         self.n_poles = spec.n_poles
 
-        with warnings.catch_warnings():
-            # Brax's notice that its pipelines are unmaintained: known, and the reason the
-            # testbeds pin brax and test their physics themselves.
-            warnings.filterwarnings("ignore", message="Brax System, piplines")
-            if lab is not None and lab.body_mismatch:
-                sys = mjcf.load_model(apply_body_mismatch(load_mj_model(system), lab))
-            else:
-                sys = mjcf.loads(asset_xml(system))
-        # An exact mass-matrix solve instead of Brax's 10-iteration approximate inverse: the
-        # matrix is at most 3x3, and exact dynamics keep gradients and finite differences
-        # consistent.
-        sys = sys.tree_replace({"opt.timestep": spec.timestep, "matrix_inv_iterations": 0})
-        if dtype is not None:
-            sys = _cast_floats(sys, dtype)
-        sys = physics_to_sys(sys, self.physics)
+        sys = brax_system(spec, dtype)
         closed_form = backend == "chain"
         # The chain backend keeps Brax's system (actuators, physics parameters) and replaces
         # only the pipeline's step.
         pipeline = "generalized" if closed_form else backend
         super().__init__(sys=sys, backend=pipeline, n_frames=spec.n_frames, **kwargs)
         self._closed_form = closed_form
-        if closed_form or lab is not None:
+        if closed_form or self.lab is not None:
             self._chain = ChainBody.of_model(sys.mj_model)
         else:
             self._chain = None
