@@ -303,7 +303,8 @@ def draw(name: str, session: Session) -> list[Path]:
     raise ValueError(f"unknown figure {name!r}; expected one of {FIGURES}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line of `python -m paper_figures.make`."""
     parser = argparse.ArgumentParser(
         prog="python -m paper_figures.make",
         description=__doc__.split("\n\n")[0],
@@ -348,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the commands that would run; draw nothing"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     raw_argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(raw_argv)
     if args.jobs < 1:
