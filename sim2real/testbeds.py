@@ -21,8 +21,8 @@ Every task x variant is registered with Brax under a stable name, `{system}_{tas
 `brax.envs.get_environment(name)` and Brax's own trainers work on them.
 
 What a testbed is apart from this env (the systems, tasks and variants, `Physics` and its slot
-in the `System`, the task reward, the names) is in `sim2real.testbed_spec`, which the MuJoCo C
-engine shares.
+in the `System`, the `System` itself, the task reward, the names) is `sim2real.testbed_spec`,
+which the MuJoCo C engine shares.
 """
 
 from __future__ import annotations
