@@ -10,7 +10,7 @@ called unchanged. This module only translates between their conventions and ours
 - Brax's stochastic policy becomes a deterministic `obs -> action` function (the distribution's
   mode), which `pods.rollout.trajectory_of_policy` runs like any PODS policy;
 - PPO's domain randomization: uniform ranges for the `real` system's physical parameters, drawn
-  once per training env through Brax's `randomization_fn`.
+  once per training env through Brax's `randomization_fn` (`baselines.domain_randomization`).
 
 Episodes last the env's `episode_length` steps and Brax evaluates the deterministic policy, so
 Brax's `eval/episode_reward` is our return, the sum of the rewards over `env.episode_length`
@@ -29,7 +29,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from brax import base
 from brax.envs.base import Env
 from brax.training.acme import running_statistics, specs
 from brax.training.agents.apg import networks as apg_networks
@@ -37,13 +36,12 @@ from brax.training.agents.apg import train as apg
 from brax.training.agents.ppo import networks as ppo_networks
 from brax.training.agents.ppo import train as ppo
 
+from baselines.domain_randomization import PhysicsRanges, domain_randomization
 from pods.drivers import Metrics
 from pods.rollout import Policy
 from pods.validation import is_integer, is_number, require
-from sim2real.testbeds import physics_randomization
 
 ProgressFn = Callable[[int, Metrics], None]
-RandomizationFn = Callable[[base.System, jax.Array], tuple[base.System, Any]]
 
 
 def _is_positive_float(value: Any) -> bool:
@@ -52,52 +50,6 @@ def _is_positive_float(value: Any) -> bool:
 
 def _is_layer_sizes(value: Any) -> bool:
     return isinstance(value, tuple) and len(value) > 0 and all(map(is_integer, value))
-
-
-@dataclasses.dataclass(frozen=True)
-class PhysicsRanges:
-    """Uniform ranges (low, high) of the physical parameters, one draw per training env.
-
-    A parameter left `None` keeps the env's own value (`sim`'s or `real`'s). The units are those
-    of `sim2real.Physics`.
-    """
-
-    slider_damping: tuple[float, float] | None = None
-    """Viscous damping on the cart's slider, N s/m."""
-    hinge_damping: tuple[float, float] | None = None
-    """Viscous damping at each pole hinge, N m s/rad."""
-    slider_friction: tuple[float, float] | None = None
-    """Coulomb-like friction force on the slider, N."""
-    actuator_gain: tuple[float, float] | None = None
-    """Fraction of the commanded motor force the actuator delivers."""
-
-    def __post_init__(self):
-        for field in dataclasses.fields(self):
-            bounds = getattr(self, field.name)
-            if bounds is None:
-                continue
-            if isinstance(bounds, list):  # as hydra/OmegaConf hands sequences over
-                bounds = tuple(bounds)
-                object.__setattr__(self, field.name, bounds)
-            positive = field.name == "actuator_gain"
-            require(
-                isinstance(bounds, tuple)
-                and len(bounds) == 2
-                and all(isinstance(b, int | float) and math.isfinite(b) for b in bounds)
-                and (bounds[0] > 0 if positive else bounds[0] >= 0)
-                and bounds[0] <= bounds[1],
-                self,
-                field.name,
-                f"None or a pair (low, high) with {'0 <' if positive else '0 <='} low <= high",
-            )
-
-    def ranged(self) -> dict[str, tuple[float, float]]:
-        """The parameters that are randomized, with their ranges."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) is not None
-        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,31 +244,6 @@ class PPOConfig:
         return self.batch_size * self.num_minibatches * self.unroll_length
 
 
-def domain_randomization(ranges: PhysicsRanges) -> RandomizationFn:
-    """A Brax `randomization_fn(sys, rng)`: one uniform draw of every ranged parameter per key.
-
-    The parameters without a range keep the values `sys` carries, and only the physics slot
-    of the System is batched (`sim2real.testbeds.physics_randomization`).
-    """
-    ranged = ranges.ranged()
-
-    def randomization_fn(sys: base.System, rng: jax.Array) -> tuple[base.System, Any]:
-        if not ranged:
-            return sys, jax.tree.map(lambda _: None, sys)
-
-        def draw(key: jax.Array) -> dict[str, jax.Array]:
-            keys = jax.random.split(key, len(ranged))
-            return {
-                name: jax.random.uniform(k, (), minval=low, maxval=high)
-                for k, (name, (low, high)) in zip(keys, ranged.items(), strict=True)
-            }
-
-        values = jax.vmap(draw)(rng)
-        return physics_randomization(sys, values)
-
-    return randomization_fn
-
-
 def _seed(key: jax.Array) -> int:
     """Brax's trainers take an integer seed; ours is drawn from the caller's key."""
     return int(jax.random.randint(key, (), 0, np.iinfo(np.int32).max))
@@ -494,8 +421,6 @@ def train_ppo(
 __all__ = [
     "APGConfig",
     "PPOConfig",
-    "PhysicsRanges",
-    "domain_randomization",
     "policy_template",
     "train_apg",
     "train_ppo",

@@ -4,7 +4,7 @@ energy control", Automatica 2000; the catch is `baselines.lqr`).
 
 Every constant comes from the `sim` testbed it is designed on, never from a real one (a
 controller tuned on the real would be an oracle, not a baseline): the pole's mass, centre of
-mass and inertia from the MJCF (`sim2real.lab.ChainBody`), the motor's gear, gravity, and the
+mass and inertia from the MJCF (`sim2real.chain_body.ChainBody`), the motor's gear, gravity, and the
 LQR gain from the exact linearization of `sim`'s step.
 
 With theta the pole's angle from upright and J its inertia about the hinge, the pole's energy
@@ -47,7 +47,7 @@ from baselines import lqr
 from pods.drivers import Metrics
 from pods.rollout import Policy
 from pods.validation import is_number, require
-from sim2real.lab import ChainBody
+from sim2real.chain_body import ChainBody
 
 ProgressFn = Callable[[int, Metrics], None]
 

@@ -60,7 +60,8 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
 
 
 def make_config(algo: str, budget: int | None, num_evals: int | None, overrides: dict):
-    from baselines.brax_agents import APGConfig, PhysicsRanges, PPOConfig
+    from baselines.brax_agents import APGConfig, PPOConfig
+    from baselines.domain_randomization import PhysicsRanges
 
     if algo == "apg":
         config = APGConfig(**overrides)

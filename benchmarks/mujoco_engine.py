@@ -29,7 +29,8 @@ from pods.rollout import reset_batch
 from pods.runtime import configure_jax, filter_known_xla_logs
 from sim2real.lab import LabEffects
 from sim2real.mujoco_lab import make_mujoco_testbed, trajectory_of_actions
-from sim2real.testbeds import SYSTEMS, make_testbed
+from sim2real.testbed_spec import SYSTEMS
+from sim2real.testbeds import make_testbed
 
 QUIET_LAB = LabEffects(linear_velocity_noise=0.0, angular_velocity_noise=0.0)
 STEPS_K = (1, 10, 20, 50)

@@ -3,13 +3,8 @@ and the env that steps a learned model. A simulator is taken as an argument (an 
 `load_model`'s `make_sim`): this package never imports the testbeds of `sim2real/`."""
 
 from dynamics_models.checkpoint import load_model, save_model
-from dynamics_models.data import (
-    ObsLayout,
-    TransitionDataset,
-    collect_transitions,
-    load_dataset,
-    random_actions,
-)
+from dynamics_models.collection import collect_transitions, random_actions
+from dynamics_models.data import ObsLayout, TransitionDataset, load_dataset
 from dynamics_models.evaluation import KStepError, k_step_error
 from dynamics_models.factory import MODEL_KINDS, ModelConfig, make_model
 from dynamics_models.learned_env import LearnedEnv

@@ -7,7 +7,7 @@
                        mujoco: the same rig in MuJoCo C (`sim2real.mujoco_lab`)
                        gym: a user's gymnasium env, `real.gym_id` (made with `real.gym_kwargs`),
                        mapped to the testbed's layout by `real.gym_adapter` ("module:name" of a
-                       `sim2real.real_system.GymAdapter`, or of a function returning one)
+                       `sim2real.gym_adapter.GymAdapter`, or of a function returning one)
 
 `real.gym_id` is a registered id, or `module:EnvId` as `gymnasium.make` takes it: the module
 (which registers the env when imported) is imported first. The adapter's module is imported
@@ -36,7 +36,8 @@ from experiments.schema import (
     build_physics,
     check_real_profile,
 )
-from sim2real.real_system import GymAdapter, RealSystem, check_gym_layout
+from sim2real.gym_adapter import GymAdapter, check_gym_layout
+from sim2real.real_system import RealSystem
 from sim2real.testbeds import CartPole, make_testbed
 
 

@@ -23,9 +23,9 @@ from baselines.lqr import LQRConfig
 from dynamics_models.factory import ModelConfig
 from pods.config import HDSConfig, PODSConfig
 from sim2real.lab import FrictionGradient, LabEffects
-from sim2real.loop import LoopConfig
+from sim2real.loop_config import LoopConfig
 from sim2real.sysid import SysIDConfig
-from sim2real.testbeds import PHYSICS_FIELDS, REAL_PROFILES, SYSTEMS, Physics
+from sim2real.testbed_spec import PHYSICS_FIELDS, REAL_PROFILES, SYSTEMS, Physics
 
 
 class ConfigError(ValueError):
@@ -127,7 +127,7 @@ class EnvSchema:
     README "Speed to a solved policy"), or a Brax pipeline, `generalized` or `mjx`."""
     n_frames: Optional[int] = None  # noqa: UP045 (OmegaConf needs Optional)
     """Physics steps per control period, for sim and the real alike; null: the system's
-    (sim2real.testbeds.PHYSICS_STEP: 2 x 25 ms for the cartpole, 5 x 10 ms for the double).
+    (sim2real.testbed_spec.PHYSICS_STEP: 2 x 25 ms for the cartpole, 5 x 10 ms for the double).
     The control period is the physics step times this; the lab's own step divides it."""
     # Any, not int: a non-integer then reaches `build_envs`'s one-line error instead of
     # OmegaConf's multi-line one.

@@ -23,10 +23,10 @@ from typing import NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.compare import format_table
 from experiments.schema import ConfigError
 from experiments.train import (
     finish_run,
-    format_table,
     prepare_run,
     refuse,
     save_hydra_config,

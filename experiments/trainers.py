@@ -18,14 +18,14 @@ Brax's agents cannot resume mid-training: an APG/PPO run started again trains fr
 
 On `env=brax` (Brax's registry envs, sim only) `pods`, `apg` and `ppo` run; the others need
 the `real` testbed or the testbeds' physics (NEEDS_TESTBED), and are refused before any
-compute.
+compute (`experiments.checks.check_algo`). What a trainer gets and returns, and the loop around
+a library `train` call, are in `experiments.run_context`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,160 +40,25 @@ from baselines.energy_lqr import train as train_energy_lqr_policy
 from baselines.lqr import LQRConfig
 from baselines.lqr import train as train_lqr_gain
 from dynamics_models import ModelConfig, save_model
-from experiments.real import RealSpec
-from experiments.resume import Resume, resolved_config
-from experiments.run_dir import RunDirectory, atomic_write_json
-from experiments.schema import LOOP_EXTRAS, ConfigError, to_library_config
+from experiments.resume import resolved_config
+from experiments.run_context import EpochLoop, RunContext, Trained, checkpoint_info
+from experiments.run_dir import atomic_write_json
+from experiments.schema import LOOP_EXTRAS, to_library_config
 from pods.config import HDSConfig, PODSConfig
 from pods.hds import make_hds
 from pods.programs import ProgramStore
-from pods.rollout import Policy
-from pods.sharding import check_divisible
-from pods.state import TrainingState, init_training_state
+from pods.state import init_training_state
 from pods.train import make_pods, train_seeds
 from pods.train import train as train_pods
-from sim2real.lab import LabEffects, physics_steps
-from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop, run_loop_seeds
+from sim2real.lab import LabEffects
+from sim2real.loop import LoopCheckpoint, run_loop, run_loop_seeds
+from sim2real.loop_config import LoopConfig
 from sim2real.sysid import SysIDConfig, identify
 from sim2real.sysid_lab import LAB_RECORD_FIELDS, identified_simulator, identify_lab
-from sim2real.testbeds import PHYSICS_STEP, Physics
+from sim2real.testbed_spec import Physics
 
 if TYPE_CHECKING:
     from brax.envs.base import Env
-
-
-@dataclasses.dataclass
-class RunContext:
-    """What every trainer gets: the config, the testbeds, its key and its run directory."""
-
-    cfg: DictConfig
-    sim: Env
-    """A testbed (`CartPole`) or, on `env=brax`, a Brax registry env (`BraxTask`)."""
-    real: RealSpec | None
-    """The real system: its differentiable twin, and what stands for the physical one; None
-    on `env=brax`, which has no real variant."""
-    key: jax.Array
-    """The training stream of the seed (evaluation draws from another)."""
-    run_dir: RunDirectory
-    fingerprint: str
-    """Hash of the config, stored with every checkpoint."""
-    resume: Resume = dataclasses.field(default_factory=Resume)
-    """What the run directory holds to continue from, checked against the config already."""
-
-    @property
-    def devices(self) -> list[jax.Device]:
-        """The local devices the rollouts are sharded over (`run_devices`)."""
-        return run_devices(self.cfg)
-
-
-def run_devices(cfg: DictConfig) -> list[jax.Device]:
-    """The first `run.devices` local devices (all of them where it is null)."""
-    return jax.local_devices()[: cfg.run.get("devices")]
-
-
-class Trained(NamedTuple):
-    make_policy: Callable[[Any], Policy]
-    params: Any
-    summary: dict[str, Any]
-    """Entries for summary.json beyond the common ones (`real/transitions`, ...)."""
-
-
-def checkpoint_info(ctx: RunContext, wall_clock_s: float) -> dict:
-    """What a checkpoint stores beside the state: the config (so a resumed run can say what
-    differs) and the wall-clock spent."""
-    return {
-        "config": ctx.fingerprint,
-        "resolved_config": resolved_config(ctx.cfg),
-        "wall_clock_s": wall_clock_s,
-    }
-
-
-class EpochLoop:
-    """Resume, logging, progress bar and checkpoints around a library `train` call."""
-
-    def __init__(
-        self,
-        ctx: RunContext,
-        template: TrainingState,
-        num_epochs: int,
-        *,
-        position: int = 0,
-        env_name: str | None = None,
-    ):
-        """`position`: the line of the progress bar, where several runs train together;
-        `env_name`: the env it trains on, for the bar (by default the run's `sim`)."""
-        self.ctx, self.num_epochs = ctx, num_epochs
-        self.initial_state, self.elapsed = None, 0.0
-        self.checked_gradient = False
-        checkpoint = ctx.resume.checkpoint
-        if checkpoint is not None:
-            try:
-                self.initial_state = ctx.run_dir.restore(checkpoint, template)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
-            self.elapsed = checkpoint.info["wall_clock_s"]
-            ctx.run_dir.truncate_metrics(checkpoint.info["epoch"] - 1)
-            print(
-                f"resuming {ctx.run_dir.path} after epoch {checkpoint.info['epoch']}",
-                file=sys.stderr,
-            )
-        self.progress = None
-        if ctx.cfg.run.progress_bar:
-            from tqdm import tqdm
-
-            done = 0 if self.initial_state is None else int(self.initial_state.epoch)
-            desc = f"{ctx.cfg.algo.name} {env_name or ctx.sim.name}"
-            if position:  # one bar per seed of a batch
-                desc += f" seed {ctx.cfg.seed}"
-            self.progress = tqdm(total=num_epochs, initial=done, desc=desc, position=position)
-
-    def _wall_clock(self, metrics: dict) -> float:
-        return self.elapsed + metrics["train/wall_clock_s"]
-
-    def log(self, epoch: int, metrics: dict) -> None:
-        metrics = {**metrics, "train/wall_clock_s": self._wall_clock(metrics)}
-        self.ctx.run_dir.log_metrics(epoch, metrics)
-        if not self.checked_gradient:
-            self.checked_gradient = True
-            if metrics.get("train/grad_norm") == 0.0:
-                self._warn(zero_gradient_warning(self.ctx))
-        if self.progress is not None:
-            self.progress.update(1)
-            self.progress.set_postfix(ret=f"{metrics['train/return']:.1f}")
-
-    def _warn(self, message: str) -> None:
-        if self.progress is not None:
-            self.progress.write(message, file=sys.stderr)
-        else:
-            print(message, file=sys.stderr)
-
-    def checkpoint(self, state: TrainingState, metrics: dict) -> None:
-        epoch = int(state.epoch)
-        if epoch % self.ctx.cfg.run.checkpoint_every == 0 or epoch == self.num_epochs:
-            info = checkpoint_info(self.ctx, self._wall_clock(metrics))
-            self.ctx.run_dir.save_checkpoint(state, epoch, info)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.close()
-
-
-def zero_gradient_warning(ctx: RunContext) -> str:
-    """The warning for a return whose gradient with respect to the actions is zero."""
-    env = ctx.cfg.env
-    message = (
-        f"warning: {ctx.sim.name}: the return has no gradient with respect to the actions "
-        "(train/grad_norm is 0 in the first epoch), so PODS cannot improve them"
-    )
-    if env.system != "brax":
-        return message
-    if env.get("reward") is not None:
-        return f"{message}; env.reward={env.reward} is not differentiable in them either"
-    return (
-        f"{message}; give a differentiable reward r(obs_next, action) as "
-        "env.reward=module:function (for inverted_pendulum: "
-        "env.reward=sim2real.brax_envs:inverted_pendulum_upright)"
-    )
 
 
 def _pods(ctx: RunContext, env: Env, env_name: str | None = None) -> Trained:
@@ -575,147 +440,4 @@ def algo_config(cfg: DictConfig) -> Any:
     return to_library_config(ALGORITHMS[cfg.algo.name].config, cfg.algo, "algo", skip=("name",))
 
 
-def check_algo(cfg: DictConfig) -> None:
-    """What the trainer of `cfg.algo.name` would find wrong only once training, found from
-    the config alone: one ConfigError line naming the keys and values."""
-    name, env = cfg.algo.name, cfg.env
-    config = algo_config(cfg)
-    if env.system == "brax":
-        if name in NEEDS_TESTBED:
-            raise ConfigError(
-                f"algo={name} {NEEDS_TESTBED[name]}: env=brax (env.name={env.name}) has none; "
-                f"there, run one of {tuple(a for a in ALGORITHMS if a not in NEEDS_TESTBED)}"
-            )
-        if getattr(config, "randomization", None) is not None:
-            raise ConfigError(
-                "algo.randomization varies the testbed's physics: env=brax has none to vary"
-            )
-        if getattr(config, "float64", False):
-            raise ConfigError("algo.float64=true: Brax's registry envs simulate in float32")
-        if getattr(config, "order", 1) == 2 and env.get("reward") is None:
-            raise ConfigError(
-                f"algo.order=2 differentiates the reward in the observation, which "
-                f"env.name={env.name}'s own reward is not: give one as "
-                "env.reward=module:function, r(obs_next, action), or use algo.order=1"
-            )
-    if isinstance(config, PODSConfig):
-        _check_devices(cfg, config)
-        horizon = config.horizon or env.episode_length
-        source = "algo.horizon" if config.horizon else "env.episode_length"
-        pairs = config.num_trajectories * horizon
-        if config.minibatch_size > pairs:
-            raise ConfigError(
-                f"algo.minibatch_size={config.minibatch_size} is more than the "
-                f"{pairs} (state, action) pairs an epoch distills (algo.num_trajectories="
-                f"{config.num_trajectories} x {source}={horizon}): lower it to <= {pairs}"
-            )
-        if config.start_states == "visited" and horizon >= env.episode_length:
-            raise ConfigError(
-                f"algo.start_states=visited starts rollouts within episodes of "
-                f"env.episode_length={env.episode_length} steps: it needs an algo.horizon "
-                f"shorter than that, got algo.horizon={config.horizon}"
-            )
-        if config.horizon_start is not None and config.horizon_start > horizon:
-            raise ConfigError(
-                f"algo.horizon_start grows the horizon up to {source}={horizon} steps: it must "
-                f"be <= that, got algo.horizon_start={config.horizon_start}"
-            )
-    if name in ("hds", "pods_sysid"):
-        _check_real_data(cfg, config)
-    if name == "lqr" and env.task != "balance":
-        raise ConfigError(
-            f"algo=lqr stabilizes the upright: it runs on balance tasks, not env.task={env.task}"
-        )
-    if name == "energy_lqr" and env.system == "double_cartpole" and env.task != "balance":
-        raise ConfigError(
-            "algo=energy_lqr swings up one pole; on env.system=double_cartpole it runs the "
-            f"balance task (its LQR catch), not env.task={env.task}"
-        )
-
-
-def _check_devices(cfg: DictConfig, config: PODSConfig) -> None:
-    """`run.devices` exists here, and splits the epoch's rollouts evenly."""
-    requested, available = cfg.run.get("devices"), jax.local_device_count()
-    if requested is not None and not 1 <= requested <= available:
-        raise ConfigError(
-            f"run.devices={requested}: this machine has {available} local device(s); give "
-            f"1 to {available}, or null for all of them"
-        )
-    try:
-        check_divisible(
-            len(run_devices(cfg)),
-            config.rollout_batches("algo."),
-            fewer="fewer devices (run.devices)",
-        )
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
-def _check_lab_family(cfg: DictConfig, sysid: SysIDConfig) -> None:
-    """The lab family's identified simulator can be built on this env (before any data)."""
-    if cfg.env.system not in PHYSICS_STEP:
-        raise ConfigError(
-            f"sysid.family=lab identifies a testbed's physics, not env.system={cfg.env.system}"
-        )
-    if sysid.lab_integrator == "rk4" and cfg.env.backend == "mjx":
-        raise ConfigError(
-            "sysid.family=lab with sysid.lab_integrator=rk4 runs on env.backend=chain or "
-            "generalized, not mjx"
-        )
-    step, frames = PHYSICS_STEP[cfg.env.system]
-    frames = frames if cfg.env.n_frames is None else cfg.env.n_frames
-    if sysid.lab_timestep is not None:
-        try:
-            physics_steps(step * frames, sysid.lab_timestep)
-        except ValueError:
-            raise ConfigError(
-                f"sysid.lab_timestep={sysid.lab_timestep} does not divide the control period "
-                f"{step * frames} s into whole physics steps"
-            ) from None
-
-
-def _check_real_data(cfg: DictConfig, config: Any) -> None:
-    """HDS's and pods_sysid's use of `real.budget` for episodes of env.episode_length."""
-    loop: LoopConfig = to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS)
-    horizon = cfg.env.episode_length
-    if cfg.algo.name == "pods_sysid":
-        sysid: SysIDConfig = to_library_config(SysIDConfig, cfg.sysid, "sysid")
-        if loop.budget < horizon:
-            raise ConfigError(
-                f"real.budget={loop.budget} holds no episode of env.episode_length={horizon} "
-                "steps for sysid"
-            )
-        if sysid.window > horizon:
-            raise ConfigError(
-                f"sysid.window={sysid.window} is longer than an episode "
-                f"(env.episode_length={horizon})"
-            )
-        if sysid.family == "lab":
-            _check_lab_family(cfg, sysid)
-        return
-    try:
-        loop.rounds(horizon)  # the budget holds the initial data
-    except ValueError as err:
-        raise ConfigError(f"real: {err}") from None
-    model: ModelConfig = to_library_config(ModelConfig, cfg.model, "model")
-    if model.rollout_horizon > horizon:
-        raise ConfigError(
-            f"model.rollout_horizon={model.rollout_horizon} is longer than an episode "
-            f"(env.episode_length={horizon})"
-        )
-    if loop.initial_data == "policy" and config.group_sizes()[1] > 0:
-        raise ConfigError(
-            "real.initial_data=policy collects with a warm-start policy, which the command "
-            "line does not provide: use real.initial_data=random"
-        )
-
-
-__all__ = [
-    "ALGORITHMS",
-    "NEEDS_TESTBED",
-    "Algorithm",
-    "RunContext",
-    "Trained",
-    "algo_config",
-    "check_algo",
-]
+__all__ = ["ALGORITHMS", "NEEDS_TESTBED", "Algorithm", "algo_config"]

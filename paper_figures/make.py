@@ -3,7 +3,7 @@
     python -m paper_figures.make <figure|all> [--preset smoke|paper] [--runs DIR] [--jobs N]
 
 Figures: learning_curves, hds_beta, sim_vs_real, dynamics_models, gradient_norms,
-sample_efficiency, study (`paper_figures.figures`). A `make` works in three steps:
+sample_efficiency (`paper_figures.figures`), study (`paper_figures.study_figure`). A `make` works in three steps:
 
 1. plan: every run and measurement the chosen figures need and the root lacks, each once
    though several figures draw it. A run that already has its `summary.json` under the root
@@ -37,11 +37,11 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from paper_figures import figures, provenance
+from paper_figures import figures, provenance, study_figure
 from paper_figures.runs import Run, RunSpec, find_runs, select
 from paper_figures.scores import scored_without_oracle
 from paper_figures.sweeps import (
@@ -280,6 +280,11 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def drawing(name: str) -> Callable:
+    """The function that draws figure `name`: its docstring is the figure's caption."""
+    return study_figure.study if name == "study" else getattr(figures, name)
+
+
 def draw(name: str, session: Session) -> list[Path]:
     """Draws a figure from the inputs under the root; returns the files written."""
     if name in figures.RUN_FIGURES:
@@ -294,11 +299,12 @@ def draw(name: str, session: Session) -> list[Path]:
         return figures.gradient_norms(report, session.out_dir)
     if name == "study":
         (report,) = reports["study"]
-        return figures.study(report, session.out_dir)
+        return study_figure.study(report, session.out_dir)
     raise ValueError(f"unknown figure {name!r}; expected one of {FIGURES}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line of `python -m paper_figures.make`."""
     parser = argparse.ArgumentParser(
         prog="python -m paper_figures.make",
         description=__doc__.split("\n\n")[0],
@@ -343,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the commands that would run; draw nothing"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     raw_argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(raw_argv)
     if args.jobs < 1:
@@ -383,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             provenance.write_sidecar(
                 session.out_dir,
                 name,
-                caption=provenance.caption_of(getattr(figures, name)),
+                caption=provenance.caption_of(drawing(name)),
                 command=shlex.join(["python", "-m", "paper_figures.make", *raw_argv]),
                 preset=preset.name,
                 runs=str(session.root),

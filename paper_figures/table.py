@@ -129,7 +129,7 @@ def time_to(run: Run, target: float) -> float | None:
 
 
 REFERENCES = ("oracle", "energy_lqr")
-"""The runs that can be a real system's ceiling (`experiments.train.REFERENCES`)."""
+"""The runs that can be a real system's ceiling (`experiments.compare.REFERENCES`)."""
 
 
 def best_reference(runs: dict[str, Run]) -> Run | None:

@@ -114,6 +114,12 @@ class PODSConfig:
     """Train in double precision (the env must be built with dtype=jnp.float64)."""
 
     def __post_init__(self):
+        self._check_counts_and_step_sizes()
+        self._check_choices_and_noise()
+
+    def _check_counts_and_step_sizes(self) -> None:
+        """The counts, the horizons, the order and the step sizes: checked first."""
+
         def positive_int(name: str):
             require(is_integer(getattr(self, name)), self, name, "a positive integer")
 
@@ -158,6 +164,9 @@ class PODSConfig:
             "step_size_min",
             f"<= step_size_max ({self.step_size_max})",
         )
+
+    def _check_choices_and_noise(self) -> None:
+        """The options, the damping, the exploration and the network: checked second."""
         require(
             self.policy_selection in POLICY_SELECTIONS,
             self,

@@ -8,20 +8,18 @@ from pods.runtime import import_brax_quietly
 import_brax_quietly()  # before the modules below import brax
 
 from sim2real.lab import LabEffects
-from sim2real.testbeds import (
-    BACKENDS,
+from sim2real.testbed_spec import (
     REAL_PROFILES,
     SYSTEMS,
     TASKS,
     VARIANTS,
-    CartPole,
     InitialStateNoise,
     Physics,
     RewardWeights,
     list_testbeds,
-    make_testbed,
     parse_testbed_name,
 )
+from sim2real.testbeds import BACKENDS, CartPole, make_testbed
 
 __all__ = [
     "BACKENDS",

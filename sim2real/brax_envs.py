@@ -37,7 +37,7 @@ BACKENDS = ("generalized", "positional", "spring", "mjx")
 def registry_names() -> tuple[str, ...]:
     """The env names `brax.envs.get_environment` knows, less the testbeds, which sim2real
     registers there too (they have their own `env=` options, with a real variant)."""
-    from sim2real.testbeds import list_testbeds
+    from sim2real.testbed_spec import list_testbeds
 
     # brax 0.14 has no public listing of its registry.
     return tuple(sorted(set(brax_envs._envs) - set(list_testbeds())))

@@ -10,9 +10,10 @@ data collected under a budget and the model refitted as the data grows.
     ...       until the next round would exceed the budget; the remaining epochs keep the
               last model
 
-HDS itself sees only envs; the real system is reached through `RealSystem` alone, which counts
-every transition and refuses to go past the budget. A refitted model has the structure of
-the previous one, so it rides into the same compiled HDS epoch as an argument.
+How the loop spends its budget is `sim2real.loop_config.LoopConfig`. HDS itself sees only
+envs; the real system is reached through `RealSystem` alone, which counts every transition
+and refuses to go past the budget. A refitted model has the structure of the previous one, so
+it rides into the same compiled HDS epoch as an argument.
 
 Everything random comes from the run's key: round r's collection from fold_in(data key, r),
 its fit from fold_in(fit key, r) and its train/validation split from seed r; epoch e's from
@@ -22,7 +23,6 @@ and the model if it was saved) therefore repeats exactly what an uninterrupted r
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -52,71 +52,11 @@ from pods.hds import make_hds, step_counters
 from pods.networks import PolicyParams
 from pods.rollout import Policy
 from pods.state import TrainingState, init_training_state, policy_learner
-from pods.validation import is_integer, require
+from sim2real.loop_config import LoopConfig
 from sim2real.real_system import RealSystem, RealTrajectories
-
-INITIAL_DATA = ("random", "policy")
 
 # Named streams of the loop's key.
 _EPOCH_STREAM, _DATA_STREAM, _FIT_STREAM = 0, 1, 2
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopConfig:
-    """How the loop spends its real transitions."""
-
-    budget: int = 5000
-    """Real transitions the loop may take in all (initial data included)."""
-    initial_trajectories: int = 20
-    """Real episodes recorded before the first epoch."""
-    initial_data: str = "random"
-    """`random`: correlated random commands (see `random_correlation`); `policy`: the
-    warm-start policy (`initial_params`) plus `collect_noise`."""
-    random_correlation: float = 0.8
-    """Lag-1 correlation of the random commands; white noise barely moves the cart."""
-    collect_every: int = 5
-    """Epochs between collections of the current policy's real episodes."""
-    collect_trajectories: int = 5
-    """Real episodes per collection."""
-    collect_noise: float = 0.1
-    """Std of the Gaussian noise on the policy's commands while collecting."""
-    validation_fraction: float = 0.2
-    """Share of the real episodes held out to early-stop each model fit."""
-
-    def __post_init__(self):
-        def integer(name: str, low: int) -> bool:
-            return is_integer(getattr(self, name), low)
-
-        require(integer("budget", 1), self, "budget", "a positive integer")
-        require(integer("initial_trajectories", 2), self, "initial_trajectories", "an integer >= 2")
-        require(integer("collect_every", 1), self, "collect_every", "a positive integer")
-        require(
-            integer("collect_trajectories", 1), self, "collect_trajectories", "a positive integer"
-        )
-        require(self.initial_data in INITIAL_DATA, self, "initial_data", f"one of {INITIAL_DATA}")
-        require(0 <= self.random_correlation < 1, self, "random_correlation", "a number in [0, 1)")
-        require(
-            math.isfinite(self.collect_noise) and self.collect_noise >= 0,
-            self,
-            "collect_noise",
-            "a finite number >= 0",
-        )
-        require(0 < self.validation_fraction < 1, self, "validation_fraction", "a number in (0, 1)")
-
-    def rounds(self, horizon: int) -> int:
-        """Collections after the initial data that fit in the budget, for episodes of
-        `horizon` steps; raises if not even the initial data does."""
-        initial = self.initial_trajectories * horizon
-        if initial > self.budget:
-            raise ValueError(
-                f"LoopConfig.budget={self.budget} real transitions cannot hold the initial "
-                f"{self.initial_trajectories} episodes of {horizon} steps ({initial})"
-            )
-        return (self.budget - initial) // (self.collect_trajectories * horizon)
-
-    def rounds_before(self, epoch: int, horizon: int) -> int:
-        """Collections (after the initial data) done before `epoch` starts."""
-        return min(epoch // self.collect_every, self.rounds(horizon))
 
 
 class LoopCheckpoint(NamedTuple):
@@ -392,53 +332,21 @@ def run_loop_seeds(
     initial_states = initial_states or [None] * seeds
     resumes = resumes or [None] * seeds
     data_fns, model_fns = data_fns or [None] * seeds, model_fns or [None] * seeds
-    for name, values in (
-        ("reals", reals),
-        ("initial_states", initial_states),
-        ("resumes", resumes),
-    ):
-        if len(values) != seeds:
-            raise ValueError(f"{len(values)} {name} for {seeds} seeds")
-    for real in reals:
-        _check_real(real, sim_env)
+    _check_seeds(config, loop, sim_env, reals, seeds, initial_states, resumes)
     _, k_model = config.group_sizes()
-    if loop.initial_data == "policy" and k_model:
-        raise ValueError("LoopConfig.initial_data='policy' needs a warm-start policy: run_loop")
 
     with jax.enable_x64(True) if config.float64 else nullcontext():
         horizon = config.horizon or reals[0].episode_length
         make_policy = policy_learner(config, [sim_env], horizon).make_policy
-        real_data = [
-            _RealDataAndModel(
-                loop,
-                model_config,
-                sim_env,
-                real,
-                key,
-                make_policy=make_policy,
-                dataset=resume.dataset if resume is not None else None,
-                data_fn=data_fn,
-                model_fn=model_fn,
-            )
-            for real, key, resume, data_fn, model_fn in zip(
-                reals, keys, resumes, data_fns, model_fns, strict=True
-            )
-        ]
+        real_data = _seeds_data(
+            loop, model_config, sim_env, reals, keys, resumes, data_fns, model_fns, make_policy
+        )
         # 1. Each seed's round-0 data and model (or its resumed run's).
         if k_model:
             for seed_data, resume in zip(real_data, resumes, strict=True):
                 seed_data.start(resume, None)
         hds = make_hds(config, sim_env, real_data[0].model_env, devices=devices)
-        states, epoch_keys = [], []
-        for seed_data, key, initial_state in zip(real_data, keys, initial_states, strict=True):
-            seed_data.make_policy = hds.make_policy
-            key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))
-            states.append(
-                init_training_state(
-                    config, sim_env, hds.network, key_init, initial_state=initial_state
-                )
-            )
-            epoch_keys.append(key_epochs)
+        states, epoch_keys = _seeds_start(config, sim_env, hds, real_data, keys, initial_states)
         model_envs = [stack_seeds([d.model_env for d in real_data]) if k_model else None]
 
         def args_for_epoch(epoch: int, due: list[int], states: TrainingState) -> tuple:
@@ -480,6 +388,82 @@ def run_loop_seeds(
         ]
 
 
+def _check_seeds(
+    config: HDSConfig,
+    loop: LoopConfig,
+    sim_env: Any,
+    reals: Sequence[RealSystem],
+    seeds: int,
+    initial_states: Sequence[TrainingState | None],
+    resumes: Sequence[LoopCheckpoint | None],
+) -> None:
+    """`run_loop_seeds`' arguments: one of each per seed, every real system in the layout
+    of `sim_env`, and no warm start."""
+    for name, values in (
+        ("reals", reals),
+        ("initial_states", initial_states),
+        ("resumes", resumes),
+    ):
+        if len(values) != seeds:
+            raise ValueError(f"{len(values)} {name} for {seeds} seeds")
+    for real in reals:
+        _check_real(real, sim_env)
+    _, k_model = config.group_sizes()
+    if loop.initial_data == "policy" and k_model:
+        raise ValueError("LoopConfig.initial_data='policy' needs a warm-start policy: run_loop")
+
+
+def _seeds_data(
+    loop: LoopConfig,
+    model_config: ModelConfig,
+    sim_env: Any,
+    reals: Sequence[RealSystem],
+    keys: Sequence[jax.Array],
+    resumes: Sequence[LoopCheckpoint | None],
+    data_fns: Sequence[Callable[[TransitionDataset], None] | None],
+    model_fns: Sequence[Callable[[Any, dict], None] | None],
+    make_policy: Callable[[PolicyParams], Policy],
+) -> list[_RealDataAndModel]:
+    """Each seed's real data and model (a resumed seed's data from its checkpoint)."""
+    return [
+        _RealDataAndModel(
+            loop,
+            model_config,
+            sim_env,
+            real,
+            key,
+            make_policy=make_policy,
+            dataset=resume.dataset if resume is not None else None,
+            data_fn=data_fn,
+            model_fn=model_fn,
+        )
+        for real, key, resume, data_fn, model_fn in zip(
+            reals, keys, resumes, data_fns, model_fns, strict=True
+        )
+    ]
+
+
+def _seeds_start(
+    config: HDSConfig,
+    sim_env: Any,
+    hds: Any,
+    real_data: list[_RealDataAndModel],
+    keys: Sequence[jax.Array],
+    initial_states: Sequence[TrainingState | None],
+) -> tuple[list[TrainingState], list[jax.Array]]:
+    """Each seed's training state (or its resumed one) and epoch key; the seeds' data collect
+    with `hds`'s policy from here on."""
+    states, epoch_keys = [], []
+    for seed_data, key, initial_state in zip(real_data, keys, initial_states, strict=True):
+        seed_data.make_policy = hds.make_policy
+        key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))
+        states.append(
+            init_training_state(config, sim_env, hds.network, key_init, initial_state=initial_state)
+        )
+        epoch_keys.append(key_epochs)
+    return states, epoch_keys
+
+
 def _check_real(real: RealSystem, sim_env: Any) -> None:
     for name in ("observation_size", "action_size"):
         if getattr(real, name) != getattr(sim_env, name):
@@ -489,11 +473,4 @@ def _check_real(real: RealSystem, sim_env: Any) -> None:
             )
 
 
-__all__ = [
-    "INITIAL_DATA",
-    "LoopCheckpoint",
-    "LoopConfig",
-    "LoopResult",
-    "run_loop",
-    "run_loop_seeds",
-]
+__all__ = ["LoopCheckpoint", "LoopResult", "run_loop", "run_loop_seeds"]

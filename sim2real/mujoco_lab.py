@@ -33,8 +33,9 @@ import mujoco
 import numpy as np
 
 from sim2real import lab as lab_physics
+from sim2real.chain_body import apply_body_mismatch
 from sim2real.lab import LabEffects
-from sim2real.testbeds import (
+from sim2real.testbed_spec import (
     InitialStateNoise,
     Physics,
     RewardWeights,
@@ -57,7 +58,7 @@ def gymnasium_id(testbed: str) -> str:
 
 class MujocoCartPole(gymnasium.Env):
     """A testbed (system x task x variant) stepped by MuJoCo C; the arguments mean what they
-    mean for `sim2real.testbeds.CartPole` (`sim2real.testbeds.resolve_testbed` applies their
+    mean for `sim2real.testbeds.CartPole` (`sim2real.testbed_spec.resolve_testbed` applies their
     rules for both).
 
     Observation: `[x, cos th_i, sin th_i ..., xdot, th_i dot ...]`, what the lab's encoders
@@ -110,7 +111,7 @@ class MujocoCartPole(gymnasium.Env):
         lab = spec.lab
         model = load_mj_model(system)
         if lab is not None and lab.body_mismatch:
-            model = lab_physics.apply_body_mismatch(model, lab)
+            model = apply_body_mismatch(model, lab)
         model.opt.timestep = self.timestep
         self.model = model
         self._data = mujoco.MjData(model)

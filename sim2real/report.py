@@ -28,7 +28,8 @@ import numpy as np
 from pods.rollout import reset_batch
 from pods.runtime import configure_jax, filter_known_xla_logs
 from sim2real.mujoco_lab import MujocoCartPole, trajectory_of_actions
-from sim2real.testbeds import SYSTEMS, TASKS, make_testbed
+from sim2real.testbed_spec import SYSTEMS, TASKS
+from sim2real.testbeds import make_testbed
 
 DIVERGENCE_STEPS = (1, 10, 50)
 REAL_SYSTEMS = ("real", "lab", "lab_mujoco")

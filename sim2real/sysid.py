@@ -38,7 +38,8 @@ from pods.rollout import trajectory_of_actions
 from pods.validation import is_integer, is_number, require
 from sim2real.lab import LAB_INTEGRATORS
 from sim2real.real_system import RealTrajectories
-from sim2real.testbeds import PHYSICS_FIELDS, CartPole, Physics
+from sim2real.testbed_spec import PHYSICS_FIELDS, Physics
+from sim2real.testbeds import CartPole
 
 SYSID_FAMILIES = ("physics", "lab")
 """The parameter families `SysIDConfig.family` chooses between."""

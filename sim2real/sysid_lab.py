@@ -29,7 +29,7 @@ of the pole: its mass times the lever to its centre (the cart's coupling) and th
 that to its inertia about the hinge (its pendulum frequency); a rod-like pole whose length
 and centre scale together has two such numbers, its mass and its length.
 
-How the masses are differentiated. `sim2real.lab.ChainBody.acceleration` is plain arithmetic
+How the masses are differentiated. `sim2real.chain_body.ChainBody.acceleration` is plain arithmetic
 on the mass properties, so the fit builds a `ChainBody` of traced scalars inside the loss, as
 `apply_body_mismatch` scales them; the rest of a physics step is the testbed's own pieces
 (`CartPole.passive_forces`, Brax's `actuator.to_tau`, `lab.rk4_step` / `lab.euler_step`). The
@@ -69,10 +69,12 @@ from jaxtyping import Array, Float
 
 import sim2real.lab as lab_physics
 from dynamics_models.data import ObsLayout, TransitionDataset
-from sim2real.lab import ChainBody, LabEffects
+from sim2real.chain_body import ChainBody
+from sim2real.lab import LabEffects
 from sim2real.real_system import RealTrajectories
 from sim2real.sysid import SysIDConfig, as_dataset
-from sim2real.testbeds import CartPole, Physics
+from sim2real.testbed_spec import Physics
+from sim2real.testbeds import CartPole
 
 LAB_RECORD_FIELDS = (
     "latency_steps",
@@ -134,7 +136,7 @@ def scaled_chain(
     nominal: ChainBody, cart_mass_scale, pole_mass_scale, pole_length_scale, pole_com_scale
 ) -> ChainBody:
     """`nominal`'s chain with the lab's body scales (floats or traced scalars), as
-    `sim2real.lab.apply_body_mismatch` scales the MuJoCo model: a pole's inertia about its
+    `sim2real.chain_body.apply_body_mismatch` scales the MuJoCo model: a pole's inertia about its
     centre with its mass and the square of its length, hinges beyond the first with it."""
     return ChainBody(
         cart_mass=nominal.cart_mass * cart_mass_scale,

@@ -16,8 +16,9 @@ from experiments.resume import config_differences
 from experiments.schema import ConfigError
 from pods.rollout import trajectory_of_actions
 from sim2real import LabEffects, make_testbed
+from sim2real.gym_adapter import GymAdapter
 from sim2real.mujoco_lab import MujocoCartPole
-from sim2real.real_system import GymAdapter, RealSystem
+from sim2real.real_system import RealSystem
 
 QUIET_LAB = LabEffects(linear_velocity_noise=0.0, angular_velocity_noise=0.0)
 """Every lab effect but the velocity noise, whose draws the engines cannot share."""

@@ -19,18 +19,11 @@ import pytest
 from brax.envs import training as brax_training
 from doubles import LinearEnv
 
-from baselines.brax_agents import (
-    APGConfig,
-    PhysicsRanges,
-    PPOConfig,
-    domain_randomization,
-    policy_template,
-    train_apg,
-    train_ppo,
-)
+from baselines.brax_agents import APGConfig, PPOConfig, policy_template, train_apg, train_ppo
+from baselines.domain_randomization import PhysicsRanges, domain_randomization
 from pods.rollout import reset_batch, trajectory_of_policy
 from sim2real import InitialStateNoise, make_testbed
-from sim2real.testbeds import physics_from_sys
+from sim2real.testbed_spec import physics_from_sys
 
 
 def _point_mass_reward(obs, action):

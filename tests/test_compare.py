@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from experiments.train import compare, format_table, reference_run
+from experiments.compare import compare, format_table, reference_run
 from scoring import gap_stands_out, share_std
 
 

@@ -98,7 +98,7 @@ def test_configuration_reference_keys_every_field_as_the_command_line_spells_it(
 
     from pods.config import HDSConfig
     from sim2real.lab import LabEffects
-    from sim2real.loop import LoopConfig
+    from sim2real.loop_config import LoopConfig
 
     page = (site / "reference" / "configuration" / "index.html").read_text()
     keys = (

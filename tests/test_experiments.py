@@ -25,7 +25,7 @@ from experiments.trainers import NEEDS_TESTBED
 from pods.config import PODSConfig
 from pods.xla_log_filter import drop_known
 from sim2real.evaluation import evaluate, evaluate_sim_and_real, seed_streams
-from sim2real.testbeds import Physics
+from sim2real.testbed_spec import Physics
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "experiments" / "conf"

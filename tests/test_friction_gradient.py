@@ -14,7 +14,7 @@ from pods.rollout import episode_of_actions, reset_batch
 from pods.step_size import step_size_grid
 from sim2real import make_testbed
 from sim2real.lab import FrictionGradient, LabEffects, slider_force
-from sim2real.testbeds import Physics
+from sim2real.testbed_spec import Physics
 
 HORIZON = 20
 STARTS = 2

@@ -11,7 +11,7 @@ import pytest
 from pods.rollout import reset_batch, trajectory_of_actions
 from sim2real import InitialStateNoise, LabEffects, Physics, make_testbed
 from sim2real.lab import slider_force
-from sim2real.testbeds import load_mj_model
+from sim2real.testbed_spec import load_mj_model
 
 AT_REST = InitialStateNoise(angle=0.0, velocity=0.0, cart_position=0.0)
 GEAR = 10.0

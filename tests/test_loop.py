@@ -12,7 +12,8 @@ from dynamics_models import ModelConfig
 from pods.config import HDSConfig
 from sim2real import make_testbed
 from sim2real.evaluation import evaluate_sim_and_real, gap_closure, normalized_score, seed_streams
-from sim2real.loop import LoopCheckpoint, LoopConfig, run_loop, run_loop_seeds
+from sim2real.loop import LoopCheckpoint, run_loop, run_loop_seeds
+from sim2real.loop_config import LoopConfig
 from sim2real.real_system import RealSystem
 
 HORIZON = 10
@@ -196,7 +197,7 @@ def test_the_loop_runs_against_a_gymnasium_real_system_whose_episodes_end_early(
     them, and HDS runs its epochs (the sim env is the tiny loop's: its epoch is compiled)."""
     import gymnasium
 
-    from sim2real.real_system import GymAdapter
+    from sim2real.gym_adapter import GymAdapter
 
     adapter = GymAdapter(
         observation=lambda o: np.array([o[0], np.cos(o[1]), np.sin(o[1]), o[2], o[3]]),

@@ -20,7 +20,7 @@ from sim2real.mujoco_lab import (
     make_mujoco_testbed,
     trajectory_of_actions,
 )
-from sim2real.testbeds import task_reward
+from sim2real.testbed_spec import task_reward
 
 QUIET_LAB = LabEffects(linear_velocity_noise=0.0, angular_velocity_noise=0.0)
 """The lab with every effect on but the velocity noise, whose draws the engines cannot share."""

@@ -9,7 +9,8 @@ import pytest
 from dynamics_models import TransitionDataset
 from pods.networks import PolicyNetwork, init_policy_params, make_policy_factory
 from sim2real import make_testbed
-from sim2real.real_system import GymAdapter, RealSystem, RealTrajectories, check_gym_layout
+from sim2real.gym_adapter import GymAdapter, check_gym_layout
+from sim2real.real_system import RealSystem, RealTrajectories
 
 HORIZON = 4
 

@@ -173,7 +173,7 @@ def test_the_study_refuses_bad_input_in_one_line(argv, named, capsys):
 
 
 def test_every_budget_holds_the_episodes_its_loop_settings_spend():
-    from sim2real.loop import LoopConfig
+    from sim2real.loop_config import LoopConfig
 
     for transitions, (initial, collect) in study.LOOP.items():
         loop = LoopConfig(
@@ -237,7 +237,7 @@ def test_the_kept_study_was_measured_at_make_runs_setting_today():
 def test_the_study_figure_draws_every_method_and_the_budget_curve(tmp_path, offline, capsys):
     import csv
 
-    from paper_figures import figures
+    from paper_figures import study_figure
 
     for seed, (hds, pods) in SEEDS.items():
         _finished(tmp_path, seed, hds, {"pods": pods, "energy_lqr": 1.0})
@@ -245,7 +245,7 @@ def test_the_study_figure_draws_every_method_and_the_budget_curve(tmp_path, offl
         study.main(["--parts", PART.name, "--seeds", "0", "1", "2", "--root", str(tmp_path)]) == 0
     )
     report = json.loads(capsys.readouterr().out)
-    paths = figures.study(report, tmp_path / "figures")
+    paths = study_figure.study(report, tmp_path / "figures")
     assert {p.suffix for p in paths} == {".pdf", ".png", ".csv"}
     with (tmp_path / "figures" / "study.csv").open() as table:
         rows = {(r["method"], r["budget"]): r for r in csv.DictReader(table)}

@@ -9,7 +9,7 @@ from pods.rollout import reset_batch, trajectory_of_actions
 from sim2real import Physics, make_testbed
 from sim2real.real_system import RealTrajectories
 from sim2real.sysid import SysIDConfig, identify
-from sim2real.testbeds import physics_from_sys
+from sim2real.testbed_spec import physics_from_sys
 
 # Enough Adam steps for the cosine schedule to settle on 6 short trajectories; one
 # compilation of the fit serves both recoveries below (same config, env and data shapes).

@@ -10,13 +10,13 @@ from brax.envs.wrappers.training import DomainRandomizationVmapWrapper
 import sim2real
 from pods.rollout import reset_batch, trajectory_of_actions
 from sim2real import CartPole, Physics, list_testbeds, make_testbed
-from sim2real.testbeds import (
+from sim2real.testbed_spec import (
     PHYSICS_FIELDS,
-    ChainState,
     physics_from_sys,
     physics_randomization,
     physics_to_sys,
 )
+from sim2real.testbeds import ChainState
 
 
 def test_every_registered_name_resolves_through_brax():

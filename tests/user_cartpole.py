@@ -19,8 +19,8 @@ from __future__ import annotations
 import gymnasium
 import numpy as np
 
-from sim2real.real_system import GymAdapter
-from sim2real.testbeds import RewardWeights, task_reward
+from sim2real.gym_adapter import GymAdapter
+from sim2real.testbed_spec import RewardWeights, task_reward
 
 GRAVITY, CART_MASS, POLE_MASS, HALF_LENGTH, MAX_FORCE, DT = 9.81, 1.0, 0.1, 0.5, 10.0, 0.025
 

@@ -34,7 +34,7 @@ KEY_NOTES = {
     "env of your own, `real.gym_id`).",
     "real.gym_id": "With `real.engine=gym`: the id `gymnasium.make` takes.",
     "real.gym_adapter": "With `real.engine=gym`: `module:attribute` of a "
-    "`sim2real.real_system.GymAdapter` (or a function returning one); none: the env already "
+    "`sim2real.gym_adapter.GymAdapter` (or a function returning one); none: the env already "
     "speaks the testbed's layout.",
     "real.gym_kwargs": "With `real.engine=gym`: keyword arguments for `gymnasium.make`.",
     "env.system": "`cartpole` or `double_cartpole` (set by the `env/` option).",
@@ -148,9 +148,9 @@ def configuration_reference() -> str:
     from experiments import schema
     from pods.config import HDSConfig, PODSConfig
     from sim2real.lab import FrictionGradient, LabEffects
-    from sim2real.loop import LoopConfig
+    from sim2real.loop_config import LoopConfig
     from sim2real.sysid import SysIDConfig
-    from sim2real.testbeds import Physics
+    from sim2real.testbed_spec import Physics
 
     algo_classes = {
         "pods": PODSConfig,
@@ -258,7 +258,7 @@ def configuration_reference() -> str:
         out += [
             "## `real`: how real data is spent",
             "",
-            "`sim2real.loop.LoopConfig`, and the keys that choose the real system.",
+            "`sim2real.loop_config.LoopConfig`, and the keys that choose the real system.",
             "",
             *table("real", [LoopConfig], base["real"]),
             "## `sysid`: system identification (`algo=pods_sysid`)",

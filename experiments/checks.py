@@ -1,0 +1,163 @@
+"""The checks of a composed config that the trainers would otherwise fail on only once
+training: `check_algo` finds them from the config alone, before any compute, and raises one
+ConfigError line naming the keys and values.
+
+Split from `experiments.trainers`, which holds the registry (`ALGORITHMS`, `NEEDS_TESTBED`,
+`algo_config`) these checks read and the trainers themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from omegaconf import DictConfig
+
+from dynamics_models import ModelConfig
+from experiments.run_context import run_devices
+from experiments.schema import LOOP_EXTRAS, ConfigError, to_library_config
+from experiments.trainers import ALGORITHMS, NEEDS_TESTBED, algo_config
+from pods.config import PODSConfig
+from pods.sharding import check_divisible
+from sim2real.lab import physics_steps
+from sim2real.loop_config import LoopConfig
+from sim2real.sysid import SysIDConfig
+from sim2real.testbed_spec import PHYSICS_STEP
+
+
+def check_algo(cfg: DictConfig) -> None:
+    """What the trainer of `cfg.algo.name` would find wrong only once training, found from
+    the config alone: one ConfigError line naming the keys and values."""
+    name, env = cfg.algo.name, cfg.env
+    config = algo_config(cfg)
+    if env.system == "brax":
+        if name in NEEDS_TESTBED:
+            raise ConfigError(
+                f"algo={name} {NEEDS_TESTBED[name]}: env=brax (env.name={env.name}) has none; "
+                f"there, run one of {tuple(a for a in ALGORITHMS if a not in NEEDS_TESTBED)}"
+            )
+        if getattr(config, "randomization", None) is not None:
+            raise ConfigError(
+                "algo.randomization varies the testbed's physics: env=brax has none to vary"
+            )
+        if getattr(config, "float64", False):
+            raise ConfigError("algo.float64=true: Brax's registry envs simulate in float32")
+        if getattr(config, "order", 1) == 2 and env.get("reward") is None:
+            raise ConfigError(
+                f"algo.order=2 differentiates the reward in the observation, which "
+                f"env.name={env.name}'s own reward is not: give one as "
+                "env.reward=module:function, r(obs_next, action), or use algo.order=1"
+            )
+    if isinstance(config, PODSConfig):
+        _check_devices(cfg, config)
+        horizon = config.horizon or env.episode_length
+        source = "algo.horizon" if config.horizon else "env.episode_length"
+        pairs = config.num_trajectories * horizon
+        if config.minibatch_size > pairs:
+            raise ConfigError(
+                f"algo.minibatch_size={config.minibatch_size} is more than the "
+                f"{pairs} (state, action) pairs an epoch distills (algo.num_trajectories="
+                f"{config.num_trajectories} x {source}={horizon}): lower it to <= {pairs}"
+            )
+        if config.start_states == "visited" and horizon >= env.episode_length:
+            raise ConfigError(
+                f"algo.start_states=visited starts rollouts within episodes of "
+                f"env.episode_length={env.episode_length} steps: it needs an algo.horizon "
+                f"shorter than that, got algo.horizon={config.horizon}"
+            )
+        if config.horizon_start is not None and config.horizon_start > horizon:
+            raise ConfigError(
+                f"algo.horizon_start grows the horizon up to {source}={horizon} steps: it must "
+                f"be <= that, got algo.horizon_start={config.horizon_start}"
+            )
+    if name in ("hds", "pods_sysid"):
+        _check_real_data(cfg, config)
+    if name == "lqr" and env.task != "balance":
+        raise ConfigError(
+            f"algo=lqr stabilizes the upright: it runs on balance tasks, not env.task={env.task}"
+        )
+    if name == "energy_lqr" and env.system == "double_cartpole" and env.task != "balance":
+        raise ConfigError(
+            "algo=energy_lqr swings up one pole; on env.system=double_cartpole it runs the "
+            f"balance task (its LQR catch), not env.task={env.task}"
+        )
+
+
+def _check_devices(cfg: DictConfig, config: PODSConfig) -> None:
+    """`run.devices` exists here, and splits the epoch's rollouts evenly."""
+    requested, available = cfg.run.get("devices"), jax.local_device_count()
+    if requested is not None and not 1 <= requested <= available:
+        raise ConfigError(
+            f"run.devices={requested}: this machine has {available} local device(s); give "
+            f"1 to {available}, or null for all of them"
+        )
+    try:
+        check_divisible(
+            len(run_devices(cfg)),
+            config.rollout_batches("algo."),
+            fewer="fewer devices (run.devices)",
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _check_lab_family(cfg: DictConfig, sysid: SysIDConfig) -> None:
+    """The lab family's identified simulator can be built on this env (before any data)."""
+    if cfg.env.system not in PHYSICS_STEP:
+        raise ConfigError(
+            f"sysid.family=lab identifies a testbed's physics, not env.system={cfg.env.system}"
+        )
+    if sysid.lab_integrator == "rk4" and cfg.env.backend == "mjx":
+        raise ConfigError(
+            "sysid.family=lab with sysid.lab_integrator=rk4 runs on env.backend=chain or "
+            "generalized, not mjx"
+        )
+    step, frames = PHYSICS_STEP[cfg.env.system]
+    frames = frames if cfg.env.n_frames is None else cfg.env.n_frames
+    if sysid.lab_timestep is not None:
+        try:
+            physics_steps(step * frames, sysid.lab_timestep)
+        except ValueError:
+            raise ConfigError(
+                f"sysid.lab_timestep={sysid.lab_timestep} does not divide the control period "
+                f"{step * frames} s into whole physics steps"
+            ) from None
+
+
+def _check_real_data(cfg: DictConfig, config: Any) -> None:
+    """HDS's and pods_sysid's use of `real.budget` for episodes of env.episode_length."""
+    loop: LoopConfig = to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS)
+    horizon = cfg.env.episode_length
+    if cfg.algo.name == "pods_sysid":
+        sysid: SysIDConfig = to_library_config(SysIDConfig, cfg.sysid, "sysid")
+        if loop.budget < horizon:
+            raise ConfigError(
+                f"real.budget={loop.budget} holds no episode of env.episode_length={horizon} "
+                "steps for sysid"
+            )
+        if sysid.window > horizon:
+            raise ConfigError(
+                f"sysid.window={sysid.window} is longer than an episode "
+                f"(env.episode_length={horizon})"
+            )
+        if sysid.family == "lab":
+            _check_lab_family(cfg, sysid)
+        return
+    try:
+        loop.rounds(horizon)  # the budget holds the initial data
+    except ValueError as err:
+        raise ConfigError(f"real: {err}") from None
+    model: ModelConfig = to_library_config(ModelConfig, cfg.model, "model")
+    if model.rollout_horizon > horizon:
+        raise ConfigError(
+            f"model.rollout_horizon={model.rollout_horizon} is longer than an episode "
+            f"(env.episode_length={horizon})"
+        )
+    if loop.initial_data == "policy" and config.group_sizes()[1] > 0:
+        raise ConfigError(
+            "real.initial_data=policy collects with a warm-start policy, which the command "
+            "line does not provide: use real.initial_data=random"
+        )
+
+
+__all__ = ["check_algo"]
