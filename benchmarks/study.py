@@ -345,9 +345,10 @@ def paired(a: dict[int, dict], b: dict[int, dict], figure: str = "solved_real") 
     diff = np.array([a[s][figure] - b[s][figure] for s in seeds], np.float64)
     wins, losses = int((diff > 0).sum()), int((diff < 0).sum())
     p = stats.binomtest(wins, wins + losses).pvalue if wins + losses else 1.0
+    difference = spread(diff)
     return {
-        "seeds": seeds,
-        "difference": spread(diff),
+        "n": len(seeds),
+        "difference": {"mean": difference["mean"], "ci95": difference["ci95"]},
         "wins": wins,
         "losses": losses,
         "ties": len(seeds) - wins - losses,
@@ -445,13 +446,32 @@ def report(
 
 
 def part_ranges(rows: list[dict]) -> dict[str, dict]:
-    """algo -> figure -> the seeds' spread, for the runs of one part (what `make run`
-    prints beside its own figures)."""
+    """algo -> figure -> the seeds' min, median and max, for the runs of one part (what
+    `make run` prints beside its own figures; the profiles' cells hold the rest)."""
     by_algo: dict[str, dict[int, dict]] = {}
     for seed_row in rows:
         for policy in seed_row.get("policies", ()):
             by_algo.setdefault(policy["algo"], {})[seed_row["seed"]] = policy
-    return {algo: distribution(by_seed) for algo, by_seed in by_algo.items()}
+    return {
+        algo: {
+            figure: {k: d[k] for k in ("min", "median", "max")}
+            for figure, d in distribution(by_seed).items()
+            if figure in FIGURES
+        }
+        for algo, by_seed in by_algo.items()
+    }
+
+
+def rounded(tree, digits: int = 5):
+    """`tree` with its floats rounded to `digits` decimals: a share of 64 starts or a return
+    needs no more, and the kept report stays small enough to read."""
+    if isinstance(tree, float):
+        return round(tree, digits)
+    if isinstance(tree, dict):
+        return {k: rounded(v, digits) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [rounded(v, digits) for v in tree]
+    return tree
 
 
 def parse(argv=None):
@@ -509,7 +529,7 @@ def main(argv=None) -> int:
     failed = [(n, r) for n, rows in parts.items() for r in rows if "failed" in r]
     result = report(parts, fingerprints, args, chosen)
     result["failed"] = [{"part": n, **r} for n, r in failed]
-    text = json.dumps(result, indent=2)
+    text = json.dumps(rounded(result), indent=2)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
