@@ -7,7 +7,7 @@ Algorithm 1, one epoch (`make_pods(...).epoch`, one jitted pure function):
      or a' = a + alpha H^-1 dV/da (second), alpha from a batched line search that never
      accepts a worse return (`roll_out_and_improve`, with `pods.improve`);
   3. distill: Adam on 0.5 ||pi_theta(s_t) - a'_t||^2 over the improved trajectories, all of
-     them as in the paper or the elite (`distill_improved`, with `pods.distill`).
+     them as in the paper or the elite (`pods.distill.distill_improved`).
 Then the loop: `train` for one seed, `train_seeds` for a batch of seeds in one program, both
 running the compiled epoch with `pods.drivers`. The hyperparameters are `pods.config`'s
 `PODSConfig`; what one epoch hands the next is `pods.state`'s `TrainingState`. The k rollouts
@@ -24,12 +24,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from brax.envs.base import Env
 from jax.sharding import Mesh
 
 from pods.config import PODSConfig, check_horizons, grown_horizon
-from pods.distill import DistillationResult, distill_policy, elite
+from pods.distill import distill_improved, elite
 from pods.drivers import (
     Metrics,
     run_epochs,
@@ -39,7 +38,7 @@ from pods.drivers import (
     stack_seeds,
 )
 from pods.improve import Improvement, SearchStep, make_improvement_step
-from pods.networks import PolicyNetwork, PolicyParams, policy_apply
+from pods.networks import PolicyNetwork, PolicyParams
 from pods.programs import ProgramStore
 from pods.rollout import (
     EpisodeLimit,
@@ -53,11 +52,8 @@ from pods.sharding import check_divisible, device_count, shard_trajectories, tra
 from pods.state import (
     TrainingState,
     init_training_state,
-    kept_best,
-    learning_rate_scale,
     policy_learner,
 )
-from pods.step_size import ImprovementStep
 
 # --- one epoch: roll out, improve, distill ----------------------------------------------------
 
@@ -237,110 +233,6 @@ def roll_out_and_improve(
         selected=elite(steps.value_improved[-1], config.elite_fraction),
         noise=noise,
     )
-
-
-# --- step 3: distill --------------------------------------------------------------------------
-
-
-def distill_improved(
-    config: PODSConfig,
-    state: TrainingState,
-    improvement: Improvement,
-    key: jax.Array,
-    *,
-    network: PolicyNetwork,
-    optimizer: optax.GradientTransformation,
-) -> tuple[TrainingState, dict[str, jax.Array]]:
-    """PODS step 3 and the epoch's metrics, for k trajectories of any origin: HDS calls this
-    with its two env groups' `Improvement`s concatenated."""
-    data, evaluation, steps = improvement.data, improvement.evaluation, improvement.steps
-    improved, selected = improvement.improved, improvement.selected
-    k, horizon = improved.actions.shape[:2]
-    dtype = improved.actions.dtype
-    improved_pairs = (improved.observations, improved.actions, improved.active)
-    if config.distill_states == "both":
-        # The states the last step started from: the data rollout's, or the previous step's.
-        if steps.actions.shape[0] == 1:
-            start_observations, start_active = data.observations, data.active
-        else:
-            start_observations, start_active = steps.observations[-2], steps.active[-2]
-        anchor_pairs = (start_observations, improved.anchor_actions, start_active * improved.active)
-        pairs = [jnp.concatenate(xs) for xs in zip(improved_pairs, anchor_pairs)]
-    elif config.distill_states == "improved":
-        pairs = improved_pairs
-    else:
-        pairs = (data.observations, improved.actions, data.active * improved.active)
-    states_visited, target_actions, active = pairs
-    rows = states_visited.shape[0]
-    observations = states_visited[:, :-1].reshape(rows * horizon, -1)
-    targets = target_actions.reshape(rows * horizon, -1)
-    # A trajectory whose derivatives went non-finite is in a regime the numerics cannot
-    # be trusted in: it teaches nothing, not even its own (unimproved) actions. Steps after
-    # the episode ended teach nothing either: no reward judged them.
-    trusted = ~jnp.any(steps.nonfinite, axis=0) & selected
-    trusted = jnp.repeat(jnp.tile(trusted, rows // k), horizon)
-    trusted = trusted & (active.reshape(rows * horizon) > 0)
-    usable = trusted & jnp.all(jnp.isfinite(observations), -1) & jnp.all(jnp.isfinite(targets), -1)
-    normalizer = state.params.normalizer
-    if config.normalize_observations:
-        normalizer = normalizer.update(observations, usable)
-    distilled = distill_policy(
-        lambda net, obs: policy_apply(
-            network, PolicyParams(normalizer, net), obs, normalize=config.normalize_observations
-        ),
-        state.params.network,
-        optimizer,
-        state.optimizer_state,
-        key,
-        observations=observations,
-        targets=targets,
-        weights=usable.astype(dtype),
-        minibatch_size=config.minibatch_size,
-        passes=config.distill_passes,
-        update_scale=learning_rate_scale(config, state.epoch, dtype),
-    )
-    new_state = TrainingState(
-        params=PolicyParams(normalizer, distilled.network_params),
-        optimizer_state=distilled.optimizer_state,
-        epoch=state.epoch + 1,
-        best=kept_best(state, jnp.mean(evaluation.value)),
-    )
-
-    return new_state, _epoch_metrics(improvement, improved, distilled, new_state)
-
-
-def _epoch_metrics(
-    improvement: Improvement,
-    improved: ImprovementStep,
-    distilled: DistillationResult,
-    new_state: TrainingState,
-) -> dict[str, jax.Array]:
-    """The epoch's metrics: the returns before and after the steps (`improved`: the last),
-    the search's statistics, distillation's loss and, with `policy_selection="best"`, the
-    kept best."""
-    data, evaluation, steps = improvement.data, improvement.evaluation, improvement.steps
-    selected = improvement.selected
-    finite_grad = ~steps.nonfinite[0]
-    accepted = steps.accepted
-    metrics = {
-        "train/return": jnp.mean(evaluation.value),
-        "train/return_data": jnp.mean(data.value),
-        "train/return_improved": jnp.mean(improved.value_improved),
-        "train/return_distilled": jnp.sum(jnp.where(selected, improved.value_improved, 0.0))
-        / jnp.maximum(jnp.sum(selected), 1),
-        "train/distill_loss": distilled.loss,
-        "train/grad_norm": jnp.sum(jnp.where(finite_grad, steps.gradient_norm[0], 0.0))
-        / jnp.maximum(jnp.sum(finite_grad), 1),
-        "train/step_size": jnp.sum(steps.step_size) / jnp.maximum(jnp.sum(accepted), 1),
-        "train/accept_rate": jnp.mean(accepted),
-        "train/rejected_nonfinite": jnp.sum(steps.nonfinite) + distilled.skipped_updates,
-        "train/exploration_noise": improvement.noise,
-        "train/episode_steps": jnp.mean(evaluation.steps),
-    }
-    if new_state.best is not None:
-        metrics["train/best_return"] = new_state.best.value
-        metrics["train/best_epoch"] = new_state.best.epoch
-    return metrics
 
 
 # --- the loop ---------------------------------------------------------------------------------
