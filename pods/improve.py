@@ -32,6 +32,7 @@ from pods.derivatives import RewardFn, action_gradient, first_order_direction, n
 from pods.feedback import improve_with_feedback
 from pods.rollout import Episode
 from pods.step_size import (
+    AnnealingSettings,
     ImprovementStep,
     StepSizeSearch,
     _all_active,
@@ -104,20 +105,18 @@ def make_improvement_step(config: PODSConfig, step_sizes: Float[Array, " m"]) ->
         return feedback_step
 
     if isinstance(config, HDSConfig) and config.step_size_search == "annealing":
+        annealing = AnnealingSettings(
+            step_size_min=config.step_size_min,
+            step_size_max=config.step_size_max,
+            iterations=config.annealing_iterations,
+            initial_temperature=config.annealing_temperature,
+            cooling=config.annealing_cooling,
+            proposal_scale=config.annealing_proposal_scale,
+        )
 
         def search_of(env, states, actions, key) -> StepSizeSearch:
             return searched_by_annealing(
-                env,
-                states,
-                actions,
-                key,
-                step_size_min=config.step_size_min,
-                step_size_max=config.step_size_max,
-                iterations=config.annealing_iterations,
-                initial_temperature=config.annealing_temperature,
-                cooling=config.annealing_cooling,
-                proposal_scale=config.annealing_proposal_scale,
-                action_bounds=settings.action_bounds,
+                env, states, actions, key, annealing, settings.action_bounds
             )
 
     else:
@@ -165,33 +164,15 @@ def improve_actions_annealed(
     actions: Float[Array, "k horizon act_dim"],
     observations: Float[Array, "k horizon+1 obs_dim"],
     key: jax.Array,
+    annealing: AnnealingSettings,
     *,
-    step_size_min: float,
-    step_size_max: float,
-    iterations: int,
-    initial_temperature: float,
-    cooling: float,
-    proposal_scale: float,
     active: Float[Array, "k horizon"] | None = None,
     **settings: Any,
 ) -> ImprovementStep:
     """`improve_actions` with alpha from simulated annealing instead of the grid line search
-    (`pods.step_size.searched_by_annealing`, whose arguments the keywords before `active`
-    are); `settings` are `DirectionSettings`'s fields."""
+    (`pods.step_size.searched_by_annealing`); `settings` are `DirectionSettings`'s fields."""
     direction = DirectionSettings(**settings)
-    search = searched_by_annealing(
-        env,
-        states,
-        actions,
-        key,
-        step_size_min=step_size_min,
-        step_size_max=step_size_max,
-        iterations=iterations,
-        initial_temperature=initial_temperature,
-        cooling=cooling,
-        proposal_scale=proposal_scale,
-        action_bounds=direction.action_bounds,
-    )
+    search = searched_by_annealing(env, states, actions, key, annealing, direction.action_bounds)
     return improve_along_direction(
         env, states, actions, observations, search, direction, active=active
     )

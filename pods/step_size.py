@@ -10,6 +10,7 @@ chain per trajectory (`anneal_step_size`, `searched_by_annealing`). A search ret
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -145,6 +146,24 @@ whether it beats `value` (see `line_search`; HDS's simulated annealing is the ot
 trajectory whose direction was not finite gets a zero direction."""
 
 
+@dataclasses.dataclass(frozen=True)
+class AnnealingSettings:
+    """How `anneal_step_size` searches alpha. Static and hashable, as `DirectionSettings`."""
+
+    step_size_min: float
+    """The lower bound of alpha."""
+    step_size_max: float
+    """The upper bound of alpha; the chains start at the bounds' geometric midpoint."""
+    iterations: int
+    """Metropolis steps per chain."""
+    initial_temperature: float
+    """T_0; step i's temperature is T_0 * cooling^i."""
+    cooling: float
+    """The temperature's factor per step."""
+    proposal_scale: float
+    """The standard deviation of a proposal's Gaussian step on log(alpha)."""
+
+
 @struct.dataclass
 class AnnealingResult:
     """The best step size each chain visited, and what the chains did on the way."""
@@ -171,25 +190,22 @@ def anneal_step_size(
     objective: Callable[[Float[Array, " k"]], tuple[Float[Array, " k"], Any]],
     key: jax.Array,
     k: int,
+    settings: AnnealingSettings,
     *,
-    step_size_min: float,
-    step_size_max: float,
-    iterations: int,
-    initial_temperature: float,
-    cooling: float,
-    proposal_scale: float,
     dtype: Any = jnp.float32,
 ) -> AnnealingResult:
-    """k independent annealing chains maximizing `objective` over alpha in [min, max].
+    """k independent annealing chains maximizing `objective` over alpha in
+    [settings.step_size_min, settings.step_size_max].
 
     `objective(alphas)` evaluates all k chains' points at once (one batched rollout) and
     returns (values, aux). Each chain starts at the geometric midpoint of the bounds and takes
-    `iterations` Metropolis steps: a Gaussian random walk on log(alpha), clipped to the bounds;
+    `settings.iterations` Metropolis steps: a Gaussian random walk on log(alpha), clipped to
+    the bounds;
     a proposal better than the current point is always taken, a worse one with probability
     exp(delta / T_i), T_i = initial_temperature * cooling^i. Non-finite values count as -inf
     (never moved to). The best point seen is returned, not the chain's last one.
     """
-    log_low, log_high = math.log(step_size_min), math.log(step_size_max)
+    log_low, log_high = math.log(settings.step_size_min), math.log(settings.step_size_max)
     log_alpha = jnp.full((k,), 0.5 * (log_low + log_high), dtype)
 
     def evaluate(log_alpha):
@@ -203,7 +219,7 @@ def anneal_step_size(
         step_key, temperature = x
         key_proposal, key_accept = jax.random.split(step_key)
         proposal = jnp.clip(
-            log_alpha + proposal_scale * jax.random.normal(key_proposal, (k,), dtype),
+            log_alpha + settings.proposal_scale * jax.random.normal(key_proposal, (k,), dtype),
             log_low,
             log_high,
         )
@@ -231,11 +247,12 @@ def anneal_step_size(
         )
         return carry, (delta < 0, probability, moved, proposal_value)
 
-    temperatures = initial_temperature * cooling ** jnp.arange(iterations, dtype=dtype)
+    steps = jnp.arange(settings.iterations, dtype=dtype)
+    temperatures = settings.initial_temperature * settings.cooling**steps
     (_, _, best_log_alpha, best_value, best_aux), trace = jax.lax.scan(
         metropolis_step,
         (log_alpha, value, log_alpha, value, aux),
-        (jax.random.split(key, iterations), temperatures),
+        (jax.random.split(key, settings.iterations), temperatures),
     )
     worse, probability, moved, proposal_value = trace
     return AnnealingResult(
@@ -272,17 +289,11 @@ def searched_by_annealing(
     states: State,
     actions: Float[Array, "k horizon act_dim"],
     key: jax.Array,
-    *,
-    step_size_min: float,
-    step_size_max: float,
-    iterations: int,
-    initial_temperature: float,
-    cooling: float,
-    proposal_scale: float,
+    settings: AnnealingSettings,
     action_bounds: tuple[float, float] = (-1.0, 1.0),
 ) -> StepSizeSearch:
     """The `StepSizeSearch` of `actions` from `states` by simulated annealing over alpha in
-    [step_size_min, step_size_max], one chain per trajectory (`anneal_step_size`).
+    the `settings`' bounds, one chain per trajectory (`anneal_step_size`).
 
     One chain per trajectory: each trajectory's return is its own function of alpha (their
     gradients span orders of magnitude through unstable rollouts, the reason the line search is
@@ -303,18 +314,7 @@ def searched_by_annealing(
             )
             return episodes.value, (episodes.observations, episodes.active)
 
-        annealed = anneal_step_size(
-            objective,
-            key,
-            actions.shape[0],
-            step_size_min=step_size_min,
-            step_size_max=step_size_max,
-            iterations=iterations,
-            initial_temperature=initial_temperature,
-            cooling=cooling,
-            proposal_scale=proposal_scale,
-            dtype=actions.dtype,
-        )
+        annealed = anneal_step_size(objective, key, actions.shape[0], settings, dtype=actions.dtype)
         observations_seen, active_seen = annealed.aux
         return LineSearchResult(
             actions=candidates(annealed.step_size),
@@ -335,6 +335,7 @@ def _all_active(actions: jax.Array, active: jax.Array | None) -> jax.Array:
 
 __all__ = [
     "AnnealingResult",
+    "AnnealingSettings",
     "ImprovementStep",
     "LineSearchResult",
     "StepSizeSearch",

@@ -18,7 +18,7 @@ from pods.hds import train as train_hds
 from pods.improve import improve_actions_annealed
 from pods.rollout import reset_batch, trajectory_of_actions
 from pods.state import init_training_state
-from pods.step_size import anneal_step_size
+from pods.step_size import AnnealingSettings, anneal_step_size
 from pods.train import train as train_pods
 
 
@@ -227,12 +227,14 @@ def test_annealing_accepts_worse_step_sizes_with_probability_exp_delta_over_t():
         _flat_except_start(0.0),
         jax.random.PRNGKey(7),
         k,
-        step_size_min=low,
-        step_size_max=high,
-        iterations=2,
-        initial_temperature=temperature,
-        cooling=cooling,
-        proposal_scale=1.0,
+        AnnealingSettings(
+            step_size_min=low,
+            step_size_max=high,
+            iterations=2,
+            initial_temperature=temperature,
+            cooling=cooling,
+            proposal_scale=1.0,
+        ),
     )
     worse, probability, moved = map(
         np.asarray, (result.worse, result.acceptance_probability, result.moved)
@@ -263,12 +265,14 @@ def test_annealing_returns_the_best_point_seen_within_the_bounds():
         bumpy,
         jax.random.PRNGKey(8),
         256,
-        step_size_min=1e-3,
-        step_size_max=10.0,
-        iterations=12,
-        initial_temperature=5.0,
-        cooling=0.8,
-        proposal_scale=1.0,
+        AnnealingSettings(
+            step_size_min=1e-3,
+            step_size_max=10.0,
+            iterations=12,
+            initial_temperature=5.0,
+            cooling=0.8,
+            proposal_scale=1.0,
+        ),
     )
     seen = np.concatenate([np.asarray(result.start_value)[None], np.asarray(result.proposal_value)])
     np.testing.assert_array_equal(result.value, seen.max(axis=0))
@@ -292,12 +296,14 @@ def test_annealed_improvement_never_returns_worse_actions():
             actions,
             observations,
             key,
-            step_size_min=1e-2,
-            step_size_max=50.0,  # most of the range overshoots: worse proposals are common
-            iterations=6,
-            initial_temperature=10.0,
-            cooling=0.9,
-            proposal_scale=2.0,
+            AnnealingSettings(
+                step_size_min=1e-2,
+                step_size_max=50.0,  # most of the range overshoots: worse proposals are common
+                iterations=6,
+                initial_temperature=10.0,
+                cooling=0.9,
+                proposal_scale=2.0,
+            ),
         )
     )(states, actions, start.observations, jax.random.PRNGKey(11))
     replay = jax.vmap(lambda s, a: trajectory_of_actions(env, s, a))(states, improved.actions)
