@@ -20,10 +20,12 @@ import hashlib
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 import hydra
+import jax
 import jax.numpy as jnp
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
@@ -170,7 +172,10 @@ def check_config(cfg: DictConfig) -> CheckedConfig:
                 )
     if brax_env is not None:
         return CheckedConfig(configs, brax_env, None)
-    sim, real = build_envs(cfg, jnp.float64 if configs.float64 else jnp.float32)
+    # The run turns float64 on only once checked (`start_run`): without it, a float64
+    # testbed would be built in float32, which PODS then refuses.
+    with jax.enable_x64(True) if configs.float64 else nullcontext():
+        sim, real = build_envs(cfg, jnp.float64 if configs.float64 else jnp.float32)
     return CheckedConfig(configs, sim, real)
 
 
