@@ -1,6 +1,6 @@
 """One trainer per `algo.name`: it reads the library's configs the run converted from the
-composed config (`RunContext.configs`), trains (continuing from the run directory's checkpoint, if any) and returns the policy and
-its entries for `summary.json`.
+composed config once (`RunContext.configs`), trains (continuing from the run directory's
+checkpoint, if any) and returns the policy and its entries for `summary.json`.
 
     pods     PODS trained in `sim`
     oracle   PODS trained directly on the differentiable `real` testbed: the ceiling
