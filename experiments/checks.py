@@ -1,6 +1,8 @@
 """The checks of a composed config that the trainers would otherwise fail on only once
 training: `check_algo` finds them from the config alone, before any compute, and raises one
-ConfigError line naming the keys and values.
+ConfigError line naming the keys and values. `typed_configs` converts the config into the
+library's configs once (`RunConfigs`), which the checks read and the run keeps; where the
+library has a check of its own, the command line calls it and translates its error.
 
 Split from `experiments.trainers`, which holds the registry (`ALGORITHMS`, `NEEDS_TESTBED`,
 `algo_config`) these checks read and the trainers themselves.
@@ -8,16 +10,14 @@ Split from `experiments.trainers`, which holds the registry (`ALGORITHMS`, `NEED
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 from omegaconf import DictConfig
 
 from dynamics_models import ModelConfig
-from experiments.run_context import run_devices
+from experiments.run_context import RunConfigs, run_devices
 from experiments.schema import LOOP_EXTRAS, ConfigError, to_library_config
 from experiments.trainers import ALGORITHMS, NEEDS_TESTBED, algo_config
-from pods.config import PODSConfig
+from pods.config import PODSConfig, check_horizons
 from pods.sharding import check_divisible
 from sim2real.lab import physics_steps
 from sim2real.loop_config import LoopConfig
@@ -25,11 +25,24 @@ from sim2real.sysid import SysIDConfig
 from sim2real.testbed_spec import PHYSICS_STEP
 
 
-def check_algo(cfg: DictConfig) -> None:
+def typed_configs(cfg: DictConfig) -> RunConfigs:
+    """The library's configs of `cfg` (`cfg.algo.name` known), each validated by its own
+    dataclass: a bad value raises one ConfigError line naming the key and the value. Every
+    run converts them here, once."""
+    return RunConfigs(
+        algo=algo_config(cfg),
+        model=to_library_config(ModelConfig, cfg.model, "model"),
+        loop=to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS),
+        sysid=to_library_config(SysIDConfig, cfg.sysid, "sysid"),
+    )
+
+
+def check_algo(cfg: DictConfig, configs: RunConfigs) -> None:
     """What the trainer of `cfg.algo.name` would find wrong only once training, found from
-    the config alone: one ConfigError line naming the keys and values."""
+    the config and its library configs (`typed_configs`) alone: one ConfigError line naming
+    the keys and values."""
     name, env = cfg.algo.name, cfg.env
-    config = algo_config(cfg)
+    config = configs.algo
     if env.system == "brax":
         if name in NEEDS_TESTBED:
             raise ConfigError(
@@ -40,7 +53,7 @@ def check_algo(cfg: DictConfig) -> None:
             raise ConfigError(
                 "algo.randomization varies the testbed's physics: env=brax has none to vary"
             )
-        if getattr(config, "float64", False):
+        if configs.float64:
             raise ConfigError("algo.float64=true: Brax's registry envs simulate in float32")
         if getattr(config, "order", 1) == 2 and env.get("reward") is None:
             raise ConfigError(
@@ -59,19 +72,9 @@ def check_algo(cfg: DictConfig) -> None:
                 f"{pairs} (state, action) pairs an epoch distills (algo.num_trajectories="
                 f"{config.num_trajectories} x {source}={horizon}): lower it to <= {pairs}"
             )
-        if config.start_states == "visited" and horizon >= env.episode_length:
-            raise ConfigError(
-                f"algo.start_states=visited starts rollouts within episodes of "
-                f"env.episode_length={env.episode_length} steps: it needs an algo.horizon "
-                f"shorter than that, got algo.horizon={config.horizon}"
-            )
-        if config.horizon_start is not None and config.horizon_start > horizon:
-            raise ConfigError(
-                f"algo.horizon_start grows the horizon up to {source}={horizon} steps: it must "
-                f"be <= that, got algo.horizon_start={config.horizon_start}"
-            )
+        _check_horizons(config, env.episode_length)
     if name in ("hds", "pods_sysid"):
-        _check_real_data(cfg, config)
+        _check_real_data(cfg, configs)
     if name == "lqr" and env.task != "balance":
         raise ConfigError(
             f"algo=lqr stabilizes the upright: it runs on balance tasks, not env.task={env.task}"
@@ -81,6 +84,18 @@ def check_algo(cfg: DictConfig) -> None:
             "algo=energy_lqr swings up one pole; on env.system=double_cartpole it runs the "
             f"balance task (its LQR catch), not env.task={env.task}"
         )
+
+
+def _check_horizons(config: PODSConfig, episode_length: int) -> None:
+    """The library's own horizon checks (`pods.config.check_horizons`: visited starts, a
+    growing horizon), on the horizon the run rolls out, with the keys they read."""
+    try:
+        check_horizons(config, config.horizon or episode_length, episode_length)
+    except ValueError as err:
+        raise ConfigError(
+            f"algo: {err} (algo.horizon={config.horizon}, algo.horizon_start="
+            f"{config.horizon_start}, env.episode_length={episode_length})"
+        ) from None
 
 
 def _check_devices(cfg: DictConfig, config: PODSConfig) -> None:
@@ -117,19 +132,15 @@ def _check_lab_family(cfg: DictConfig, sysid: SysIDConfig) -> None:
     if sysid.lab_timestep is not None:
         try:
             physics_steps(step * frames, sysid.lab_timestep)
-        except ValueError:
-            raise ConfigError(
-                f"sysid.lab_timestep={sysid.lab_timestep} does not divide the control period "
-                f"{step * frames} s into whole physics steps"
-            ) from None
+        except ValueError as err:
+            raise ConfigError(f"sysid.lab_timestep={sysid.lab_timestep}: {err}") from None
 
 
-def _check_real_data(cfg: DictConfig, config: Any) -> None:
+def _check_real_data(cfg: DictConfig, configs: RunConfigs) -> None:
     """HDS's and pods_sysid's use of `real.budget` for episodes of env.episode_length."""
-    loop: LoopConfig = to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS)
-    horizon = cfg.env.episode_length
+    loop, horizon = configs.loop, cfg.env.episode_length
     if cfg.algo.name == "pods_sysid":
-        sysid: SysIDConfig = to_library_config(SysIDConfig, cfg.sysid, "sysid")
+        sysid = configs.sysid
         if loop.budget < horizon:
             raise ConfigError(
                 f"real.budget={loop.budget} holds no episode of env.episode_length={horizon} "
@@ -147,17 +158,17 @@ def _check_real_data(cfg: DictConfig, config: Any) -> None:
         loop.rounds(horizon)  # the budget holds the initial data
     except ValueError as err:
         raise ConfigError(f"real: {err}") from None
-    model: ModelConfig = to_library_config(ModelConfig, cfg.model, "model")
+    model = configs.model
     if model.rollout_horizon > horizon:
         raise ConfigError(
             f"model.rollout_horizon={model.rollout_horizon} is longer than an episode "
             f"(env.episode_length={horizon})"
         )
-    if loop.initial_data == "policy" and config.group_sizes()[1] > 0:
+    if loop.initial_data == "policy" and configs.algo.group_sizes()[1] > 0:
         raise ConfigError(
             "real.initial_data=policy collects with a warm-start policy, which the command "
             "line does not provide: use real.initial_data=random"
         )
 
 
-__all__ = ["check_algo"]
+__all__ = ["check_algo", "typed_configs"]

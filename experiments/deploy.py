@@ -197,10 +197,12 @@ class Deployment:
     real: str
 
 
-def deploy(loaded: LoadedPolicy, cfg: DictConfig, episodes: int, seed: int) -> Deployment:
-    """Plays the policy for `episodes` episodes on the real system `cfg` describes."""
-    float64 = bool(cfg.algo.get("float64", False))
-    sim, spec = build_envs(cfg, jnp.float64 if float64 else jnp.float32)
+def deploy(
+    loaded: LoadedPolicy, cfg: DictConfig, episodes: int, seed: int, envs: tuple | None = None
+) -> Deployment:
+    """Plays the policy for `episodes` episodes on the real system `cfg` describes; `envs`:
+    its (sim, real) as `deploy_envs` built them, which it builds where None."""
+    sim, spec = deploy_envs(cfg) if envs is None else envs
     system = spec.system(episodes * spec.episode_length)
     _, key = seed_streams(seed)
     data = system.collect(key, episodes, make_policy=loaded.make_policy, params=loaded.params)
@@ -210,6 +212,13 @@ def deploy(loaded: LoadedPolicy, cfg: DictConfig, episodes: int, seed: int) -> D
     )
     solved = np.asarray(solved_criterion(sim)(data.observations, valid, xp=np))
     return Deployment(dataset, data.rewards.sum(axis=1), solved, system.name)
+
+
+def deploy_envs(cfg: DictConfig) -> tuple:
+    """The sim and real system of `cfg`, in the dtype its policy was trained in (`load_policy`
+    has turned float64 on where that is float64)."""
+    float64 = bool(cfg.algo.get("float64", False))
+    return build_envs(cfg, jnp.float64 if float64 else jnp.float32)
 
 
 def real_label(cfg: DictConfig) -> tuple[str, str]:
@@ -248,12 +257,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.run_dir}: a run on env=brax (env.name={cfg.env.name}) has no real system "
                 "to play on; in Python, load_policy(run_dir).policy is its policy"
             )
-        build_envs(cfg, jnp.float32)  # every config error before any episode
+        envs = deploy_envs(cfg)  # every config error before any episode
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     seed = loaded.config.seed if args.seed is None else args.seed
-    result = deploy(loaded, cfg, args.episodes, seed)
+    result = deploy(loaded, cfg, args.episodes, seed, envs)
     label, stem = real_label(cfg)
     out = args.out or args.run_dir / "artifacts" / f"{stem}.npz"
     result.episodes.save(out)

@@ -1,6 +1,6 @@
-"""What every trainer gets (`RunContext`: the config, the testbeds, its key and its run
-directory) and returns (`Trained`), and `EpochLoop`, the resume, logging, progress bar and
-checkpoints around a library `train` call.
+"""What every trainer gets (`RunContext`: the config and the library's configs converted from
+it, the testbeds, its key and its run directory) and returns (`Trained`), and `EpochLoop`, the
+resume, logging, progress bar and checkpoints around a library `train` call.
 
 Split from `experiments.trainers`, so that the trainers module holds the trainers and their
 registry.
@@ -16,15 +16,40 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 from omegaconf import DictConfig
 
+from dynamics_models import ModelConfig
 from experiments.real import RealSpec
 from experiments.resume import Resume, resolved_config
 from experiments.run_dir import RunDirectory
 from experiments.schema import ConfigError
 from pods.rollout import Policy
 from pods.state import TrainingState
+from sim2real.loop_config import LoopConfig
+from sim2real.sysid import SysIDConfig
 
 if TYPE_CHECKING:
     from brax.envs.base import Env
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfigs:
+    """The library's configs of a run, converted from its hydra config once, when the config
+    is checked (`experiments.checks.typed_configs`): what the checks and the trainers read,
+    instead of converting `cfg` again."""
+
+    algo: Any
+    """The `Algorithm.config` of `cfg.algo.name` (`experiments.trainers.algo_config`)."""
+    loop: LoopConfig
+    """How the real data is spent (`cfg.real`, less the keys that choose the real system)."""
+    model: ModelConfig
+    """The dynamics model HDS fits to the real data (`cfg.model`)."""
+    sysid: SysIDConfig
+    """How pods_sysid identifies the physics (`cfg.sysid`)."""
+
+    @property
+    def float64(self) -> bool:
+        """The run trains in double precision (`algo.float64`; algorithms without the field
+        train in single)."""
+        return bool(getattr(self.algo, "float64", False))
 
 
 @dataclasses.dataclass
@@ -32,6 +57,8 @@ class RunContext:
     """What every trainer gets: the config, the testbeds, its key and its run directory."""
 
     cfg: DictConfig
+    configs: RunConfigs
+    """The library's configs of `cfg`, converted once: trainers read these, not `cfg`."""
     sim: Env
     """A testbed (`CartPole`) or, on `env=brax`, a Brax registry env (`BraxTask`)."""
     real: RealSpec | None
@@ -161,4 +188,4 @@ def zero_gradient_warning(ctx: RunContext) -> str:
     )
 
 
-__all__ = ["EpochLoop", "RunContext", "Trained", "checkpoint_info", "run_devices"]
+__all__ = ["EpochLoop", "RunConfigs", "RunContext", "Trained", "checkpoint_info", "run_devices"]

@@ -20,30 +20,29 @@ import hashlib
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 import hydra
+import jax
 import jax.numpy as jnp
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dynamics_models import ModelConfig
-from experiments.checks import check_algo
+from experiments.checks import check_algo, typed_configs
 from experiments.compare import compare, format_table
 from experiments.real import RealSpec, build_real
 from experiments.resume import read_resume, resolved_config
-from experiments.run_context import RunContext, Trained
+from experiments.run_context import RunConfigs, RunContext, Trained
 from experiments.run_dir import RunDirectory, atomic_write_bytes
 from experiments.schema import (
-    LOOP_EXTRAS,
     ConfigError,
     build_friction_gradient,
     build_physics,
     register_schemas,
-    to_library_config,
 )
 from experiments.study_ranges import format_ranges
 from experiments.trainers import ALGORITHMS
@@ -54,8 +53,6 @@ from sim2real.evaluation import (
     evaluate_sim_and_real,
     seed_streams,
 )
-from sim2real.loop_config import LoopConfig
-from sim2real.sysid import SysIDConfig
 from sim2real.testbeds import CartPole, make_testbed
 
 if TYPE_CHECKING:
@@ -137,8 +134,19 @@ def _build_sim(cfg: DictConfig, dtype) -> tuple[Env, dict | None]:
     return sim, common
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Every check that needs no compute, so a bad value fails before any."""
+class CheckedConfig(NamedTuple):
+    """A config that passed `check_config`: its library configs and the envs it describes,
+    each built once, for the run to keep."""
+
+    configs: RunConfigs
+    sim: Env
+    real: RealSpec | None
+
+
+def check_config(cfg: DictConfig) -> CheckedConfig:
+    """Every check that needs no compute, so a bad value fails before any. Returns what the
+    checks built: the library configs and the envs, in the run's dtype (float64 with
+    `algo.float64`)."""
     if cfg.algo.name not in ALGORITHMS:
         raise ConfigError(
             f"algo.name: unknown algorithm {cfg.algo.name!r}; expected one of {tuple(ALGORITHMS)}"
@@ -151,13 +159,10 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"run.compare: unknown algorithm {name!r}; expected any of {tuple(ALGORITHMS)}"
             )
-    if cfg.env.system == "brax":
-        # Whether the env exists, before what the algorithm asks of its reward.
-        build_brax_env(cfg)
-    check_algo(cfg)
-    to_library_config(ModelConfig, cfg.model, "model")
-    to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS)
-    to_library_config(SysIDConfig, cfg.sysid, "sysid")
+    # Whether a Brax env exists, before what the algorithm asks of its reward.
+    brax_env = build_brax_env(cfg) if cfg.env.system == "brax" else None
+    configs = typed_configs(cfg)
+    check_algo(cfg, configs)
     if cfg.real.engine == "gym":
         for name in (cfg.algo.name, *cfg.run.compare):
             if ALGORITHMS[name].trains_on_twin:
@@ -165,7 +170,13 @@ def check_config(cfg: DictConfig) -> None:
                     f"algo {name!r} trains on the real system's differentiable twin, and "
                     f"real.engine=gym ({cfg.real.gym_id}) has none"
                 )
-    build_envs(cfg, jnp.float32)
+    if brax_env is not None:
+        return CheckedConfig(configs, brax_env, None)
+    # The run turns float64 on only once checked (`start_run`): without it, a float64
+    # testbed would be built in float32, which PODS then refuses.
+    with jax.enable_x64(True) if configs.float64 else nullcontext():
+        sim, real = build_envs(cfg, jnp.float64 if configs.float64 else jnp.float32)
+    return CheckedConfig(configs, sim, real)
 
 
 def write_animation(run_dir: RunDirectory, env: CartPole, observations: dict) -> Path:
@@ -180,14 +191,14 @@ def write_animation(run_dir: RunDirectory, env: CartPole, observations: dict) ->
 def prepare_run(cfg: DictConfig, output_dir: Path) -> RunContext:
     """Every check of a run that needs no compute (the config, the envs it builds, what its
     directory holds to resume from); writes nothing. Returns what the trainer gets."""
-    check_config(cfg)
-    float64 = bool(cfg.algo.get("float64", False))
-    sim, real = build_envs(cfg, jnp.float64 if float64 else jnp.float32)
+    checked = check_config(cfg)
     fingerprint = config_fingerprint(cfg)
     resume = read_resume(cfg, output_dir, fingerprint)
     train_key, _ = seed_streams(cfg.seed)
     run_dir = RunDirectory(output_dir, create=False)
-    return RunContext(cfg, sim, real, train_key, run_dir, fingerprint, resume)
+    return RunContext(
+        cfg, checked.configs, checked.sim, checked.real, train_key, run_dir, fingerprint, resume
+    )
 
 
 def run_experiment(ctx: RunContext) -> dict:
@@ -198,7 +209,7 @@ def run_experiment(ctx: RunContext) -> dict:
 
 def start_run(ctx: RunContext) -> None:
     """What a prepared run does before its trainer: JAX's settings, its directory."""
-    configure_jax(float64=bool(ctx.cfg.algo.get("float64", False)))
+    configure_jax(float64=ctx.configs.float64)
     ctx.run_dir.path.mkdir(parents=True, exist_ok=True)
 
 

@@ -1,6 +1,6 @@
-"""One trainer per `algo.name`: it turns the composed config into the library's config,
-trains (continuing from the run directory's checkpoint, if any) and returns the policy and
-its entries for `summary.json`.
+"""One trainer per `algo.name`: it reads the library's configs the run converted from the
+composed config once (`RunContext.configs`), trains (continuing from the run directory's
+checkpoint, if any) and returns the policy and its entries for `summary.json`.
 
     pods     PODS trained in `sim`
     oracle   PODS trained directly on the differentiable `real` testbed: the ceiling
@@ -43,7 +43,7 @@ from dynamics_models import ModelConfig, save_model
 from experiments.resume import resolved_config
 from experiments.run_context import EpochLoop, RunContext, Trained, checkpoint_info
 from experiments.run_dir import atomic_write_json
-from experiments.schema import LOOP_EXTRAS, to_library_config
+from experiments.schema import to_library_config
 from pods.config import HDSConfig, PODSConfig
 from pods.hds import make_hds
 from pods.programs import ProgramStore
@@ -53,7 +53,7 @@ from pods.train import train as train_pods
 from sim2real.lab import LabEffects
 from sim2real.loop import LoopCheckpoint, run_loop, run_loop_seeds
 from sim2real.loop_config import LoopConfig
-from sim2real.sysid import SysIDConfig, identify
+from sim2real.sysid import identify
 from sim2real.sysid_lab import LAB_RECORD_FIELDS, identified_simulator, identify_lab
 from sim2real.testbed_spec import Physics
 
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 def _pods(ctx: RunContext, env: Env, env_name: str | None = None) -> Trained:
     """PODS on `env`, which the progress bar and `train/env` name (`env_name`, by default
     its own name)."""
-    config: PODSConfig = algo_config(ctx.cfg)
+    config: PODSConfig = ctx.configs.algo
     env_name = env_name or env.name
     network = make_pods(config, env, devices=ctx.devices).network
     template = init_training_state(config, env, network, ctx.key)
@@ -105,7 +105,7 @@ def program_store(ctx: RunContext, env: Env) -> ProgramStore | None:
 
 def _pods_seeds(ctxs: list[RunContext], env: Env) -> list[Trained]:
     """`_pods` of runs that differ in their seed alone, as one program (`train_seeds`)."""
-    config: PODSConfig = algo_config(ctxs[0].cfg)
+    config: PODSConfig = ctxs[0].configs.algo
     devices = ctxs[0].devices
     network = make_pods(config, env, devices=devices).network
     loops = [
@@ -161,14 +161,6 @@ class _HDSRun(NamedTuple):
     save_model: Callable[[Any, dict], None]
 
 
-def _hds_configs(cfg: DictConfig) -> tuple[HDSConfig, LoopConfig, ModelConfig]:
-    return (
-        algo_config(cfg),
-        to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS),
-        to_library_config(ModelConfig, cfg.model, "model"),
-    )
-
-
 def _hds_run(ctx: RunContext, config: HDSConfig, position: int = 0) -> _HDSRun:
     artifacts = ctx.run_dir.artifacts
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -197,7 +189,9 @@ def hds_env_name(sim: Env) -> str:
     return f"{sim.name} + model"
 
 
-def _hds_trained(result, config: HDSConfig, loop_config, model_config, sim: Env) -> Trained:
+def _hds_trained(
+    result, config: HDSConfig, loop_config: LoopConfig, model_config: ModelConfig, sim: Env
+) -> Trained:
     transitions = 0 if result.dataset is None else result.dataset.n_transitions
     summary = {
         "algo/order": config.order,
@@ -212,7 +206,8 @@ def _hds_trained(result, config: HDSConfig, loop_config, model_config, sim: Env)
 
 
 def train_hds(ctx: RunContext) -> Trained:
-    config, loop_config, model_config = _hds_configs(ctx.cfg)
+    configs = ctx.configs
+    config, loop_config, model_config = configs.algo, configs.loop, configs.model
     run = _hds_run(ctx, config)
     result = run_loop(
         config,
@@ -236,7 +231,8 @@ def train_hds(ctx: RunContext) -> Trained:
 def train_hds_seeds(ctxs: list[RunContext]) -> list[Trained]:
     """`train_hds` of runs that differ in their seed alone: each its own real system, data
     and model, their HDS epochs as one program (`sim2real.loop.run_loop_seeds`)."""
-    config, loop_config, model_config = _hds_configs(ctxs[0].cfg)
+    configs = ctxs[0].configs
+    config, loop_config, model_config = configs.algo, configs.loop, configs.model
     runs = [_hds_run(ctx, config, position) for position, ctx in enumerate(ctxs, start=1)]
     results = run_loop_seeds(
         config,
@@ -264,9 +260,7 @@ def train_pods_sysid(ctx: RunContext) -> Trained:
     """Spends the real budget on random-command episodes, identifies the physics from them,
     then trains PODS in the identified simulator. The identified physics is saved before
     PODS starts, so a resumed run neither collects nor fits again."""
-    cfg = ctx.cfg
-    loop_config: LoopConfig = to_library_config(LoopConfig, cfg.real, "real", skip=LOOP_EXTRAS)
-    sysid_config: SysIDConfig = to_library_config(SysIDConfig, cfg.sysid, "sysid")
+    loop_config, sysid_config = ctx.configs.loop, ctx.configs.sysid
     horizon = ctx.real.episode_length
     episodes = loop_config.budget // horizon
     artifacts = ctx.run_dir.artifacts
@@ -314,7 +308,7 @@ def train_pods_sysid(ctx: RunContext) -> Trained:
 
 
 def train_lqr(ctx: RunContext) -> Trained:
-    config: LQRConfig = algo_config(ctx.cfg)
+    config: LQRConfig = ctx.configs.algo
     ctx.run_dir.truncate_metrics(-1)
     make_policy, gain, metrics = train_lqr_gain(
         config, ctx.sim, ctx.key, progress_fn=ctx.run_dir.log_metrics
@@ -331,7 +325,7 @@ def _save_gain(ctx: RunContext, gain: Any, metrics: list[dict]) -> None:
 
 def train_energy_lqr(ctx: RunContext) -> Trained:
     """The classical swing-up with LQR catch, designed on `sim` (nothing of the real)."""
-    config: EnergyLQRConfig = algo_config(ctx.cfg)
+    config: EnergyLQRConfig = ctx.configs.algo
     ctx.run_dir.truncate_metrics(-1)
     make_policy, gain, metrics = train_energy_lqr_policy(
         config, ctx.sim, ctx.key, progress_fn=ctx.run_dir.log_metrics
@@ -341,7 +335,7 @@ def train_energy_lqr(ctx: RunContext) -> Trained:
 
 
 def _brax_agent(ctx: RunContext, train_fn: Callable) -> Trained:
-    config = algo_config(ctx.cfg)
+    config = ctx.configs.algo
     run_dir = ctx.run_dir
     run_dir.truncate_metrics(-1)  # Brax's agents cannot resume: a restarted run starts over
     env_name = ctx.sim.name

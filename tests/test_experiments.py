@@ -158,6 +158,19 @@ def test_the_control_period_is_one_setting_for_sim_and_both_reals():
     assert real.twin.dt == pytest.approx(0.02) and real.make_env().dt == pytest.approx(0.02)
 
 
+def test_a_run_keeps_the_library_configs_and_envs_its_checks_built(tmp_path):
+    """Converted and built once, by `check_config`, in the run's dtype: float64 testbeds for
+    algo.float64=true, though the run turns float64 on only once it is checked."""
+    from experiments.train import prepare_run
+    from experiments.trainers import algo_config
+
+    cfg = compose_config(["algo=hds", "algo.float64=true"])
+    ctx = prepare_run(cfg, tmp_path / "run")
+    assert ctx.configs.algo == algo_config(cfg) and ctx.configs.float64
+    assert ctx.configs.loop.budget == cfg.real.budget and ctx.configs.model.kind == cfg.model.kind
+    assert ctx.sim.dtype == jnp.float64 and ctx.real.twin.dtype == jnp.float64
+
+
 def test_library_config_errors_name_the_key_and_value():
     with pytest.raises(ConfigError, match=r"algo: PODSConfig.horizon .* got 0$"):
         to_library_config(PODSConfig, {"horizon": 0}, "algo")
