@@ -144,6 +144,21 @@ PARTS = {
             "rollouts an epoch",
             variant=", history 2, 256 rollouts",
         ),
+        Part(
+            "lab_b1000_sysid_lab_hist2",
+            (
+                *MAIN,
+                "algo=pods_sysid",
+                "sysid.family=lab",
+                "real.budget=1000",
+                "env.action_history=2",
+                "algo.num_trajectories=256",
+                "run.compare=[]",
+            ),
+            "PODS+sysid, the lab family, at 1,000 with the oracle's solving settings: 2 past "
+            "commands observed, 256 rollouts an epoch",
+            variant=", history 2, 256 rollouts",
+        ),
         Part("lab_ppo_dr", (*MAIN, "algo=ppo_dr", "run.compare=[]"), "PPO + domain randomization"),
         Part("lab_apg", (*MAIN, "algo=apg", "run.compare=[]"), "Brax's APG"),
         Part("friction_b5000", FRICTION, "the friction real: make run's methods at 5,000"),

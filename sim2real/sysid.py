@@ -161,6 +161,28 @@ def as_dataset(trajectories: RealTrajectories | TransitionDataset) -> Transition
     )
 
 
+def fit_data(
+    trajectories: RealTrajectories | TransitionDataset, sim_env: CartPole, config: SysIDConfig
+) -> tuple[TransitionDataset, CartPole]:
+    """What an identification fits: the real data as a dataset, and the simulator that must
+    explain them, the policy's action history dropped (the data record the sensors; the
+    history plays no part in the physics). Raises ValueError where the two do not match, or
+    the fit's windows are longer than the trajectories."""
+    data = as_dataset(trajectories)
+    sim_env = sim_env.with_action_history(0) if sim_env.action_history else sim_env
+    if (data.obs_dim, data.action_dim) != (sim_env.observation_size, sim_env.action_size):
+        raise ValueError(
+            f"trajectories have (obs_dim, action_dim) {(data.obs_dim, data.action_dim)}, "
+            f"{sim_env.name} has {(sim_env.observation_size, sim_env.action_size)}"
+        )
+    if config.window > data.horizon:
+        raise ValueError(
+            f"SysIDConfig.window {config.window} is longer than the trajectories "
+            f"({data.horizon} steps)"
+        )
+    return data, sim_env
+
+
 def identify(
     config: SysIDConfig,
     sim_env: CartPole,
@@ -175,20 +197,7 @@ def identify(
     minibatch, at the parameters before the step), `sysid/<name>` (those parameters) and
     `sysid/rejected_nonfinite` (1 where a non-finite loss or gradient was dropped, not applied).
     """
-    data = as_dataset(trajectories)
-    if sim_env.action_history:
-        # The data record the sensors; the policy's history plays no part in the physics.
-        sim_env = sim_env.with_action_history(0)
-    if (data.obs_dim, data.action_dim) != (sim_env.observation_size, sim_env.action_size):
-        raise ValueError(
-            f"trajectories have (obs_dim, action_dim) {(data.obs_dim, data.action_dim)}, "
-            f"{sim_env.name} has {(sim_env.observation_size, sim_env.action_size)}"
-        )
-    if config.window > data.horizon:
-        raise ValueError(
-            f"SysIDConfig.window {config.window} is longer than the trajectories "
-            f"({data.horizon} steps)"
-        )
+    data, sim_env = fit_data(trajectories, sim_env, config)
     layout = ObsLayout.of_env(sim_env)
     obs0, actions, targets = data.windows(config.window)
     dtype = sim_env.dtype
@@ -277,4 +286,11 @@ def _fit(
     return log_theta, history
 
 
-__all__ = ["LAB_FIT_PARAMETERS", "SYSID_FAMILIES", "SysIDConfig", "as_dataset", "identify"]
+__all__ = [
+    "LAB_FIT_PARAMETERS",
+    "SYSID_FAMILIES",
+    "SysIDConfig",
+    "as_dataset",
+    "fit_data",
+    "identify",
+]

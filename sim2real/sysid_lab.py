@@ -72,7 +72,7 @@ from dynamics_models.data import ObsLayout, TransitionDataset
 from sim2real.chain_body import ChainBody
 from sim2real.lab import LabEffects
 from sim2real.real_system import RealTrajectories
-from sim2real.sysid import SysIDConfig, as_dataset
+from sim2real.sysid import SysIDConfig, fit_data
 from sim2real.testbed_spec import Physics
 from sim2real.testbeds import CartPole
 
@@ -324,18 +324,7 @@ def identify_lab(
     latency `sysid/loss`, `sysid/<name>` and `sysid/rejected_nonfinite` (as `identify`'s), and
     `sysid/loss_by_delay` (every latency's minibatch loss, [delays, steps]).
     """
-    data = as_dataset(trajectories)
-    sim_env = sim_env.with_action_history(0) if sim_env.action_history else sim_env
-    if (data.obs_dim, data.action_dim) != (sim_env.observation_size, sim_env.action_size):
-        raise ValueError(
-            f"trajectories have (obs_dim, action_dim) {(data.obs_dim, data.action_dim)}, "
-            f"{sim_env.name} has {(sim_env.observation_size, sim_env.action_size)}"
-        )
-    if config.window > data.horizon:
-        raise ValueError(
-            f"SysIDConfig.window {config.window} is longer than the trajectories "
-            f"({data.horizon} steps)"
-        )
+    data, sim_env = fit_data(trajectories, sim_env, config)
     family = _make_family(config, sim_env)
     layout = ObsLayout.of_env(family.env)
     obs0, actions, targets = data.windows(config.window)
