@@ -29,7 +29,7 @@ from pods.config import HDSConfig
 from pods.drivers import Metrics, run_epochs
 from pods.networks import PolicyNetwork, PolicyParams
 from pods.rollout import Policy
-from pods.state import TrainingState, init_training_state
+from pods.state import TrainingState, start_training
 from pods.train import RolloutGroup, make_grouped_pods
 
 
@@ -127,12 +127,11 @@ def train(
     sim_env, model_env = envs if isinstance(envs, tuple | list) else (envs, None)
     with jax.enable_x64(True) if config.float64 else nullcontext():
         hds = make_hds(config, sim_env, model_env, devices=devices)
-        key_init, key_epochs = jax.random.split(key)
-        state = init_training_state(
+        state, key_epochs = start_training(
             config,
             sim_env,
             hds.network,
-            key_init,
+            key,
             initial_state=initial_state,
             initial_params=initial_params,
         )

@@ -186,6 +186,30 @@ def init_training_state(
     return state if initial_params is None else state.replace(params=initial_params)
 
 
+def start_training(
+    config: PODSConfig,
+    env: Env,
+    network: PolicyNetwork,
+    key: jax.Array,
+    *,
+    initial_state: TrainingState | None = None,
+    initial_params: PolicyParams | None = None,
+) -> tuple[TrainingState, jax.Array]:
+    """A run's start from its key: the state its first epoch gets (`init_training_state`
+    from the key's first half) and the key its epochs fold their index into (the second
+    half), so that a resumed run draws what a run never interrupted draws."""
+    key_init, key_epochs = jax.random.split(key)
+    state = init_training_state(
+        config,
+        env,
+        network,
+        key_init,
+        initial_state=initial_state,
+        initial_params=initial_params,
+    )
+    return state, key_epochs
+
+
 __all__ = [
     "BestPolicy",
     "PolicyLearner",
@@ -195,4 +219,5 @@ __all__ = [
     "learning_rate_scale",
     "policy_learner",
     "policy_optimizer",
+    "start_training",
 ]

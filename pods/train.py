@@ -51,8 +51,8 @@ from pods.rollout import (
 from pods.sharding import check_divisible, device_count, shard_trajectories, trajectory_mesh
 from pods.state import (
     TrainingState,
-    init_training_state,
     policy_learner,
+    start_training,
 )
 
 # --- one epoch: roll out, improve, distill ----------------------------------------------------
@@ -264,12 +264,11 @@ def train(
     """
     with jax.enable_x64(True) if config.float64 else nullcontext():
         pods = make_pods(config, env, devices=devices)
-        key_init, key_epochs = jax.random.split(key)
-        state = init_training_state(
+        state, key_epochs = start_training(
             config,
             env,
             pods.network,
-            key_init,
+            key,
             initial_state=initial_state,
             initial_params=initial_params,
         )
@@ -326,15 +325,13 @@ def train_seeds(
         raise ValueError(f"{len(initial_states)} initial states for {len(keys)} seeds")
     with jax.enable_x64(True) if config.float64 else nullcontext():
         pods = make_pods(config, env, devices=devices)
-        states, epoch_keys = [], []
-        for key, initial_state in zip(keys, initial_states, strict=True):
-            key_init, key_epochs = jax.random.split(key)
-            states.append(
-                init_training_state(
-                    config, env, pods.network, key_init, initial_state=initial_state
-                )
-            )
-            epoch_keys.append(key_epochs)
+        states, epoch_keys = zip(
+            *(
+                start_training(config, env, pods.network, key, initial_state=initial_state)
+                for key, initial_state in zip(keys, initial_states, strict=True)
+            ),
+            strict=True,
+        )
         horizon = config.horizon or env.episode_length
         counters = {"train/sim_steps": config.sim_steps_per_epoch(horizon, env.episode_length)}
         history = run_seed_epochs(

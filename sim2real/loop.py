@@ -51,7 +51,7 @@ from pods.drivers import (
 from pods.hds import make_hds, step_counters
 from pods.networks import PolicyParams
 from pods.rollout import Policy
-from pods.state import TrainingState, init_training_state, policy_learner
+from pods.state import TrainingState, policy_learner, start_training
 from sim2real.loop_config import LoopConfig
 from sim2real.real_system import RealSystem, RealTrajectories
 
@@ -265,12 +265,11 @@ def run_loop(
 
         hds = make_hds(config, sim_env, real_data.model_env, devices=devices)
         real_data.make_policy = hds.make_policy
-        key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))
-        state = init_training_state(
+        state, key_epochs = start_training(
             config,
             sim_env,
             hds.network,
-            key_init,
+            jax.random.fold_in(key, _EPOCH_STREAM),
             initial_state=initial_state,
             initial_params=initial_params,
         )
@@ -456,10 +455,14 @@ def _seeds_start(
     states, epoch_keys = [], []
     for seed_data, key, initial_state in zip(real_data, keys, initial_states, strict=True):
         seed_data.make_policy = hds.make_policy
-        key_init, key_epochs = jax.random.split(jax.random.fold_in(key, _EPOCH_STREAM))
-        states.append(
-            init_training_state(config, sim_env, hds.network, key_init, initial_state=initial_state)
+        state, key_epochs = start_training(
+            config,
+            sim_env,
+            hds.network,
+            jax.random.fold_in(key, _EPOCH_STREAM),
+            initial_state=initial_state,
         )
+        states.append(state)
         epoch_keys.append(key_epochs)
     return states, epoch_keys
 
