@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -253,35 +254,50 @@ def _fit(
 
         return jnp.mean(jax.vmap(window_error)(obs0, actions, targets) ** 2)
 
-    def adam_step(carry, step_key):
-        log_theta, opt_state = carry
+    def minibatch(step_key):
         if batch < n_windows:
             idx = jax.random.choice(step_key, n_windows, (batch,), replace=False)
-            minibatch = (obs0[idx], actions[idx], targets[idx])
-        else:
-            minibatch = (obs0, actions, targets)
-        value, grad = jax.value_and_grad(loss)(log_theta, *minibatch)
+            return obs0[idx], actions[idx], targets[idx]
+        return obs0, actions, targets
+
+    return adam_fit(
+        loss, log_theta, key, optimizer, config.num_steps, minibatch, names=config.parameters
+    )
+
+
+def adam_fit(
+    loss: Callable[..., jax.Array],
+    log_theta: Float[Array, " n_params"],
+    key: jax.Array,
+    optimizer: optax.GradientTransformation,
+    num_steps: int,
+    minibatch: Callable[[jax.Array], tuple],
+    *,
+    names: Sequence[str],
+) -> tuple[Float[Array, " n_params"], dict[str, Array]]:
+    """`num_steps` Adam steps on `loss(log_theta, *minibatch(step_key))`, one `lax.scan`;
+    returns the fitted log-parameters and the history: per step `sysid/<name>` (each
+    parameter `names` lists, at the step's start), `sysid/loss` and `sysid/rejected_nonfinite`.
+    A step whose loss or gradient is not finite is dropped, never applied: one NaN would ruin
+    theta. (Not optax.apply_if_finite: it nests the optimizer state, a new checkpoint layout,
+    and checks only the updates, not the loss.) Both identification families fit with it."""
+
+    def adam_step(carry, step_key):
+        log_theta, opt_state = carry
+        value, grad = jax.value_and_grad(loss)(log_theta, *minibatch(step_key))
         updates, new_opt_state = optimizer.update(grad, opt_state)
-        # A non-finite loss or gradient is dropped, never applied: one NaN would ruin theta.
-        # Not optax.apply_if_finite: it nests the optimizer state (a new checkpoint layout) and
-        # checks only the updates, not the loss.
         finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
         carry = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old),
             (optax.apply_updates(log_theta, updates), new_opt_state),
             carry,
         )
-        record = {
-            f"sysid/{name}": v
-            for name, v in zip(config.parameters, jnp.exp(log_theta), strict=True)
-        }
+        record = {f"sysid/{name}": v for name, v in zip(names, jnp.exp(log_theta), strict=True)}
         record |= {"sysid/loss": value, "sysid/rejected_nonfinite": (~finite).astype(jnp.int32)}
         return carry, record
 
     (log_theta, _), history = jax.lax.scan(
-        adam_step,
-        (log_theta, optimizer.init(log_theta)),
-        jax.random.split(key, config.num_steps),
+        adam_step, (log_theta, optimizer.init(log_theta)), jax.random.split(key, num_steps)
     )
     return log_theta, history
 
@@ -290,6 +306,7 @@ __all__ = [
     "LAB_FIT_PARAMETERS",
     "SYSID_FAMILIES",
     "SysIDConfig",
+    "adam_fit",
     "as_dataset",
     "fit_data",
     "identify",

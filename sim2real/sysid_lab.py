@@ -72,7 +72,7 @@ from dynamics_models.data import ObsLayout, TransitionDataset
 from sim2real.chain_body import ChainBody
 from sim2real.lab import LabEffects
 from sim2real.real_system import RealTrajectories
-from sim2real.sysid import SysIDConfig, fit_data
+from sim2real.sysid import SysIDConfig, adam_fit, fit_data
 from sim2real.testbed_spec import Physics
 from sim2real.testbeds import CartPole
 
@@ -417,32 +417,19 @@ def _fit_delays(
         return jnp.mean(window_loss(theta, delay, idx, *actuator_states(theta, delay)))
 
     def fit(delay):
-        def adam_step(carry, step_key):
-            log_theta, opt_state = carry
+        def minibatch(step_key):
             if batch < n_windows:
-                idx = jax.random.choice(step_key, n_windows, (batch,), replace=False)
-            else:
-                idx = jnp.arange(n_windows)
-            value, grad = jax.value_and_grad(loss)(log_theta, delay, idx)
-            updates, new_opt_state = optimizer.update(grad, opt_state)
-            # A non-finite loss or gradient is dropped, never applied (as in `identify`).
-            finite = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
-            carry = jax.tree.map(
-                lambda new, old: jnp.where(finite, new, old),
-                (optax.apply_updates(log_theta, updates), new_opt_state),
-                carry,
-            )
-            record = {f"sysid/{name}": v for name, v in zip(names, jnp.exp(log_theta), strict=True)}
-            record |= {
-                "sysid/loss": value,
-                "sysid/rejected_nonfinite": (~finite).astype(jnp.int32),
-            }
-            return carry, record
+                return (jax.random.choice(step_key, n_windows, (batch,), replace=False),)
+            return (jnp.arange(n_windows),)
 
-        (fitted, _), history = jax.lax.scan(
-            adam_step,
-            (log_theta, optimizer.init(log_theta)),
-            jax.random.split(key, config.num_steps),
+        fitted, history = adam_fit(
+            lambda log_theta, idx: loss(log_theta, delay, idx),
+            log_theta,
+            key,
+            optimizer,
+            config.num_steps,
+            minibatch,
+            names=names,
         )
         # Every window, in chunks of the minibatch's size: the loss that chooses the latency.
         chunks = -(-n_windows // batch)
