@@ -48,7 +48,7 @@ from pods.drivers import (
     seed_slice,
     stack_seeds,
 )
-from pods.hds import make_hds, step_counters
+from pods.hds import HDSProgram, make_hds, step_counters
 from pods.networks import PolicyParams
 from pods.rollout import Policy
 from pods.state import TrainingState, policy_learner, start_training
@@ -265,14 +265,7 @@ def run_loop(
 
         hds = make_hds(config, sim_env, real_data.model_env, devices=devices)
         real_data.make_policy = hds.make_policy
-        state, key_epochs = start_training(
-            config,
-            sim_env,
-            hds.network,
-            jax.random.fold_in(key, _EPOCH_STREAM),
-            initial_state=initial_state,
-            initial_params=initial_params,
-        )
+        state, key_epochs = _start(config, sim_env, hds, key, initial_state, initial_params)
 
         def report(epoch_index: int, metrics: Metrics) -> None:
             metrics.update(real_data.metrics())
@@ -455,16 +448,30 @@ def _seeds_start(
     states, epoch_keys = [], []
     for seed_data, key, initial_state in zip(real_data, keys, initial_states, strict=True):
         seed_data.make_policy = hds.make_policy
-        state, key_epochs = start_training(
-            config,
-            sim_env,
-            hds.network,
-            jax.random.fold_in(key, _EPOCH_STREAM),
-            initial_state=initial_state,
-        )
+        state, key_epochs = _start(config, sim_env, hds, key, initial_state)
         states.append(state)
         epoch_keys.append(key_epochs)
     return states, epoch_keys
+
+
+def _start(
+    config: HDSConfig,
+    sim_env: Any,
+    hds: HDSProgram,
+    key: jax.Array,
+    initial_state: TrainingState | None,
+    initial_params: PolicyParams | None = None,
+) -> tuple[TrainingState, jax.Array]:
+    """The loop's first state and its epochs' key (`start_training`), from the epochs' own
+    stream of the run's key."""
+    return start_training(
+        config,
+        sim_env,
+        hds.network,
+        jax.random.fold_in(key, _EPOCH_STREAM),
+        initial_state=initial_state,
+        initial_params=initial_params,
+    )
 
 
 def _check_real(real: RealSystem, sim_env: Any) -> None:
