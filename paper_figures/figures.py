@@ -7,13 +7,16 @@ its 95% bootstrap interval over seeds and the number of seeds `n`. Nothing here 
 measures anything: `paper_figures.make` gets the runs and the JSON first.
 
     1. learning_curves    return during training vs epochs and vs wall-clock, per task in sim
-    2. hds_beta           HDS's real return vs beta, beside reference methods' real returns
-    3. sim_vs_real        every method's normalized score in sim and in real
+    2. hds_beta           HDS's real solved share vs beta, beside reference methods' shares
+    3. sim_vs_real        every method's solved share in sim and in real
     4. dynamics_models    k-step open-loop error of each dynamics model vs k
     5. gradient_norms     |dV/da| vs horizon, float32/float64, with and without windows
-    6. sample_efficiency  real score vs real transitions used
+    6. sample_efficiency  real solved share vs real transitions used
 
-The seventh, the study over seeds (real solved shares and the budget curve), is drawn by
+Figures 2, 3 and 6 draw solved shares (`eval/solved_sim`, `eval/solved_real`: the share of
+held-out starts from which a run solved the task), on an axis from 0 to 1. A run without one
+(from before runs recorded it, or with no real) leaves its point out: `nan` in the table, a
+note on stderr. The seventh, the study over seeds (real solved shares and the budget curve), is drawn by
 `paper_figures.study_figure.study`.
 """
 
@@ -31,12 +34,15 @@ from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator
 
 from paper_figures import style
 from paper_figures.runs import Run, RunSpec
-from paper_figures.scores import score
 from paper_figures.stats import Estimate, bootstrap, bootstrap_columns, on_common_grid
 
 Found = Mapping[RunSpec, Run]
 WALL_CLOCK_POINTS = 50
 """Grid points of a wall-clock curve: seeds differ in their epochs' timestamps."""
+SOLVED_REAL = "eval/solved_real"
+"""The summary key of the real solved share, the quantity of the real figures' rows."""
+SHARE_LIMITS = (-0.02, 1.02)
+"""A solved share's axis: 0 to 1, with room for a line or an interval drawn at either end."""
 
 
 def _groups(found: Found) -> dict[str, dict[Any, list[tuple[RunSpec, Run]]]]:
@@ -160,13 +166,14 @@ def _by_wall_clock(runs: Sequence[Run]) -> tuple[list[float], list[Estimate]]:
     return [float(t) for t in grid], bootstrap_columns(values)
 
 
-# -- 2. HDS: real return vs beta ------------------------------------------------------------
+# -- 2. HDS: real solved share vs beta -------------------------------------------------------
 def hds_beta(found: Found, out_dir: Path) -> list[Path]:
-    """HDS's return in `real` against beta, the share of its rollouts in the learned model,
-    for each model kind; the methods that have no beta are horizontal lines (with their
-    interval as a band): PODS trained in sim, PODS on a system-identified sim, PPO with
-    domain randomization, and the oracle trained on `real` itself."""
-    header = ("task", "method", "label", "beta", "mean", "low", "high", "n")
+    """HDS's solved share in `real` (the share of held-out starts it swings up and holds)
+    against beta, the share of its rollouts in the learned model, for each model kind; mean
+    over seeds with a 95% bootstrap interval. The methods that have no beta are horizontal
+    lines (with their interval as a band): PODS trained in sim, PODS on a system-identified
+    sim, PPO with domain randomization, and the oracle trained on `real` itself."""
+    header = ("task", "method", "label", "beta", "quantity", "mean", "low", "high", "n")
     rows = []
     groups = _groups(found)
     with style.panels(1, len(groups)) as (figure, axes):
@@ -174,25 +181,26 @@ def hds_beta(found: Found, out_dir: Path) -> list[Path]:
             curves, references = _families(methods, "algo.beta")
             for name, family in curves.items():
                 betas = [float(m.value("algo.beta")) for m in family]
-                estimates = [_estimate(methods[m], "eval/return_real") for m in family]
+                estimates = [_solved(methods[m], "real") for m in family]
                 label = _label(family[0], methods[family[0]])
                 style.line_with_band(ax, betas, estimates, label=label, name=name, marker="o", ms=3)
-                rows += [(task, name, label, b, *e) for b, e in zip(betas, estimates)]
+                rows += [(task, name, label, b, SOLVED_REAL, *e) for b, e in zip(betas, estimates)]
             for method in references:
-                estimate = _estimate(methods[method], "eval/return_real")
+                estimate = _solved(methods[method], "real")
                 label = _label(method, methods[method])
                 style.reference_line(ax, estimate, label=label, name=method.name)
-                rows.append((task, method.name, label, "", *estimate))
+                rows.append((task, method.name, label, "", SOLVED_REAL, *estimate))
             ax.set(
                 title=_in_real(task),
                 xlabel="β (share of rollouts in the model)",
-                ylabel="return in real",
+                ylabel="solved share in real",
+                ylim=SHARE_LIMITS,
             )
         return _finish(figure, axes, out_dir, "hds_beta", header, rows)
 
 
 def _estimate(pairs: Sequence[tuple[RunSpec, Run]], key: str) -> Estimate:
-    """A summary number over seeds."""
+    """A summary number over seeds (NaN where a run has none)."""
     return bootstrap([run.number(key) for _, run in pairs])
 
 
@@ -200,9 +208,20 @@ def _mean(pairs: Sequence[tuple[RunSpec, Run]], key: str) -> float:
     return float(np.mean([run.number(key) for _, run in pairs]))
 
 
-def _score(found: Found, pairs: Sequence[tuple[RunSpec, Run]], testbed: str) -> Estimate:
-    """The normalized `testbed` score over seeds."""
-    return bootstrap([score(found, spec, testbed) for spec, _ in pairs])
+def _solved(pairs: Sequence[tuple[RunSpec, Run]], testbed: str) -> Estimate:
+    """The solved share in `testbed` (`sim` or `real`) over seeds. A run without one (made
+    before runs recorded it, or with no real) makes the estimate NaN, which draws nothing;
+    stderr names its seeds."""
+    key = f"eval/solved_{testbed}"
+    lacking = [spec.seed for spec, run in pairs if not np.isfinite(run.number(key))]
+    if lacking:
+        spec = pairs[0][0]
+        print(
+            f"note: {spec.method.label} on {spec.task}: no {key} in the runs of seeds "
+            f"{lacking}, so no point",
+            file=sys.stderr,
+        )
+    return _estimate(pairs, key)
 
 
 # -- 3. Sim vs real ---------------------------------------------------------------------
@@ -215,13 +234,14 @@ LABEL_CHARACTERS = 20
 
 
 def sim_vs_real(found: Found, out_dir: Path) -> list[Path]:
-    """Every method's normalized score in sim (light bar) and in real (solid bar).
+    """Every method's solved share in sim (light bar) and in real (solid bar): the share of
+    held-out starts it swings up and holds, mean over seeds with a 95% bootstrap interval.
 
-    Scores put the methods, the tasks and the two testbeds on one scale (0: random commands,
-    1: the ceiling trained on that testbed; `paper_figures.scores`); the drop from a light to
-    a solid bar is the method's sim2real gap.
+    A share is on one scale for every method, task and testbed (0: no start solved, 1:
+    every one), with no reference run; the drop from a light to a solid bar is the method's
+    sim2real gap.
     """
-    header = ("task", "method", "label", "testbed", "mean", "low", "high", "n")
+    header = ("task", "method", "label", "testbed", "quantity", "mean", "low", "high", "n")
     rows = []
     groups = _groups(found)
     # One row per method, its name horizontal beside its bars: the panel grows with the
@@ -239,8 +259,9 @@ def sim_vs_real(found: Found, out_dir: Path) -> list[Path]:
                     (-height / 2, "sim", 0.4),
                     (height / 2, "real", 1.0),
                 ):
-                    estimate = _score(found, pairs, testbed)
-                    rows.append((task, method.name, label, testbed, *estimate))
+                    estimate = _solved(pairs, testbed)
+                    quantity = f"eval/solved_{testbed}"
+                    rows.append((task, method.name, label, testbed, quantity, *estimate))
                     if np.isfinite(estimate.value):
                         ax.barh(
                             i + offset,
@@ -257,9 +278,7 @@ def sim_vs_real(found: Found, out_dir: Path) -> list[Path]:
                         )
             ax.set_yticks(range(len(methods)), names)
             ax.set_ylim(len(methods) - 0.5, -0.5)  # the sweep's first method on top
-            ax.axvline(0, color="0.5", linewidth=0.8)
-            ax.axvline(1, color="0.5", linewidth=0.8, linestyle=":")
-            ax.set(title=task, xlabel="normalized score")
+            ax.set(title=task, xlabel="solved share", xlim=(0, SHARE_LIMITS[1]))
             ax.grid(axis="y", visible=False)
         handles = {"sim": Patch(color="0.4", alpha=0.4), "real": Patch(color="0.4")}
         return _finish(figure, axes, out_dir, "sim_vs_real", header, rows, handles)
@@ -374,11 +393,15 @@ def gradient_norms(report: dict, out_dir: Path) -> list[Path]:
 
 # -- 6. Sample efficiency -----------------------------------------------------------------
 def sample_efficiency(found: Found, out_dir: Path) -> list[Path]:
-    """Real score against the real transitions a method used, for the methods that learn
-    from real data at several budgets; a method trained without real data is a horizontal
-    line. x is the mean of the transitions the runs report (`real/transitions`), which a
-    method may leave below its budget; the ticks mark the budgets."""
-    header = ("task", "method", "label", "budget", "real_transitions", "mean", "low", "high", "n")
+    """Solved share in real (the share of held-out starts swung up and held) against the real
+    transitions a method used, for the methods that learn from real data at several budgets,
+    mean over seeds with a 95% bootstrap interval; a method trained without real data is a
+    horizontal line. x is the mean of the transitions the runs report (`real/transitions`),
+    which a method may leave below its budget; the ticks mark the budgets."""
+    header = (
+        *("task", "method", "label", "budget", "real_transitions", "quantity"),
+        *("mean", "low", "high", "n"),
+    )
     rows = []
     groups = _groups(found)
     with style.panels(1, len(groups)) as (figure, axes):
@@ -388,17 +411,20 @@ def sample_efficiency(found: Found, out_dir: Path) -> list[Path]:
             for name, family in curves.items():
                 budgets = [int(m.value("real.budget")) for m in family]
                 used = [_mean(methods[m], "real/transitions") for m in family]
-                estimates = [_score(found, methods[m], "real") for m in family]
+                estimates = [_solved(methods[m], "real") for m in family]
                 label = _label(family[0], methods[family[0]])
                 style.line_with_band(ax, used, estimates, label=label, name=name, marker="o", ms=3)
-                rows += [(task, name, label, b, u, *e) for b, u, e in zip(budgets, used, estimates)]
+                rows += [
+                    (task, name, label, b, u, SOLVED_REAL, *e)
+                    for b, u, e in zip(budgets, used, estimates)
+                ]
                 swept.update(budgets)
             for method in references:
-                estimate = _score(found, methods[method], "real")
+                estimate = _solved(methods[method], "real")
                 used = _mean(methods[method], "real/transitions")
                 label = _label(method, methods[method])
                 style.reference_line(ax, estimate, label=label, name=method.name)
-                rows.append((task, method.name, label, "", used, *estimate))
+                rows.append((task, method.name, label, "", used, SOLVED_REAL, *estimate))
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^3, 3x10^3, ... overlap
             if swept:
@@ -409,7 +435,8 @@ def sample_efficiency(found: Found, out_dir: Path) -> list[Path]:
             ax.set(
                 title=_in_real(task),
                 xlabel="real transitions used",
-                ylabel="normalized score in real",
+                ylabel="solved share in real",
+                ylim=SHARE_LIMITS,
             )
         return _finish(figure, axes, out_dir, "sample_efficiency", header, rows)
 

@@ -97,7 +97,7 @@ class Session:
     extra: tuple[str, ...] = ()
     """Hydra overrides added to every sweep (a launcher, a partition)."""
     methods: frozenset[str] | None = None
-    """Draw only these methods (by name), and the normalizer where scores need it."""
+    """Draw only these methods (by name), and the sweep's normalizer (the oracle)."""
     jobs: int = 2
     """Subprocesses run at once."""
 

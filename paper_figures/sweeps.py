@@ -297,8 +297,10 @@ class FigureSweep:
     methods: tuple[Method, ...]
     seeds: tuple[int, ...]
     normalizer: Method | None = None
-    """The oracle, where the figure plots normalized real scores. A run's own
-    `eval/score_real` can stand in for it, so it is required only where runs lack one."""
+    """The oracle, where a figure may draw without it: from runs that carry their own
+    `eval/score_real` (scored against an oracle of their own) `make` does not require its
+    runs, and the figure then has no oracle bar or line. Its solved shares need no
+    reference run; the normalized score that did is now `paper_figures.table`'s alone."""
     profiles: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     """The real profiles of each task (`Preset.profiles`): one panel per task and profile."""
 

@@ -173,97 +173,112 @@ def test_learning_curves_table_holds_the_seed_means(tmp_path):
             check_row(row, [true_return(method, s, min(epoch, last[s])) for s in SEEDS])
 
 
-def test_hds_beta_table_holds_the_real_returns(tmp_path):
+def evaluated_summary(sim: float, real: float) -> dict:
+    """A run's evaluation: solved shares `sim` and `real`, beside returns on another scale
+    (100 times the share, plus 7), which a figure of solved shares must not draw."""
+    return {
+        "eval/solved_sim": sim,
+        "eval/solved_real": real,
+        "eval/return_sim": 100.0 * sim + 7.0,
+        "eval/return_real": 100.0 * real + 7.0,
+        "eval/return_random_sim": 0.0,
+        "eval/return_random_real": 2.0,
+    }
+
+
+def test_hds_beta_table_holds_the_real_solved_shares(tmp_path):
     betas = (0.25, 0.75)
     methods = (*(HDS_MLP.at("algo.beta", b) for b in betas), ORACLE)
     sweep = FigureSweep("hds_beta", (TASK,), methods, SEEDS)
     real = {}
     for i, method in enumerate(methods):
         for seed in SEEDS:
-            real[method, seed] = 10.0 * i + seed**2
-            summary = {"eval/return_real": real[method, seed]}
+            real[method, seed] = 0.3 * i + 0.1 * seed**2
+            summary = evaluated_summary(sim=1.0, real=real[method, seed])
             if method is not ORACLE:
                 summary |= {"hds/beta": float(method.value("algo.beta")), "model/kind": "mlp"}
             write_run(tmp_path / "runs", method, seed, summary)
 
     paths = figures.hds_beta(found_for(tmp_path / "runs", sweep), tmp_path / "out")
     rows = read_table(outputs_written(paths, "hds_beta"))
-    assert [(r["method"], r["beta"]) for r in rows] == [
-        ("hds_mlp", "0.25"),
-        ("hds_mlp", "0.75"),
-        ("oracle", ""),
+    assert [(r["method"], r["beta"], r["quantity"]) for r in rows] == [
+        ("hds_mlp", "0.25", "eval/solved_real"),
+        ("hds_mlp", "0.75", "eval/solved_real"),
+        ("oracle", "", "eval/solved_real"),
     ]
     for row, method in zip(rows, methods):
         check_row(row, [real[method, s] for s in SEEDS])
 
 
-def scored_summary(sim: float, real: float) -> dict:
-    return {
-        "eval/return_sim": sim,
-        "eval/return_real": real,
-        "eval/return_random_sim": 0.0,
-        "eval/return_random_real": 2.0,
-    }
-
-
-def test_sim_vs_real_scores_against_the_ceilings_of_the_same_seed(tmp_path):
+def test_sim_vs_real_table_holds_the_solved_shares_in_sim_and_in_real(tmp_path):
     sweep = FigureSweep("sim_vs_real", (TASK,), (PODS_1, PODS_2, ORACLE), SEEDS, ORACLE)
-    for seed in SEEDS:
-        # Ceilings differ by seed: a score must use its own seed's.
-        write_run(tmp_path / "runs", PODS_2, seed, scored_summary(sim=50.0 + seed, real=20.0))
-        write_run(tmp_path / "runs", ORACLE, seed, scored_summary(sim=30.0, real=42.0 + seed))
-        write_run(tmp_path / "runs", PODS_1, seed, scored_summary(sim=25.0, real=12.0))
+    shares = {
+        PODS_1: lambda seed: (0.5 + 0.1 * seed, 0.1 * seed),
+        PODS_2: lambda seed: (1.0, 0.25),
+        ORACLE: lambda seed: (0.4, 0.9 - 0.2 * seed),
+    }
+    for method, share in shares.items():
+        for seed in SEEDS:
+            sim, real = share(seed)
+            write_run(tmp_path / "runs", method, seed, evaluated_summary(sim, real))
 
     paths = figures.sim_vs_real(found_for(tmp_path / "runs", sweep), tmp_path / "out")
-    rows = {
-        (r["method"], r["testbed"]): r for r in read_table(outputs_written(paths, "sim_vs_real"))
-    }
-    check_row(rows["pods_order1", "sim"], [25.0 / (50.0 + s) for s in SEEDS])
-    check_row(rows["pods_order1", "real"], [10.0 / (40.0 + s) for s in SEEDS])
-    check_row(rows["pods_order2", "sim"], [1.0] * 3)
-    check_row(rows["oracle", "real"], [1.0] * 3)
-    check_row(rows["oracle", "sim"], [30.0 / (50.0 + s) for s in SEEDS])
+    rows = read_table(outputs_written(paths, "sim_vs_real"))
+    assert [(r["method"], r["testbed"], r["quantity"]) for r in rows] == [
+        (method.name, testbed, f"eval/solved_{testbed}")
+        for method in shares
+        for testbed in ("sim", "real")
+    ]
+    by_bar = {(r["method"], r["testbed"]): r for r in rows}
+    for method, share in shares.items():
+        check_row(by_bar[method.name, "sim"], [share(s)[0] for s in SEEDS])
+        check_row(by_bar[method.name, "real"], [share(s)[1] for s in SEEDS])
 
 
-def test_sample_efficiency_scores_and_transitions(tmp_path):
+def test_sample_efficiency_table_holds_the_real_solved_shares_and_transitions(tmp_path):
     budgets = (1000, 5000)
     curve = tuple(HDS_RESIDUAL.at("real.budget", b) for b in budgets)
     sweep = FigureSweep("sample_efficiency", (TASK,), (*curve, PPO_DR, ORACLE), SEEDS, ORACLE)
     for seed in SEEDS:
-        write_run(tmp_path / "runs", ORACLE, seed, scored_summary(sim=0.0, real=102.0))
+        write_run(tmp_path / "runs", ORACLE, seed, evaluated_summary(sim=0.0, real=1.0))
         write_run(
-            tmp_path / "runs", PPO_DR, seed, {**scored_summary(0.0, 12.0), "real/transitions": 0}
+            tmp_path / "runs", PPO_DR, seed, {**evaluated_summary(0.0, 0.1), "real/transitions": 0}
         )
         for budget, method in zip(budgets, curve):
-            summary = scored_summary(0.0, 2.0 + budget / 100 + seed)
+            summary = evaluated_summary(0.0, budget / 10_000 + 0.1 * seed)
             write_run(
                 tmp_path / "runs", method, seed, {**summary, "real/transitions": budget - seed}
             )
 
     paths = figures.sample_efficiency(found_for(tmp_path / "runs", sweep), tmp_path / "out")
     rows = read_table(outputs_written(paths, "sample_efficiency"))
-    assert [(r["method"], r["budget"]) for r in rows] == [
-        ("hds_residual", "1000"),
-        ("hds_residual", "5000"),
-        ("ppo_dr", ""),
-        ("oracle", ""),
+    assert [(r["method"], r["budget"], r["quantity"]) for r in rows] == [
+        ("hds_residual", "1000", "eval/solved_real"),
+        ("hds_residual", "5000", "eval/solved_real"),
+        ("ppo_dr", "", "eval/solved_real"),
+        ("oracle", "", "eval/solved_real"),
     ]
     for row, budget in zip(rows, budgets):
-        check_row(row, [(budget / 100 + s) / 100 for s in SEEDS])
+        check_row(row, [budget / 10_000 + 0.1 * s for s in SEEDS])
         assert float(row["real_transitions"]) == pytest.approx(budget - 1)
     check_row(rows[2], [0.1] * 3)
     check_row(rows[3], [1.0] * 3)
 
 
-def test_real_scores_fall_back_to_the_summary_without_an_oracle(tmp_path, capsys):
-    """`--runs` on runs that carry `eval/score_real` needs no oracle runs for the scores."""
+def test_runs_with_their_own_real_scores_draw_without_the_oracle(tmp_path, capsys):
+    """`--runs` on runs that carry `eval/score_real` needs no oracle runs (the sweep's
+    normalizer); the figure then draws their solved shares without the oracle's line."""
     sweep = figure_sweeps(PRESETS["smoke"])["sample_efficiency"]
     expected = {}
     for spec in sweep.specs():
         if spec.method == ORACLE:
             continue
         expected[spec] = 0.1 * spec.seed + (0.5 if spec.method is PPO_DR else 0.2)
-        summary = {"eval/score_real": expected[spec], "real/transitions": 100 * (spec.seed + 1)}
+        summary = {
+            "eval/score_real": 0.9,
+            "eval/solved_real": expected[spec],
+            "real/transitions": 100 * (spec.seed + 1),
+        }
         write_run(tmp_path / "runs", spec.method, spec.seed, summary, env=spec.env)
 
     status = make.main(
@@ -274,6 +289,58 @@ def test_real_scores_fall_back_to_the_summary_without_an_oracle(tmp_path, capsys
     ppo = next(r for r in rows if r["method"] == "ppo_dr")
     check_row(ppo, [expected[s] for s in expected if s.method is PPO_DR])
     assert "oracle" not in {r["method"] for r in rows}  # no oracle run, so no ceiling line
+
+
+LACKING = "hds_beta", "sim_vs_real", "sample_efficiency"
+
+
+@pytest.mark.parametrize("figure", LACKING)
+def test_a_run_without_a_solved_share_leaves_its_point_out(tmp_path, capsys, drawn, figure):
+    """A run from before runs recorded solved shares (a method's seed 1 here, and every seed
+    of PPO + DR) is `nan` in the table and absent from the figure; the figure still draws
+    the rest, on a share axis from 0 to 1, and stderr names what it left out."""
+    sweep = figure_sweeps(PRESETS["smoke"])[figure]
+    old = sweep.methods[0]
+
+    def summary_of(spec):
+        summary = {
+            **evaluated_summary(sim=0.5, real=0.2 + 0.1 * spec.seed),
+            "real/transitions": 100 * (spec.seed + 1),
+        }
+        if "algo.beta" in spec.method.varied:
+            summary["hds/beta"] = float(spec.method.value("algo.beta"))
+        if spec.method is PPO_DR or (spec.method is old and spec.seed == 1):
+            del summary["eval/solved_sim"], summary["eval/solved_real"]
+        return summary
+
+    write_sweep_runs(tmp_path / "runs", sweep, summary_of)
+    paths = getattr(figures, figure)(found_for(tmp_path / "runs", sweep), tmp_path / "out")
+    rows = read_table(outputs_written(paths, figure))
+    err = capsys.readouterr().err
+    assert f"note: {old.label} on {TASK}: no eval/solved_real in the runs of seeds [1]" in err
+    assert f"note: {PPO_DR.label} on {TASK}: no eval/solved_real in the runs of seeds [0, 1]" in err
+    columns = {"algo.beta": "beta", "real.budget": "budget"}
+
+    def is_old(row):
+        return row["method"] == old.name and all(
+            float(row[columns[key]]) == float(old.value(key)) for key in old.varied
+        )
+
+    assert sum(map(is_old, rows)) == (2 if figure == "sim_vs_real" else 1)
+    for row in rows:
+        if row["method"] == PPO_DR.name or is_old(row):
+            assert row["mean"] == row["low"] == row["high"] == "nan"
+            assert row["n"] == str(len(sweep.seeds))
+        elif row["quantity"] == "eval/solved_real":
+            check_row(row, [0.2 + 0.1 * s for s in sweep.seeds])
+        else:
+            check_row(row, [0.5] * len(sweep.seeds))
+
+    (panel,) = drawn[figure].panels
+    axis = "x" if figure == "sim_vs_real" else "y"
+    assert panel[f"{axis}label"] in ("solved share", "solved share in real")
+    assert panel[f"{axis}lim"] == pytest.approx((0.0 if axis == "x" else -0.02, 1.02))
+    assert PPO_DR.label not in drawn[figure].legend  # a reference line with no share
 
 
 def dynamics_report(offset: float, sizes=("500", "2000")) -> dict:
@@ -532,14 +599,14 @@ def test_every_run_a_preset_launches_composes_and_passes_the_config_checks(prese
 def test_a_task_scored_against_two_reals_is_two_panels_of_its_own_runs(tmp_path):
     profiles = {TASK: ("lab", "friction")}
     sweep = FigureSweep("sim_vs_real", (TASK,), (PODS_2, ORACLE), SEEDS, ORACLE, profiles)
-    for profile, oracle in (("lab", 42.0), ("friction", 22.0)):
+    for profile, share in (("lab", 0.25), ("friction", 0.5)):
         for seed in SEEDS:
-            for method, real in ((PODS_2, 12.0), (ORACLE, oracle)):
+            for method, real in ((PODS_2, share), (ORACLE, 1.0)):
                 path = write_run(
                     tmp_path / "runs" / profile,
                     method,
                     seed,
-                    {**scored_summary(sim=50.0, real=real), "real/profile": profile},
+                    {**evaluated_summary(sim=0.75, real=real), "real/profile": profile},
                 )
                 assert Run.load(path).fact("profile") == profile
     found = found_for(tmp_path / "runs", sweep)
@@ -550,9 +617,9 @@ def test_a_task_scored_against_two_reals_is_two_panels_of_its_own_runs(tmp_path)
         (r["task"], r["method"], r["testbed"]): r
         for r in read_table(outputs_written(paths, "sim_vs_real"))
     }
-    # Each panel scores against its own real's oracle: (12 - 2) / (42 - 2) and / (22 - 2).
-    check_row(rows[f"{TASK}, lab real", "pods_order2", "real"], [10.0 / 40.0] * 3)
-    check_row(rows[f"{TASK}, friction real", "pods_order2", "real"], [10.0 / 20.0] * 3)
+    # Each panel holds its own real's runs.
+    check_row(rows[f"{TASK}, lab real", "pods_order2", "real"], [0.25] * 3)
+    check_row(rows[f"{TASK}, friction real", "pods_order2", "real"], [0.5] * 3)
     # The job that makes a missing one names the profile on its command and in its folder.
     spec = RunSpec(PODS_2, TASK, 1, "friction")
     (job,) = make.sweep_jobs(sweep, [spec], make.Session(PRESETS["cpu"], tmp_path, tmp_path))
@@ -596,6 +663,10 @@ def drawn(monkeypatch) -> dict[str, Drawn]:
             panels.append(
                 {
                     "title": ax.get_title(),
+                    "xlabel": ax.get_xlabel(),
+                    "ylabel": ax.get_ylabel(),
+                    "xlim": ax.get_xlim(),
+                    "ylim": ax.get_ylim(),
                     "ylabels": [t.get_text() for t in ax.get_yticklabels()],
                     "xticks": list(ax.get_xticks()),
                     "xlabels": [t.get_text() for t in ax.get_xticklabels()],
@@ -625,7 +696,7 @@ def test_sim_vs_real_names_the_methods_beside_bars_that_keep_most_of_the_figure(
     write_sweep_runs(
         tmp_path / "runs",
         sweep,
-        lambda spec: scored_summary(sim=10.0 + scale[spec.method], real=5.0 + spec.seed),
+        lambda spec: evaluated_summary(sim=0.1 * scale[spec.method], real=0.2 * spec.seed),
     )
     figures.sim_vs_real(found_for(tmp_path / "runs", sweep), tmp_path / "out")
 
@@ -643,14 +714,14 @@ def test_sample_efficiency_ticks_the_budgets_with_their_values(tmp_path, drawn, 
     curves = tuple(m.at("real.budget", b) for m in (HDS_RESIDUAL, PODS_SYSID) for b in budgets)
     sweep = FigureSweep("sample_efficiency", (TASK,), (*curves, PPO_DR, ORACLE), SEEDS, ORACLE)
     for seed in SEEDS:
-        write_run(tmp_path / "runs", ORACLE, seed, scored_summary(sim=0.0, real=102.0))
+        write_run(tmp_path / "runs", ORACLE, seed, evaluated_summary(sim=0.0, real=1.0))
         write_run(
-            tmp_path / "runs", PPO_DR, seed, {**scored_summary(0.0, 12.0), "real/transitions": 0}
+            tmp_path / "runs", PPO_DR, seed, {**evaluated_summary(0.0, 0.1), "real/transitions": 0}
         )
         for method in curves:
             budget = int(method.value("real.budget"))
             summary = {
-                **scored_summary(0.0, 2.0 + budget / 1000),
+                **evaluated_summary(0.0, budget / 20_000),
                 "real/transitions": budget - seed,
             }
             write_run(tmp_path / "runs", method, seed, summary)
@@ -672,7 +743,7 @@ def test_the_oracle_is_labelled_by_the_real_whose_twin_it_trained_on(tmp_path, d
 
     def summary_of(spec):
         return {
-            **scored_summary(sim=1.0, real=10.0 + spec.seed),
+            **evaluated_summary(sim=1.0, real=0.1 + 0.2 * spec.seed),
             "real/transitions": 100 * (spec.seed + 1),
             **(
                 {"hds/beta": float(spec.method.value("algo.beta"))}
