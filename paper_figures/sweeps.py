@@ -110,9 +110,8 @@ LQR = Method("lqr", "LQR", ("algo=lqr",), tasks=("cartpole_balance",))
 ORACLE = Method("oracle", "Oracle (PODS on real)", ("algo=oracle", "algo.order=2"))
 """The ceiling of real scores: PODS trained directly on the `real` testbed."""
 SIM_CEILING = PODS_2
-"""The oracle's counterpart in sim, the ceiling of sim scores: the same algorithm (PODS,
-second order) trained on the testbed it is scored on. With it a method's sim and real scores
-measure the same thing, the share of what training on that testbed reaches."""
+"""The oracle's counterpart in sim: the same algorithm (PODS, second order) trained on the
+testbed it is evaluated on."""
 
 
 # -- Presets ------------------------------------------------------------------------------
