@@ -187,27 +187,14 @@ def init_training_state(
 
 
 def start_training(
-    config: PODSConfig,
-    env: Env,
-    network: PolicyNetwork,
-    key: jax.Array,
-    *,
-    initial_state: TrainingState | None = None,
-    initial_params: PolicyParams | None = None,
+    config: PODSConfig, env: Env, network: PolicyNetwork, key: jax.Array, **initial
 ) -> tuple[TrainingState, jax.Array]:
     """A run's start from its key: the state its first epoch gets (`init_training_state`
-    from the key's first half) and the key its epochs fold their index into (the second
-    half), so that a resumed run draws what a run never interrupted draws."""
+    from the key's first half, with `initial`: its `initial_state` or `initial_params`) and
+    the key its epochs fold their index into (the second half), so that a resumed run draws
+    what a run never interrupted draws."""
     key_init, key_epochs = jax.random.split(key)
-    state = init_training_state(
-        config,
-        env,
-        network,
-        key_init,
-        initial_state=initial_state,
-        initial_params=initial_params,
-    )
-    return state, key_epochs
+    return init_training_state(config, env, network, key_init, **initial), key_epochs
 
 
 __all__ = [
