@@ -111,6 +111,30 @@ def test_the_target_is_met_by_hds_within_the_budget(tmp_path, offline, monkeypat
     assert not targets["stretch (brax twin)"]["met"]  # nothing at <= 400
 
 
+def test_the_targets_name_the_other_learners_that_reach_the_bar_from_as_much_data(
+    tmp_path, offline, monkeypatch
+):
+    """PODS+sysid from the same budget is reported beside HDS: one that clears 0.9 of the
+    reference is named, one that does not is listed only; the classical controller, which
+    uses no real data, is neither."""
+    monkeypatch.setitem(study.TARGET_BUDGETS, "target", 5000)
+    sysid = {"real/budget": 5000, "real/transitions": 5000, "sysid/family": "physics"}
+    for seed in (0, 1):
+        _finished(tmp_path, seed, 0.5, {"pods_sysid": 0.0, "energy_lqr": 1.0})
+        path = tmp_path / PART.name / f"seed{seed}" / "pods_sysid" / "summary.json"
+        path.write_text(json.dumps(_summary("pods_sysid", seed, 0.95, **sysid)))
+    args = study.parse(["--parts", PART.name, "--seeds", "0", "1", "--root", str(tmp_path)])
+    rows = {PART.name: [study.run_seed(PART, s, args, "flab_b5000") for s in (0, 1)]}
+    reported = study.report(rows, {PART.name: "flab_b5000"}, args, {PART.name: PART})
+    target = reported["profiles"]["lab"]["targets"]["target (brax twin)"]
+    assert not target["met"]  # HDS: 0.5 < 0.9
+    (sysid_key,) = target["others"]
+    assert sysid_key.startswith("pods_sysid") and target["others_met"] == [sysid_key]
+    assert target["others"][sysid_key]["mean"] == pytest.approx(0.95)
+    stretch = reported["profiles"]["lab"]["targets"]["stretch (brax twin)"]
+    assert stretch["others"] == {} and stretch["others_met"] == []
+
+
 def test_a_seed_whose_compared_runs_have_not_finished_runs_again(tmp_path, offline, monkeypatch):
     _finished(tmp_path, 0, 0.5, {"pods": 0.0, "energy_lqr": 1.0})
     (tmp_path / PART.name / "seed0" / "energy_lqr" / "summary.json").unlink()
