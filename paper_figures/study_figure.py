@@ -24,7 +24,11 @@ STUDY_FAMILIES = {
     "pods_sysid (physics)": "PODS + sysid (physics)",
     "pods_sysid (lab)": "PODS + sysid (lab family)",
 }
-"""The study's methods that use real data, one line over the budgets each."""
+"""The study's methods that use real data, one line over the budgets each. A variant of one
+(its name the family's and a suffix, e.g. `, history 2, 256 rollouts`) is drawn in the
+family's color: its bar hatched, its points on the curve as stars."""
+BAR_HEIGHT_PER_METHOD = 0.42
+"""Inches of panel per bar: room for a label wrapped on three lines."""
 STUDY_REFERENCES = {
     "energy_lqr": "classical (energy + LQR)",
     "oracle": "oracle (PODS on the real's twin)",
@@ -43,6 +47,15 @@ def _study_estimate(spread: Mapping | None) -> Estimate:
     return Estimate(spread["mean"], max(low, 0.0), min(high, 1.0), spread["n"])
 
 
+def family_of(name: str) -> tuple[str, str]:
+    """(the study family a method belongs to, its variant's suffix): `("hds beta=0.5",
+    ", history 2, 256 rollouts")`; a method of no family is its own, with no suffix."""
+    for family in sorted(STUDY_FAMILIES, key=len, reverse=True):
+        if name == family or name.startswith(family + ","):
+            return family, name[len(family) :]
+    return name, ""
+
+
 def study(report: dict, out_dir: Path) -> list[Path]:
     """The sim2real study over seeds: each method's solved share on the real (the Brax twin),
     mean and 95% t-interval over seeds with each seed as a dot, and the budget curve, the
@@ -56,7 +69,8 @@ def study(report: dict, out_dir: Path) -> list[Path]:
     rows = []
     profiles = report["profiles"]
     most = max(len(p["methods"]) for p in profiles.values())
-    size = (style.PANEL_SIZE[0], max(style.PANEL_SIZE[1], SCORE_PANEL_MARGIN + 0.3 * most))
+    height = SCORE_PANEL_MARGIN + BAR_HEIGHT_PER_METHOD * most
+    size = (style.PANEL_SIZE[0], max(style.PANEL_SIZE[1], height))
     with style.panels(len(profiles), 2, panel_size=size) as (figure, axes):
         for (profile, cells), (bars, curve) in zip(profiles.items(), axes, strict=True):
             methods = cells["methods"]
@@ -64,7 +78,8 @@ def study(report: dict, out_dir: Path) -> list[Path]:
                 name, _, budget = key.partition(" @")
                 estimate = _study_estimate(cell.get("solved_real"))
                 rows.append((profile, name, budget, "solved_real", *estimate))
-                color = style.color(name)
+                family, variant = family_of(name)
+                color = style.color(family)
                 if np.isfinite(estimate.value):
                     bars.barh(
                         i,
@@ -73,6 +88,7 @@ def study(report: dict, out_dir: Path) -> list[Path]:
                         xerr=[[estimate.value - estimate.low], [estimate.high - estimate.value]],
                         color=color,
                         alpha=0.5,
+                        hatch="///" if variant else None,
                         capsize=2,
                         error_kw={"linewidth": 0.8},
                     )
@@ -101,6 +117,7 @@ def study(report: dict, out_dir: Path) -> list[Path]:
                     curve, x, estimates, label=label, name=family, marker="o", ms=3
                 )
                 budgets.update(x)
+            budgets.update(_variant_points(curve, methods))
             for name, label in STUDY_REFERENCES.items():
                 if name in methods:
                     estimate = _study_estimate(methods[name].get("solved_real"))
@@ -116,3 +133,30 @@ def study(report: dict, out_dir: Path) -> list[Path]:
                 ylim=(-0.02, 1.02),
             )
         return _finish(figure, axes[:, 1:], out_dir, "study", header, rows)
+
+
+def _variant_points(curve, methods: Mapping[str, Mapping]) -> set[int]:
+    """The budget curve's stars: each family's variants at their budgets, with the 95%
+    interval as an error bar; returns the budgets drawn."""
+    budgets = set()
+    for key, cell in methods.items():
+        name, _, budget = key.partition(" @")
+        family, variant = family_of(name)
+        if not variant or family not in STUDY_FAMILIES or not budget:
+            continue
+        estimate = _study_estimate(cell.get("solved_real"))
+        if not np.isfinite(estimate.value):
+            continue
+        curve.errorbar(
+            [int(budget)],
+            [estimate.value],
+            yerr=[[estimate.value - estimate.low], [estimate.high - estimate.value]],
+            fmt="*",
+            ms=7,
+            color=style.color(family),
+            capsize=2,
+            linewidth=0.8,
+            label=STUDY_FAMILIES[family] + variant,
+        )
+        budgets.add(int(budget))
+    return budgets

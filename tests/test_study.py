@@ -6,9 +6,11 @@ import json
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
 from experiments.study_ranges import STUDY, format_ranges
+from paper_figures import style
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -278,6 +280,42 @@ def test_the_study_figure_draws_every_method_and_the_budget_curve(tmp_path, offl
     assert (float(hds["mean"]), int(hds["n"])) == (pytest.approx(0.5), 3)
     # The t-interval over 0.25, 0.5, 0.75, clipped to [0, 1].
     assert float(hds["low"]) == 0.0 and float(hds["high"]) == pytest.approx(1.0)
+
+
+def test_a_variant_is_drawn_in_its_familys_color_as_a_star_on_the_budget_curve(tmp_path):
+    from paper_figures import study_figure
+
+    assert study_figure.family_of("hds beta=0.5, history 2, 256 rollouts") == (
+        "hds beta=0.5",
+        ", history 2, 256 rollouts",
+    )
+    assert study_figure.family_of("hds beta=0.5") == ("hds beta=0.5", "")
+    assert study_figure.family_of("energy_lqr") == ("energy_lqr", "")
+
+    def cell(shares):
+        return {
+            "solved_real": {
+                "mean": float(np.mean(shares)),
+                "ci95": None,
+                "n": len(shares),
+                "per_seed": {str(s): v for s, v in enumerate(shares)},
+            }
+        }
+
+    methods = {
+        "pods_sysid (lab) @1000": cell([0.0, 0.5]),
+        "pods_sysid (lab), history 2, 256 rollouts @1000": cell([1.0, 0.98]),
+    }
+    drawn = []
+
+    class Curve:
+        def errorbar(self, x, y, **kw):
+            drawn.append((x, y, kw["fmt"], kw["color"], kw["label"]))
+
+    assert study_figure._variant_points(Curve(), methods) == {1000}
+    ((x, y, fmt, color, label),) = drawn
+    assert (x, fmt, label) == ([1000], "*", "PODS + sysid (lab family), history 2, 256 rollouts")
+    assert y == [pytest.approx(0.99)] and color == style.color("pods_sysid (lab)")
 
 
 def test_mujoco_plays_only_the_named_algorithms_once_and_reads_them_back(
