@@ -60,7 +60,9 @@ def study(report: dict, out_dir: Path) -> list[Path]:
     """The sim2real study over seeds: each method's solved share on the real (the Brax twin),
     mean and 95% t-interval over seeds with each seed as a dot, and the budget curve, the
     real solved share against the real transitions HDS and PODS + sysid learn from, beside
-    the methods that use none as horizontal lines; one row of panels per real.
+    the methods that use none as horizontal lines; one row of panels per real. A variant of a
+    family (history 2, 256 rollouts) is hatched in its family's color, and a star on the
+    curve.
 
     From `benchmarks/study.py`'s JSON. Every method of a seed is scored on that seed's same
     held-out starts; the JSON pairs them (HDS against each rival, seed by seed).
