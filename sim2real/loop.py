@@ -438,7 +438,7 @@ def _seeds_data(
 def _seeds_start(
     config: HDSConfig,
     sim_env: Any,
-    hds: Any,
+    hds: HDSProgram,
     real_data: list[_RealDataAndModel],
     keys: Sequence[jax.Array],
     initial_states: Sequence[TrainingState | None],
