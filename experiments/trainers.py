@@ -308,29 +308,23 @@ def train_pods_sysid(ctx: RunContext) -> Trained:
 
 
 def train_lqr(ctx: RunContext) -> Trained:
-    config: LQRConfig = ctx.configs.algo
-    ctx.run_dir.truncate_metrics(-1)
-    make_policy, gain, metrics = train_lqr_gain(
-        config, ctx.sim, ctx.key, progress_fn=ctx.run_dir.log_metrics
-    )
-    _save_gain(ctx, gain, metrics)
-    return Trained(make_policy, gain, {"real/transitions": 0, "train/env": ctx.sim.name})
-
-
-def _save_gain(ctx: RunContext, gain: Any, metrics: list[dict]) -> None:
-    """The designed gain, checkpointed for `experiments.deploy` to play it again."""
-    info = checkpoint_info(ctx, metrics[-1]["train/wall_clock_s"])
-    ctx.run_dir.save_checkpoint({"gain": gain}, len(metrics), info)
+    return _designed_gain(ctx, train_lqr_gain)
 
 
 def train_energy_lqr(ctx: RunContext) -> Trained:
     """The classical swing-up with LQR catch, designed on `sim` (nothing of the real)."""
-    config: EnergyLQRConfig = ctx.configs.algo
+    return _designed_gain(ctx, train_energy_lqr_policy)
+
+
+def _designed_gain(ctx: RunContext, design_fn: Callable) -> Trained:
+    """A controller `design_fn(config, sim, key, progress_fn=...)` designs on `sim` alone, its
+    gain checkpointed for `experiments.deploy` to play it again."""
     ctx.run_dir.truncate_metrics(-1)
-    make_policy, gain, metrics = train_energy_lqr_policy(
-        config, ctx.sim, ctx.key, progress_fn=ctx.run_dir.log_metrics
+    make_policy, gain, metrics = design_fn(
+        ctx.configs.algo, ctx.sim, ctx.key, progress_fn=ctx.run_dir.log_metrics
     )
-    _save_gain(ctx, gain, metrics)
+    info = checkpoint_info(ctx, metrics[-1]["train/wall_clock_s"])
+    ctx.run_dir.save_checkpoint({"gain": gain}, len(metrics), info)
     return Trained(make_policy, gain, {"real/transitions": 0, "train/env": ctx.sim.name})
 
 
