@@ -83,9 +83,11 @@ def _label(method: Any, pairs: Sequence[tuple[RunSpec, Run]]) -> str:
     return f"oracle (PODS on the {profile} real's twin)"
 
 
-def _in_real(task: str) -> str:
-    """A panel's title in real: the task, which names its real where a figure pins one."""
-    return task if task.endswith(" real") else f"{task} (real)"
+def _solved_share_in_real(ax, task: str, xlabel: str) -> None:
+    """Labels a panel of the solved share in `task`'s real against `xlabel`. The title is the
+    task, which names its real where a figure pins one."""
+    title = task if task.endswith(" real") else f"{task} (real)"
+    ax.set(title=title, xlabel=xlabel, ylabel="solved share in real", ylim=SHARE_LIMITS)
 
 
 def _finish(figure, axes, out_dir: Path, name: str, header, rows, handles=None) -> list[Path]:
@@ -190,12 +192,7 @@ def hds_beta(found: Found, out_dir: Path) -> list[Path]:
                 label = _label(method, methods[method])
                 style.reference_line(ax, estimate, label=label, name=method.name)
                 rows.append((task, method.name, label, "", SOLVED_REAL, *estimate))
-            ax.set(
-                title=_in_real(task),
-                xlabel="β (share of rollouts in the model)",
-                ylabel="solved share in real",
-                ylim=SHARE_LIMITS,
-            )
+            _solved_share_in_real(ax, task, "β (share of rollouts in the model)")
         return _finish(figure, axes, out_dir, "hds_beta", header, rows)
 
 
@@ -432,12 +429,7 @@ def sample_efficiency(found: Found, out_dir: Path) -> list[Path]:
                 # budgets, labelled in full, say where each point was measured.
                 ax.set_xticks(sorted(swept), [f"{b:,}" for b in sorted(swept)])
                 ax.xaxis.set_minor_locator(NullLocator())
-            ax.set(
-                title=_in_real(task),
-                xlabel="real transitions used",
-                ylabel="solved share in real",
-                ylim=SHARE_LIMITS,
-            )
+            _solved_share_in_real(ax, task, "real transitions used")
         return _finish(figure, axes, out_dir, "sample_efficiency", header, rows)
 
 
