@@ -65,6 +65,8 @@ class _StepModel(eqx.Module):
     network: AbstractVar[eqx.nn.MLP]
     normalizer: AbstractVar[Normalizer]
     layout: AbstractVar[ObsLayout]
+    width: AbstractVar[int]
+    depth: AbstractVar[int]
     action_limit: AbstractVar[float | None]
 
     @abc.abstractmethod
@@ -98,6 +100,10 @@ class _StepModel(eqx.Module):
     def dtype(self):
         return self.normalizer.obs_mean.dtype
 
+    def hyperparameters(self) -> dict:
+        """The constructor's keyword arguments besides `dtype`, as a checkpoint records them."""
+        return {"width": self.width, "depth": self.depth, "action_limit": self.action_limit}
+
 
 def _network(key, in_size, out_size, *, width, depth, dtype) -> eqx.nn.MLP:
     for name, value in (("width", width), ("depth", depth)):
@@ -124,6 +130,19 @@ def _check_stats(stats: NormalizationStats, layout: ObsLayout, action_dim: int) 
         )
 
 
+def _normalizer_and_network(
+    key: jax.Array, stats: NormalizationStats, layout: ObsLayout, *, width, depth, dtype
+) -> tuple[Normalizer, eqx.nn.MLP]:
+    """A model's normalizer of `stats` and its fresh network from the normalized (s, a) to the
+    state step, after checking that `stats` fit `layout`."""
+    action_dim = np.asarray(stats.action_mean).shape[-1]
+    _check_stats(stats, layout, action_dim)
+    network = _network(
+        key, layout.obs_dim + action_dim, layout.state_dim, width=width, depth=depth, dtype=dtype
+    )
+    return Normalizer.from_stats(stats, dtype), network
+
+
 class MLPDynamics(_StepModel):
     """s' from an MLP of the normalized (s, a) that predicts the normalized state step z' - z."""
 
@@ -145,17 +164,9 @@ class MLPDynamics(_StepModel):
         action_limit: float | None = 1.0,
         dtype: Any = jnp.float32,
     ):
-        action_dim = np.asarray(stats.action_mean).shape[-1]
-        _check_stats(stats, layout, action_dim)
         self.layout, self.width, self.depth, self.action_limit = layout, width, depth, action_limit
-        self.normalizer = Normalizer.from_stats(stats, dtype)
-        self.network = _network(
-            key,
-            layout.obs_dim + action_dim,
-            layout.state_dim,
-            width=width,
-            depth=depth,
-            dtype=dtype,
+        self.normalizer, self.network = _normalizer_and_network(
+            key, stats, layout, width=width, depth=depth, dtype=dtype
         )
 
     @classmethod
@@ -168,9 +179,6 @@ class MLPDynamics(_StepModel):
 
     def base_state(self, obs, action):
         return self.layout.to_state(obs)
-
-    def hyperparameters(self) -> dict:
-        return {"width": self.width, "depth": self.depth, "action_limit": self.action_limit}
 
 
 def sim_step_state(sim_env: Any, obs: Float[Array, " obs"], action: Float[Array, " act"]) -> Array:
@@ -210,18 +218,10 @@ class ResidualDynamics(_StepModel):
             raise ValueError(
                 f"ResidualDynamics needs a testbed simulator, got {type(sim_env).__name__}"
             )
-        action_dim = np.asarray(stats.action_mean).shape[-1]
-        _check_stats(stats, layout, action_dim)
         self.sim_env, self.layout = sim_env, layout
         self.width, self.depth, self.action_limit = width, depth, action_limit
-        self.normalizer = Normalizer.from_stats(stats, dtype)
-        self.network = _network(
-            key,
-            layout.obs_dim + action_dim,
-            layout.state_dim,
-            width=width,
-            depth=depth,
-            dtype=dtype,
+        self.normalizer, self.network = _normalizer_and_network(
+            key, stats, layout, width=width, depth=depth, dtype=dtype
         )
 
     @classmethod
@@ -251,9 +251,6 @@ class ResidualDynamics(_StepModel):
         return eqx.tree_at(
             lambda m: (m.network, m.normalizer), fresh, (self.network, self.normalizer)
         )
-
-    def hyperparameters(self) -> dict:
-        return {"width": self.width, "depth": self.depth, "action_limit": self.action_limit}
 
 
 @functools.partial(jax.jit, static_argnums=0)
