@@ -39,13 +39,9 @@ from brax.training.agents.ppo import train as ppo
 from baselines.domain_randomization import PhysicsRanges, domain_randomization
 from pods.drivers import Metrics
 from pods.rollout import Policy
-from pods.validation import is_integer, is_number, require
+from pods.validation import is_integer, is_positive, require, require_positive
 
 ProgressFn = Callable[[int, Metrics], None]
-
-
-def _is_positive_float(value: Any) -> bool:
-    return is_number(value) and value > 0
 
 
 def _is_layer_sizes(value: Any) -> bool:
@@ -96,10 +92,9 @@ class APGConfig:
             "policy_updates",
             f">= num_evals - 1 = {self.num_evals - 1} (at least one update between evaluations)",
         )
-        for name in ("learning_rate", "max_gradient_norm"):
-            require(_is_positive_float(getattr(self, name)), self, name, "a finite number > 0")
+        require_positive(self, "learning_rate", "max_gradient_norm")
         require(
-            _is_positive_float(self.learning_rate_decay) and self.learning_rate_decay <= 1,
+            is_positive(self.learning_rate_decay) and self.learning_rate_decay <= 1,
             self,
             "learning_rate_decay",
             "in (0, 1]",
@@ -107,7 +102,7 @@ class APGConfig:
         require(
             isinstance(self.adam_betas, tuple)
             and len(self.adam_betas) == 2
-            and all(_is_positive_float(b) and b < 1 for b in self.adam_betas),
+            and all(is_positive(b) and b < 1 for b in self.adam_betas),
             self,
             "adam_betas",
             "a pair (b1, b2) in (0, 1)",
@@ -201,8 +196,7 @@ class PPOConfig:
             "num_envs",
             f"a divisor of batch_size * num_minibatches = {self.batch_size * self.num_minibatches}",
         )
-        for name in ("learning_rate", "clipping_epsilon", "reward_scaling"):
-            require(_is_positive_float(getattr(self, name)), self, name, "a finite number > 0")
+        require_positive(self, "learning_rate", "clipping_epsilon", "reward_scaling")
         require(
             isinstance(self.entropy_cost, int | float)
             and math.isfinite(self.entropy_cost)
@@ -213,9 +207,9 @@ class PPOConfig:
         )
         for name in ("discounting", "gae_lambda"):
             value = getattr(self, name)
-            require(_is_positive_float(value) and value <= 1, self, name, "in (0, 1]")
+            require(is_positive(value) and value <= 1, self, name, "in (0, 1]")
         if self.max_grad_norm is not None:
-            require(_is_positive_float(self.max_grad_norm), self, "max_grad_norm", "None or > 0")
+            require(is_positive(self.max_grad_norm), self, "max_grad_norm", "None or > 0")
         require(
             isinstance(self.normalize_observations, bool), self, "normalize_observations", "a bool"
         )

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from pods.derivatives import GRADIENT_NORMALIZATIONS
-from pods.validation import is_integer, is_number, require
+from pods.validation import is_integer, is_number, require, require_positive
 
 DISTILL_STATES = ("improved", "original", "both")
 """Where distillation regresses the policy on the improved actions (`PODSConfig.distill_states`)."""
@@ -123,15 +123,6 @@ class PODSConfig:
         def positive_int(name: str):
             require(is_integer(getattr(self, name)), self, name, "a positive integer")
 
-        def positive_float(name: str):
-            value = getattr(self, name)
-            require(
-                isinstance(value, int | float) and math.isfinite(value) and value > 0,
-                self,
-                name,
-                "a finite number > 0",
-            )
-
         for name in (
             "num_epochs",
             "num_trajectories",
@@ -156,8 +147,9 @@ class PODSConfig:
             "feedback",
             f"false with order={self.order} (feedback is a second-order step)",
         )
-        for name in ("step_size_max", "step_size_min", "max_gradient_norm", "learning_rate"):
-            positive_float(name)
+        require_positive(
+            self, "step_size_max", "step_size_min", "max_gradient_norm", "learning_rate"
+        )
         require(
             self.step_size_min <= self.step_size_max,
             self,
@@ -315,24 +307,14 @@ class HDSConfig(PODSConfig):
             "annealing_iterations",
             "a positive integer",
         )
-        require(
-            number("annealing_temperature") and self.annealing_temperature > 0,
-            self,
-            "annealing_temperature",
-            "a finite number > 0",
-        )
+        require_positive(self, "annealing_temperature")
         require(
             number("annealing_cooling") and 0 < self.annealing_cooling <= 1,
             self,
             "annealing_cooling",
             "in (0, 1]",
         )
-        require(
-            number("annealing_proposal_scale") and self.annealing_proposal_scale > 0,
-            self,
-            "annealing_proposal_scale",
-            "a finite number > 0",
-        )
+        require_positive(self, "annealing_proposal_scale")
 
     def pods_config(self) -> PODSConfig:
         """The PODS part of this config."""

@@ -28,3 +28,14 @@ def is_integer(value: Any, low: int = 1) -> bool:
 def is_number(value: Any) -> bool:
     """A finite int or float (not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_positive(value: Any) -> bool:
+    """A finite int or float > 0 (not a bool)."""
+    return is_number(value) and value > 0
+
+
+def require_positive(config: Any, *names: str) -> None:
+    """`require`s each named field of `config`, in order, to be a finite number > 0."""
+    for name in names:
+        require(is_positive(getattr(config, name)), config, name, "a finite number > 0")

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pods.validation import is_integer, is_number, require
+from pods.validation import is_integer, is_number, require, require_positive
 
 LAB_INTEGRATORS = ("euler", "rk4")
 """`euler`: semi-implicit Euler, the simulator's; `rk4`: classical Runge-Kutta of order 4."""
@@ -126,15 +126,15 @@ class LabEffects:
             "angular_velocity_noise",
         ):
             require(number(name) and getattr(self, name) >= 0, self, name, "a finite number >= 0")
-        for name in (
+        require_positive(
+            self,
             "stribeck_velocity",
             "cogging_period",
             "cart_mass_scale",
             "pole_mass_scale",
             "pole_length_scale",
             "pole_com_scale",
-        ):
-            require(number(name) and getattr(self, name) > 0, self, name, "a finite number > 0")
+        )
         require(number("cable_anchor"), self, "cable_anchor", "a finite number")
         require(self.integrator in LAB_INTEGRATORS, self, "integrator", f"one of {LAB_INTEGRATORS}")
         require(
