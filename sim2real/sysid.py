@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,7 @@ from jaxtyping import Array, Float
 from dynamics_models.data import ObsLayout, TransitionDataset
 from dynamics_models.evaluation import state_at
 from pods.rollout import trajectory_of_actions
-from pods.validation import is_integer, is_number, require
+from pods.validation import is_integer, is_number, require, require_positive
 from sim2real.lab import LAB_INTEGRATORS
 from sim2real.real_system import RealTrajectories
 from sim2real.testbed_spec import PHYSICS_FIELDS, Physics
@@ -141,14 +141,11 @@ class SysIDConfig:
             "lab_integrator",
             f"one of {LAB_INTEGRATORS}",
         )
-        for name in ("learning_rate", "initial_floor", "cart_mass_scale"):
-            value = getattr(self, name)
-            require(
-                isinstance(value, int | float) and math.isfinite(value) and value > 0,
-                self,
-                name,
-                "a finite number > 0",
-            )
+        require_positive(self, "learning_rate", "initial_floor", "cart_mass_scale")
+
+    def minibatch_size(self, n_windows: int) -> int:
+        """Windows per Adam step: `batch_size`, or all `n_windows` where there are no more."""
+        return n_windows if self.batch_size is None else min(self.batch_size, n_windows)
 
 
 def as_dataset(trajectories: RealTrajectories | TransitionDataset) -> TransitionDataset:
@@ -184,6 +181,30 @@ def fit_data(
     return data, sim_env
 
 
+class FitWindows(NamedTuple):
+    """What a fit's loss reads of the real data, one row per shooting window."""
+
+    obs0: Float[Array, "windows obs"]
+    """The recorded observation each window starts the simulator at."""
+    actions: Float[Array, "windows window act"]
+    """The recorded commands it plays."""
+    targets: Float[Array, "windows window state"]
+    """The recorded states it must predict (state coordinates)."""
+    scale: Float[Array, " state"]
+    """The spread of each state coordinate's one-step change, which divides its error."""
+
+
+def fit_windows(data: TransitionDataset, layout: ObsLayout, window: int, dtype) -> FitWindows:
+    """`data`'s windows of `window` transitions as `FitWindows` of `dtype`."""
+    obs0, actions, targets = data.windows(window)
+    return FitWindows(
+        obs0=jnp.asarray(obs0, dtype),
+        actions=jnp.asarray(actions, dtype),
+        targets=layout.to_state(jnp.asarray(targets, dtype)),
+        scale=jnp.asarray(data.normalization(layout).delta_std, dtype),
+    )
+
+
 def identify(
     config: SysIDConfig,
     sim_env: CartPole,
@@ -199,23 +220,12 @@ def identify(
     `sysid/rejected_nonfinite` (1 where a non-finite loss or gradient was dropped, not applied).
     """
     data, sim_env = fit_data(trajectories, sim_env, config)
-    layout = ObsLayout.of_env(sim_env)
-    obs0, actions, targets = data.windows(config.window)
-    dtype = sim_env.dtype
+    windows = fit_windows(data, ObsLayout.of_env(sim_env), config.window, sim_env.dtype)
     start = sim_env.physics
     log_theta = jnp.log(
         jnp.array([max(getattr(start, name), config.initial_floor) for name in config.parameters])
-    ).astype(dtype)
-    log_theta, history = _fit(
-        config,
-        sim_env,
-        log_theta,
-        key,
-        obs0=jnp.asarray(obs0, dtype),
-        actions=jnp.asarray(actions, dtype),
-        targets=layout.to_state(jnp.asarray(targets, dtype)),
-        scale=jnp.asarray(data.normalization(layout).delta_std, dtype),
-    )
+    ).astype(sim_env.dtype)
+    log_theta, history = _fit(config, sim_env, log_theta, key, windows)
     fitted = np.exp(np.asarray(log_theta, np.float64))
     physics = dataclasses.replace(
         start, **{name: float(v) for name, v in zip(config.parameters, fitted, strict=True)}
@@ -229,19 +239,14 @@ def _fit(
     sim_env: CartPole,
     log_theta: Float[Array, " n_params"],
     key: jax.Array,
-    *,
-    obs0: Float[Array, "windows obs"],
-    actions: Float[Array, "windows window act"],
-    targets: Float[Array, "windows window state"],
-    scale: Float[Array, " state"],
+    windows: FitWindows,
 ) -> tuple[Float[Array, " n_params"], dict[str, Array]]:
     """The whole optimization, one scan over Adam steps. The data are arguments, not closure
     constants, so datasets of one shape share a compilation."""
     layout = ObsLayout.of_env(sim_env)
+    obs0, actions, targets, scale = windows
     n_windows = obs0.shape[0]
-    batch = n_windows if config.batch_size is None else min(config.batch_size, n_windows)
-    schedule = optax.cosine_decay_schedule(config.learning_rate, config.num_steps, alpha=0.01)
-    optimizer = optax.adam(schedule)
+    batch = config.minibatch_size(n_windows)
 
     def loss(log_theta, obs0, actions, targets):
         env = sim_env.with_physics_values(
@@ -260,27 +265,27 @@ def _fit(
             return obs0[idx], actions[idx], targets[idx]
         return obs0, actions, targets
 
-    return adam_fit(
-        loss, log_theta, key, optimizer, config.num_steps, minibatch, names=config.parameters
-    )
+    return adam_fit(loss, log_theta, key, config, minibatch, names=config.parameters)
 
 
 def adam_fit(
     loss: Callable[..., jax.Array],
     log_theta: Float[Array, " n_params"],
     key: jax.Array,
-    optimizer: optax.GradientTransformation,
-    num_steps: int,
+    config: SysIDConfig,
     minibatch: Callable[[jax.Array], tuple],
     *,
     names: Sequence[str],
 ) -> tuple[Float[Array, " n_params"], dict[str, Array]]:
-    """`num_steps` Adam steps on `loss(log_theta, *minibatch(step_key))`, one `lax.scan`;
-    returns the fitted log-parameters and the history: per step `sysid/<name>` (each
-    parameter `names` lists, at the step's start), `sysid/loss` and `sysid/rejected_nonfinite`.
+    """`config.num_steps` Adam steps on `loss(log_theta, *minibatch(step_key))`, its learning
+    rate `config.learning_rate` decayed on a cosine to 1%, one `lax.scan`; returns the fitted
+    log-parameters and the history: per step `sysid/<name>` (each parameter `names` lists, at
+    the step's start), `sysid/loss` and `sysid/rejected_nonfinite`.
     A step whose loss or gradient is not finite is dropped, never applied: one NaN would ruin
     theta. (Not optax.apply_if_finite: it nests the optimizer state, a new checkpoint layout,
     and checks only the updates, not the loss.) Both identification families fit with it."""
+    num_steps = config.num_steps
+    optimizer = optax.adam(optax.cosine_decay_schedule(config.learning_rate, num_steps, alpha=0.01))
 
     def adam_step(carry, step_key):
         log_theta, opt_state = carry
@@ -306,8 +311,10 @@ __all__ = [
     "LAB_FIT_PARAMETERS",
     "SYSID_FAMILIES",
     "SysIDConfig",
+    "FitWindows",
     "adam_fit",
     "as_dataset",
     "fit_data",
+    "fit_windows",
     "identify",
 ]

@@ -63,7 +63,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from brax import actuator
 from jaxtyping import Array, Float
 
@@ -72,7 +71,7 @@ from dynamics_models.data import ObsLayout, TransitionDataset
 from sim2real.chain_body import ChainBody
 from sim2real.lab import LabEffects
 from sim2real.real_system import RealTrajectories
-from sim2real.sysid import SysIDConfig, adam_fit, fit_data
+from sim2real.sysid import FitWindows, SysIDConfig, adam_fit, fit_data, fit_windows
 from sim2real.testbed_spec import Physics
 from sim2real.testbeds import CartPole
 
@@ -326,10 +325,9 @@ def identify_lab(
     """
     data, sim_env = fit_data(trajectories, sim_env, config)
     family = _make_family(config, sim_env)
-    layout = ObsLayout.of_env(family.env)
-    obs0, actions, targets = data.windows(config.window)
-    episodes, starts = _window_index(data, config.window)
     dtype = family.env.dtype
+    windows = fit_windows(data, ObsLayout.of_env(family.env), config.window, dtype)
+    episodes, starts = _window_index(data, config.window)
     start = sim_env.physics
     initial = [max(getattr(start, name), config.initial_floor) for name in config.parameters]
     initial += [
@@ -344,13 +342,10 @@ def identify_lab(
         log_theta,
         key,
         delays,
-        obs0=jnp.asarray(obs0, dtype),
-        window_actions=jnp.asarray(actions, dtype),
-        targets=layout.to_state(jnp.asarray(targets, dtype)),
+        windows,
         episode_actions=jnp.asarray(data.actions, dtype),
         episodes=jnp.asarray(episodes),
         starts=jnp.asarray(starts),
-        scale=jnp.asarray(data.normalization(layout).delta_std, dtype),
     )
     delay_loss = np.asarray(delay_loss, np.float64)
     # A latency whose fit diverged has a non-finite loss; it is never the one kept.
@@ -373,23 +368,20 @@ def _fit_delays(
     log_theta: Float[Array, " n_params"],
     key: jax.Array,
     delays: jax.Array,
+    windows: FitWindows,
     *,
-    obs0: Float[Array, "windows obs"],
-    window_actions: Float[Array, "windows window act"],
-    targets: Float[Array, "windows window state"],
     episode_actions: Float[Array, "episodes horizon act"],
     episodes: jax.Array,
     starts: jax.Array,
-    scale: Float[Array, " state"],
 ) -> tuple[Float[Array, "delays n_params"], Float[Array, " delays"], dict[str, Array]]:
     """One fit per latency, vmapped: Adam in log space as `sim2real.sysid._fit`, then each
-    fit's loss over every window. The data are arguments, so datasets of one shape share a
+    fit's loss over every window (`episodes`, `starts`: where each window starts in
+    `episode_actions`). The data are arguments, so datasets of one shape share a
     compilation."""
     layout = ObsLayout.of_env(family.env)
+    obs0, window_actions, targets, scale = windows
     n_windows = obs0.shape[0]
-    batch = n_windows if config.batch_size is None else min(config.batch_size, n_windows)
-    schedule = optax.cosine_decay_schedule(config.learning_rate, config.num_steps, alpha=0.01)
-    optimizer = optax.adam(schedule)
+    batch = config.minibatch_size(n_windows)
     names = (*family.physics_names, *family.lab_names)
 
     def actuator_states(theta, delay):
@@ -426,8 +418,7 @@ def _fit_delays(
             lambda log_theta, idx: loss(log_theta, delay, idx),
             log_theta,
             key,
-            optimizer,
-            config.num_steps,
+            config,
             minibatch,
             names=names,
         )
