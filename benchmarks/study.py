@@ -160,6 +160,23 @@ PARTS = {
             "commands observed, 256 rollouts an epoch",
             variant=", history 2, 256 rollouts",
         ),
+        Part(
+            "lab_b1000_hds_sysid_lab_hist2",
+            (
+                *MAIN,
+                "algo=hds_sysid",
+                "sysid.family=lab",
+                "real.budget=1000",
+                "real.initial_trajectories=5",
+                "real.collect_trajectories=1",
+                "env.action_history=2",
+                "algo.num_trajectories=256",
+                "run.compare=[]",
+            ),
+            "HDS in the simulator the lab family identifies from its first 5 real episodes "
+            "(random commands, all 1,000 transitions), at lab_b1000_sysid_lab_hist2's settings",
+            variant=", history 2, 256 rollouts",
+        ),
         Part("lab_ppo_dr", (*MAIN, "algo=ppo_dr", "run.compare=[]"), "PPO + domain randomization"),
         Part("lab_apg", (*MAIN, "algo=apg", "run.compare=[]"), "Brax's APG"),
         Part("friction_b5000", FRICTION, "the friction real: make run's methods at 5,000"),
@@ -171,6 +188,11 @@ PARTS = {
     )
 }
 """In the order they run by default: `make run`'s setting first, the target budget next."""
+
+HDS_ALGOS = ("hds", "hds_sysid")
+"""HDS, in the nominal simulator or in the identified one: what the targets are about."""
+REAL_DATA_ALGOS = (*HDS_ALGOS, "pods_sysid")
+"""The methods that learn from real transitions: their cells are per budget."""
 
 FIGURES = (
     "solved_real",
@@ -302,7 +324,7 @@ def policy_row(summary: dict, mujoco: dict | None, variant: str = "") -> dict:
     return {
         "method": method_name(summary) + variant,
         "algo": summary["algo"],
-        "budget": summary.get("real/budget") if summary["algo"] in ("hds", "pods_sysid") else None,
+        "budget": summary.get("real/budget") if summary["algo"] in REAL_DATA_ALGOS else None,
         "profile": summary["real/profile"],
         "solved_real": summary["eval/solved_real"],
         "solved_sim": summary["eval/solved_sim"],
@@ -315,12 +337,15 @@ def policy_row(summary: dict, mujoco: dict | None, variant: str = "") -> dict:
 
 
 def method_name(summary: dict) -> str:
-    """`hds beta=0.5`, `pods_sysid (lab)`, or the algorithm's name."""
-    if summary["algo"] == "hds":
-        return f"hds beta={summary['hds/beta']:g}"
-    if summary["algo"] == "pods_sysid":
-        return f"pods_sysid ({summary.get('sysid/family', 'physics')})"
-    return summary["algo"]
+    """`hds beta=0.5`, `hds beta=0.5, sysid (lab)` (HDS in the identified simulator, a
+    variant of HDS), `pods_sysid (lab)`, or the algorithm's name."""
+    algo, family = summary["algo"], summary.get("sysid/family", "physics")
+    if algo in HDS_ALGOS:
+        name = f"hds beta={summary['hds/beta']:g}"
+        return name + (f", sysid ({family})" if algo == "hds_sysid" else "")
+    if algo == "pods_sysid":
+        return f"pods_sysid ({family})"
+    return algo
 
 
 # -- The report ---------------------------------------------------------------------------
@@ -410,7 +435,7 @@ def targets(table: dict[str, dict[int, dict]]) -> dict | None:
                 d = distribution(by_seed).get(figure)
                 if row["budget"] is None or row["budget"] > most or d is None:
                     continue
-                (reached if row["algo"] == "hds" else others)[key] = {
+                (reached if row["algo"] in HDS_ALGOS else others)[key] = {
                     "mean": d["mean"],
                     "n": d["n"],
                 }

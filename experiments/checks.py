@@ -73,7 +73,7 @@ def check_algo(cfg: DictConfig, configs: RunConfigs) -> None:
                 f"{config.num_trajectories} x {source}={horizon}): lower it to <= {pairs}"
             )
         _check_horizons(config, env.episode_length)
-    if name in ("hds", "pods_sysid"):
+    if name in ("hds", "pods_sysid", "hds_sysid"):
         _check_real_data(cfg, configs)
     if name == "lqr" and env.task != "balance":
         raise ConfigError(
@@ -137,9 +137,10 @@ def _check_lab_family(cfg: DictConfig, sysid: SysIDConfig) -> None:
 
 
 def _check_real_data(cfg: DictConfig, configs: RunConfigs) -> None:
-    """HDS's and pods_sysid's use of `real.budget` for episodes of env.episode_length."""
-    loop, horizon = configs.loop, cfg.env.episode_length
-    if cfg.algo.name == "pods_sysid":
+    """HDS's, pods_sysid's and hds_sysid's use of `real.budget` for episodes of
+    env.episode_length, and the identification's settings."""
+    loop, horizon, name = configs.loop, cfg.env.episode_length, cfg.algo.name
+    if name in ("pods_sysid", "hds_sysid"):
         sysid = configs.sysid
         if loop.budget < horizon:
             raise ConfigError(
@@ -153,7 +154,13 @@ def _check_real_data(cfg: DictConfig, configs: RunConfigs) -> None:
             )
         if sysid.family == "lab":
             _check_lab_family(cfg, sysid)
-        return
+        if name == "pods_sysid":
+            return
+        if configs.algo.group_sizes()[1] == 0:
+            raise ConfigError(
+                f"algo=hds_sysid with algo.beta={configs.algo.beta} records no real data to "
+                "identify from: give algo.beta > 0, or use algo=pods_sysid"
+            )
     try:
         loop.rounds(horizon)  # the budget holds the initial data
     except ValueError as err:

@@ -51,7 +51,7 @@ from pods.runtime import configure_jax, filter_known_xla_logs
 from pods.state import init_training_state, policy_learner
 from sim2real.evaluation import seed_streams, solved_criterion
 
-PODS_ALGOS = ("pods", "oracle", "hds", "pods_sysid")
+PODS_ALGOS = ("pods", "oracle", "hds", "pods_sysid", "hds_sysid")
 """Algorithms whose runs checkpoint a PODS policy network (its training state)."""
 BRAX_ALGOS = ("apg", "ppo", "ppo_dr")
 """Brax's agents: their runs checkpoint Brax's params (normalizer, policy[, value])."""

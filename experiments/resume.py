@@ -1,8 +1,8 @@
 """What a run directory holds to continue from, read and checked before anything runs.
 
 A run started on a directory that already holds a checkpoint continues it. Everything the
-continuation will read (the checkpoint; HDS's real data and model; pods_sysid's identified
-physics) is read here first, and every reason to refuse is found here: a file that does not
+continuation will read (the checkpoint; HDS's real data and model; the physics pods_sysid
+and hds_sysid identified) is read here first, and every reason to refuse is found here: a file that does not
 parse, a checkpoint of another config, more epochs done than asked for. A refusal is one
 `ConfigError` line naming the file or the keys, raised before the run writes anything, so
 the directory stays as it was.
@@ -96,7 +96,7 @@ class Resume:
     model_info: dict | None = None
     """HDS: the metadata saved with `model` (its round, its validation loss)."""
     sysid: dict | None = None
-    """pods_sysid: the identified physics and what identifying it cost."""
+    """pods_sysid and hds_sysid: the identified physics and what identifying it cost."""
 
 
 def _refuse(path: Path, error: Exception) -> ConfigError:
@@ -117,9 +117,11 @@ def read_resume(cfg: DictConfig, path: Path, fingerprint: str) -> Resume:
     resume = Resume(checkpoint)
     if checkpoint is not None:
         _check_same_run(cfg, path, fingerprint, checkpoint.info)
-        if cfg.algo.name == "hds":
-            _read_hds_artifacts(run_dir.artifacts, resume)
-    if cfg.algo.name == "pods_sysid":
+        if cfg.algo.name in ("hds", "hds_sysid"):
+            # hds_sysid's model is fitted again: its sidecar describes the simulator by name
+            # and physics, which cannot rebuild the lab family's identified effects.
+            _read_hds_artifacts(run_dir.artifacts, resume, model=cfg.algo.name == "hds")
+    if cfg.algo.name in ("pods_sysid", "hds_sysid"):
         # Identified before the first epoch: a run killed before its first checkpoint
         # reuses it too.
         sysid_path = run_dir.artifacts / "sysid.json"
@@ -161,7 +163,7 @@ def _check_same_run(cfg: DictConfig, path: Path, fingerprint: str, info: dict) -
         )
 
 
-def _read_hds_artifacts(artifacts: Path, resume: Resume) -> None:
+def _read_hds_artifacts(artifacts: Path, resume: Resume, model: bool = True) -> None:
     data_path, model_path = artifacts / "real_transitions.npz", artifacts / "model"
     if not data_path.exists():
         return
@@ -169,7 +171,7 @@ def _read_hds_artifacts(artifacts: Path, resume: Resume) -> None:
         resume.dataset = load_dataset(data_path)
     except ValueError as err:
         raise _refuse(data_path, err) from None
-    if model_path.with_suffix(".json").exists():
+    if model and model_path.with_suffix(".json").exists():
         try:
             resume.model = load_model(model_path, make_sim=make_testbed)
             resume.model_info = read_sidecar(model_path)["metadata"]

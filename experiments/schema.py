@@ -173,6 +173,7 @@ class BraxEnvSchema:
 
 PODSSchema = schema_of(PODSConfig, "PODSSchema", extra={"name": (str, "pods")})
 HDSSchema = schema_of(HDSConfig, "HDSSchema", extra={"name": (str, "hds")})
+HDSSysIDSchema = schema_of(HDSConfig, "HDSSysIDSchema", extra={"name": (str, "hds_sysid")})
 APGSchema = schema_of(APGConfig, "APGSchema", extra={"name": (str, "apg")})
 PPOSchema = schema_of(PPOConfig, "PPOSchema", extra={"name": (str, "ppo")})
 LQRSchema = schema_of(LQRConfig, "LQRSchema", extra={"name": (str, "lqr")})
@@ -240,6 +241,7 @@ def register_schemas(store: ConfigStore | None = None) -> None:
     store.store(group="schema/env", name="brax", node=BraxEnvSchema)
     store.store(group="schema/algo", name="pods", node=PODSSchema)
     store.store(group="schema/algo", name="hds", node=HDSSchema)
+    store.store(group="schema/algo", name="hds_sysid", node=HDSSysIDSchema)
     store.store(group="schema/algo", name="apg", node=APGSchema)
     store.store(group="schema/algo", name="ppo", node=PPOSchema)
     store.store(group="schema/algo", name="lqr", node=LQRSchema)

@@ -10,6 +10,8 @@ checkpoint, if any) and returns the policy and its entries for `summary.json`.
     ppo_dr   Brax's PPO with domain randomization of the physics (`algo.randomization`)
     pods_sysid  PODS in the simulator whose physics `sim2real.sysid` identified from real
              transitions (random commands, the same `real.budget` HDS gets)
+    hds_sysid   HDS whose sim rollouts run in the simulator `sim2real.sysid` identified from
+             the loop's first real episodes (random commands), the model fitted around it
     lqr      LQR about the upright, from `sim`'s linearization (balance tasks)
     energy_lqr  the classical swing-up: energy pumping, then the LQR catch, all from `sim`
 
@@ -39,7 +41,7 @@ from baselines.energy_lqr import EnergyLQRConfig
 from baselines.energy_lqr import train as train_energy_lqr_policy
 from baselines.lqr import LQRConfig
 from baselines.lqr import train as train_lqr_gain
-from dynamics_models import ModelConfig, save_model
+from dynamics_models import ModelConfig, TransitionDataset, save_model
 from experiments.resume import resolved_config
 from experiments.run_context import EpochLoop, RunContext, Trained, checkpoint_info
 from experiments.run_dir import atomic_write_json
@@ -184,9 +186,10 @@ def _hds_run(ctx: RunContext, config: HDSConfig, position: int = 0) -> _HDSRun:
     return _HDSRun(loop, resume, save_data, save)
 
 
-def hds_env_name(sim: Env) -> str:
-    """What HDS trains on: the simulator and the model fitted to the real's transitions."""
-    return f"{sim.name} + model"
+def hds_env_name(sim: Env, identified: bool = False) -> str:
+    """What HDS trains on: the simulator (`identified` by sysid) and the model fitted to the
+    real's transitions."""
+    return f"{sim.name}{', identified' if identified else ''} + model"
 
 
 def _hds_trained(
@@ -206,6 +209,39 @@ def _hds_trained(
 
 
 def train_hds(ctx: RunContext) -> Trained:
+    return _train_hds(ctx)
+
+
+def train_hds_sysid(ctx: RunContext) -> Trained:
+    """HDS in the identified simulator: the loop's round 0 episodes (random commands) fit
+    `sysid.`'s family, saved before the model is fitted around the identified simulator, so
+    a resumed run reads it back instead of fitting again."""
+    identified = {}
+
+    def identify_fn(data: TransitionDataset) -> Env:
+        record = ctx.resume.sysid
+        if record is None:
+            key = jax.random.fold_in(ctx.key, _HDS_SYSID_STREAM)
+            record = _identify(ctx, data, key, data.n_transitions)
+        identified.update(record=record, env=_identified_simulator(ctx, record))
+        return identified["env"]
+
+    trained = _train_hds(ctx, identify_fn)
+    summary = {
+        **trained.summary,
+        "train/env": hds_env_name(identified["env"], identified=True),
+        **_sysid_summary(identified["record"]),
+    }
+    return trained._replace(summary=summary)
+
+
+_HDS_SYSID_STREAM = 3
+"""hds_sysid's identification key: fold_in(run key, 3), beside the loop's streams 0-2."""
+
+
+def _train_hds(
+    ctx: RunContext, identify_fn: Callable[[TransitionDataset], Env] | None = None
+) -> Trained:
     configs = ctx.configs
     config, loop_config, model_config = configs.algo, configs.loop, configs.model
     run = _hds_run(ctx, config)
@@ -222,6 +258,7 @@ def train_hds(ctx: RunContext) -> Trained:
         checkpoint_fn=run.loop.checkpoint,
         data_fn=run.save_data,
         model_fn=run.save_model,
+        identify_fn=identify_fn,
         devices=ctx.devices,
     )
     run.loop.close()
@@ -260,51 +297,68 @@ def train_pods_sysid(ctx: RunContext) -> Trained:
     """Spends the real budget on random-command episodes, identifies the physics from them,
     then trains PODS in the identified simulator. The identified physics is saved before
     PODS starts, so a resumed run neither collects nor fits again."""
-    loop_config, sysid_config = ctx.configs.loop, ctx.configs.sysid
-    horizon = ctx.real.episode_length
-    episodes = loop_config.budget // horizon
-    artifacts = ctx.run_dir.artifacts
-    artifacts.mkdir(parents=True, exist_ok=True)
-    identified_path = artifacts / "sysid.json"
+    loop_config = ctx.configs.loop
     record = ctx.resume.sysid
     if record is None:
         key_data, key_fit = jax.random.split(jax.random.fold_in(ctx.key, 1))
         real = ctx.real.system(loop_config.budget)
+        episodes = loop_config.budget // ctx.real.episode_length
         data = real.play_random(key_data, episodes, correlation=loop_config.random_correlation)
-        start = time.perf_counter()
-        lab = None
-        if sysid_config.family == "lab":
-            physics, lab, history = identify_lab(sysid_config, ctx.sim, data, key_fit)
-        else:
-            physics, history = identify(sysid_config, ctx.sim, data, key_fit)
-        record = {
-            "family": sysid_config.family,
-            "physics": dataclasses.asdict(physics),
-            "real_transitions": real.transitions,
-            "final_loss": float(history["sysid/loss"][-1]),
-            "wall_clock_s": time.perf_counter() - start,
-        }
-        if lab is not None:
-            record["lab"] = {name: getattr(lab, name) for name in LAB_RECORD_FIELDS}
-            record["delay_loss"] = [float(x) for x in history["sysid/delay_loss"]]
-        atomic_write_json(identified_path, record)
-    # A record from before the lab family has no `family`: the physics family made it.
-    lab = record.get("lab")
-    lab = None if lab is None else LabEffects.off(**lab)
-    identified = identified_simulator(ctx.sim, Physics(**record["physics"]), lab)
+        record = _identify(ctx, data, key_fit, real.transitions)
+    identified = _identified_simulator(ctx, record)
     # Named as what it is: the lab family's simulator is a `lab`-variant testbed, not the lab.
     trained = _pods(ctx, identified, f"{identified.name}, identified")
     summary = {
         **trained.summary,
         "real/transitions": record["real_transitions"],
         "real/budget": loop_config.budget,
+        **_sysid_summary(record),
+    }
+    return trained._replace(summary=summary)
+
+
+def _identify(ctx: RunContext, data: Any, key: jax.Array, real_transitions: int) -> dict:
+    """Identifies `sysid.family` from the real `data`; writes what it found, and what that
+    cost, to `artifacts/sysid.json` (the record a resumed run reads back) and returns it."""
+    sysid_config = ctx.configs.sysid
+    start = time.perf_counter()
+    lab = None
+    if sysid_config.family == "lab":
+        physics, lab, history = identify_lab(sysid_config, ctx.sim, data, key)
+    else:
+        physics, history = identify(sysid_config, ctx.sim, data, key)
+    record = {
+        "family": sysid_config.family,
+        "physics": dataclasses.asdict(physics),
+        "real_transitions": int(real_transitions),
+        "final_loss": float(history["sysid/loss"][-1]),
+        "wall_clock_s": time.perf_counter() - start,
+    }
+    if lab is not None:
+        record["lab"] = {name: getattr(lab, name) for name in LAB_RECORD_FIELDS}
+        record["delay_loss"] = [float(x) for x in history["sysid/delay_loss"]]
+    artifacts = ctx.run_dir.artifacts
+    artifacts.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(artifacts / "sysid.json", record)
+    return record
+
+
+def _identified_simulator(ctx: RunContext, record: dict) -> Env:
+    # A record from before the lab family has no `family`: the physics family made it.
+    lab = record.get("lab")
+    lab = None if lab is None else LabEffects.off(**lab)
+    return identified_simulator(ctx.sim, Physics(**record["physics"]), lab)
+
+
+def _sysid_summary(record: dict) -> dict[str, Any]:
+    """The identification's entries of `summary.json`."""
+    return {
         "sysid/family": record.get("family", "physics"),
         "sysid/final_loss": record.get("final_loss"),
         "sysid/wall_clock_s": record["wall_clock_s"],
         **{f"sysid/{name}": value for name, value in record["physics"].items()},
         **{f"sysid/{name}": value for name, value in (record.get("lab") or {}).items()},
     }
-    return trained._replace(summary=summary)
 
 
 def train_lqr(ctx: RunContext) -> Trained:
@@ -403,6 +457,11 @@ ALGORITHMS: dict[str, Algorithm] = {
     "pods_sysid": Algorithm(
         train_pods_sysid,
         PODSConfig,
+        needs_testbed="identifies the testbed's physics from real transitions",
+    ),
+    "hds_sysid": Algorithm(
+        train_hds_sysid,
+        HDSConfig,
         needs_testbed="identifies the testbed's physics from real transitions",
     ),
     "lqr": Algorithm(train_lqr, LQRConfig, needs_testbed="linearizes the cart-pole at the upright"),

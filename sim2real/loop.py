@@ -2,7 +2,8 @@
 data collected under a budget and the model refitted as the data grows.
 
     round 0:  record `initial_trajectories` real episodes (random commands, or the warm-start
-              policy plus noise); fit the model on them
+              policy plus noise); with an `identify_fn`, identify the simulator's physics
+              from them; fit the model on them
     epochs:   HDS epochs (`pods.hds`): a fraction beta of the rollouts in the learned model,
               the rest in `sim`
     round r:  before epoch r * collect_every, record `collect_trajectories` real episodes of the
@@ -124,8 +125,10 @@ class _RealDataAndModel:
         dataset: TransitionDataset | None,
         data_fn: Callable[[TransitionDataset], None] | None,
         model_fn: Callable[[Any, dict], None] | None,
+        identify_fn: Callable[[TransitionDataset], Any] | None = None,
     ):
         self.loop, self.model_config, self.sim_env, self.real = loop, model_config, sim_env, real
+        self.identify_fn = identify_fn
         self.key_data = jax.random.fold_in(key, _DATA_STREAM)
         self.key_fit = jax.random.fold_in(key, _FIT_STREAM)
         self.make_policy, self.dataset = make_policy, dataset
@@ -176,7 +179,8 @@ class _RealDataAndModel:
         self.use_model(fitted, validation_loss)
 
     def start(self, resume: LoopCheckpoint | None, initial_params: PolicyParams | None) -> None:
-        """Round 0's data and model, or those of the run being resumed."""
+        """Round 0's data, the simulator identified from it (`identify_fn`, if given) and
+        the model, or those of the run being resumed."""
         if self.dataset is None:
             self.record(self.collect(0, initial_params))
         else:
@@ -188,6 +192,10 @@ class _RealDataAndModel:
                     f"the RealSystem has counted {real.transitions}"
                 )
             real.transitions = recorded
+        if self.identify_fn is not None:
+            # From round 0's episodes alone, so a resumed run identifies what it first did.
+            initial = self.dataset.select(slice(0, self.loop.initial_trajectories))
+            self.sim_env = self.identify_fn(initial)
         done = self.rounds_done()
         info = (resume.model_info or {}) if resume is not None else {}
         if resume is not None and resume.model is not None and info.get("round") == done:
@@ -227,11 +235,16 @@ def run_loop(
     checkpoint_fn: Callable[[TrainingState, Metrics], None] | None = None,
     data_fn: Callable[[TransitionDataset], None] | None = None,
     model_fn: Callable[[Any, dict], None] | None = None,
+    identify_fn: Callable[[TransitionDataset], Any] | None = None,
     devices: Sequence[jax.Device] | None = None,
 ) -> LoopResult:
     """Trains a policy with HDS and real data collected under `real`'s budget (see the module
     docstring). `initial_state` and `resume` (saved through `checkpoint_fn`, `data_fn` and
     `model_fn`) continue an interrupted run; `initial_params` warm-starts a new one.
+
+    With `identify_fn`, `identify_fn(round 0's episodes)` returns the simulator HDS trains
+    in, and the model corrects, instead of `sim_env` (its layout; system identification,
+    `sim2real.sysid`). A resumed run calls it again: it should persist what it found.
 
     `data_fn(dataset)` is called after every collection and `model_fn(model, info)` after
     every fit (`info`: its round and validation loss), so a caller can persist them
@@ -246,6 +259,11 @@ def run_loop(
         loop.rounds(horizon)  # raises if the budget cannot hold the initial data
     if loop.initial_data == "policy" and initial_params is None and resume is None and k_model:
         raise ValueError("LoopConfig.initial_data='policy' needs initial_params to collect with")
+    if identify_fn is not None and not k_model:
+        raise ValueError(
+            "identify_fn identifies from the loop's real data, which HDS with no model "
+            "rollouts (beta = 0) does not record: train PODS in the identified simulator"
+        )
 
     with jax.enable_x64(True) if config.float64 else nullcontext():
         real_data = _RealDataAndModel(
@@ -258,10 +276,13 @@ def run_loop(
             dataset=resume.dataset if resume is not None else None,
             data_fn=data_fn,
             model_fn=model_fn,
+            identify_fn=identify_fn,
         )
-        # 1. Round 0's real data and the model fitted on it (or the resumed run's).
+        # 1. Round 0's real data, the simulator identified from it, and the model fitted on
+        # them (or the resumed run's).
         if k_model:
             real_data.start(resume, initial_params)
+        sim_env = real_data.sim_env
 
         hds = make_hds(config, sim_env, real_data.model_env, devices=devices)
         real_data.make_policy = hds.make_policy

@@ -73,6 +73,8 @@ def assert_refused(result, message: str) -> str:
         (["algo=pods_sysid", "sysid.window=20"], "sysid.window=20"),
         (["algo=pods_sysid", "sysid.family=grey_box"], "'grey_box'"),
         (["algo=pods_sysid", "sysid.family=lab", "sysid.max_delay_steps=-1"], "max_delay_steps"),
+        (["algo=hds_sysid", "algo.beta=0"], "algo.beta=0"),
+        (["algo=hds_sysid", "sysid.window=20"], "sysid.window=20"),
         # The compared runs are checked too, before the first one trains.
         (["env=cartpole_swingup", "run.compare=[lqr]"], "run.compare=lqr"),
         (["env=brax", "env.name=no_such_env"], "'no_such_env'"),

@@ -53,7 +53,7 @@ PODS_TINY = [
     "algo.exploration_decay=1.0",
     "algo.distill_passes=4",
 ]
-PODS_FAMILY = ("pods", "oracle", "hds", "pods_sysid")
+PODS_FAMILY = ("pods", "oracle", "hds", "pods_sysid", "hds_sysid")
 TIMING_KEYS = ("train/wall_clock_s",)
 
 
@@ -118,7 +118,7 @@ def test_every_experiment_preset_composes(experiment):
         build_library_configs(compose_config([f"experiment={experiment}", f"algo={name}"]))
 
 
-@pytest.mark.parametrize("algo", ["pods", "oracle", "pods_sysid", "hds"])
+@pytest.mark.parametrize("algo", ["pods", "oracle", "pods_sysid", "hds", "hds_sysid"])
 def test_the_double_cart_pole_starts_every_pods_algorithm_from_its_own_solving_settings(algo):
     for task in ("swingup", "balance"):
         cfg = compose_config([f"env=double_cartpole_{task}", f"algo={algo}"])

@@ -110,3 +110,34 @@ def test_hds_collects_from_a_users_own_gymnasium_env_named_by_its_id(tmp_path):
     assert summary["real/system"] == "UserCartPole-v0" and summary["real/transitions"] == 48
     assert summary["train/env"] == "cartpole_balance_sim + model"
     assert 0.0 <= summary["eval/solved_real"] <= 1.0
+
+
+@pytest.mark.slow  # collection, the lab family's fit, the model and HDS: four compiles
+def test_hds_sysid_trains_in_the_identified_simulator_and_resumes_on_its_record(tmp_path):
+    run_dir = tmp_path / "hds_sysid"
+    lab_family = [
+        *(o for o in HDS_TINY if o != "algo=hds"),
+        "algo=hds_sysid",
+        "sysid.family=lab",
+        "sysid.max_delay_steps=2",
+        "sysid.num_steps=5",
+        "run.animation=false",
+    ]
+    run_train(run_dir, *lab_family)
+    path = run_dir / "artifacts" / "sysid.json"
+    identified = json.loads(path.read_text())
+    # Identified from round 0's 4 episodes of 8 steps; the loop then collected 2 more.
+    assert identified["family"] == "lab" and identified["real_transitions"] == 32
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["real/transitions"] == 48 and summary["sysid/family"] == "lab"
+    assert summary["train/env"].endswith(", identified + model")
+    assert summary["sysid/latency_steps"] == identified["lab"]["latency_steps"]
+    # Values no fit would find: a continued run that shows them trained on the record.
+    identified["lab"]["motor_time_constant"] = 0.0123
+    path.write_text(json.dumps(identified))
+    resumed = run_train(run_dir, *lab_family, "algo.num_epochs=5")
+    assert "resuming" in resumed.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # Epoch 4 ran after a second collection of 2 episodes: the whole budget of 64.
+    assert summary["train/epochs"] == 5 and summary["real/transitions"] == 64
+    assert summary["sysid/motor_time_constant"] == 0.0123

@@ -190,6 +190,54 @@ def test_beta_zero_takes_no_real_transition():
     assert result.metrics[0]["real/transitions"] == 0
 
 
+def test_the_loop_trains_in_the_simulator_identified_from_round_0s_episodes():
+    """With `identify_fn`, HDS's sim rollouts run in the simulator it returns, from round 0's
+    episodes alone; the nominal sim is never stepped."""
+    nominal, identified, given = [], [], []
+
+    def identify_fn(data):
+        given.append(data)
+        return RecordResets(balance_testbed("real"), identified)
+
+    sim = RecordResets(balance_testbed("sim"), nominal)
+    real = RealSystem(balance_testbed("real"), budget=LOOP.budget)
+    config = dataclasses.replace(CONFIG, num_epochs=3)
+    datasets = []
+    result = run_loop(
+        config,
+        LOOP,
+        MODEL,
+        sim,
+        real,
+        seed_streams(0)[0],
+        data_fn=datasets.append,
+        identify_fn=identify_fn,
+    )
+    (data,) = given
+    assert data.n_trajectories == LOOP.initial_trajectories
+    np.testing.assert_array_equal(data.observations, datasets[0].observations)
+    # The collection before epoch 2 added episodes, which the identification never saw.
+    assert result.dataset.n_trajectories > data.n_trajectories
+    # The sim group and the model env (which resets through its simulator) both use it.
+    assert identified and not nominal
+
+
+def test_identification_needs_the_real_data_of_model_rollouts():
+    real = RealSystem(balance_testbed("real"), budget=LOOP.budget)
+    config = dataclasses.replace(CONFIG, beta=0.0)
+    with pytest.raises(ValueError, match=r"identify_fn .* \(beta = 0\)"):
+        run_loop(
+            config,
+            LOOP,
+            MODEL,
+            balance_testbed("sim"),
+            real,
+            jax.random.PRNGKey(0),
+            identify_fn=lambda data: balance_testbed("real"),
+        )
+    assert real.transitions == 0
+
+
 def test_the_loop_runs_against_a_gymnasium_real_system_whose_episodes_end_early():
     """gymnasium's MuJoCo InvertedPendulum-v5 as the real system, mapped to the cart-pole's
     layout: its episodes terminate once the pole leans past 0.2 rad, so the real data holds
