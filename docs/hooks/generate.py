@@ -132,7 +132,18 @@ def composed(overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg, resolve=False)
 
 
-ALGO_OPTIONS = ("pods", "oracle", "pods_sysid", "hds", "energy_lqr", "lqr", "apg", "ppo", "ppo_dr")
+ALGO_OPTIONS = (
+    "pods",
+    "oracle",
+    "pods_sysid",
+    "hds",
+    "hds_sysid",
+    "energy_lqr",
+    "lqr",
+    "apg",
+    "ppo",
+    "ppo_dr",
+)
 MODEL_OPTIONS = ("residual", "mlp", "ensemble")
 
 
@@ -157,6 +168,7 @@ def configuration_reference() -> str:
         "oracle": PODSConfig,
         "pods_sysid": PODSConfig,
         "hds": HDSConfig,
+        "hds_sysid": HDSConfig,
         "energy_lqr": EnergyLQRConfig,
         "lqr": LQRConfig,
         "apg": APGConfig,
@@ -228,7 +240,7 @@ def configuration_reference() -> str:
             "## `algo`: the algorithm",
             "",
             "One table per option of the `algo/` group. The PODS family (`pods`, `oracle`,",
-            "`pods_sysid`, `hds`) starts from the shared solving settings",
+            "`pods_sysid`, `hds`, `hds_sysid`) starts from the shared solving settings",
             "(`experiments/conf/solving/pods.yaml`); on the double cart-pole the `env_solving/`",
             "group adds the double's own on top (`'~env_solving'` drops them).",
             "",
@@ -261,7 +273,7 @@ def configuration_reference() -> str:
             "`sim2real.loop_config.LoopConfig`, and the keys that choose the real system.",
             "",
             *table("real", [LoopConfig], base["real"]),
-            "## `sysid`: system identification (`algo=pods_sysid`)",
+            "## `sysid`: system identification (`algo=pods_sysid`, `algo=hds_sysid`)",
             "",
             "`sim2real.sysid.SysIDConfig`.",
             "",
