@@ -86,14 +86,12 @@ def run_loop(
     docstring). `initial_state` and `resume` (saved through `checkpoint_fn`, `data_fn` and
     `model_fn`) continue an interrupted run; `initial_params` warm-starts a new one.
 
-    With `identify_fn`, `identify_fn(round 0's episodes)` returns the simulator HDS trains
-    in, and the model corrects, instead of `sim_env` (its layout; system identification,
-    `sim2real.sysid`). A resumed run calls it again: it should persist what it found.
-
-    `data_fn(dataset)` is called after every collection and `model_fn(model, info)` after
-    every fit (`info`: its round and validation loss), so a caller can persist them
-    before the epochs that depend on them run. `train/wall_clock_s` includes collection and
-    model fitting. HDS's rollouts are sharded over `devices` (default: every local one).
+    `identify_fn(round 0's episodes)`, if given, returns the simulator HDS trains in and the
+    model corrects instead of `sim_env` (system identification; a resumed run calls it
+    again: it should persist what it found). `data_fn(dataset)` after every collection and
+    `model_fn(model, info)` after every fit (`info`: its round and validation loss) let a
+    caller persist them before the epochs that depend on them run. `train/wall_clock_s`
+    includes collection and fitting; rollouts shard over `devices` (default: all local).
     """
     clock_start = time.perf_counter()
     horizon = real.episode_length
@@ -101,13 +99,10 @@ def run_loop(
     _, k_model = config.group_sizes()
     if k_model:
         loop.rounds(horizon)  # raises if the budget cannot hold the initial data
-    if loop.initial_data == "policy" and initial_params is None and resume is None and k_model:
-        raise ValueError("LoopConfig.initial_data='policy' needs initial_params to collect with")
-    if identify_fn is not None and not k_model:
-        raise ValueError(
-            "identify_fn identifies from the loop's real data, which HDS with no model "
-            "rollouts (beta = 0) does not record: train PODS in the identified simulator"
-        )
+        if loop.initial_data == "policy" and initial_params is None and resume is None:
+            raise ValueError("LoopConfig.initial_data='policy' needs initial_params to collect")
+    elif identify_fn is not None:
+        raise ValueError("identify_fn needs the real data that only beta > 0 records")
 
     with jax.enable_x64(True) if config.float64 else nullcontext():
         real_data = RealDataAndModel(

@@ -225,7 +225,7 @@ def test_the_loop_trains_in_the_simulator_identified_from_round_0s_episodes():
 def test_identification_needs_the_real_data_of_model_rollouts():
     real = RealSystem(balance_testbed("real"), budget=LOOP.budget)
     config = dataclasses.replace(CONFIG, beta=0.0)
-    with pytest.raises(ValueError, match=r"identify_fn .* \(beta = 0\)"):
+    with pytest.raises(ValueError, match=r"identify_fn needs the real data that only beta > 0"):
         run_loop(
             config,
             LOOP,
