@@ -170,9 +170,8 @@ def _hds_run(ctx: RunContext, config: HDSConfig, position: int = 0) -> _HDSRun:
     # The policy's structure does not depend on the model: the sim env alone builds it.
     network = make_hds(dataclasses.replace(config, beta=0.0), ctx.sim).network
     template = init_training_state(config, ctx.sim, network, ctx.key)
-    loop = EpochLoop(
-        ctx, template, config.num_epochs, position=position, env_name=hds_env_name(ctx.sim)
-    )
+    env_name = hds_env_name(ctx.sim, identified=ctx.cfg.algo.name == "hds_sysid")
+    loop = EpochLoop(ctx, template, config.num_epochs, position=position, env_name=env_name)
     resume = None
     if loop.initial_state is not None and ctx.resume.dataset is not None:
         resume = LoopCheckpoint(ctx.resume.dataset, ctx.resume.model, ctx.resume.model_info)
