@@ -187,14 +187,23 @@ def init_training_state(
 
 
 def start_training(
-    config: PODSConfig, env: Env, network: PolicyNetwork, key: jax.Array, **initial
+    config: PODSConfig,
+    env: Env,
+    network: PolicyNetwork,
+    key: jax.Array,
+    *,
+    initial_state: TrainingState | None = None,
+    initial_params: PolicyParams | None = None,
 ) -> tuple[TrainingState, jax.Array]:
     """A run's start from its key: the state its first epoch gets (`init_training_state`
-    from the key's first half, with `initial`: its `initial_state` or `initial_params`) and
-    the key its epochs fold their index into (the second half), so that a resumed run draws
-    what a run never interrupted draws."""
+    from the key's first half, or `initial_state`, or fresh around `initial_params`) and the
+    key its epochs fold their index into (the second half), so that a resumed run draws what
+    a run never interrupted draws."""
     key_init, key_epochs = jax.random.split(key)
-    return init_training_state(config, env, network, key_init, **initial), key_epochs
+    state = init_training_state(
+        config, env, network, key_init, initial_state=initial_state, initial_params=initial_params
+    )
+    return state, key_epochs
 
 
 __all__ = [

@@ -49,7 +49,7 @@ def _as_dataset(trajectories: RealTrajectories, real: RealSystem) -> TransitionD
     )
 
 
-def rounds_in(loop: LoopConfig, data: TransitionDataset) -> int:
+def _rounds_in(loop: LoopConfig, data: TransitionDataset) -> int:
     """Collections after the initial data that `data` holds; raises if no round produces it."""
     extra = data.n_trajectories - loop.initial_trajectories
     if extra < 0 or extra % loop.collect_trajectories:
@@ -90,7 +90,7 @@ class RealDataAndModel:
         self.model, self.validation_loss, self.model_env = None, math.nan, None
 
     def rounds_done(self) -> int:
-        return rounds_in(self.loop, self.dataset)
+        return _rounds_in(self.loop, self.dataset)
 
     def collect(self, round_: int, params: PolicyParams | None) -> TransitionDataset:
         """Round `round_`'s real episodes: random commands or `params`' policy plus noise."""
@@ -174,4 +174,4 @@ class RealDataAndModel:
         }
 
 
-__all__ = ["EPOCH_STREAM", "LoopCheckpoint", "RealDataAndModel", "rounds_in"]
+__all__ = ["EPOCH_STREAM", "LoopCheckpoint", "RealDataAndModel"]
