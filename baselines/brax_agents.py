@@ -336,11 +336,38 @@ def train_apg(
     `make_policy(params)` is the deterministic policy (the mode of Brax's tanh-Gaussian);
     `params` are Brax's (normalizer, policy network). `progress_fn(index, metrics)` is called
     after every evaluation, with `train/sim_steps` and `train/wall_clock_s` (from this call,
-    compiling included) cumulative.
+    compiling included) cumulative. A run whose parameters went non-finite raises
+    `FloatingPointError`, naming the evaluation where its return first did.
     """
     episode_length = _check_env(env, config)
     history = _MetricsHistory(lambda epoch: epoch * config.sim_steps_per_eval, progress_fn)
-    make_brax_policy, params, _ = apg.train(
+    try:
+        make_brax_policy, params, _ = _run_apg(config, env, key, episode_length, history)
+    except AssertionError as error:
+        # Brax ends with a check that its (replicated) training state equals itself across
+        # devices, which NaN never does: a diverged run fails there, with no message.
+        diverged = diverged_at(history.metrics)
+        if diverged is None:
+            raise
+        raise FloatingPointError(
+            f"Brax's APG diverged: its evaluation return is {diverged['train/return']} at "
+            f"evaluation {diverged['train/epoch']} of {config.num_evals} (after "
+            f"{diverged['train/sim_steps']:.0f} env steps); try a smaller algo.learning_rate "
+            f"(now {config.learning_rate:g}) or algo.max_gradient_norm (now "
+            f"{config.max_gradient_norm:g})"
+        ) from error
+    return _deterministic(make_brax_policy), params, history.metrics
+
+
+def diverged_at(metrics: list[Metrics]) -> Metrics | None:
+    """The first evaluation whose return is not finite, or None."""
+    return next((m for m in metrics if not math.isfinite(m["train/return"])), None)
+
+
+def _run_apg(
+    config: APGConfig, env: Env, key: jax.Array, episode_length: int, history: _MetricsHistory
+):
+    return apg.train(
         env,
         episode_length=episode_length,
         policy_updates=config.policy_updates,
@@ -361,7 +388,6 @@ def train_apg(
         seed=_seed(key),
         progress_fn=history,
     )
-    return _deterministic(make_brax_policy), params, history.metrics
 
 
 def train_ppo(

@@ -23,8 +23,10 @@ compile of training), the final return and solved share, `eval_s` (the clock's p
 the load average before and after it and, for PPO and APG, `brax_evaluation_s` (the time in
 Brax's own evaluations: with brax 0.14.2 on jax 0.9 Brax's evaluator recompiles at every
 evaluation of APG, which APG's times therefore include). A time is null where the run never
-got there. Per method, the medians over seeds count a run that never got there as infinitely
-late, so a median is null when half the seeds or more never did;
+got there. A run whose parameters went non-finite (Brax's APG can) keeps its curve, its
+returns null from there on, and its `diverged` message. Per method, the medians over seeds count a run that never got there as infinitely
+late, so a median is null when half the seeds or more never did (a diverged run's final
+return counts as the worst);
 `pods_over_ppo_time_to_90pct` is the ratio of the two medians (0 where PPO's is never and
 PODS's is not).
 
@@ -245,10 +247,13 @@ def run_one(spec: dict) -> None:
     train_key, _ = seed_streams(spec["seed"])  # as experiments.train draws it
     _, held_out_key = seed_streams(HELD_OUT_SEED)
     trainer = train_pods if spec["method"] == "pods" else train_brax
-    facts = trainer(spec, env, train_key, held_out_key, curve)
+    try:
+        facts = trainer(spec, env, train_key, held_out_key, curve)
+    except FloatingPointError as error:  # a run that diverged is a result: its curve so far
+        facts = {"diverged": str(error)}
     result = {
         **facts,
-        "curve": curve.points,
+        "curve": [{**p, "return": finite_or_none(p["return"])} for p in curve.points],
         "eval_s": round(curve.evaluation_s, 3),
         "jax_backend": jax.default_backend(),
     }
@@ -330,7 +335,7 @@ def timings(run: dict, threshold: float | None, solved_share: float) -> dict:
     curve = run["curve"]
     at_90pct = None
     if threshold is not None:
-        at_90pct = first_point(curve, lambda p: p["return"] >= threshold)
+        at_90pct = first_point(curve, lambda p: (p["return"] or -math.inf) >= threshold)
     at_solved = first_point(curve, lambda p: p["solved"] >= solved_share)
     first_update = first_point(curve, lambda p: p["sim_steps"] > 0)
 
@@ -344,10 +349,26 @@ def timings(run: dict, threshold: float | None, solved_share: float) -> dict:
         "time_to_solved_trainer_s": clock(at_solved, "trainer_s"),
         "first_eval_s": curve[0]["wall_s"],
         "first_update_s": clock(first_update, "wall_s"),
-        "best_return": max(p["return"] for p in curve),
+        "best_return": max(finite_returns(curve), default=None),
         "final_return": curve[-1]["return"],
         "final_solved": curve[-1]["solved"],
     }
+
+
+def finite_or_none(value: float) -> float | None:
+    """A return, None where it is not finite (a diverged run's NaN): JSON has no NaN."""
+    return value if math.isfinite(value) else None
+
+
+def finite_returns(curve: list[dict]) -> list[float]:
+    """The curve's returns less a diverged run's (None)."""
+    return [p["return"] for p in curve if p["return"] is not None]
+
+
+def median_return(values: list[float | None]) -> float | None:
+    """The median return, a diverged run's None counting as the worst; None if that is it."""
+    median = statistics.median(-math.inf if v is None else v for v in values)
+    return round(median, 3) if math.isfinite(median) else None
 
 
 def median_time(values: list[float | None]) -> float | None:
@@ -384,7 +405,7 @@ def summarize(runs: list[dict]) -> dict:
                     "process_s",
                 )
             },
-            "median_final_return": round(statistics.median(values("final_return")), 3),
+            "median_final_return": median_return(values("final_return")),
             "median_final_solved": round(statistics.median(values("final_solved")), 4),
         }
     return summary
@@ -407,13 +428,14 @@ def ratio(summary: dict, key: str) -> float | None:
 def report(args: argparse.Namespace, configs: dict, measured: list[dict]) -> dict:
     best = max(
         (
-            (point["return"], run["method"], run["seed"])
+            (value, run["method"], run["seed"])
             for run in measured
-            for point in run["curve"]
+            for value in finite_returns(run["curve"])
         ),
         key=lambda entry: entry[0],
+        default=(None, None, None),  # every run diverged before its first evaluation
     )
-    threshold = 0.9 * best[0] if best[0] > 0 else None
+    threshold = 0.9 * best[0] if best[0] is not None and best[0] > 0 else None
     runs = [{**run, **timings(run, threshold, args.solved_share)} for run in measured]
     summary = summarize(runs)
     return {

@@ -297,3 +297,44 @@ def test_a_folder_that_is_no_run_is_refused_in_one_line(tmp_path, capsys, monkey
     assert exit_info.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert str(tmp_path) in last and "not a run directory" in last
+
+
+def test_time_to_solve_reports_a_diverged_run_as_the_worst_and_keeps_the_rest():
+    """A run whose returns went NaN (Brax's APG diverging; kept as null) stays in the report:
+    its best is its finite returns' best, its final return null and the worst in the median,
+    and the 90% threshold is the other runs' best."""
+    import argparse
+
+    time_to_solve = _load("time_to_solve")
+
+    def run(seed, returns, **facts):
+        curve = [
+            {"wall_s": 10.0 * i, "trainer_s": 10.0 * i, "sim_steps": i, "return": r, "solved": 0.0}
+            for i, r in enumerate(returns)
+        ]
+        return {"method": "apg", "seed": seed, "curve": curve, "process_s": 1.0, **facts}
+
+    measured = [
+        run(0, [1.0, 5.0, 10.0]),
+        run(1, [2.0, None, None], diverged="Brax's APG diverged: ..."),  # NaN, as run_one keeps it
+        run(2, [1.0, 3.0, 4.0]),
+    ]
+    args = argparse.Namespace(
+        env="double_cartpole_swingup_sim",
+        methods=["apg"],
+        seeds=[0, 1, 2],
+        eval_states=4,
+        eval_every=1,
+        solved_share=0.9,
+        set=[],
+    )
+    report = time_to_solve.report(args, {}, measured)
+    json.dumps(report, allow_nan=False)  # strict JSON: no NaN or Infinity anywhere
+    assert report["best_return"] == {"return": 10.0, "method": "apg", "seed": 0}
+    diverged = report["runs"][1]
+    assert (diverged["best_return"], diverged["final_return"]) == (2.0, None)
+    assert diverged["diverged"].startswith("Brax's APG diverged")
+    summary = report["summary"]["apg"]
+    assert summary["final_return"] == [10.0, None, 4.0]
+    assert summary["median_final_return"] == 4.0  # the diverged run is the worst of three
+    assert summary["time_to_90pct_s"] == [20.0, None, None]

@@ -320,3 +320,34 @@ def test_a_trained_policy_restores_into_its_template(point_mass_run, point_mass)
     restored = flax.serialization.from_state_dict(template, stored)
     for obs in (jnp.array([0.3, -0.2]), jnp.array([-1.0, 2.0])):
         np.testing.assert_array_equal(make_loaded(restored)(obs), make_policy(params)(obs))
+
+
+def _apg_ending_in(returns: list[float]):
+    """A stand-in for Brax's APG that reports these evaluation returns, then fails its final
+    replicated-state check as Brax does (an AssertionError with no message)."""
+
+    def run(config, env, key, episode_length, history):
+        for step, value in enumerate(returns):
+            history(step, {"eval/episode_reward": value, "eval/episode_reward_std": 0.0})
+        raise AssertionError(None)
+
+    return run
+
+
+def test_apg_that_diverges_says_so_at_the_evaluation_it_did(monkeypatch, point_mass):
+    from baselines import brax_agents
+
+    config = TINY["apg"][1]
+    monkeypatch.setattr(brax_agents, "_run_apg", _apg_ending_in([-3.0, -2.0, float("nan")]))
+    with pytest.raises(FloatingPointError, match=r"diverged.* nan at evaluation 2 of 3"):
+        train_apg(config, point_mass, jax.random.PRNGKey(0))
+
+
+def test_apg_failing_its_check_with_finite_returns_is_not_called_a_divergence(
+    monkeypatch, point_mass
+):
+    from baselines import brax_agents
+
+    monkeypatch.setattr(brax_agents, "_run_apg", _apg_ending_in([-3.0, -2.0, -1.0]))
+    with pytest.raises(AssertionError):
+        train_apg(TINY["apg"][1], point_mass, jax.random.PRNGKey(0))
