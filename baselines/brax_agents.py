@@ -346,7 +346,7 @@ def train_apg(
     except AssertionError as error:
         # Brax ends with a check that its (replicated) training state equals itself across
         # devices, which NaN never does: a diverged run fails there, with no message.
-        diverged = diverged_at(history.metrics)
+        diverged = _diverged_at(history.metrics)
         if diverged is None:
             raise
         raise FloatingPointError(
@@ -359,7 +359,7 @@ def train_apg(
     return _deterministic(make_brax_policy), params, history.metrics
 
 
-def diverged_at(metrics: list[Metrics]) -> Metrics | None:
+def _diverged_at(metrics: list[Metrics]) -> Metrics | None:
     """The first evaluation whose return is not finite, or None."""
     return next((m for m in metrics if not math.isfinite(m["train/return"])), None)
 

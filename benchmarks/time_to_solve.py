@@ -24,9 +24,9 @@ the load average before and after it and, for PPO and APG, `brax_evaluation_s` (
 Brax's own evaluations: with brax 0.14.2 on jax 0.9 Brax's evaluator recompiles at every
 evaluation of APG, which APG's times therefore include). A time is null where the run never
 got there. A run whose parameters went non-finite (Brax's APG can) keeps its curve, its
-returns null from there on, and its `diverged` message. Per method, the medians over seeds count a run that never got there as infinitely
-late, so a median is null when half the seeds or more never did (a diverged run's final
-return counts as the worst);
+returns null from there on, and its `diverged` message. Per method, the medians over seeds
+count a run that never got there as infinitely late, so a median is null when half the
+seeds or more never did (a diverged run's final return counts as the worst);
 `pods_over_ppo_time_to_90pct` is the ratio of the two medians (0 where PPO's is never and
 PODS's is not).
 
@@ -335,7 +335,9 @@ def timings(run: dict, threshold: float | None, solved_share: float) -> dict:
     curve = run["curve"]
     at_90pct = None
     if threshold is not None:
-        at_90pct = first_point(curve, lambda p: (p["return"] or -math.inf) >= threshold)
+        at_90pct = first_point(
+            curve, lambda p: p["return"] is not None and p["return"] >= threshold
+        )
     at_solved = first_point(curve, lambda p: p["solved"] >= solved_share)
     first_update = first_point(curve, lambda p: p["sim_steps"] > 0)
 
@@ -365,15 +367,10 @@ def finite_returns(curve: list[dict]) -> list[float]:
     return [p["return"] for p in curve if p["return"] is not None]
 
 
-def median_return(values: list[float | None]) -> float | None:
-    """The median return, a diverged run's None counting as the worst; None if that is it."""
-    median = statistics.median(-math.inf if v is None else v for v in values)
-    return round(median, 3) if math.isfinite(median) else None
-
-
-def median_time(values: list[float | None]) -> float | None:
-    """The median, a None (never reached) counting as infinitely late; None if that is it."""
-    median = statistics.median(math.inf if v is None else v for v in values)
+def median_or_none(values: list[float | None], none_as: float) -> float | None:
+    """The median, each None counting as `none_as` (+inf: a time never reached; -inf: a
+    diverged run's return); None where the median is that."""
+    median = statistics.median(none_as if v is None else v for v in values)
     return None if math.isinf(median) else round(median, 3)
 
 
@@ -394,7 +391,7 @@ def summarize(runs: list[dict]) -> dict:
             "seeds_reaching_90pct": sum(v is not None for v in values("time_to_90pct_s")),
             "seeds_solving": sum(v is not None for v in values("time_to_solved_s")),
             **{
-                f"median_{key}": median_time(values(key))
+                f"median_{key}": median_or_none(values(key), math.inf)
                 for key in (
                     "time_to_90pct_s",
                     "time_to_90pct_trainer_s",
@@ -405,7 +402,7 @@ def summarize(runs: list[dict]) -> dict:
                     "process_s",
                 )
             },
-            "median_final_return": median_return(values("final_return")),
+            "median_final_return": median_or_none(values("final_return"), -math.inf),
             "median_final_solved": round(statistics.median(values("final_solved")), 4),
         }
     return summary
